@@ -1,0 +1,64 @@
+"""Common base model and field types used across medkit's vocabulary."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept `250ms`, `30s`, `5m`, `2h`, `1d`, plain seconds, or anything pydantic's timedelta takes."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like '30s' or '5m'")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            number, unit = match.groups()
+            return timedelta(seconds=float(number) * _UNIT_SECONDS[unit or "s"])
+        if not value.strip().upper().startswith("P"):
+            raise ValueError(
+                f"invalid duration {value!r}: use a number with a unit, e.g. '250ms', '30s', '5m', '2h'"
+            )
+    return value
+
+
+def _format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(_format_duration, return_type=str, when_used="json"),
+]
+"""A non-negative time span written as `30s`, `5m`, `250ms` or a number of seconds."""
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+"""A service, action, probe or route name: letters, digits, `_`, `.`, `-`; at most 63 characters."""
+
+
+class MedkitModel(BaseModel):
+    """Strict base: unknown fields are errors, so a typo in a policy file is reported, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
+
+
+def positive(duration: timedelta, field: str) -> timedelta:
+    """Reject zero or negative durations with a message naming the field."""
+    if duration <= timedelta(0):
+        raise ValueError(f"{field} must be greater than zero")
+    return duration

@@ -1,0 +1,52 @@
+"""Detections: a detector's report that a service has a problem, and the recovery's input."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from models.base import MedkitModel, Name
+from models.phases import Severity
+from models.policy import ServicePolicy
+
+DetectionSource = Literal[
+    "alertmanager", "health_poller", "anomaly", "host_resources", "cli", "http", "detector"
+]
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class Detection(MedkitModel):
+    """One report of a problem. `detection_id` and `detected_at` are always set by the detector."""
+
+    detection_id: Annotated[str, Field(min_length=1, max_length=200)]
+    service: Name
+    incident_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] = "health"
+    source: DetectionSource
+    severity: Severity | None = None
+    summary: Annotated[str, Field(max_length=2000)] = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    status: Literal["firing", "resolved"] = "firing"
+    detected_at: datetime
+
+
+def incident_key_from(text: str) -> str:
+    """Make a detector-provided name (an alert name, a metric) safe for use as an incident key."""
+    key = _KEY_UNSAFE.sub("-", text).strip("-")[:100]
+    return key or "health"
+
+
+def recovery_workflow_id(service: str, incident_key: str) -> str:
+    """The business key of a recovery: one running recovery per service and incident key."""
+    return f"recovery:{service}:{incident_key}"
+
+
+class RecoveryInput(MedkitModel):
+    """The workflow's single argument: the first detection and the service's policy snapshot."""
+
+    detection: Detection
+    policy: ServicePolicy
+    dry_run: bool = False

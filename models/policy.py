@@ -1,0 +1,208 @@
+"""The policy file: per service, how to probe it, how to remediate it and whom to tell.
+
+A `ServicePolicy` snapshot travels inside the workflow input, so every recovery's history
+records exactly the policy it ran with, and workflows never read files or the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from models.actions import ActionSpec
+from models.base import Duration, MedkitModel, Name
+from models.notifications import NotificationRoute
+from models.phases import Severity
+from models.probes import ProbeSpec
+
+
+class StepSpec(MedkitModel):
+    """One step of a rung: run an action, check the probes, or wait. Exactly one of the three."""
+
+    action: Name | None = None
+    check: bool = False
+    wait: Duration | None = None
+    requires_approval: bool = False
+    approval_timeout: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StepSpec:
+        chosen = [self.action is not None, self.check, self.wait is not None]
+        if sum(chosen) != 1:
+            raise ValueError("a step needs exactly one of: action, check: true, wait")
+        if self.requires_approval and self.action is None:
+            raise ValueError("requires_approval only applies to an action step")
+        return self
+
+    def label(self) -> str:
+        """A short human name for the step, for the timeline and the UI."""
+        if self.action is not None:
+            return self.action
+        if self.check:
+            return "check"
+        return f"wait {self.wait}"
+
+
+class RungSpec(MedkitModel):
+    """One approach to fixing the service: its steps run in order, then validation decides."""
+
+    name: Name
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class LaddersSpec(MedkitModel):
+    """The remediation ladder for each severity; retries climb to the next rung."""
+
+    minor: list[RungSpec] = Field(min_length=1)
+    major: list[RungSpec] = Field(min_length=1)
+    critical: list[RungSpec] = Field(min_length=1)
+
+    def for_severity(self, severity: Severity) -> list[RungSpec]:
+        """The ladder that runs for an incident of this severity."""
+        return {Severity.MINOR: self.minor, Severity.MAJOR: self.major,
+                Severity.CRITICAL: self.critical}[severity]
+
+
+class ValidationSpec(MedkitModel):
+    """Success criteria: of `samples` probe rounds, `interval` apart, `required_successes` pass."""
+
+    samples: Annotated[int, Field(ge=1, le=100)] = 3
+    interval: Duration = timedelta(seconds=2)
+    required_successes: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _within_samples(self) -> ValidationSpec:
+        if self.required_successes is not None and self.required_successes > self.samples:
+            raise ValueError("required_successes cannot exceed samples")
+        return self
+
+    @property
+    def needed(self) -> int:
+        """How many healthy rounds make a success (all of them by default)."""
+        return self.required_successes if self.required_successes is not None else self.samples
+
+
+class RetrySpec(MedkitModel):
+    """How many rungs to try before handing over to a human, and the backoff between them."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    initial_backoff: Duration = timedelta(seconds=5)
+    backoff_coefficient: Annotated[float, Field(ge=1.0, le=10.0)] = 2.0
+    max_backoff: Duration = timedelta(minutes=2)
+
+    def backoff(self, failed_attempts: int) -> timedelta:
+        """The wait after the given number of failed attempts (1 = after the first failure)."""
+        seconds = self.initial_backoff.total_seconds() * self.backoff_coefficient ** (
+            failed_attempts - 1
+        )
+        return min(timedelta(seconds=seconds), self.max_backoff)
+
+
+class EscalationSpec(MedkitModel):
+    """When nobody decides: notify `routes` again every `after`, at most `max_escalations` times."""
+
+    after: Duration = timedelta(minutes=5)
+    max_escalations: Annotated[int, Field(ge=0, le=50)] = 3
+    routes: list[Name] = Field(default_factory=list)
+
+
+class AssessmentSpec(MedkitModel):
+    """How probe results during assessment decide severity; the detector's own severity is a floor."""
+
+    all_probes_fail: Severity = Severity.MAJOR
+    some_probes_fail: Severity = Severity.MINOR
+    no_probe_fails: Severity = Severity.MINOR
+
+
+class HealthPollSpec(MedkitModel):
+    """How the built-in health poller watches this service."""
+
+    enabled: bool = True
+    interval: Duration = timedelta(seconds=5)
+    failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    severity: Severity | None = None
+
+
+class ServicePolicy(MedkitModel):
+    """Everything medkit knows about one service. Its snapshot is the workflow's policy input."""
+
+    name: Name
+    description: str = ""
+    probes: list[ProbeSpec] = Field(min_length=1)
+    actions: dict[Name, ActionSpec] = Field(default_factory=dict)
+    ladders: LaddersSpec
+    assessment: AssessmentSpec = Field(default_factory=AssessmentSpec)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    escalation: EscalationSpec = Field(default_factory=EscalationSpec)
+    routes: dict[Name, NotificationRoute] = Field(default_factory=dict)
+    health_poll: HealthPollSpec = Field(default_factory=HealthPollSpec)
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> ServicePolicy:
+        problems: list[str] = []
+        for severity in Severity:
+            for rung in self.ladders.for_severity(severity):
+                for step in rung.steps:
+                    if step.action is not None and step.action not in self.actions:
+                        problems.append(
+                            f"ladders.{severity.value} rung {rung.name!r} names unknown action "
+                            f"{step.action!r} (defined: {sorted(self.actions) or 'none'})"
+                        )
+        for route in self.escalation.routes:
+            if route not in self.routes:
+                problems.append(f"escalation.routes names unknown route {route!r}")
+        for name, action in self.actions.items():
+            if action.kind == "notify":
+                problems.extend(
+                    f"actions.{name}.routes names unknown route {route!r}"
+                    for route in action.routes
+                    if route not in self.routes
+                )
+        names = [probe.name for probe in self.probes]
+        if len(set(names)) != len(names):
+            problems.append(f"probe names must be unique, got {names}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class PolicyFile(MedkitModel):
+    """The whole policy file: shared notification routes and one policy per service."""
+
+    version: Literal[1] = 1
+    routes: dict[Name, NotificationRoute] = Field(default_factory=dict)
+    services: list[ServicePolicy] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _share_routes(cls, data: object) -> object:
+        """Give every service the file's shared routes, unless it defines one of the same name."""
+        if isinstance(data, dict) and isinstance(data.get("routes"), dict):
+            shared = data["routes"]
+            for service in data.get("services") or []:
+                if isinstance(service, dict):
+                    own = service.get("routes") or {}
+                    if isinstance(own, dict):
+                        service["routes"] = {**shared, **own}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_services(self) -> PolicyFile:
+        names = [s.name for s in self.services]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"service names must be unique; repeated: {duplicates}")
+        return self
+
+    def service(self, name: str) -> ServicePolicy:
+        """The named service's policy, or a KeyError that lists the known services."""
+        for policy in self.services:
+            if policy.name == name:
+                return policy
+        raise KeyError(
+            f"unknown service {name!r}; the policy defines: {', '.join(s.name for s in self.services)}"
+        )
