@@ -1,0 +1,31 @@
+# medkit worker image: `docker build -t medkit .` then `docker run medkit` runs `medkit worker`.
+# Configured entirely by environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, MEDKIT_TASK_QUEUE,
+# MEDKIT_STATE_DIR and the TLS / API key variables in docs/production.md.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY . .
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /var/lib/medkit --shell /usr/sbin/nologin medkit \
+    && mkdir -p /var/lib/medkit \
+    && chown medkit:medkit /var/lib/medkit
+
+ENV TEMPORAL_ADDRESS=localhost:7233 \
+    TEMPORAL_NAMESPACE=default \
+    MEDKIT_TASK_QUEUE=medkit \
+    MEDKIT_STATE_DIR=/var/lib/medkit
+
+USER medkit
+WORKDIR /var/lib/medkit
+VOLUME ["/var/lib/medkit"]
+
+# The worker drains in-flight tasks for up to 30 s on SIGTERM; give it longer than that
+# before SIGKILL (docker stop -t 45, compose stop_grace_period: 45s).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["medkit"]
+CMD ["worker"]
