@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/medkit dev
 
 test: $(STAMP)
+	bash scripts/system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -28,6 +28,10 @@ class RestartProcessAction(MedkitModel):
     ready_probe: Annotated[HttpProbe | TcpProbe, Field(discriminator="kind")] | None = None
     ready_timeout: Duration = timedelta(seconds=20)
 
+    def time_budget(self) -> timedelta:
+        """The longest one attempt can legitimately take: stop grace plus start-up."""
+        return self.grace + self.ready_timeout
+
 
 class CommandAction(MedkitModel):
     """Run a program (argv, no shell) with a timeout; any exit code outside `ok_exit_codes` fails."""
@@ -40,13 +44,22 @@ class CommandAction(MedkitModel):
     timeout: Duration = timedelta(seconds=30)
     ok_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
+    def time_budget(self) -> timedelta:
+        """The longest one attempt can legitimately take."""
+        return self.timeout
+
 
 class NotifyAction(MedkitModel):
     """Send a notification to the named routes as a ladder step (one notify activity per route)."""
 
+    activity: ClassVar[str] = "notify"
     kind: Literal["notify"] = "notify"
     routes: list[Name] = Field(min_length=1)
     message: str = ""
+
+    def time_budget(self) -> timedelta:
+        """Delivery to one route."""
+        return timedelta(seconds=30)
 
 
 ActionSpec = Annotated[

@@ -36,7 +36,11 @@ NotificationEvent = Literal[
 
 
 class Notification(MedkitModel):
-    """What medkit tells people: the incident, what happened and the evidence."""
+    """What medkit tells people: the incident, what happened and the evidence.
+
+    `dedup_key` names the incident (one PagerDuty incident per recovery run);
+    `notification_id` names this one message (an Idempotency-Key for receivers).
+    """
 
     workflow_id: str
     service: Name
@@ -47,6 +51,7 @@ class Notification(MedkitModel):
     text: str
     evidence: list[str] = Field(default_factory=list)
     dedup_key: str
+    notification_id: str
     dry_run: bool = False
 
 

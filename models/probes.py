@@ -44,6 +44,7 @@ class ProcessProbe(MedkitModel):
     process_name: str | None = None
     max_cpu_percent: Annotated[float, Field(gt=0)] | None = None
     max_rss_mb: Annotated[float, Field(gt=0)] | None = None
+    timeout: Duration = timedelta(seconds=5)
 
     @model_validator(mode="after")
     def _one_locator(self) -> ProcessProbe:

@@ -57,6 +57,7 @@ class RecoveryStatus(MedkitModel):
     escalations: int = 0
     reports: int = 1
     dry_run: bool = False
+    source_resolved: bool = False
     pending_decision: PendingDecision | None = None
     outcome: Outcome | None = None
     started_at: datetime

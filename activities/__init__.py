@@ -1,0 +1,1 @@
+"""Every side effect medkit performs: probes, actions on real systems, notifications."""

@@ -1,0 +1,87 @@
+"""The command action: run an argv (never a shell) with a timeout and check its exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.deps import ActivityDeps
+from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from models.actions import ActionRequest, ActionResult, CommandAction
+
+OUTPUT_LIMIT = 4000
+"""How much of a command's output is kept in the result and the history."""
+
+
+async def run_argv(spec: CommandAction) -> tuple[int, str]:
+    """Run the command, heartbeating while it runs; return its exit code and tail of its output."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv, cwd=spec.cwd, env={**os.environ, **spec.env},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+        raise ApplicationError(
+            f"cannot run {spec.argv[0]!r}: {err}", type="CommandNotFound", non_retryable=True
+        ) from err
+    communicate = asyncio.ensure_future(proc.communicate())
+    deadline = asyncio.get_running_loop().time() + spec.timeout.total_seconds()
+    while not communicate.done():
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            proc.kill()
+            await communicate
+            raise ApplicationError(
+                f"{spec.argv[0]} timed out after {spec.timeout.total_seconds():.0f}s",
+                type="CommandTimeout",
+            )
+        await asyncio.wait({communicate}, timeout=min(remaining, 1.0))
+        activity.heartbeat({"pid": proc.pid})
+    stdout, _ = communicate.result()
+    text = stdout.decode(errors="replace")
+    return proc.returncode if proc.returncode is not None else -1, text[-OUTPUT_LIMIT:]
+
+
+class CommandActivities:
+    """The command action activity."""
+
+    def __init__(self, deps: ActivityDeps) -> None:
+        self._deps = deps
+
+    @activity.defn(name="run_command")
+    async def run_command(self, request: ActionRequest) -> ActionResult:
+        """Run the command once for this step; a retry after a crash mid-run does not run it again."""
+        spec = request.spec
+        if not isinstance(spec, CommandAction):
+            raise wrong_kind(request, "command")
+        if request.dry_run:
+            return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                                simulated=True, detail=f"dry-run: would run {spec.argv}")
+        record = begin_action(self._deps.ledger, request)
+        if (done := replayed_result(record)) is not None:
+            return done
+        key = step_key()
+        if json.loads(record.progress_json).get("running"):
+            raise ApplicationError(
+                f"a previous attempt started {spec.argv[0]} and its outcome was not recorded; "
+                "medkit does not run it twice", type="OutcomeUnknown", non_retryable=True,
+            )
+        self._deps.ledger.progress(key, running=True)
+        try:
+            code, output = await run_argv(spec)
+        finally:
+            self._deps.ledger.progress(key, running=False)
+        if code not in spec.ok_exit_codes:
+            raise ApplicationError(
+                f"{spec.argv[0]} exited {code}: {output[-500:]}", type="CommandFailed"
+            )
+        result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                              detail=f"{spec.argv[0]} exited {code}",
+                              data={"exit_code": code, "output": output})
+        self._deps.ledger.finish(key, result.model_dump_json())
+        return result

@@ -1,0 +1,27 @@
+"""What activities share inside one worker process: the ledger, an HTTP client, the state dir."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from store.ledger import ActionLedger
+
+
+@dataclass(frozen=True)
+class ActivityDeps:
+    """Long-lived resources handed to each activity class by the worker."""
+
+    ledger: ActionLedger
+    http: httpx.AsyncClient
+    state_dir: Path
+
+    @classmethod
+    def create(cls, state_dir: Path, database_url: str | None = None) -> ActivityDeps:
+        """Resources for a worker keeping its state (and by default its SQLite ledger) in state_dir."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        url = database_url or f"sqlite:///{state_dir / 'medkit.db'}"
+        http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+        return cls(ledger=ActionLedger(url), http=http, state_dir=state_dir)

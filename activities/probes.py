@@ -1,0 +1,166 @@
+"""Probe activities: HTTP, TCP and local process checks. An unhealthy target is a result, not an error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.probes import HttpProbe, ProbeRequest, ProbeResult, ProcessProbe, TcpProbe
+
+
+def _result(spec: HttpProbe | TcpProbe | ProcessProbe, **fields: object) -> ProbeResult:
+    return ProbeResult.model_validate(
+        {"probe": spec.name, "kind": spec.kind, "at": datetime.now(UTC), **fields}
+    )
+
+
+def read_pid(pid_file: str) -> int | None:
+    """The pid recorded in a pid file, or None when the file is missing or unreadable."""
+    try:
+        return int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(pid: int | None) -> bool:
+    """True when the pid names a running process (zombies count as dead)."""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def check_http(http: httpx.AsyncClient, spec: HttpProbe) -> ProbeResult:
+    """One HTTP request judged by status, latency and body."""
+    started = time.perf_counter()
+    try:
+        response = await http.request(spec.method, spec.url, timeout=spec.timeout.total_seconds())
+    except httpx.TimeoutException:
+        return _result(spec, healthy=False, failure="slow",
+                       detail=f"no response from {spec.url} within {spec.timeout.total_seconds()}s")
+    except httpx.HTTPError as err:
+        return _result(spec, healthy=False, failure="unreachable",
+                       detail=f"{spec.url} unreachable: {type(err).__name__}")
+    latency_ms = (time.perf_counter() - started) * 1000
+    observed: dict[str, float | int | str | None] = {"status": response.status_code}
+    if response.status_code not in spec.expect_status:
+        return _result(spec, healthy=False, failure="bad_status", latency_ms=latency_ms,
+                       observed=observed,
+                       detail=f"HTTP {response.status_code}, expected {spec.expect_status}")
+    if spec.max_latency_ms is not None and latency_ms > spec.max_latency_ms:
+        return _result(spec, healthy=False, failure="slow", latency_ms=latency_ms,
+                       observed=observed,
+                       detail=f"{latency_ms:.0f} ms exceeds {spec.max_latency_ms:.0f} ms")
+    if spec.body_contains is not None and spec.body_contains not in response.text:
+        return _result(spec, healthy=False, failure="body_mismatch", latency_ms=latency_ms,
+                       observed=observed, detail=f"body lacks {spec.body_contains!r}")
+    return _result(spec, healthy=True, latency_ms=latency_ms, observed=observed,
+                   detail=f"HTTP {response.status_code}")
+
+
+async def check_tcp(spec: TcpProbe) -> ProbeResult:
+    """One TCP connect within the timeout."""
+    started = time.perf_counter()
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(spec.host, spec.port), spec.timeout.total_seconds()
+        )
+    except TimeoutError:
+        return _result(spec, healthy=False, failure="slow",
+                       detail=f"{spec.host}:{spec.port} did not accept within the timeout")
+    except OSError as err:
+        return _result(spec, healthy=False, failure="unreachable",
+                       detail=f"{spec.host}:{spec.port} refused: {err.strerror or err}")
+    writer.close()
+    await writer.wait_closed()
+    latency_ms = (time.perf_counter() - started) * 1000
+    return _result(spec, healthy=True, latency_ms=latency_ms,
+                   detail=f"{spec.host}:{spec.port} accepted")
+
+
+def _find_process(spec: ProcessProbe) -> psutil.Process | None:
+    if spec.pid_file is not None:
+        pid = read_pid(spec.pid_file)
+        return psutil.Process(pid) if process_alive(pid) and pid is not None else None
+    for proc in psutil.process_iter(["name", "status"]):
+        if proc.info["name"] == spec.process_name and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            return proc
+    return None
+
+
+def check_process(spec: ProcessProbe) -> ProbeResult:
+    """Whether the process is alive and within its CPU and memory limits."""
+    locator = spec.pid_file or spec.process_name
+    try:
+        proc = _find_process(spec)
+        if proc is None:
+            return _result(spec, healthy=False, failure="process_down",
+                           detail=f"no running process for {locator}")
+        rss_mb = proc.memory_info().rss / 1_048_576
+        cpu = proc.cpu_percent(interval=0.2) if spec.max_cpu_percent is not None else None
+    except psutil.NoSuchProcess:
+        return _result(spec, healthy=False, failure="process_down",
+                       detail=f"process for {locator} exited while probed")
+    observed: dict[str, float | int | str | None] = {"pid": proc.pid, "rss_mb": round(rss_mb, 1),
+                                                     "cpu_percent": cpu}
+    if spec.max_rss_mb is not None and rss_mb > spec.max_rss_mb:
+        return _result(spec, healthy=False, failure="resource_limit", observed=observed,
+                       detail=f"pid {proc.pid} RSS {rss_mb:.0f} MB > {spec.max_rss_mb:.0f} MB")
+    if spec.max_cpu_percent is not None and cpu is not None and cpu > spec.max_cpu_percent:
+        return _result(spec, healthy=False, failure="resource_limit", observed=observed,
+                       detail=f"pid {proc.pid} CPU {cpu:.0f}% > {spec.max_cpu_percent:.0f}%")
+    return _result(spec, healthy=True, observed=observed, detail=f"pid {proc.pid} running")
+
+
+def _expect(request: ProbeRequest, kind: str) -> None:
+    if request.spec.kind != kind:
+        raise ApplicationError(
+            f"probe {request.spec.name!r} has kind {request.spec.kind!r}, not {kind!r}",
+            type="WrongProbeKind", non_retryable=True,
+        )
+
+
+class ProbeActivities:
+    """The probe activities, sharing the worker's HTTP client."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    @activity.defn(name="probe_http")
+    async def probe_http(self, request: ProbeRequest) -> ProbeResult:
+        """Probe an HTTP endpoint."""
+        _expect(request, "http")
+        assert isinstance(request.spec, HttpProbe)
+        return await check_http(self._http, request.spec)
+
+    @activity.defn(name="probe_tcp")
+    async def probe_tcp(self, request: ProbeRequest) -> ProbeResult:
+        """Probe a TCP port."""
+        _expect(request, "tcp")
+        assert isinstance(request.spec, TcpProbe)
+        return await check_tcp(request.spec)
+
+    @activity.defn(name="probe_process")
+    async def probe_process(self, request: ProbeRequest) -> ProbeResult:
+        """Probe a local process."""
+        _expect(request, "process")
+        assert isinstance(request.spec, ProcessProbe)
+        return await asyncio.to_thread(check_process, request.spec)
+
+
+async def run_probe(http: httpx.AsyncClient, spec: HttpProbe | TcpProbe | ProcessProbe) -> ProbeResult:
+    """Run any probe kind directly (the detectors use this; workflows go through the activities)."""
+    if isinstance(spec, HttpProbe):
+        return await check_http(http, spec)
+    if isinstance(spec, TcpProbe):
+        return await check_tcp(spec)
+    return await asyncio.to_thread(check_process, spec)

@@ -1,0 +1,28 @@
+"""The full list of activities a medkit worker registers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from activities.command import CommandActivities
+from activities.deps import ActivityDeps
+from activities.notify import NotifyActivities
+from activities.probes import ProbeActivities
+from activities.process import ProcessActivities, ProcessSupervisor
+
+
+def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[Callable[..., Any]]:
+    """Every activity, bound to the worker's shared resources."""
+    probes = ProbeActivities(deps.http)
+    process = ProcessActivities(deps, supervisor)
+    command = CommandActivities(deps)
+    notify = NotifyActivities(deps)
+    return [
+        probes.probe_http,
+        probes.probe_tcp,
+        probes.probe_process,
+        process.restart_process,
+        command.run_command,
+        notify.notify,
+    ]

@@ -1,0 +1,114 @@
+"""`medkit dev`: the whole embedded stack in one foreground command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+from activities.probes import read_pid
+from activities.process import ProcessSupervisor
+from cli.common import CommandError, SubParsers, guarded, load_policy
+from demo.policy import DEMO_SERVICE, write_demo_policy
+from models.actions import RestartProcessAction
+from workers.client import TemporalTarget
+from workers.dev import (
+    DevStackError,
+    connect_when_ready,
+    port_free,
+    run_worker_and_poller,
+    start_dev_server,
+)
+from workers.logging import configure_logging
+
+
+def banner(args: argparse.Namespace, policy_file: Path, demo: bool) -> str:
+    """What the user sees once everything runs: where the UI is and how to break the demo."""
+    lines = [
+        "",
+        "medkit is running.",
+        f"  Temporal UI:   http://127.0.0.1:{args.ui_port}/namespaces/default/workflows",
+        f"  Temporal:      127.0.0.1:{args.temporal_port} (namespace default, task queue medkit)",
+        f"  Policy:        {policy_file}",
+        f"  State:         {args.state_dir}/ (Temporal db, action ledger, logs)",
+    ]
+    if demo:
+        base = f"http://127.0.0.1:{args.demo_port}"
+        lines += [
+            f"  Demo service:  {base} (name '{DEMO_SERVICE}', supervised by medkit)",
+            "",
+            "Break the demo and watch medkit recover it (in another terminal):",
+            f"  curl -X POST {base}/admin/fault -d '{{\"mode\": \"unhealthy\"}}'   # health fails",
+            f"  kill $(cat {args.state_dir}/demo.pid)                          # process dies",
+            "  .venv/bin/medkit list",
+            f"  .venv/bin/medkit status recovery:{DEMO_SERVICE}:health",
+        ]
+    lines += ["", "Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
+
+
+async def run_dev(args: argparse.Namespace) -> None:
+    """Start the server, the demo (unless --config), the worker and the poller; run until Ctrl-C."""
+    state_dir: Path = args.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = ProcessSupervisor(state_dir)
+    demo = args.config is None
+    if demo:
+        if not port_free(args.demo_port):
+            raise CommandError(f"demo port {args.demo_port} is in use; pass --demo-port")
+        policy_path = state_dir / "policy.yaml"
+        write_demo_policy(policy_path, args.demo_port, state_dir)
+    else:
+        policy_path = Path(args.config)
+    policy = load_policy(policy_path)
+    print(f"starting the Temporal dev server (state in {state_dir}) ...", file=sys.stderr)
+    server = await start_dev_server(state_dir, args.temporal_port, args.ui_port)
+    try:
+        target = TemporalTarget(address=f"127.0.0.1:{args.temporal_port}")
+        client = await connect_when_ready(target)
+        if demo:
+            spec = policy.service(DEMO_SERVICE).actions["restart"]
+            assert isinstance(spec, RestartProcessAction)
+            demo_pid = supervisor.spawn(DEMO_SERVICE, spec)
+            print(f"started the demo service (pid {demo_pid}) ...", file=sys.stderr)
+        print(banner(args, policy_path, demo), file=sys.stderr, flush=True)
+        await run_worker_and_poller(client, target.task_queue, state_dir, policy.services, supervisor)
+    finally:
+        pid = read_pid(str(state_dir / "demo.pid")) if demo else None
+        if pid is not None:
+            await supervisor.stop(pid, grace=3)
+        server.terminate()
+        with contextlib.suppress(Exception):
+            server.wait(timeout=10)
+
+
+@guarded
+def dev(args: argparse.Namespace) -> int:
+    """Run the embedded stack in the foreground."""
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(run_dev(args))
+    except DevStackError as err:
+        raise CommandError(str(err)) from None
+    except KeyboardInterrupt:
+        print("\nmedkit dev stopped.", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add `dev`."""
+    parser = subparsers.add_parser(
+        "dev", help="run everything locally: Temporal dev server + UI, worker, health poller, demo",
+        description="The embedded stack in one foreground command. Without --config it recovers "
+        "the bundled demo service.")
+    parser.add_argument("--config", type=Path, help="policy file (default: the bundled demo)")
+    parser.add_argument("--state-dir", type=Path, default=Path(".medkit"),
+                        help="state directory (default .medkit)")
+    parser.add_argument("--temporal-port", type=int, default=7233, help="default 7233")
+    parser.add_argument("--ui-port", type=int, default=8233, help="default 8233")
+    parser.add_argument("--demo-port", type=int, default=8099, help="default 8099")
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.set_defaults(func=dev)

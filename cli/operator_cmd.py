@@ -1,0 +1,219 @@
+"""Operator commands: trigger, status, list, and the decisions approve / abort / resolve / retry."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import UTC, datetime
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cli.common import (
+    CommandError,
+    SubParsers,
+    add_config_arg,
+    add_output_arg,
+    add_temporal_args,
+    connect_or_fail,
+    emit,
+    guarded,
+    load_policy,
+    policy_path,
+    run,
+    target_from,
+)
+from models import search_attributes as sa
+from models.decisions import DecisionVerdict, OperatorDecision
+from models.detection import Detection, incident_key_from
+from models.phases import DecisionKind, Phase, Severity
+from models.status import RecoveryStatus
+from workers.client import start_or_join_recovery
+from workflows.recovery import RecoveryWorkflow
+
+
+def format_status(status: RecoveryStatus) -> str:
+    """A recovery's status as a person reads it at three in the morning."""
+    lines = [
+        f"{status.workflow_id}  {status.phase.value}"
+        f"{'  (dry-run)' if status.dry_run else ''}",
+        f"  service {status.service}, severity {status.severity or '?'}, category "
+        f"{status.category or '?'}, attempt {status.attempts}/{status.max_attempts}, "
+        f"{status.reports} report(s), {status.escalations} escalation(s)",
+    ]
+    if status.current_step:
+        lines.append(f"  step: {status.current_step}")
+    if status.pending_decision:
+        pending = status.pending_decision
+        lines.append(f"  WAITING FOR: {', '.join(pending.allowed)}: {pending.command}")
+    if status.outcome:
+        lines.append(f"  outcome: {status.outcome.value}")
+    lines.append("  timeline:")
+    for entry in status.timeline:
+        move = (f"{entry.from_phase.value} -> {entry.to_phase.value}"
+                if entry.from_phase != entry.to_phase else f"[{entry.kind}]")
+        lines.append(f"    {entry.at:%H:%M:%S} {move}  {entry.reason}  ({entry.actor})")
+    return "\n".join(lines)
+
+
+async def fetch_status(client: Client, workflow_id: str) -> RecoveryStatus:
+    """The status query of a recovery, running or ended; CommandError when there is none."""
+    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+    try:
+        return await handle.query(RecoveryWorkflow.status)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CommandError(f"no recovery with id {workflow_id!r}") from None
+        raise CommandError(f"cannot query {workflow_id!r}: {err.message}") from None
+
+
+@guarded
+def trigger(args: argparse.Namespace) -> int:
+    """Start or join a recovery as a detector would; print the workflow id."""
+    policy_file = load_policy(policy_path(args))
+    try:
+        policy = policy_file.service(args.service)
+    except KeyError as err:
+        raise CommandError(str(err.args[0])) from None
+    detection = Detection(
+        detection_id=str(uuid.uuid4()), service=args.service,
+        incident_key=incident_key_from(args.key), source="cli",
+        severity=Severity(args.severity) if args.severity else None,
+        summary=args.summary, detected_at=datetime.now(UTC),
+    )
+
+    async def go() -> str:
+        target = target_from(args)
+        client = await connect_or_fail(target)
+        handle = await start_or_join_recovery(client, detection, policy, target.task_queue,
+                                              dry_run=args.dry_run)
+        return handle.id
+
+    workflow_id = run(go())
+    emit(args, {"workflow_id": workflow_id}, workflow_id)
+    return 0
+
+
+@guarded
+def status(args: argparse.Namespace) -> int:
+    """Print one recovery's status and timeline."""
+    async def go() -> RecoveryStatus:
+        return await fetch_status(await connect_or_fail(target_from(args)), args.id)
+
+    result = run(go())
+    emit(args, result, format_status(result))
+    return 0
+
+
+@guarded
+def list_recoveries(args: argparse.Namespace) -> int:
+    """List recoveries, filtered by service and phase through the search attributes."""
+    clauses = ["WorkflowType = 'RecoveryWorkflow'"]
+    if args.service:
+        clauses.append(f"MedkitService = '{args.service}'")
+    if args.phase:
+        clauses.append(f"MedkitPhase = '{args.phase}'")
+    query = " AND ".join(clauses)
+
+    async def go() -> list[dict[str, object]]:
+        client = await connect_or_fail(target_from(args))
+        rows: list[dict[str, object]] = []
+        async for execution in client.list_workflows(query, limit=args.limit):
+            attrs = execution.typed_search_attributes
+            rows.append({
+                "workflow_id": execution.id,
+                "service": attrs.get(sa.SERVICE),
+                "phase": attrs.get(sa.PHASE),
+                "severity": attrs.get(sa.SEVERITY),
+                "outcome": attrs.get(sa.OUTCOME),
+                "running": execution.status == WorkflowExecutionStatus.RUNNING,
+                "started_at": execution.start_time.isoformat(),
+            })
+        return rows
+
+    rows = run(go())
+    text = "\n".join(
+        f"{r['workflow_id']:<45} {r['phase'] or '-':<18} {r['severity'] or '-':<9} "
+        f"{r['outcome'] or 'running':<10} {r['started_at']}" for r in rows
+    ) or "no recoveries match"
+    emit(args, rows, text)
+    return 0
+
+
+def decide(kind: DecisionKind) -> object:
+    """A command sending one decision as an update, so the verdict (or rejection) is printed."""
+    @guarded
+    def command(args: argparse.Namespace) -> int:
+        decision = OperatorDecision(operator=args.operator, reason=args.reason or "",
+                                    at=datetime.now(UTC))
+
+        async def go() -> DecisionVerdict:
+            client = await connect_or_fail(target_from(args))
+            handle = client.get_workflow_handle_for(RecoveryWorkflow.run, args.id)
+            try:
+                verdict: DecisionVerdict = await handle.execute_update(
+                    kind.value, decision, result_type=DecisionVerdict
+                )
+                return verdict
+            except WorkflowUpdateFailedError as err:
+                cause = err.cause
+                message = getattr(cause, "message", None) or str(cause)
+                raise CommandError(f"{kind.value} rejected: {message}") from None
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    raise CommandError(f"no running recovery with id {args.id!r}") from None
+                raise CommandError(f"{kind.value} failed: {err.message}") from None
+
+        verdict = run(go())
+        emit(args, verdict, verdict.message)
+        return 0
+    return command
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add trigger, status, list, approve, abort, resolve and retry."""
+    parser = subparsers.add_parser(
+        "trigger", help="start or join a recovery, as a detector would",
+        description="Report a problem with SERVICE. A recovery already running for the same "
+        "service and key is joined, never duplicated. Prints the workflow id.")
+    parser.add_argument("--service", required=True, help="service name from the policy file")
+    parser.add_argument("--severity", choices=[s.value for s in Severity],
+                        help="severity floor (assessment may raise it)")
+    parser.add_argument("--summary", default="reported by an operator", help="what is wrong")
+    parser.add_argument("--key", default="health",
+                        help="incident key: reports with the same key join one recovery")
+    parser.add_argument("--dry-run", action="store_true", help="simulate every action")
+    add_config_arg(parser)
+    add_temporal_args(parser)
+    add_output_arg(parser)
+    parser.set_defaults(func=trigger)
+
+    parser = subparsers.add_parser("status", help="show a recovery's phase and timeline")
+    parser.add_argument("id", help="workflow id, e.g. recovery:demo:health")
+    add_temporal_args(parser)
+    add_output_arg(parser)
+    parser.set_defaults(func=status)
+
+    parser = subparsers.add_parser("list", help="list recoveries")
+    parser.add_argument("--service", help="only this service")
+    parser.add_argument("--phase", choices=[p.value for p in Phase], help="only this phase")
+    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    add_temporal_args(parser)
+    add_output_arg(parser)
+    parser.set_defaults(func=list_recoveries)
+
+    helps = {
+        DecisionKind.APPROVE: "approve the step awaiting approval",
+        DecisionKind.ABORT: "abort a recovery (running work is cancelled)",
+        DecisionKind.RESOLVE: "mark a recovery in ManualIntervention as resolved by a human",
+        DecisionKind.RETRY: "run the remediation ladder again from ManualIntervention",
+    }
+    for kind, text in helps.items():
+        parser = subparsers.add_parser(kind.value, help=text, description=text + ". Rejected, "
+                                       "with the reason, when it does not fit the current phase.")
+        parser.add_argument("id", help="workflow id")
+        parser.add_argument("--operator", required=True, help="who decides (recorded)")
+        parser.add_argument("--reason", help="why (recorded)")
+        add_temporal_args(parser)
+        add_output_arg(parser)
+        parser.set_defaults(func=decide(kind))

