@@ -1,0 +1,1 @@
+"""The HTTP gateway (`medkit serve`): Alertmanager and generic detections in, operator decisions through."""
