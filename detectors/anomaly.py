@@ -32,8 +32,7 @@ _HALF_SURPRISE = 5.0
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _LN10 = math.log(10.0)
-_MIN_STD = math.sqrt(0.0003)
-_MAD_TO_SIGMA_SQRT2 = 1.25 * _SQRT2
+_LOG10_2 = math.log10(2.0)
 
 
 class AnomalyDetectorConfig(BaseModel):
@@ -41,28 +40,25 @@ class AnomalyDetectorConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    seasonal: bool = Field(True, description="Model a daily/weekly season when one is detected.")
-    likelihood: bool = Field(
-        True,
-        description="Score the short-term deviation against its own history (adaptive threshold)"
-        " instead of the raw Gaussian tail of the latest deviation.",
+    window: int = Field(
+        1000, ge=10, description="Past points whose mean and spread define 'normal'."
     )
-    level_alpha: float = Field(0.05, gt=0, le=1, description="Smoothing of the level.")
+    seasonal: bool = Field(True, description="Remove a daily/weekly season when one is detected.")
     season_gamma: float = Field(0.1, gt=0, le=1, description="Smoothing of the seasonal profile.")
-    scale_beta: float = Field(0.01, gt=0, le=1, description="Smoothing of the error scale.")
-    short_window: int = Field(5, ge=1, description="Points averaged into the short-term deviation.")
-    long_window: int = Field(
-        2000, ge=10, description="Points of deviation history the adaptive threshold learns from."
+    refractory: int = Field(
+        100,
+        ge=0,
+        description="Points after an alarm during which scores are damped, so one incident"
+        " raises one alarm instead of a burst of false positives.",
     )
-    warmup: int = Field(
-        150, ge=1, description="Points before any non-zero score (the baseline needs history)."
+    alarm_level: float = Field(
+        0.6, gt=0, lt=1, description="Score that opens a refractory period (surprise 7.5)."
     )
+    damping: float = Field(0.5, ge=0, le=1, description="Factor applied to damped scores.")
     refit_every: int = Field(
         2000, ge=100, description="Points between two seasonality checks (amortised cost)."
     )
-    max_period: int = Field(
-        1000, ge=2, description="Longest season, in points, that is considered."
-    )
+    max_period: int = Field(1000, ge=2, description="Longest season, in points, considered.")
     min_strength: float = Field(
         0.5, ge=0, le=1, description="Seasonal strength needed to model a season."
     )
@@ -128,8 +124,8 @@ def seasonal_profile(values: Sequence[float], phases: Sequence[int], period: int
 class AnomalyDetector:
     """Scores each new point of one metric series in [0, 1], using only the points before it.
 
-    Call `update` once per point, in time order. The state is a handful of floats plus bounded
-    ring buffers, so memory is O(long_window + seasonal history).
+    Call `update` once per point, in time order. The state is a few floats and bounded ring
+    buffers: memory is O(window + seasonal history), time amortised O(1) per point.
     """
 
     def __init__(self, config: AnomalyDetectorConfig | None = None) -> None:
@@ -140,59 +136,52 @@ class AnomalyDetector:
         self._step = 0.0
         self._gaps: list[float] = []
         self._last_seconds = 0.0
-        history = max(2 * cfg.max_period + 1, cfg.refit_every)
+        history = max(2 * cfg.max_period + 1, cfg.window)
         self._history: deque[float] = deque(maxlen=history)
-        self._phases: deque[int] = deque(maxlen=history)
-        self._next_refit = cfg.warmup
+        self._ticks: deque[int] = deque(maxlen=history)
+        self._next_refit = cfg.refit_every
         self._period = 0
         self._season: list[float] = []
-        self._level = 0.0
-        self._scale = 0.0
-        self._magnitude = 0.0
-        self._resolution = 0.0
-        self._last_value = 0.0
-        self._short: deque[float] = deque(maxlen=cfg.short_window)
-        self._short_sum = 0.0
-        self._long: deque[float] = deque(maxlen=cfg.long_window)
-        self._long_sum = 0.0
-        self._long_sq = 0.0
+        self._window: deque[float] = deque()
+        self._sum = 0.0
+        self._sq = 0.0
+        self._abs_sum = 0.0
+        self._last_alarm = -cfg.refractory - 1
 
     @property
     def period(self) -> int:
-        """The season length in points currently modelled (0 when none)."""
+        """The season length in points currently removed (0 when none)."""
         return self._period
 
     def update(self, timestamp: datetime, value: float) -> float:
         """Score ``value`` observed at ``timestamp`` against the past, then learn from it."""
         cfg = self.config
-        seconds = self._seconds(timestamp)
-        phase = int(seconds / self._step) % self._period if self._period else 0
-        if self._n == 0:
-            self._level = value
-            self._magnitude = abs(value)
-            self._last_value = value
+        tick = self._tick(timestamp)
+        phase = tick % self._period if self._period else 0
         season = self._season[phase] if self._period else 0.0
-        error = value - self._level - season
-        floor = 1e-3 * self._magnitude + self._resolution + 1e-12
-        scale = self._scale if self._scale > floor else floor
-        deviation = abs(error) / scale
-        score = self._score(deviation) if self._n >= cfg.warmup else 0.0
-        if self._n < cfg.warmup:
-            self._observe(math.erf(deviation / _MAD_TO_SIGMA_SQRT2))
-        self._learn(value, error, season, phase, scale)
+        adjusted = value - season
+        score = self._score(adjusted)
+        if self._n - self._last_alarm <= cfg.refractory:
+            score *= cfg.damping
+        elif score >= cfg.alarm_level:
+            self._last_alarm = self._n
+        if self._period and self._window:
+            mean = self._sum / len(self._window)
+            self._season[phase] += cfg.season_gamma * (value - mean - season)
+        self._push(adjusted)
         self._n += 1
         if cfg.seasonal and self._step > 0.0:
             self._history.append(value)
-            self._phases.append(int(seconds / self._step))
+            self._ticks.append(tick)
             if self._n >= self._next_refit:
                 self._refit()
         return score
 
-    def _seconds(self, timestamp: datetime) -> float:
-        """Seconds since the first point; also learns the sampling step from the first gaps."""
+    def _tick(self, timestamp: datetime) -> int:
+        """Index of the sampling step of ``timestamp``; learns the step from the first gaps."""
         if self._start is None:
             self._start = timestamp
-            return 0.0
+            return 0
         seconds = (timestamp - self._start).total_seconds()
         if len(self._gaps) < 25:
             gap = seconds - self._last_seconds
@@ -200,74 +189,55 @@ class AnomalyDetector:
                 self._gaps.append(gap)
                 self._step = sorted(self._gaps)[len(self._gaps) // 2]
         self._last_seconds = seconds
-        return seconds
+        return round(seconds / self._step) if self._step > 0.0 else self._n
 
-    def _score(self, deviation: float) -> float:
-        """Score the newest deviation; only this step reads the adaptive threshold state."""
-        raw = math.erf(deviation / _MAD_TO_SIGMA_SQRT2)
-        if not self.config.likelihood:
-            return raw
-        average = self._observe(raw)
-        count = len(self._long)
+    def _score(self, adjusted: float) -> float:
+        """Two-sided Gaussian surprise of ``adjusted`` against the window, mapped to [0, 1)."""
+        count = len(self._window)
         if count < 2:
             return 0.0
-        mean = self._long_sum / count
-        var = self._long_sq / count - mean * mean
-        std = math.sqrt(var) if var > _MIN_STD * _MIN_STD else _MIN_STD
-        return surprise_to_score(tail_surprise((average - mean) / std))
+        mean = self._sum / count
+        var = self._sq / count - mean * mean
+        floor = 1e-3 * self._abs_sum / count + 1e-9
+        std = math.sqrt(var) if var > floor * floor else floor
+        surprise = tail_surprise(abs(adjusted - mean) / std) - _LOG10_2
+        return surprise_to_score(surprise)
 
-    def _observe(self, deviation: float) -> float:
-        """Push a deviation into the short and long windows; returns the new short-term mean."""
-        if len(self._short) == self._short.maxlen:
-            self._short_sum -= self._short[0]
-        self._short.append(deviation)
-        self._short_sum += deviation
-        average = self._short_sum / len(self._short)
-        if len(self._long) == self._long.maxlen:
-            old = self._long[0]
-            self._long_sum -= old
-            self._long_sq -= old * old
-        self._long.append(average)
-        self._long_sum += average
-        self._long_sq += average * average
-        return average
-
-    def _learn(self, value: float, error: float, season: float, phase: int, scale: float) -> None:
-        """Update level, seasonal profile, error scale and magnitude with the new point."""
-        cfg = self.config
-        limit = 5.0 * scale
-        clipped = error if -limit <= error <= limit else math.copysign(limit, error)
-        self._scale += cfg.scale_beta * (abs(clipped) - self._scale)
-        self._magnitude += cfg.scale_beta * (abs(value) - self._magnitude)
-        step = abs(value - self._last_value)
-        if step > 0.0 and (step < self._resolution or self._resolution == 0.0):
-            self._resolution = step
-        self._last_value = value
-        self._level += cfg.level_alpha * (value - season - self._level)
-        if self._period:
-            self._season[phase] += cfg.season_gamma * (value - self._level - season)
+    def _push(self, adjusted: float) -> None:
+        """Add a point to the window, dropping the oldest one when full (running sums)."""
+        self._window.append(adjusted)
+        self._sum += adjusted
+        self._sq += adjusted * adjusted
+        self._abs_sum += abs(adjusted)
+        if len(self._window) > self.config.window:
+            old = self._window.popleft()
+            self._sum -= old
+            self._sq -= old * old
+            self._abs_sum -= abs(old)
 
     def _refit(self) -> None:
         """Re-decide the season from the recent history (amortised: every ``refit_every``)."""
         cfg = self.config
         self._next_refit = self._n + cfg.refit_every
         best_period, best_strength = 0, cfg.min_strength
+        values = list(self._history)
         for days in (1.0, 7.0):
             period = round(days * _SECONDS_PER_DAY / self._step)
-            if period > cfg.max_period or len(self._history) < 2 * period + 1:
+            if period > cfg.max_period or len(values) < 2 * period + 1:
                 continue
-            strength = seasonal_strength(list(self._history), period)
+            strength = seasonal_strength(values, period)
             if strength >= best_strength:
                 best_period, best_strength = period, strength
         if best_period == self._period:
             return
         self._period = best_period
-        if best_period:
-            phases = [p % best_period for p in self._phases]
-            self._season = seasonal_profile(list(self._history), phases, best_period)
-            self._level = sum(self._history) / len(self._history)
-        else:
-            self._season = []
+        phases = [t % best_period for t in self._ticks] if best_period else []
+        self._season = seasonal_profile(values, phases, best_period) if best_period else []
+        self._window.clear()
+        self._sum = self._sq = self._abs_sum = 0.0
+        start = max(0, len(values) - cfg.window)
+        for value, phase in zip(values[start:], phases[start:] or [0] * len(values), strict=False):
+            self._push(value - (self._season[phase] if best_period else 0.0))
 
 
 def score_series(
