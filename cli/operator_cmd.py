@@ -6,8 +6,8 @@ import argparse
 import uuid
 from datetime import UTC, datetime
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from cli.common import (
     CommandError,
@@ -28,8 +28,13 @@ from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, incident_key_from
 from models.phases import DecisionKind, Phase, Severity
 from models.status import RecoveryStatus
-from workers.client import start_or_join_recovery
-from workflows.recovery import RecoveryWorkflow
+from workers.client import (
+    DecisionRejected,
+    RecoveryNotFound,
+    fetch_status,
+    send_decision,
+    start_or_join_recovery,
+)
 
 
 def format_status(status: RecoveryStatus) -> str:
@@ -54,17 +59,6 @@ def format_status(status: RecoveryStatus) -> str:
                 if entry.from_phase != entry.to_phase else f"[{entry.kind}]")
         lines.append(f"    {entry.at:%H:%M:%S} {move}  {entry.reason}  ({entry.actor})")
     return "\n".join(lines)
-
-
-async def fetch_status(client: Client, workflow_id: str) -> RecoveryStatus:
-    """The status query of a recovery, running or ended; CommandError when there is none."""
-    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
-    try:
-        return await handle.query(RecoveryWorkflow.status)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise CommandError(f"no recovery with id {workflow_id!r}") from None
-        raise CommandError(f"cannot query {workflow_id!r}: {err.message}") from None
 
 
 @guarded
@@ -98,7 +92,13 @@ def trigger(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     """Print one recovery's status and timeline."""
     async def go() -> RecoveryStatus:
-        return await fetch_status(await connect_or_fail(target_from(args)), args.id)
+        client = await connect_or_fail(target_from(args))
+        try:
+            return await fetch_status(client, args.id)
+        except RecoveryNotFound as err:
+            raise CommandError(str(err)) from None
+        except RPCError as err:
+            raise CommandError(f"cannot query {args.id!r}: {err.message}") from None
 
     result = run(go())
     emit(args, result, format_status(result))
@@ -149,19 +149,11 @@ def decide(kind: DecisionKind) -> object:
 
         async def go() -> DecisionVerdict:
             client = await connect_or_fail(target_from(args))
-            handle = client.get_workflow_handle_for(RecoveryWorkflow.run, args.id)
             try:
-                verdict: DecisionVerdict = await handle.execute_update(
-                    kind.value, decision, result_type=DecisionVerdict
-                )
-                return verdict
-            except WorkflowUpdateFailedError as err:
-                cause = err.cause
-                message = getattr(cause, "message", None) or str(cause)
-                raise CommandError(f"{kind.value} rejected: {message}") from None
+                return await send_decision(client, args.id, kind, decision)
+            except (DecisionRejected, RecoveryNotFound) as err:
+                raise CommandError(str(err)) from None
             except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    raise CommandError(f"no running recovery with id {args.id!r}") from None
                 raise CommandError(f"{kind.value} failed: {err.message}") from None
 
         verdict = run(go())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import IndexedValueType
@@ -119,13 +121,9 @@ def demo_service(tmp_path: Path) -> Iterator[DemoService]:
     service.pid_file.write_text(f"{service.process.pid}\n")
     wait_for_port(service.port)
     yield service
-    import psutil
-
     for pid in {service.process.pid, service.pid()}:
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
     service.process.wait(timeout=5)
 
 

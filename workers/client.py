@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
+from temporalio.service import RPCError, RPCStatusCode
 
 from models import search_attributes as sa
+from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, RecoveryInput, recovery_workflow_id
+from models.phases import DecisionKind
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus
 from workflows.recovery import RecoveryWorkflow
@@ -78,3 +81,41 @@ async def start_or_join_recovery(
         ),
     )
     return handle
+
+
+class RecoveryNotFound(LookupError):
+    """No recovery has the given workflow id."""
+
+
+class DecisionRejected(ValueError):
+    """The recovery refused a decision (wrong phase, already ended); the message says why."""
+
+
+async def fetch_status(client: Client, workflow_id: str) -> RecoveryStatus:
+    """The status query of a recovery, running or ended."""
+    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+    try:
+        return await handle.query(RecoveryWorkflow.status)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RecoveryNotFound(f"no recovery with id {workflow_id!r}") from None
+        raise
+
+
+async def send_decision(
+    client: Client, workflow_id: str, kind: DecisionKind, decision: OperatorDecision
+) -> DecisionVerdict:
+    """Send a decision as an update; the verdict, or DecisionRejected saying why not."""
+    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+    try:
+        verdict: DecisionVerdict = await handle.execute_update(
+            kind.value, decision, result_type=DecisionVerdict
+        )
+    except WorkflowUpdateFailedError as err:
+        message = getattr(err.cause, "message", None) or str(err.cause)
+        raise DecisionRejected(f"{kind.value} rejected: {message}") from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RecoveryNotFound(f"no running recovery with id {workflow_id!r}") from None
+        raise
+    return verdict
