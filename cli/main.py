@@ -7,13 +7,14 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from cli import config_cmd, dev_cmd, operator_cmd, worker_cmd
+from cli import config_cmd, detect_cmd, dev_cmd, operator_cmd, worker_cmd
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     dev_cmd,
     worker_cmd,
     operator_cmd,
     config_cmd,
+    detect_cmd,
 )
 """Each module has `register(subparsers)` which adds its subcommands with a `func` default."""
 

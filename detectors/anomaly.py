@@ -46,7 +46,7 @@ class AnomalyDetectorConfig(BaseModel):
     seasonal: bool = Field(True, description="Remove a daily/weekly season when one is detected.")
     season_gamma: float = Field(0.1, gt=0, le=1, description="Smoothing of the seasonal profile.")
     refractory: int = Field(
-        100,
+        200,
         ge=0,
         description="Points after an alarm during which scores are damped, so one incident"
         " raises one alarm instead of a burst of false positives.",
