@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from models.actions import ActionSpec
-from models.base import Duration, MedkitModel, Name
+from models.base import Duration, MedkitModel, Name, positive
 from models.notifications import NotificationRoute
 from models.phases import Severity
 from models.probes import ProbeSpec
@@ -117,12 +117,24 @@ class AssessmentSpec(MedkitModel):
 
 
 class HealthPollSpec(MedkitModel):
-    """How the built-in health poller watches this service."""
+    """How the built-in health poller watches this service (see docs/detectors.md).
+
+    It fires after `failure_threshold` failing rounds in a row, then stays quiet until
+    `recovery_threshold` healthy rounds in a row clear it (hysteresis, so a flapping service fires
+    once), and never fires twice within `cooldown`.
+    """
 
     enabled: bool = True
     interval: Duration = timedelta(seconds=5)
     failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    recovery_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    cooldown: Duration = timedelta(minutes=5)
     severity: Severity | None = None
+
+    @model_validator(mode="after")
+    def _positive_interval(self) -> HealthPollSpec:
+        positive(self.interval, "health_poll.interval")
+        return self
 
 
 class ServicePolicy(MedkitModel):
@@ -170,12 +182,94 @@ class ServicePolicy(MedkitModel):
         return self
 
 
+class DiskWatchSpec(MedkitModel):
+    """One filesystem the host forecaster watches: a usage limit, and a forecast of reaching it."""
+
+    path: Annotated[str, Field(pattern=r"^/")]
+    max_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    predict: bool = True
+
+
+class HostWatchSpec(MedkitModel):
+    """The optional `host:` section: CPU, memory and disk limits of this host, and disk forecasts.
+
+    Host detections are reported against `service`, whose ladders handle them.
+    """
+
+    service: Name
+    interval: Duration = timedelta(seconds=30)
+    cpu_percent: Annotated[float, Field(gt=0, le=100)] | None = 95.0
+    memory_percent: Annotated[float, Field(gt=0, le=100)] | None = 90.0
+    sustain: Annotated[int, Field(ge=1, le=100)] = 3
+    disks: list[DiskWatchSpec] = Field(default_factory=lambda: [DiskWatchSpec(path="/")])
+    horizon: Duration = timedelta(hours=2)
+    trend_samples: Annotated[int, Field(ge=5, le=10_000)] = 60
+    min_samples: Annotated[int, Field(ge=3, le=10_000)] = 10
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    cooldown: Duration = timedelta(minutes=30)
+    severity: Severity | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HostWatchSpec:
+        positive(self.interval, "host.interval")
+        positive(self.horizon, "host.horizon")
+        if self.min_samples > self.trend_samples:
+            raise ValueError("host.min_samples cannot exceed host.trend_samples")
+        paths = [disk.path for disk in self.disks]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"host.disks paths must be unique, got {paths}")
+        return self
+
+
+class AnomalySeriesSpec(MedkitModel):
+    """One metric series scored by the anomaly detector, pulled from Prometheus or pushed to medkit.
+
+    With `prometheus` and `query` set, `medkit watch` pulls it; without, points arrive by push.
+    """
+
+    name: Name
+    service: Name
+    prometheus: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    query: Annotated[str, Field(min_length=1)] | None = None
+    interval: Duration = timedelta(seconds=15)
+    warmup: Duration = timedelta(hours=1)
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6
+    cooldown: Duration = timedelta(minutes=15)
+    timeout: Duration = timedelta(seconds=5)
+    evidence_points: Annotated[int, Field(ge=1, le=100)] = 10
+    severity: Severity | None = None
+
+    @model_validator(mode="after")
+    def _pull_or_push(self) -> AnomalySeriesSpec:
+        if (self.prometheus is None) != (self.query is None):
+            raise ValueError("set both prometheus and query (pulled series), or neither (pushed)")
+        positive(self.interval, "interval")
+        positive(self.timeout, "timeout")
+        return self
+
+
+class AnomalyWatchSpec(MedkitModel):
+    """The optional `anomaly:` section: the series the statistical anomaly detector scores."""
+
+    series: list[AnomalySeriesSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AnomalyWatchSpec:
+        names = [s.name for s in self.series]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"anomaly series names must be unique; repeated: {repeated}")
+        return self
+
+
 class PolicyFile(MedkitModel):
     """The whole policy file: shared notification routes and one policy per service."""
 
     version: Literal[1] = 1
     routes: dict[Name, NotificationRoute] = Field(default_factory=dict)
     services: list[ServicePolicy] = Field(min_length=1)
+    host: HostWatchSpec | None = None
+    anomaly: AnomalyWatchSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +290,18 @@ class PolicyFile(MedkitModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"service names must be unique; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _detectors_name_services(self) -> PolicyFile:
+        known = {s.name for s in self.services}
+        named = [("host.service", self.host.service)] if self.host else []
+        if self.anomaly:
+            named += [(f"anomaly.series {s.name!r}", s.service) for s in self.anomaly.series]
+        problems = [f"{where} names unknown service {name!r}" for where, name in named
+                    if name not in known]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def service(self, name: str) -> ServicePolicy:
