@@ -1,0 +1,168 @@
+"""Behaviour of the streaming anomaly detector and of `medkit detect-csv`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cli import detect_cmd
+from detectors.anomaly import AnomalyDetector, AnomalyDetectorConfig, score_series
+from detectors.nab_scoring import load_corpus
+
+N = 4032  # 14 days of 5-minute points
+DAY = 288
+START = datetime(2024, 1, 1)
+ALARM = AnomalyDetectorConfig().alarm_level
+SETTLED = 604  # NAB's probationary period for N rows
+NAB_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "nab"
+
+
+def stamps(n: int = N) -> list[datetime]:
+    return [START + timedelta(minutes=5 * i) for i in range(n)]
+
+
+def seasonal(seed: int = 7) -> list[float]:
+    """A clean daily sine (amplitude 10) with Gaussian noise of 0.5."""
+    rng = random.Random(seed)
+    return [50 + 10 * math.sin(2 * math.pi * i / DAY) + rng.gauss(0, 0.5) for i in range(N)]
+
+
+def test_quiet_on_clean_seasonal_series() -> None:
+    scores = score_series(stamps(), seasonal())
+    assert max(scores[SETTLED:]) < ALARM
+
+
+def test_learns_the_daily_season() -> None:
+    detector = AnomalyDetector()
+    for t, v in zip(stamps(), seasonal(), strict=True):
+        detector.update(t, v)
+    assert detector.period == DAY
+
+
+def test_flags_spike_inside_the_seasonal_range() -> None:
+    values = seasonal()
+    values[3000] += 8  # well inside the sine's range, so only season removal reveals it
+    scores = score_series(stamps(), values)
+    assert scores[3000] >= ALARM
+    assert scores[3000] > max(scores[SETTLED:3000])
+
+
+def test_flags_level_shift_promptly() -> None:
+    values = [v + (15 if i >= 3000 else 0) for i, v in enumerate(seasonal())]
+    scores = score_series(stamps(), values)
+    assert max(scores[3000:3003]) >= ALARM
+    assert max(scores[SETTLED:3000]) < ALARM
+
+
+def test_one_alarm_per_incident() -> None:
+    values = [v + (15 if 3000 <= i < 3030 else 0) for i, v in enumerate(seasonal())]
+    scores = score_series(stamps(), values)
+    assert sum(s >= ALARM for s in scores[3000:3030]) == 1
+
+
+def test_uses_only_the_past() -> None:
+    values = seasonal()
+    values[2500] += 30
+    full = score_series(stamps(), values)
+    for cut in (1, 300, 1999, 2001, 2501, 3500):
+        assert score_series(stamps(cut), values[:cut]) == full[:cut]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-1e9, 1e9, allow_nan=False),
+            st.sampled_from([0.0, 1.0, -1.0, 1e9, 1e-9]),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_scores_are_in_unit_interval(values: list[float]) -> None:
+    config = AnomalyDetectorConfig(window=20, refit_every=100, max_period=10)
+    scores = score_series(stamps(len(values)), values, config)
+    assert len(scores) == len(values)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_score_series_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError):
+        score_series(stamps(3), [1.0, 2.0])
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    detect_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["detect-csv", *argv])
+    result: int = args.func(args)
+    return result
+
+
+def test_detect_csv_writes_one_score_per_row(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    rows = [f"{t.isoformat(sep=' ')},{v}" for t, v in zip(stamps(500), seasonal()[:500])]
+    source.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.csv"
+    assert run_cli(str(source), "-o", str(out)) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "timestamp,value,anomaly_score"
+    assert len(lines) == 501
+    for line, row in zip(lines[1:], rows, strict=True):
+        assert line.startswith(row + ",")
+        assert 0.0 <= float(line.rsplit(",", 1)[1]) <= 1.0
+
+
+def test_detect_csv_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:05:00,2\n")
+    assert run_cli(str(source)) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "timestamp,value,anomaly_score"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:05:00,abc\n", "row 3: bad value"),
+        ("timestamp,value\nyesterday,1\n", "row 2: bad timestamp"),
+        ("timestamp,value\n2024-01-01 00:00:00,1,9\n", "row 2: expected 2 fields"),
+        ("time,v\n2024-01-01 00:00:00,1\n", "row 1: expected header"),
+        (
+            "timestamp,value\n2024-01-01 00:05:00,1\n2024-01-01 00:00:00,2\n",
+            "row 3: timestamp goes back in time",
+        ),
+    ],
+)
+def test_detect_csv_rejects_malformed_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_text(content)
+    assert run_cli(str(source)) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert err.count("\n") == 1
+
+
+def test_detect_csv_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(str(tmp_path / "nope.csv")) == 2
+    err = capsys.readouterr().err
+    assert "nope.csv" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.skipif(not (NAB_DIR / "labels").is_dir(), reason=f"NAB dev data not at {NAB_DIR}")
+def test_scores_a_slice_of_nab() -> None:
+    corpus = [s for s in load_corpus(NAB_DIR) if s.name.startswith("realTraffic/")]
+    assert corpus
+    for series in corpus[:2]:
+        scores = score_series(series.timestamps, series.values)
+        assert len(scores) == len(series.values)
+        assert all(0.0 <= s <= 1.0 for s in scores)
