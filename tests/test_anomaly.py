@@ -108,7 +108,8 @@ def run_cli(*argv: str) -> int:
 
 def test_detect_csv_writes_one_score_per_row(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
-    rows = [f"{t.isoformat(sep=' ')},{v}" for t, v in zip(stamps(500), seasonal()[:500])]
+    values = seasonal()[:500]
+    rows = [f"{t.isoformat(sep=' ')},{v}" for t, v in zip(stamps(500), values, strict=True)]
     source.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
     out = tmp_path / "out.csv"
     assert run_cli(str(source), "-o", str(out)) == 0
