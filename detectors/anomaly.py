@@ -1,21 +1,23 @@
 """Streaming statistical anomaly detector for metric series.
 
-Each point is scored with only the past, in amortised O(1):
+Each point is scored with only the past, in amortised O(1) per point:
 
-1. **Baseline.** An online additive Holt-Winters-style model (a level plus, when the series has
-   one, a daily or weekly seasonal profile) predicts the next value. Whether a season exists, and
-   its length, is decided periodically with statsmodels' classical ``seasonal_decompose`` on
-   the recent history (amortised cost), using the strength of seasonality
-   ``1 - Var(residual) / Var(seasonal + residual)``.
-2. **Robust deviation.** The prediction error is divided by an exponentially weighted mean
-   absolute error that is updated with winsorised errors, so one spike does not hide the next.
-3. **Adaptive threshold.** The short-term mean of those deviations is compared with its own
-   long-run distribution (as in Numenta's anomaly likelihood); the Gaussian tail probability
-   ``q`` is mapped to ``-log10(q) / 10`` in [0, 1], so a score of 0.5 means ``q = 1e-5``.
+1. **Baseline (seasonality).** Every ``refit_every`` points, statsmodels' classical
+   ``seasonal_decompose`` on the recent history measures the strength of a daily and a weekly
+   season, ``1 - Var(residual) / Var(seasonal + residual)``; the strongest one above
+   ``min_strength`` is removed from each new value using a per-phase profile that is then
+   kept up to date by exponential smoothing. The refit is the only non-O(1) step (amortised).
+2. **Deviation.** The deseasonalised value is compared with the mean and standard deviation of
+   the last ``window`` deseasonalised values (running sums in a ring buffer), giving the
+   two-sided Gaussian surprise ``s = -log10(q)``. The score ``s / (s + 5)`` lies in [0, 1),
+   is 0.5 at ``q = 1e-5`` and never saturates, so extreme points stay ranked above rare ones.
+3. **Adaptive alarm.** A score above ``alarm_level`` opens a refractory period of
+   ``refractory`` points during which scores are damped: one incident gives one alarm, not a
+   burst of false positives (each of which would trigger a needless remediation).
 
-Why: this combination scored best on the NAB development data among the candidates measured in
-``bench/detector.py`` (see docs/anomaly-detector.md), at a per-point cost of a few plain float
-operations, which keeps ``update`` cheap enough for live series.
+Why: this combination scored best on the NAB development data among the candidates measured
+by ``bench/detector.py`` (see docs/anomaly-detector.md), and ``update`` costs a few plain float
+operations, which keeps it cheap and dependency-light for live series.
 """
 
 from __future__ import annotations
