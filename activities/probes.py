@@ -1,4 +1,7 @@
-"""Probe activities: HTTP, TCP and local process checks. An unhealthy target is a result, not an error."""
+"""Probe activities: HTTP, TCP, process, Prometheus, host and command checks.
+
+An unhealthy target is a result, not an error; only bad configuration raises (non-retryable).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,20 @@ import psutil
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.probes import HttpProbe, ProbeRequest, ProbeResult, ProcessProbe, TcpProbe
+from activities.probe_command import check_command
+from activities.probe_host import check_host
+from activities.probe_prometheus import check_prometheus
+from models.probes import (
+    CommandProbe,
+    HostProbe,
+    HttpProbe,
+    ProbeRequest,
+    ProbeResult,
+    ProbeSpec,
+    ProcessProbe,
+    PrometheusProbe,
+    TcpProbe,
+)
 
 
 def _result(spec: HttpProbe | TcpProbe | ProcessProbe, **fields: object) -> ProbeResult:
@@ -156,11 +172,38 @@ class ProbeActivities:
         assert isinstance(request.spec, ProcessProbe)
         return await asyncio.to_thread(check_process, request.spec)
 
+    @activity.defn(name="probe_prometheus")
+    async def probe_prometheus(self, request: ProbeRequest) -> ProbeResult:
+        """Run a Prometheus instant query and compare its value with `unhealthy_when`."""
+        _expect(request, "prometheus")
+        assert isinstance(request.spec, PrometheusProbe)
+        return await check_prometheus(self._http, request.spec)
 
-async def run_probe(http: httpx.AsyncClient, spec: HttpProbe | TcpProbe | ProcessProbe) -> ProbeResult:
+    @activity.defn(name="probe_host")
+    async def probe_host(self, request: ProbeRequest) -> ProbeResult:
+        """Check this host's CPU, memory, disk and load against the probe's limits."""
+        _expect(request, "host")
+        assert isinstance(request.spec, HostProbe)
+        return await asyncio.to_thread(check_host, request.spec)
+
+    @activity.defn(name="probe_command")
+    async def probe_command(self, request: ProbeRequest) -> ProbeResult:
+        """Run a check program; exit code 0 is healthy."""
+        _expect(request, "command")
+        assert isinstance(request.spec, CommandProbe)
+        return await check_command(request.spec)
+
+
+async def run_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:
     """Run any probe kind directly (the detectors use this; workflows go through the activities)."""
     if isinstance(spec, HttpProbe):
         return await check_http(http, spec)
     if isinstance(spec, TcpProbe):
         return await check_tcp(spec)
+    if isinstance(spec, PrometheusProbe):
+        return await check_prometheus(http, spec)
+    if isinstance(spec, HostProbe):
+        return await asyncio.to_thread(check_host, spec)
+    if isinstance(spec, CommandProbe):
+        return await check_command(spec)
     return await asyncio.to_thread(check_process, spec)

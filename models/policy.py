@@ -6,6 +6,7 @@ records exactly the policy it ran with, and workflows never read files or the en
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -15,7 +16,7 @@ from models.actions import ActionSpec
 from models.base import Duration, MedkitModel, Name, positive
 from models.notifications import NotificationRoute
 from models.phases import Severity
-from models.probes import ProbeSpec
+from models.probes import Comparison, ProbeSpec
 
 
 class StepSpec(MedkitModel):
@@ -108,12 +109,63 @@ class EscalationSpec(MedkitModel):
     routes: list[Name] = Field(default_factory=list)
 
 
+class RuleCondition(MedkitModel):
+    """Which probes a rule looks at, what each must show, and how many of them must show it.
+
+    Selected: the probes named in `probes` plus every probe of `group` (all probes when neither
+    is set). Each selected probe matches when it is failing (if `failing` is set) and every
+    `observed` comparison holds for its observed values. `match` is `any`, `all` or a minimum count.
+    """
+
+    probes: list[Name] = Field(default_factory=list)
+    group: Name | None = None
+    failing: bool | None = None
+    observed: dict[str, Comparison] = Field(default_factory=dict)
+    match: Literal["any", "all"] | Annotated[int, Field(ge=1)] = "any"
+
+    @model_validator(mode="after")
+    def _tests_something(self) -> RuleCondition:
+        if self.failing is None and not self.observed:
+            raise ValueError("a rule condition needs failing: true|false, observed: {...}, or both")
+        return self
+
+
+class AssessmentRule(MedkitModel):
+    """When the condition holds, the incident has this severity (and category, if given)."""
+
+    name: Name | None = None
+    when: RuleCondition
+    severity: Severity
+    category: Name | None = None
+
+
 class AssessmentSpec(MedkitModel):
-    """How probe results during assessment decide severity; the detector's own severity is a floor."""
+    """How probe results during assessment decide severity; the detector's own severity is a floor.
+
+    The first of `rules` whose condition holds decides; when none does, the all/some/no-probe
+    defaults do.
+    """
 
     all_probes_fail: Severity = Severity.MAJOR
     some_probes_fail: Severity = Severity.MINOR
     no_probe_fails: Severity = Severity.MINOR
+    rules: list[AssessmentRule] = Field(default_factory=list)
+
+    def unresolved(self, probes: Sequence[ProbeSpec]) -> list[str]:
+        """Problems with the rules' references to the service's probes and groups, by field."""
+        names = sorted(probe.name for probe in probes)
+        groups = sorted({probe.group for probe in probes if probe.group is not None})
+        problems: list[str] = []
+        for index, rule in enumerate(self.rules):
+            field = f"assessment.rules[{index}].when"
+            problems.extend(
+                f"{field}.probes names unknown probe {name!r} (defined: {names})"
+                for name in rule.when.probes if name not in names
+            )
+            if rule.when.group is not None and rule.when.group not in groups:
+                problems.append(f"{field}.group names unknown group {rule.when.group!r} "
+                                f"(probe groups: {groups or 'none'})")
+        return problems
 
 
 class HealthPollSpec(MedkitModel):
@@ -177,6 +229,7 @@ class ServicePolicy(MedkitModel):
         names = [probe.name for probe in self.probes]
         if len(set(names)) != len(names):
             problems.append(f"probe names must be unique, got {names}")
+        problems.extend(self.assessment.unresolved(self.probes))
         if problems:
             raise ValueError("; ".join(problems))
         return self

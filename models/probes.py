@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from models.base import Duration, MedkitModel, Name
+
+Group = Name | None
+"""The probe's group (e.g. `instances`): assessment rules can select every probe of a group."""
 
 
 class HttpProbe(MedkitModel):
@@ -15,6 +20,7 @@ class HttpProbe(MedkitModel):
 
     kind: Literal["http"] = "http"
     name: Name = "http"
+    group: Group = None
     url: Annotated[str, Field(pattern=r"^https?://")]
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
@@ -30,6 +36,7 @@ class TcpProbe(MedkitModel):
 
     kind: Literal["tcp"] = "tcp"
     name: Name = "tcp"
+    group: Group = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)]
     timeout: Duration = timedelta(seconds=2)
@@ -40,6 +47,7 @@ class ProcessProbe(MedkitModel):
 
     kind: Literal["process"] = "process"
     name: Name = "process"
+    group: Group = None
     pid_file: str | None = None
     process_name: str | None = None
     max_cpu_percent: Annotated[float, Field(gt=0)] | None = None
@@ -53,13 +61,119 @@ class ProcessProbe(MedkitModel):
         return self
 
 
-ProbeSpec = Annotated[HttpProbe | TcpProbe | ProcessProbe, Field(discriminator="kind")]
+ComparisonOp = Literal[">", ">=", "<", "<=", "==", "!="]
+_COMPARISON_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$")
+
+
+class Comparison(MedkitModel):
+    """`op threshold`, written `"> 0.05"` in a policy; `holds(value)` applies it (NaN never holds)."""
+
+    op: ComparisonOp
+    threshold: Annotated[float, Field(allow_inf_nan=False)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            match = _COMPARISON_RE.match(data)
+            if match is None:
+                raise ValueError(
+                    f"invalid comparison {data!r}: write an operator (> >= < <= == !=) and a number, "
+                    "e.g. '> 0.05'"
+                )
+            return {"op": match.group(1), "threshold": match.group(2)}
+        return data
+
+    @model_serializer
+    def _as_text(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        number = int(self.threshold) if self.threshold.is_integer() else self.threshold
+        return f"{self.op} {number!r}"
+
+    def holds(self, value: float) -> bool:
+        """Whether `value op threshold` is true."""
+        if math.isnan(value):
+            return False
+        return {
+            ">": value > self.threshold, ">=": value >= self.threshold,
+            "<": value < self.threshold, "<=": value <= self.threshold,
+            "==": value == self.threshold, "!=": value != self.threshold,
+        }[self.op]
+
+
+class PrometheusProbe(MedkitModel):
+    """A PromQL instant query; unhealthy when its value meets `unhealthy_when` (like an alert rule).
+
+    Several series: `match: any` (default) is unhealthy when any series meets the condition,
+    `all` when every series does. No series: `empty` decides (default healthy, as an alert rule
+    that returns nothing does not fire).
+    """
+
+    kind: Literal["prometheus"] = "prometheus"
+    name: Name = "prometheus"
+    group: Group = None
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    query: Annotated[str, Field(min_length=1)]
+    unhealthy_when: Comparison
+    match: Literal["any", "all"] = "any"
+    empty: Literal["healthy", "unhealthy"] = "healthy"
+    timeout: Duration = timedelta(seconds=5)
+
+
+class HostProbe(MedkitModel):
+    """This host's CPU, memory, disk and load, each against an optional maximum (at least one set)."""
+
+    kind: Literal["host"] = "host"
+    name: Name = "host"
+    group: Group = None
+    max_cpu_percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    cpu_sample: Duration = timedelta(milliseconds=500)
+    max_memory_percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    max_disk_percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    disk_path: Annotated[str, Field(min_length=1)] = "/"
+    max_load: Annotated[float, Field(gt=0)] | None = None
+    load_per_core: bool = False
+    timeout: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> HostProbe:
+        limits = (self.max_cpu_percent, self.max_memory_percent, self.max_disk_percent, self.max_load)
+        if all(limit is None for limit in limits):
+            raise ValueError(
+                "set at least one of max_cpu_percent, max_memory_percent, max_disk_percent, max_load"
+            )
+        if self.cpu_sample >= self.timeout:
+            raise ValueError("cpu_sample must be shorter than timeout")
+        return self
+
+
+class CommandProbe(MedkitModel):
+    """A read-only check program (argv, never a shell): exit code 0 is healthy, anything else not."""
+
+    kind: Literal["command"] = "command"
+    name: Name = "command"
+    group: Group = None
+    argv: Annotated[list[str], Field(min_length=1)]
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=10)
+
+
+ProbeSpec = Annotated[
+    HttpProbe | TcpProbe | ProcessProbe | PrometheusProbe | HostProbe | CommandProbe,
+    Field(discriminator="kind"),
+]
 """Any probe a policy can name, selected by its `kind`."""
 
 PROBE_ACTIVITY: dict[str, str] = {
     "http": "probe_http",
     "tcp": "probe_tcp",
     "process": "probe_process",
+    "prometheus": "probe_prometheus",
+    "host": "probe_host",
+    "command": "probe_command",
 }
 """The activity that runs each probe kind."""
 
@@ -81,7 +195,7 @@ class ProbeResult(MedkitModel):
     latency_ms: float | None = None
     observed: dict[str, float | int | str | None] = Field(default_factory=dict)
     failure: Literal["unreachable", "bad_status", "slow", "body_mismatch", "process_down",
-                     "resource_limit", "error"] | None = None
+                     "resource_limit", "error", "threshold", "check_failed"] | None = None
     at: datetime
 
     def evidence(self) -> str:

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from models.policy import RungSpec, StepSpec
     from models.probes import PROBE_ACTIVITY, ProbeRequest, ProbeResult, ProbeSpec
     from models.status import PendingDecision, RecoveryStatus, TimelineEntry, TimelineKind
-    from workflows.assessment import decide_category, decide_severity
+    from workflows.assessment import assess
 
 T = TypeVar("T")
 
@@ -123,15 +123,16 @@ class RecoveryWorkflow:
     async def _assess(self) -> None:
         results = await self._probe_all("assess")
         detection = self._input.detection
-        self._severity = decide_severity(results, self._policy.assessment, detection.severity)
-        self._category = decide_category(results, detection.labels.get("category"))
+        verdict = assess(results, self._policy.assessment, self._policy.probes, detection.severity,
+                         detection.labels.get("category"))
+        self._severity, self._category = verdict.severity, verdict.category
         self._evidence = [r.evidence() for r in results]
         if detection.summary:
             self._evidence.insert(0, f"{detection.source}: {detection.summary}")
         workflow.upsert_search_attributes([sa.SEVERITY.value_set(self._severity.value)])
         failed = sum(1 for r in results if not r.healthy)
         self._record(self._phase, f"severity {self._severity.value}, category {self._category}: "
-                     f"{failed} of {len(results)} probes failing", kind="probe")
+                     f"{failed} of {len(results)} probes failing; {verdict.reason}", kind="probe")
 
     async def _recover(self) -> None:
         assert self._severity is not None
