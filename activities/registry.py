@@ -10,6 +10,7 @@ from activities.deps import ActivityDeps
 from activities.notify import NotifyActivities
 from activities.probes import ProbeActivities
 from activities.process import ProcessActivities, ProcessSupervisor
+from activities.record import RecordActivities
 
 
 def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[Callable[..., Any]]:
@@ -18,6 +19,7 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
     process = ProcessActivities(deps, supervisor)
     command = CommandActivities(deps)
     notify = NotifyActivities(deps)
+    record = RecordActivities(deps)
     return [
         probes.probe_http,
         probes.probe_tcp,
@@ -28,4 +30,6 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
         process.restart_process,
         command.run_command,
         notify.notify,
+        record.record_incident,
+        record.count_recent_actions,
     ]

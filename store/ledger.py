@@ -12,8 +12,14 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlalchemy import Engine, event, func
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from store.migrations import migrate
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another process's transaction before failing."""
 
 
 class ActionRecord(SQLModel, table=True):
@@ -31,16 +37,38 @@ class ActionRecord(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
+def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """WAL (readers never block the writer), a busy timeout, and SQLAlchemy owns BEGIN."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Take the write lock up front: a deferred read-then-write transaction can fail with BUSY."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for medkit's database; SQLite gets WAL, a busy timeout and transactional DDL."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False,
+                                              "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
 class ActionLedger:
     """Idempotency records for side effects, in any SQLAlchemy database (SQLite by default)."""
 
     def __init__(self, url: str) -> None:
-        connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            connect_args = {"check_same_thread": False, "timeout": 30}
-        self._engine: Engine = create_engine(url, connect_args=connect_args)
+        self._engine: Engine = create_store_engine(url)
         self._lock = threading.Lock()
-        SQLModel.metadata.create_all(self._engine, tables=[ActionRecord.__table__])  # type: ignore[attr-defined]
+        migrate(self._engine)
 
     @property
     def engine(self) -> Engine:
@@ -86,3 +114,16 @@ class ActionLedger:
                 record.finished_at = datetime.now(UTC)
                 session.add(record)
                 session.commit()
+
+    def count_actions(self, service: str, activities: list[str], since: datetime) -> int:
+        """How many of these activities finished for `service` since then, across its incidents."""
+        if not activities:
+            return 0
+        query = select(func.count()).select_from(ActionRecord).where(
+            ActionRecord.service == service,
+            col(ActionRecord.activity).in_(activities),
+            col(ActionRecord.finished_at).is_not(None),
+            col(ActionRecord.finished_at) >= since.astimezone(UTC),
+        )
+        with Session(self._engine) as session:
+            return int(session.exec(query).one())

@@ -1,0 +1,257 @@
+"""The incident store and the ledger's budget count, against SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from models.incident_record import IncidentRecord
+from models.phases import Outcome, Phase, Severity
+from models.status import RecoveryStatus, TimelineEntry, TimelineKind
+from store.incidents import (
+    DecisionRow,
+    IncidentNotFound,
+    IncidentRow,
+    IncidentStore,
+    NotificationRow,
+    TimelineRow,
+)
+from store.ledger import ActionLedger, ActionRecord
+
+pytest_plugins = ["tests.postgres_fixture"]
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'medkit.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def ledger(database_url: str) -> Iterator[ActionLedger]:
+    """The ledger, which creates and migrates the schema."""
+    ledger = ActionLedger(database_url)
+    yield ledger
+    ledger.engine.dispose()
+
+
+@pytest.fixture
+def store(ledger: ActionLedger) -> IncidentStore:
+    """The incident store on the ledger's engine."""
+    return IncidentStore(ledger.engine)
+
+
+def entry(n: int, reason: str, kind: TimelineKind = "transition", actor: str = "medkit",
+          frm: Phase = Phase.ASSESSING, to: Phase = Phase.ASSESSING) -> TimelineEntry:
+    """The n-th timeline entry, n seconds after T0."""
+    return TimelineEntry(at=T0 + timedelta(seconds=n), from_phase=frm, to_phase=to, reason=reason,
+                         actor=actor, kind=kind)
+
+
+FULL_TIMELINE = [
+    entry(0, "cli reported: down", "report", actor="cli", frm=Phase.DETECTED, to=Phase.DETECTED),
+    entry(1, "assessing", frm=Phase.DETECTED, to=Phase.ASSESSING),
+    entry(2, "severity major", "probe"),
+    entry(3, "notified oncall: manual", "notification"),
+    entry(4, "notification to slack failed: route 'slack' answered HTTP 404", "notification"),
+    entry(5, "approve (signal): restart is safe", "decision", actor="alice"),
+    entry(6, "retry requested: try again", "decision", actor="bob"),
+    entry(7, "retry (update): try again", "decision", actor="bob"),
+    entry(8, "ignored signal: cannot approve", "ignored", actor="carol"),
+    entry(9, "restart: restarted pid 1 -> 2", "action"),
+    entry(10, "healthy", frm=Phase.ASSESSING, to=Phase.RECOVERED),
+]
+
+
+def status(timeline: list[TimelineEntry], workflow_id: str = "recovery:web:health",
+           service: str = "web") -> RecoveryStatus:
+    """A status whose phase is where its timeline ends."""
+    phase = timeline[-1].to_phase if timeline else Phase.DETECTED
+    return RecoveryStatus(
+        workflow_id=workflow_id, service=service, incident_key="health", phase=phase,
+        severity=Severity.MAJOR, category="crash", attempts=1, max_attempts=3, reports=2,
+        outcome=Outcome(phase.value) if phase.terminal else None, started_at=T0, timeline=timeline,
+    )
+
+
+def count(store_engine: ActionLedger, model: type[TimelineRow | DecisionRow | NotificationRow]) -> int:
+    """Rows of one table."""
+    with Session(store_engine.engine) as session:
+        return int(session.exec(select(func.count()).select_from(model)).one())
+
+
+def test_record_stores_run_timeline_decisions_and_notifications(
+        ledger: ActionLedger, store: IncidentStore) -> None:
+    recorded = store.record(IncidentRecord(run_id="run-1", status=status(FULL_TIMELINE)), T0)
+    assert (recorded.new_entries, recorded.timeline_length) == (len(FULL_TIMELINE), len(FULL_TIMELINE))
+    detail = store.detail(store.find("recovery:web:health"))
+    incident = detail.incident
+    assert (incident.phase, incident.outcome, incident.severity) == ("Recovered", "Recovered", "major")
+    assert incident.started_at == T0 and incident.ended_at == T0 + timedelta(seconds=10)
+    assert incident.duration_seconds == 10.0
+    assert [row.reason for row in detail.timeline] == [e.reason for e in FULL_TIMELINE]
+    assert [row.idx for row in detail.timeline] == list(range(len(FULL_TIMELINE)))
+    assert detail.timeline[1].at == T0 + timedelta(seconds=1)
+    assert [(d.operator, d.decision, d.via, d.reason) for d in detail.decisions] == [
+        ("alice", "approve", "signal", "restart is safe"), ("bob", "retry", "update", "try again")]
+    assert [(n.route, n.delivered, n.detail) for n in detail.notifications] == [
+        ("oncall", True, "manual"), ("slack", False, "route 'slack' answered HTTP 404")]
+
+
+def test_recording_again_adds_nothing(ledger: ActionLedger, store: IncidentStore) -> None:
+    record = IncidentRecord(run_id="run-1", status=status(FULL_TIMELINE))
+    store.record(record, T0)
+    again = store.record(record, T0 + timedelta(minutes=1))
+    assert again.new_entries == 0
+    assert count(ledger, TimelineRow) == len(FULL_TIMELINE)
+    assert count(ledger, DecisionRow) == 2
+    assert count(ledger, NotificationRow) == 2
+
+
+def test_each_transition_adds_only_its_new_entries(ledger: ActionLedger, store: IncidentStore) -> None:
+    for length in range(1, len(FULL_TIMELINE) + 1):
+        recorded = store.record(IncidentRecord(run_id="r", status=status(FULL_TIMELINE[:length])), T0)
+        assert recorded.new_entries == 1
+    assert count(ledger, TimelineRow) == len(FULL_TIMELINE)
+    assert count(ledger, DecisionRow) == 2
+
+
+def test_an_older_status_never_overwrites_a_newer_one(store: IncidentStore) -> None:
+    store.record(IncidentRecord(run_id="r", status=status(FULL_TIMELINE)), T0)
+    stale = store.record(IncidentRecord(run_id="r", status=status(FULL_TIMELINE[:3])), T0)
+    assert stale.new_entries == 0
+    incident = store.find("r")
+    assert (incident.phase, incident.timeline_length) == ("Recovered", len(FULL_TIMELINE))
+
+
+def test_a_running_incident_has_no_end(store: IncidentStore) -> None:
+    store.record(IncidentRecord(run_id="r", status=status(FULL_TIMELINE[:3])), T0)
+    incident = store.find("r")
+    assert (incident.phase, incident.outcome, incident.ended_at, incident.duration_seconds) == (
+        "Assessing", None, None, None)
+
+
+def test_find_by_workflow_id_run_id_and_prefix(store: IncidentStore) -> None:
+    first, second = status(FULL_TIMELINE), status(FULL_TIMELINE)
+    second.started_at = T0 + timedelta(hours=1)
+    store.record(IncidentRecord(run_id="aaaa-1111", status=first), T0)
+    store.record(IncidentRecord(run_id="aaaa-2222", status=second), T0)
+    assert store.find("recovery:web:health").run_id == "aaaa-2222"  # the latest run
+    assert store.find("recovery:web:health/aaaa-1111").run_id == "aaaa-1111"
+    assert store.find("aaaa-1").run_id == "aaaa-1111"
+    with pytest.raises(IncidentNotFound, match="matches 2 runs"):
+        store.find("aaaa")
+    with pytest.raises(IncidentNotFound, match="no incident 'nope'"):
+        store.find("nope")
+    with pytest.raises(IncidentNotFound, match="no incident"):
+        store.find("recovery:web:health/zzzz")
+
+
+def test_recent_filters_by_service_and_start(store: IncidentStore) -> None:
+    for n, service in enumerate(["web", "api", "web"]):
+        record = status(FULL_TIMELINE, workflow_id=f"recovery:{service}:k{n}", service=service)
+        record.started_at = T0 + timedelta(hours=n)
+        store.record(IncidentRecord(run_id=f"r{n}", status=record), T0)
+    assert [row.run_id for row in store.recent()] == ["r2", "r1", "r0"]
+    assert [row.run_id for row in store.recent(service="web")] == ["r2", "r0"]
+    assert [row.run_id for row in store.recent(since=T0 + timedelta(minutes=30))] == ["r2", "r1"]
+    assert [row.run_id for row in store.recent(limit=1)] == ["r2"]
+
+
+def test_detail_lists_the_runs_ledger_actions_only(ledger: ActionLedger, store: IncidentStore) -> None:
+    store.record(IncidentRecord(run_id="r1", status=status(FULL_TIMELINE)), T0)
+    mine = ledger.begin("recovery:web:health/r1/3", workflow_id="recovery:web:health", service="web",
+                        activity="restart_process")
+    ledger.finish(mine.key, '{"detail": "restarted"}')
+    ledger.begin("recovery:web:health/r10/3", workflow_id="recovery:web:health", service="web",
+                 activity="restart_process")
+    ledger.begin("recovery:web:health/r1/4", workflow_id="recovery:web:health", service="web",
+                 activity="notify")
+    detail = store.detail(store.find("r1"))
+    assert [a.key for a in detail.actions] == ["recovery:web:health/r1/3", "recovery:web:health/r1/4"]
+
+
+def finished_action(ledger: ActionLedger, key: str, service: str, activity: str,
+                    finished_at: datetime | None) -> None:
+    """A ledger row that finished at the given time (None: still in progress)."""
+    ledger.begin(key, workflow_id=f"recovery:{service}:k", service=service, activity=activity)
+    if finished_at is None:
+        return
+    ledger.finish(key, "{}")
+    with Session(ledger.engine) as session:
+        record = session.get(ActionRecord, key)
+        assert record is not None
+        record.finished_at = finished_at
+        session.add(record)
+        session.commit()
+
+
+def test_count_actions_counts_finished_actions_of_the_service_in_the_window(ledger: ActionLedger) -> None:
+    now = datetime.now(UTC)
+    finished_action(ledger, "a/1/1", "web", "restart_process", now - timedelta(minutes=5))
+    finished_action(ledger, "b/1/1", "web", "restart_process", now - timedelta(minutes=50))
+    finished_action(ledger, "c/1/1", "web", "run_command", now - timedelta(minutes=1))
+    finished_action(ledger, "d/1/1", "web", "notify", now - timedelta(minutes=1))
+    finished_action(ledger, "e/1/1", "web", "restart_process", now - timedelta(hours=3))
+    finished_action(ledger, "f/1/1", "web", "restart_process", None)
+    finished_action(ledger, "g/1/1", "api", "restart_process", now - timedelta(minutes=1))
+    since = now - timedelta(hours=1)
+    assert ledger.count_actions("web", ["restart_process"], since) == 2
+    assert ledger.count_actions("web", ["restart_process", "run_command"], since) == 3
+    assert ledger.count_actions("web", ["restart_process"], now - timedelta(minutes=10)) == 1
+    assert ledger.count_actions("api", ["restart_process"], since) == 1
+    assert ledger.count_actions("web", [], since) == 0
+    local = since.astimezone(timezone(timedelta(hours=-5)))
+    assert ledger.count_actions("web", ["restart_process"], local) == 2
+
+
+def test_concurrent_writers_from_many_workers_never_duplicate(database_url: str) -> None:
+    """Several engines (as separate workers would have) record growing timelines at once."""
+    ActionLedger(database_url).engine.dispose()
+    workers, workflows = 4, 6
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(workers)
+
+    def worker(n: int) -> None:
+        ledger = ActionLedger(database_url)
+        store = IncidentStore(ledger.engine)
+        try:
+            barrier.wait()
+            for length in range(1, len(FULL_TIMELINE) + 1):
+                for w in range(workflows):
+                    # every worker writes every workflow: each write races the others
+                    record = status(FULL_TIMELINE[:length], workflow_id=f"recovery:s{w}:k",
+                                    service=f"s{w}")
+                    store.record(IncidentRecord(run_id=f"run-{w}", status=record), T0)
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            ledger.engine.dispose()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    ledger = ActionLedger(database_url)
+    try:
+        assert count(ledger, TimelineRow) == workflows * len(FULL_TIMELINE)
+        assert count(ledger, DecisionRow) == workflows * 2
+        with Session(ledger.engine) as session:
+            rows = session.exec(select(IncidentRow)).all()
+        assert len(rows) == workflows
+        assert {row.timeline_length for row in rows} == {len(FULL_TIMELINE)}
+    finally:
+        ledger.engine.dispose()
