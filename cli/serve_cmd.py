@@ -1,0 +1,90 @@
+"""`medkit serve`: the HTTP ingest gateway (Alertmanager receiver, detections, operator API)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import structlog
+import uvicorn
+
+from cli.common import (
+    CommandError,
+    SubParsers,
+    add_config_arg,
+    add_temporal_args,
+    guarded,
+    load_policy,
+    policy_path,
+    target_from,
+)
+from gateway.app import create_app
+from gateway.auth import AuthConfig, AuthConfigError
+from gateway.mapping import DEFAULT_SERVICE_LABELS
+from gateway.settings import MAX_BODY_BYTES, GatewaySettings
+from gateway.temporal import TemporalGateway
+from workers.logging import configure_logging
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8780
+
+
+@guarded
+def serve(args: argparse.Namespace) -> int:
+    """Validate the configuration, then serve until SIGINT/SIGTERM."""
+    configure_logging(args.log_level)
+    log = structlog.get_logger("medkit.gateway")
+    policy = load_policy(policy_path(args))
+    try:
+        auth = AuthConfig.from_env(insecure=args.insecure_no_auth)
+    except AuthConfigError as err:
+        raise CommandError(str(err)) from None
+    labels = tuple(label.strip() for label in args.service_label.split(",") if label.strip())
+    if not labels:
+        raise CommandError("--service-label needs at least one label name")
+    settings = GatewaySettings(policy=policy, auth=auth, service_labels=labels, dry_run=args.dry_run,
+                               max_body_bytes=args.max_body_bytes)
+    target = target_from(args)
+    app = create_app(settings, TemporalGateway(target, timeout=args.temporal_timeout))
+    if auth.insecure:
+        log.warning("serving WITHOUT authentication (--insecure-no-auth): anyone who can reach "
+                    "the port can start recoveries and send operator decisions")
+    log.info("gateway starting", host=args.host, port=args.port, temporal=target.address,
+             namespace=target.namespace, task_queue=target.task_queue,
+             services=[s.name for s in policy.services], dry_run=args.dry_run,
+             detector_api=auth.insecure or auth.detector_token is not None,
+             operator_api=auth.insecure or auth.operator_token is not None)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add `serve`."""
+    parser = subparsers.add_parser(
+        "serve", help="run the HTTP gateway: Alertmanager receiver, detections, operator API",
+        description="Serve POST /v1/alerts/alertmanager (an Alertmanager webhook receiver), "
+        "POST /v1/detections, the operator API under /v1/recoveries, /healthz, /readyz and "
+        "/metrics; the OpenAPI spec is at /openapi.json. Bearer tokens come from "
+        "MEDKIT_DETECTOR_TOKEN and MEDKIT_OPERATOR_TOKEN; with neither set the gateway refuses "
+        "to start unless --insecure-no-auth is given.")
+    parser.add_argument("--host", default=os.environ.get("MEDKIT_GATEWAY_HOST", DEFAULT_HOST),
+                        help=f"listen address (default: $MEDKIT_GATEWAY_HOST or {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int,
+                        default=int(os.environ.get("MEDKIT_GATEWAY_PORT", DEFAULT_PORT)),
+                        help=f"listen port (default: $MEDKIT_GATEWAY_PORT or {DEFAULT_PORT})")
+    parser.add_argument("--service-label", default=",".join(DEFAULT_SERVICE_LABELS),
+                        help="alert labels naming the medkit service, tried in order "
+                        f"(default: {','.join(DEFAULT_SERVICE_LABELS)})")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="every recovery this gateway starts simulates its actions")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="serve without bearer tokens (only for a trusted loopback setup)")
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                        help=f"larger request bodies get 413 (default: {MAX_BODY_BYTES})")
+    parser.add_argument("--temporal-timeout", type=float, default=10.0,
+                        help="seconds any Temporal call may take before the request fails with 503")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_config_arg(parser)
+    add_temporal_args(parser)
+    parser.set_defaults(func=serve)

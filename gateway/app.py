@@ -1,0 +1,215 @@
+"""The FastAPI application behind `medkit serve`: ingest, operator API, health and metrics."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import ValidationError
+
+from gateway.alertmanager import AlertmanagerPayload
+from gateway.ingest import Ingestor
+from gateway.mapping import BatchRejected, PlannedReport, lookup_service, plan_alertmanager_batch
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import AuthMiddleware, LatencyMiddleware, required_role
+from gateway.schemas import (
+    WORKFLOW_ID_PATTERN,
+    BatchResult,
+    DecisionIn,
+    DetectionIn,
+    ErrorBody,
+    IngestResult,
+    RecoveryListItem,
+)
+from gateway.settings import GatewaySettings
+from gateway.temporal import TemporalFailed, TemporalGateway, TemporalUnavailable
+from models.base import NAME_PATTERN
+from models.decisions import DecisionVerdict, OperatorDecision
+from models.detection import Detection, incident_key_from
+from models.phases import DecisionKind, Outcome, Phase
+from models.status import RecoveryStatus
+from workers.client import DecisionRejected, RecoveryNotFound
+
+_bearer = HTTPBearer(auto_error=False, description="MEDKIT_DETECTOR_TOKEN or MEDKIT_OPERATOR_TOKEN")
+"""Declares the bearer scheme in the OpenAPI spec; AuthMiddleware enforces it before the body is read."""
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
+    403: {"model": ErrorBody, "description": "a token of the other role"},
+    413: {"model": ErrorBody, "description": "body larger than the limit (1 MiB)"},
+    422: {"model": ErrorBody, "description": "malformed request or unknown service"},
+    502: {"model": ErrorBody, "description": "Temporal answered with an unexpected error"},
+    503: {"model": ErrorBody, "description": "Temporal unreachable: retry later"},
+}
+
+WorkflowId = Annotated[str, Path(pattern=WORKFLOW_ID_PATTERN, max_length=200,
+                                 description="e.g. recovery:demo:health")]
+
+
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _field_errors(err: RequestValidationError | ValidationError) -> list[dict[str, Any]]:
+    """Each error's location, message and type; the offending input is not echoed back."""
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def create_app(settings: GatewaySettings, temporal: TemporalGateway,
+               metrics: GatewayMetrics | None = None) -> FastAPI:
+    """The gateway app for one policy and one Temporal target."""
+    metrics = metrics or GatewayMetrics()
+    ingestor = Ingestor(temporal, metrics, settings.dry_run, settings.send_concurrency)
+    app = FastAPI(
+        title="medkit gateway",
+        version="1",
+        summary="Alertmanager and detector ingest, and the operator API of medkit recoveries.",
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.metrics = metrics
+    app.state.temporal = temporal
+    app.add_middleware(AuthMiddleware, auth=settings.auth, metrics=metrics)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    secured = [Depends(_bearer)]
+
+    def reject(request: Request, reason: str) -> None:
+        role = required_role(request.url.path)
+        metrics.rejected.labels(role.value if role else "open", reason).inc()
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, err: RequestValidationError) -> JSONResponse:
+        reject(request, "malformed")
+        errors = _field_errors(err)
+        return _error(422, _summary(errors), errors=errors)
+
+    @app.exception_handler(BatchRejected)
+    async def batch_rejected(request: Request, err: BatchRejected) -> JSONResponse:
+        reject(request, err.reason)
+        return _error(422, f"nothing was accepted: {err.problems[0]}"
+                      + (f" (and {len(err.problems) - 1} more)" if len(err.problems) > 1 else ""),
+                      errors=[{"msg": p} for p in err.problems])
+
+    @app.exception_handler(TemporalUnavailable)
+    async def unavailable(request: Request, err: TemporalUnavailable) -> JSONResponse:
+        metrics.temporal_errors.labels("unavailable").inc()
+        response = _error(503, str(err))
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.exception_handler(TemporalFailed)
+    async def failed(request: Request, err: TemporalFailed) -> JSONResponse:
+        metrics.temporal_errors.labels("failed").inc()
+        return _error(502, str(err))
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (it does not check Temporal: see /readyz)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> Response:
+        """Ready when Temporal answers a health check."""
+        if await temporal.ready():
+            return JSONResponse({"status": "ready"})
+        return _error(503, f"Temporal at {temporal.target.address} is unreachable")
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition format."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.post("/v1/alerts/alertmanager", status_code=202, response_model=BatchResult,
+              responses=_ERRORS, dependencies=secured, tags=["ingest"])
+    async def alertmanager(payload: AlertmanagerPayload) -> BatchResult:
+        """Alertmanager webhook receiver (payload version 4).
+
+        The whole batch is validated first: one alert naming an unknown service rejects the
+        batch (422) and nothing is sent. Firing alerts start or join `recovery:<service>:
+        <alertname>`; resolved alerts are reported to the running recovery only.
+        """
+        planned = plan_alertmanager_batch(payload, settings.policy, settings.service_labels)
+        results = await ingestor.deliver(planned, "alertmanager")
+        return BatchResult(accepted=len(results), results=results)
+
+    @app.post("/v1/detections", status_code=202, response_model=IngestResult,
+              responses=_ERRORS, dependencies=secured, tags=["ingest"])
+    async def detections(body: DetectionIn) -> IngestResult:
+        """A detection from any detector or script; starts or joins the recovery (its id is returned)."""
+        service = lookup_service(settings.policy, body.service)
+        if service is None:
+            known = ", ".join(s.name for s in settings.policy.services)
+            raise BatchRejected("unknown_service",
+                                [f"unknown service {body.service!r}; the policy defines: {known}"])
+        try:
+            detection = Detection(
+                detection_id=body.detection_id or f"http-{uuid.uuid4()}", service=service.name,
+                incident_key=incident_key_from(body.incident_key), source="http",
+                severity=body.severity, summary=body.summary, labels=body.labels, status=body.status,
+                detected_at=body.detected_at or datetime.now(UTC),
+            )
+        except ValidationError as err:
+            raise BatchRejected("malformed", [_summary(_field_errors(err))]) from None
+        [result] = await ingestor.deliver([PlannedReport(detection=detection, policy=service)], "http")
+        return result
+
+    @app.get("/v1/recoveries", response_model=list[RecoveryListItem], responses=_ERRORS,
+             dependencies=secured, tags=["operator"])
+    async def list_recoveries(
+        service: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+        phase: Phase | None = None,
+        outcome: Outcome | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[RecoveryListItem]:
+        """Recoveries filtered through the search attributes; filter values are validated,
+        so nothing but a service name or a known phase/outcome reaches the query."""
+        clauses = ["WorkflowType = 'RecoveryWorkflow'"]
+        if service is not None:
+            clauses.append(f"MedkitService = '{service}'")
+        if phase is not None:
+            clauses.append(f"MedkitPhase = '{phase.value}'")
+        if outcome is not None:
+            clauses.append(f"MedkitOutcome = '{outcome.value}'")
+        rows = await temporal.list_recoveries(" AND ".join(clauses), limit)
+        return [RecoveryListItem(**vars(row)) for row in rows]
+
+    @app.get("/v1/recoveries/{workflow_id}", response_model=RecoveryStatus,
+             responses={**_ERRORS, 404: {"model": ErrorBody}}, dependencies=secured, tags=["operator"])
+    async def recovery_status(workflow_id: WorkflowId) -> RecoveryStatus:
+        """The recovery's status query: phase, pending decision, timeline."""
+        try:
+            return await temporal.status(workflow_id)
+        except RecoveryNotFound as err:
+            raise HTTPException(404, str(err)) from None
+
+    @app.post("/v1/recoveries/{workflow_id}/{decision}", response_model=DecisionVerdict,
+              responses={**_ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+              dependencies=secured, tags=["operator"])
+    async def decide(workflow_id: WorkflowId, decision: DecisionKind, body: DecisionIn) -> DecisionVerdict:
+        """approve | abort | resolve | retry. 409 with the reason when the recovery refuses it."""
+        stamped = OperatorDecision(operator=body.operator, reason=body.reason, at=datetime.now(UTC))
+        try:
+            return await temporal.decide(workflow_id, decision, stamped)
+        except DecisionRejected as err:
+            raise HTTPException(409, str(err)) from None
+        except RecoveryNotFound:
+            pass
+        try:
+            ended = await temporal.status(workflow_id)
+        except RecoveryNotFound as err:
+            raise HTTPException(404, str(err)) from None
+        raise HTTPException(409, f"{decision.value} rejected: the recovery already ended as "
+                            f"{ended.phase.value}")
+
+    return app

@@ -1,0 +1,96 @@
+"""ASGI middleware: bearer-token auth by path (before any body is read) and request latency."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth import AuthConfig, Role
+from gateway.metrics import GatewayMetrics
+
+ROLE_PREFIXES: tuple[tuple[str, Role], ...] = (
+    ("/v1/alerts/", Role.DETECTOR),
+    ("/v1/detections", Role.DETECTOR),
+    ("/v1/recoveries", Role.OPERATOR),
+)
+"""Which token each API path needs. Health, readiness, metrics and the OpenAPI spec are open."""
+
+
+def required_role(path: str) -> Role | None:
+    """The role a path needs, or None for the open endpoints."""
+    for prefix, role in ROLE_PREFIXES:
+        if path.startswith(prefix):
+            return role
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, if any."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class AuthMiddleware:
+    """Rejects unauthenticated or wrong-role requests before the body is read or parsed."""
+
+    def __init__(self, app: ASGIApp, auth: AuthConfig, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.auth = auth
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            role = required_role(scope["path"])
+            if role is not None:
+                try:
+                    self.auth.authorize(bearer_token(scope), role)
+                except HTTPException as err:
+                    reason = "unauthorized" if err.status_code == 401 else "forbidden"
+                    self.metrics.rejected.labels(role.value, reason).inc()
+                    await _send_json(send, err.status_code, {"detail": err.detail}, err.headers)
+                    return
+        await self.app(scope, receive, send)
+
+
+class LatencyMiddleware:
+    """Observes each request's duration under its route template (bounded label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.latency.labels(scope["method"], route, str(status)).observe(
+                time.perf_counter() - start)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, object],
+                     headers: Mapping[str, str] | None) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})

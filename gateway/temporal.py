@@ -1,0 +1,186 @@
+"""The gateway's Temporal side: a lazily (re)connected client and time-bounded calls.
+
+Every call is bounded by `timeout` seconds. An unreachable server, a deadline or a
+connection failure becomes TemporalUnavailable (HTTP 503, which Alertmanager retries);
+any other server error becomes TemporalFailed (HTTP 502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from models import search_attributes as sa
+from models.decisions import DecisionVerdict, OperatorDecision
+from models.detection import Detection, recovery_workflow_id
+from models.phases import DecisionKind
+from models.policy import ServicePolicy
+from models.status import RecoveryStatus
+from workers.client import (
+    TemporalTarget,
+    connect,
+    fetch_status,
+    send_decision,
+    start_or_join_recovery,
+)
+from workflows.recovery import RecoveryWorkflow
+
+T = TypeVar("T")
+
+_UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
+                RPCStatusCode.RESOURCE_EXHAUSTED}
+
+
+class TemporalUnavailable(RuntimeError):
+    """Temporal could not be reached in time; the request may be retried as a whole."""
+
+
+class TemporalFailed(RuntimeError):
+    """Temporal answered with an error the gateway does not map to a client error."""
+
+
+@dataclass(frozen=True)
+class RecoveryRow:
+    """One recovery in a visibility listing."""
+
+    workflow_id: str
+    service: str | None
+    phase: str | None
+    severity: str | None
+    outcome: str | None
+    running: bool
+    started_at: str
+
+
+def started_new(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus]) -> bool:
+    """Whether signal-with-start started a new run (True) or joined the running one (False).
+
+    The server says so in `SignalWithStartWorkflowExecutionResponse.started`. The SDK keeps
+    that response on the handle but has no public accessor, and `first_execution_run_id`
+    cannot tell the two apart (on server 1.32+ it is set for a join as well), so the
+    response is read here, in one place; the gateway tests pin this behaviour.
+    """
+    response = getattr(handle, "_start_workflow_response", None)
+    if not isinstance(response, SignalWithStartWorkflowExecutionResponse):
+        raise TemporalFailed("the Temporal SDK no longer exposes the signal-with-start response")
+    return bool(response.started)
+
+
+class TemporalGateway:
+    """Owns the gateway's Temporal client; connects on first use and after a failed connect."""
+
+    def __init__(self, target: TemporalTarget, timeout: float = 10.0,
+                 client: Client | None = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._client = client
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        """The connected client, connecting now if needed."""
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                try:
+                    self._client = await asyncio.wait_for(connect(self.target), self.timeout)
+                except (TimeoutError, RuntimeError, RPCError) as err:
+                    raise TemporalUnavailable(
+                        f"cannot reach Temporal at {self.target.address}: {err or 'timed out'}"
+                    ) from None
+            return self._client
+
+    async def _bounded(self, work: Awaitable[T], what: str) -> T:
+        try:
+            return await asyncio.wait_for(work, self.timeout)
+        except TimeoutError:
+            raise TemporalUnavailable(f"{what}: Temporal did not answer within "
+                                      f"{self.timeout:g}s") from None
+        except RPCError as err:
+            if err.status in _UNAVAILABLE:
+                raise TemporalUnavailable(f"{what}: Temporal unavailable ({err.message})") from None
+            raise
+
+    async def ready(self) -> bool:
+        """True when the frontend answers a health check."""
+        try:
+            client = await self.client()
+            return await self._bounded(client.service_client.check_health(
+                timeout=timedelta(seconds=self.timeout)), "health check")
+        except (TemporalUnavailable, RPCError):
+            return False
+
+    async def start_or_join(self, detection: Detection, policy: ServicePolicy,
+                            dry_run: bool) -> tuple[str, bool]:
+        """Signal-with-start the recovery; its id and whether this call started it."""
+        client = await self.client()
+        try:
+            handle = await self._bounded(
+                start_or_join_recovery(client, detection, policy, self.target.task_queue, dry_run),
+                "start or join recovery")
+        except RPCError as err:
+            raise TemporalFailed(f"Temporal refused to start the recovery: {err.message}") from None
+        return handle.id, started_new(handle)
+
+    async def report_resolved(self, detection: Detection) -> bool:
+        """Signal a resolved report to the running recovery; False if none is running."""
+        client = await self.client()
+        handle = client.get_workflow_handle_for(
+            RecoveryWorkflow.run, recovery_workflow_id(detection.service, detection.incident_key))
+        try:
+            await self._bounded(handle.signal(RecoveryWorkflow.report, detection,
+                                              rpc_timeout=timedelta(seconds=self.timeout)),
+                                "report resolved")
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise TemporalFailed(f"Temporal refused the report: {err.message}") from None
+        return True
+
+    async def status(self, workflow_id: str) -> RecoveryStatus:
+        """The recovery's status query (raises workers.client.RecoveryNotFound)."""
+        client = await self.client()
+        try:
+            return await self._bounded(fetch_status(client, workflow_id), "status query")
+        except RPCError as err:
+            raise TemporalFailed(f"status query failed: {err.message}") from None
+
+    async def decide(self, workflow_id: str, kind: DecisionKind,
+                     decision: OperatorDecision) -> DecisionVerdict:
+        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound)."""
+        client = await self.client()
+        try:
+            return await self._bounded(send_decision(client, workflow_id, kind, decision),
+                                       f"{kind.value} update")
+        except RPCError as err:
+            raise TemporalFailed(f"{kind.value} failed: {err.message}") from None
+
+    async def list_recoveries(self, query: str, limit: int) -> list[RecoveryRow]:
+        """Recoveries matching a visibility query built by the caller from validated values."""
+        client = await self.client()
+
+        async def collect() -> list[RecoveryRow]:
+            rows: list[RecoveryRow] = []
+            async for execution in client.list_workflows(
+                    query, limit=limit, rpc_timeout=timedelta(seconds=self.timeout)):
+                attrs = execution.typed_search_attributes
+                rows.append(RecoveryRow(
+                    workflow_id=execution.id, service=attrs.get(sa.SERVICE),
+                    phase=attrs.get(sa.PHASE), severity=attrs.get(sa.SEVERITY),
+                    outcome=attrs.get(sa.OUTCOME),
+                    running=execution.status == WorkflowExecutionStatus.RUNNING,
+                    started_at=execution.start_time.isoformat(),
+                ))
+            return rows
+
+        try:
+            return await self._bounded(collect(), "list recoveries")
+        except RPCError as err:
+            raise TemporalFailed(f"list failed: {err.message}") from None
