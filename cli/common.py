@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 from temporalio.client import Client
@@ -24,7 +24,10 @@ T = TypeVar("T")
 DEFAULT_STATE_DIR = Path(".medkit")
 DEFAULT_POLICY = DEFAULT_STATE_DIR / "policy.yaml"
 
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    SubParsers = argparse._SubParsersAction
 
 
 class CommandError(Exception):

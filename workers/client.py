@@ -115,7 +115,11 @@ async def send_decision(
         message = getattr(err.cause, "message", None) or str(err.cause)
         raise DecisionRejected(f"{kind.value} rejected: {message}") from None
     except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RecoveryNotFound(f"no running recovery with id {workflow_id!r}") from None
-        raise
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        ended = await fetch_status(client, workflow_id)  # RecoveryNotFound when there is none
+        raise DecisionRejected(
+            f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
+            f"{ended.phase.value}"
+        ) from None
     return verdict

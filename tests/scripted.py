@@ -1,0 +1,197 @@
+"""Activities registered under medkit's activity names with scripted outcomes.
+
+The state-machine tests need exact outcomes ("the first rung fails validation, the second
+succeeds"), so probes and actions are replaced by name with these; notifications stay real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.deps import ActivityDeps
+from activities.notify import NotifyActivities
+from models.actions import ActionRequest, ActionResult
+from models.detection import Detection
+from models.phases import Phase, Severity
+from models.policy import PolicyFile, ServicePolicy
+from models.probes import ProbeRequest, ProbeResult
+from models.status import RecoveryStatus
+from workers.client import start_or_join_recovery
+from workflows.recovery import RecoveryWorkflow
+
+HISTORY_DIR = Path(__file__).parent / "histories"
+
+
+class Script:
+    """Outcomes per probe name (a queue, then a default) and a record of the actions run."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, deque[bool]] = {}
+        self.default_healthy: dict[str, bool] = {}
+        self.actions: list[str] = []
+        self.block_actions = False
+        self.cancelled: list[str] = []
+
+    def probe(self, name: str, *outcomes: bool, then: bool = True) -> None:
+        """Script a probe: these outcomes in order, then `then` forever."""
+        self.outcomes[name] = deque(outcomes)
+        self.default_healthy[name] = then
+
+    def _next(self, name: str) -> bool:
+        queue = self.outcomes.get(name)
+        if queue:
+            return queue.popleft()
+        return self.default_healthy.get(name, True)
+
+    async def _probe(self, request: ProbeRequest) -> ProbeResult:
+        healthy = self._next(request.spec.name)
+        return ProbeResult(
+            probe=request.spec.name, kind=request.spec.kind, healthy=healthy,
+            failure=None if healthy else "bad_status",
+            detail="scripted healthy" if healthy else "scripted failure", at=datetime.now(UTC),
+        )
+
+    @activity.defn(name="probe_http")
+    async def probe_http(self, request: ProbeRequest) -> ProbeResult:
+        """Scripted HTTP probe."""
+        return await self._probe(request)
+
+    @activity.defn(name="probe_tcp")
+    async def probe_tcp(self, request: ProbeRequest) -> ProbeResult:
+        """Scripted TCP probe."""
+        return await self._probe(request)
+
+    async def _act(self, request: ActionRequest) -> ActionResult:
+        self.actions.append(request.action_name)
+        if self.block_actions:
+            try:
+                while True:
+                    activity.heartbeat()
+                    await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                self.cancelled.append(request.action_name)
+                raise
+        return ActionResult(action_name=request.action_name, kind=request.spec.kind, ok=True,
+                            detail=f"scripted {request.spec.kind}",
+                            simulated=request.dry_run)
+
+    @activity.defn(name="restart_process")
+    async def restart_process(self, request: ActionRequest) -> ActionResult:
+        """Scripted restart."""
+        return await self._act(request)
+
+    @activity.defn(name="run_command")
+    async def run_command(self, request: ActionRequest) -> ActionResult:
+        """Scripted command."""
+        return await self._act(request)
+
+    def worker(self, client: Client, task_queue: str, deps: ActivityDeps) -> Worker:
+        """A worker with the real workflow, these scripted activities and the real notifier."""
+        return Worker(
+            client, task_queue=task_queue, workflows=[RecoveryWorkflow],
+            activities=[self.probe_http, self.probe_tcp, self.restart_process, self.run_command,
+                        NotifyActivities(deps).notify],
+        )
+
+
+def scripted_policy(webhook_url: str, **overrides: Any) -> ServicePolicy:
+    """A two-probe service with a two-rung major ladder and an approval-gated critical ladder."""
+    data: dict[str, Any] = {
+        "name": "checkout",
+        "probes": [
+            {"kind": "http", "name": "http", "url": "http://127.0.0.1:9/healthz"},
+            {"kind": "tcp", "name": "tcp", "port": 9},
+        ],
+        "actions": {
+            "restart": {"kind": "restart_process", "argv": ["true"], "pid_file": "/tmp/x.pid"},
+            "failover": {"kind": "command", "argv": ["true"]},
+            "page": {"kind": "notify", "routes": ["oncall"], "message": "heads up"},
+        },
+        "ladders": {
+            "minor": [{"name": "restart", "steps": [{"action": "restart"}]}],
+            "major": [
+                {"name": "restart", "steps": [{"action": "restart"}, {"check": True}]},
+                {"name": "failover", "steps": [{"action": "page"}, {"action": "failover"}]},
+            ],
+            "critical": [{"name": "emergency-failover", "steps": [
+                {"action": "failover", "requires_approval": True, "approval_timeout": "10m"},
+            ]}],
+        },
+        "validation": {"samples": 2, "interval": "5s"},
+        "retry": {"max_attempts": 2, "initial_backoff": "10s"},
+        "escalation": {"after": "5m", "max_escalations": 2, "routes": ["oncall"]},
+        "routes": {"oncall": {"kind": "webhook", "url": webhook_url}},
+    }
+    data.update(overrides)
+    return PolicyFile.model_validate({"services": [data]}).services[0]
+
+
+def detection(service: str = "checkout", severity: Severity | None = None,
+              summary: str = "checkout is failing", key: str | None = None,
+              status: str = "firing") -> Detection:
+    """A fresh detection; the incident key is unique per test unless given."""
+    return Detection(
+        detection_id=str(uuid.uuid4()), service=service,
+        incident_key=key or f"t-{uuid.uuid4().hex[:8]}", source="cli", severity=severity,
+        summary=summary, status=status, detected_at=datetime.now(UTC),  # type: ignore[arg-type]
+    )
+
+
+async def start(client: Client, task_queue: str, policy: ServicePolicy,
+                found: Detection) -> WorkflowHandle[RecoveryWorkflow, RecoveryStatus]:
+    """Start (or join) the recovery as a detector would."""
+    return await start_or_join_recovery(client, found, policy, task_queue)
+
+
+async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: Phase, timeout: float = 30.0,
+                         skip_time: bool = False) -> RecoveryStatus:
+    """Poll the status query until the recovery is in `phase`.
+
+    With skip_time, a result() call runs meanwhile so the time-skipping server fast-forwards
+    timers (backoffs, validation intervals); without it, timers run in real time.
+    """
+    skipping = asyncio.ensure_future(handle.result()) if skip_time else None
+    deadline = asyncio.get_running_loop().time() + timeout
+    status: RecoveryStatus | None = None
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            status = await handle.query(RecoveryWorkflow.status)
+            if status.phase == phase:
+                return status
+            await asyncio.sleep(0.05)
+    finally:
+        if skipping is not None and not skipping.done():
+            skipping.cancel()
+            with contextlib.suppress(BaseException):
+                await skipping
+    raise AssertionError(f"never reached {phase}; last status phase: "
+                         f"{status.phase if status else None}")
+
+
+def phases(status: RecoveryStatus) -> list[str]:
+    """The sequence of phases the recovery moved through."""
+    path = [status.timeline[0].from_phase.value]
+    path += [e.to_phase.value for e in status.timeline if e.kind == "transition"]
+    return path
+
+
+async def save_history(handle: WorkflowHandle[Any, Any], name: str,
+                       when: Callable[[], bool] = lambda: True) -> None:
+    """With MEDKIT_RECORD_HISTORIES=1, save the run's history for the replay tests."""
+    if os.environ.get("MEDKIT_RECORD_HISTORIES") != "1" or not when():
+        return
+    history = await handle.fetch_history()
+    HISTORY_DIR.mkdir(exist_ok=True)
+    (HISTORY_DIR / f"{name}.json").write_text(history.to_json())

@@ -1,0 +1,295 @@
+"""Every path of the recovery state machine, on the time-skipping server.
+
+Probes and actions are scripted by activity name so each path gets an exact outcome;
+notifications are real HTTP posts to a local receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.deps import ActivityDeps
+from models.decisions import OperatorDecision
+from models.phases import DecisionKind, Phase, Severity
+from models.status import RecoveryStatus
+from tests.conftest import WebhookReceiver, eventually
+from tests.scripted import (
+    Script,
+    detection,
+    phases,
+    save_history,
+    scripted_policy,
+    start,
+    wait_for_phase,
+)
+from workers.client import DecisionRejected, send_decision
+from workflows.recovery import RecoveryWorkflow
+
+
+async def _notified(handle: WorkflowHandle[Any, Any], event: str) -> RecoveryStatus | None:
+    status: RecoveryStatus = await handle.query(RecoveryWorkflow.status)
+    done = any(e.kind == "notification" and e.reason.endswith(event) for e in status.timeline)
+    return status if done else None
+
+
+def operator(reason: str = "looked at it") -> OperatorDecision:
+    """A decision by the on-call engineer."""
+    return OperatorDecision(operator="alice", reason=reason, at=datetime.now(UTC))
+
+
+@pytest.fixture
+def queue() -> str:
+    """A task queue of the test's own, so workers of different tests never share work."""
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> ActivityDeps:
+    """Real activity dependencies (ledger in tmp)."""
+    return ActivityDeps.create(tmp_path)
+
+
+async def test_minor_success(ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
+                             webhook_receiver: WebhookReceiver) -> None:
+    script = Script()
+    script.probe("http", False)  # one of two probes failing → minor
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+        await save_history(handle, "minor_success")
+    assert result.phase == Phase.RECOVERED
+    assert result.severity == Severity.MINOR
+    assert phases(result) == ["Detected", "Assessing", "AutoRemediation", "Validating", "Recovered"]
+    assert script.actions == ["restart"]
+    assert result.outcome is not None and result.outcome.value == "Recovered"
+    assert webhook_receiver.received == []  # nobody was paged for a minor self-heal
+
+
+async def test_major_first_rung_fails_second_succeeds(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    # assess: both fail (major); check after restart: fail; validation round 1: fail; then healthy.
+    script.probe("http", False, False, False)
+    script.probe("tcp", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+        await save_history(handle, "major_second_rung")
+    assert result.phase == Phase.RECOVERED
+    assert result.severity == Severity.MAJOR
+    assert phases(result) == [
+        "Detected", "Assessing", "GradualRecovery", "Validating", "RetryRecovery",
+        "GradualRecovery", "Validating", "Recovered",
+    ]
+    assert script.actions == ["restart", "failover"]
+    assert result.attempts == 2
+    reasons = " | ".join(e.reason for e in result.timeline)
+    assert "check failed" in reasons and "rung 'failover'" in reasons
+    assert webhook_receiver.events() == ["action"]  # the `page` notify step, nothing else
+
+
+async def test_critical_with_approval_granted(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        assert status.pending_decision is not None
+        assert status.pending_decision.command.startswith(f"medkit approve {handle.id}")
+        assert script.actions == []  # nothing runs before the approval
+        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
+        assert verdict.accepted and verdict.phase == Phase.EMERGENCY_RECOVERY
+        result = await handle.result()
+        await save_history(handle, "critical_approved")
+    assert result.phase == Phase.RECOVERED
+    assert phases(result) == ["Detected", "Assessing", "EmergencyRecovery", "AwaitingApproval",
+                              "EmergencyRecovery", "Validating", "Recovered"]
+    assert script.actions == ["failover"]
+    approved = [e for e in result.timeline if e.kind == "decision"]
+    assert approved[0].actor == "alice"
+    assert webhook_receiver.events() == ["emergency", "approval_needed", "acknowledged", "recovered"]
+
+
+async def test_approval_timeout_escalates_then_manual(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        waiting = asyncio.ensure_future(handle.result())  # lets the server skip time
+        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION)
+        handover = next(i for i, e in enumerate(status.timeline)
+                        if e.to_phase == Phase.MANUAL_INTERVENTION)
+        gate = [e for e in status.timeline[:handover] if e.kind == "escalation"]
+        assert len(gate) == 2  # max_escalations on the approval gate
+        assert "no decision on 'failover' after 2 escalations" in status.timeline[handover].reason
+        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE,
+                                      operator("failed over by hand"))
+        assert verdict.phase == Phase.RESOLVED
+        result = await waiting
+        await save_history(handle, "approval_timeout_manual")
+    assert result.phase == Phase.RESOLVED
+    assert script.actions == []
+    events = webhook_receiver.events()
+    assert events[:4] == ["emergency", "approval_needed", "escalation", "escalation"]
+    assert events[4] == "manual_intervention" and events[-1] == "resolved"
+
+
+async def test_abort_during_remediation_cancels_the_action(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.block_actions = True
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        await wait_for_phase(handle, Phase.AUTO_REMEDIATION)
+        while not script.actions:
+            await asyncio.sleep(0.05)
+        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.ABORT,
+                                      operator("wrong service"))
+        assert verdict.phase == Phase.ABORTED
+        result = await handle.result()
+        await save_history(handle, "abort_during_remediation")
+        for _ in range(300):  # heartbeats are throttled: cancellation arrives within ~4 s
+            if script.cancelled:
+                break
+            await asyncio.sleep(0.05)
+    assert result.phase == Phase.ABORTED
+    assert result.timeline[-1].actor == "alice"
+    assert "wrong service" in result.timeline[-1].reason
+    assert script.cancelled == ["restart"]
+
+
+async def test_max_retries_then_manual_then_resolve(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", then=False)
+    script.probe("tcp", then=False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        assert status.attempts == 2
+        assert status.pending_decision is not None
+        assert set(status.pending_decision.allowed) == {"resolve", "retry", "abort"}
+        await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE, operator("fixed DNS"))
+        result = await handle.result()
+        await save_history(handle, "max_retries_manual_resolve")
+    assert result.phase == Phase.RESOLVED
+    assert phases(result)[-3:] == ["Validating", "ManualIntervention", "Resolved"]
+    assert script.actions == ["restart", "failover"]
+
+
+async def test_manual_retry_then_success(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", then=False)
+    script.probe("tcp", then=False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        script.probe("http", then=True)  # the operator fixed the dependency; try again
+        script.probe("tcp", then=True)
+        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.RETRY, operator())
+        assert verdict.phase == Phase.GRADUAL_RECOVERY
+        result = await handle.result()
+        await save_history(handle, "manual_retry_success")
+    assert result.phase == Phase.RECOVERED
+    assert phases(result)[-4:] == ["ManualIntervention", "GradualRecovery", "Validating", "Recovered"]
+    assert script.actions == ["restart", "failover", "restart"]
+    assert result.attempts == 3
+
+
+async def test_duplicate_reports_join_the_running_recovery(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    first = detection(severity=Severity.CRITICAL, summary="p99 latency high")
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, first)
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        again = detection(severity=Severity.CRITICAL, summary="error rate high", key=first.incident_key)
+        joined = await start(ts_env.client, queue, policy, again)
+        assert joined.id == handle.id
+        assert joined.result_run_id == handle.result_run_id
+        status = await handle.query(RecoveryWorkflow.status)
+        assert status.reports == 2
+        assert any(e.kind == "report" and "error rate high" in e.reason for e in status.timeline)
+        await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
+        result = await handle.result()
+        await save_history(handle, "duplicate_reports")
+    assert result.reports == 2
+    assert script.actions == ["failover"]
+
+
+async def test_wrong_phase_decision_rejected_and_signal_ignored(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        before = await eventually(lambda: _notified(handle, "approval_needed"))
+        with pytest.raises(DecisionRejected, match="cannot resolve while the recovery is in "
+                           "AwaitingApproval; accepted now: approve, abort"):
+            await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE, operator())
+        after = await handle.query(RecoveryWorkflow.status)
+        assert after.phase == before.phase and len(after.timeline) == len(before.timeline)
+        await handle.signal(RecoveryWorkflow.retry, operator())
+        status = await handle.query(RecoveryWorkflow.status)
+        ignored = [e for e in status.timeline if e.kind == "ignored"]
+        assert len(ignored) == 1 and "cannot retry" in ignored[0].reason
+        assert status.phase == Phase.AWAITING_APPROVAL
+        await handle.signal(RecoveryWorkflow.approve, operator("via signal"))
+        result = await handle.result()
+        await save_history(handle, "wrong_phase_rejected")
+        with pytest.raises(DecisionRejected, match="already ended as Recovered"):
+            await send_decision(ts_env.client, handle.id, DecisionKind.ABORT, operator())
+    assert result.phase == Phase.RECOVERED
+
+
+async def test_source_resolved_in_manual_revalidates_and_closes(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.probe("http", then=False)
+    script.probe("tcp", then=False)
+    policy = scripted_policy(webhook_receiver.url)
+    first = detection()
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, first)
+        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        script.probe("http", then=True)
+        script.probe("tcp", then=True)
+        resolved = detection(key=first.incident_key, status="resolved", summary="alert cleared")
+        await start(ts_env.client, queue, policy, resolved)
+        result = await handle.result()
+        await save_history(handle, "source_resolved")
+    assert result.phase == Phase.RECOVERED
+    assert phases(result)[-3:] == ["ManualIntervention", "Validating", "Recovered"]
+    assert any("source reports resolved" in e.reason for e in result.timeline)
