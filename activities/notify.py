@@ -1,59 +1,47 @@
-"""The notification activity: deliver one notification to one route, once per step."""
+"""The notification activity: deliver one notification to one route, once per step.
+
+Delivery is dispatched by the route's kind to one module per channel (webhook, Slack,
+PagerDuty, email); every delivery is recorded in the ledger under the step key, so a retried
+or replayed activity returns the recorded result instead of posting twice.
+"""
 
 from __future__ import annotations
 
-import os
+from typing import assert_never
 
-import httpx
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.idempotency import step_key
-from models.notifications import NotifyRequest, NotifyResult, WebhookRoute
+from activities.notify_delivery import raise_for_delivery, resolve_secret
+from activities.notify_email import send_email
+from activities.notify_pagerduty import send_pagerduty
+from activities.notify_slack import send_slack
+from activities.notify_webhook import send_webhook
+from models.notifications import (
+    EmailRoute,
+    NotifyRequest,
+    NotifyResult,
+    PagerDutyRoute,
+    SlackRoute,
+    WebhookRoute,
+)
+
+__all__ = ["NotifyActivities", "deliver", "raise_for_delivery", "resolve_secret"]
 
 
-def resolve_secret(env_name: str, what: str) -> str:
-    """Read a secret from the worker's environment; name the variable, never the value, on error."""
-    value = os.environ.get(env_name)
-    if not value:
-        raise ApplicationError(
-            f"{what} is taken from env var {env_name}, which is not set on this worker",
-            type="MissingSecret", non_retryable=True,
-        )
-    return value
-
-
-def raise_for_delivery(response: httpx.Response, route_name: str) -> None:
-    """Retry 408/429/5xx; a 4xx means the request itself is wrong, so retrying cannot help."""
-    code = response.status_code
-    if code < 400:
-        return
-    message = f"route {route_name!r} answered HTTP {code}"
-    if code in (408, 429) or code >= 500:
-        raise ApplicationError(message, type="DeliveryRetryable")
-    raise ApplicationError(message, type="DeliveryRejected", non_retryable=True)
-
-
-async def send_webhook(http: httpx.AsyncClient, request: NotifyRequest) -> NotifyResult:
-    """POST the notification as JSON, with its notification id as the Idempotency-Key header."""
+async def deliver(deps: ActivityDeps, request: NotifyRequest) -> NotifyResult:
+    """Send the notification through the channel its route names."""
     route = request.route
-    assert isinstance(route, WebhookRoute)
-    url = route.url or resolve_secret(route.url_env or "", f"route {request.route_name!r} URL")
-    try:
-        response = await http.post(
-            url, json=request.notification.model_dump(mode="json"),
-            headers={"Idempotency-Key": request.notification.notification_id},
-            timeout=route.timeout.total_seconds(),
-        )
-    except httpx.HTTPError as err:
-        raise ApplicationError(
-            f"route {request.route_name!r} unreachable: {type(err).__name__}",
-            type="DeliveryRetryable",
-        ) from err
-    raise_for_delivery(response, request.route_name)
-    return NotifyResult(route_name=request.route_name, delivered=True,
-                        status_code=response.status_code)
+    if isinstance(route, WebhookRoute):
+        return await send_webhook(deps.http, request, route)
+    if isinstance(route, SlackRoute):
+        return await send_slack(deps.http, request, route)
+    if isinstance(route, PagerDutyRoute):
+        return await send_pagerduty(deps.http, request, route)
+    if isinstance(route, EmailRoute):
+        return await send_email(request, route)
+    assert_never(route)
 
 
 class NotifyActivities:
@@ -71,6 +59,6 @@ class NotifyActivities:
         if record.result_json is not None:
             previous = NotifyResult.model_validate_json(record.result_json)
             return previous.model_copy(update={"duplicate": True})
-        result = await send_webhook(self._deps.http, request)
+        result = await deliver(self._deps, request)
         ledger.finish(record.key, result.model_dump_json())
         return result
