@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that medkit's tests run for real (PostgreSQL, Prometheus,
-# Alertmanager, docker-compose's config check). Skips what is already there.
+# Alertmanager, docker-compose's config check, openssl for test certificates). Skips what is already there.
 set -euo pipefail
 declare -A want=(
   [/usr/lib/postgresql]=postgresql
   [/usr/bin/prometheus]=prometheus
   [/usr/bin/prometheus-alertmanager]=prometheus-alertmanager
   [/usr/bin/docker-compose]=docker-compose
+  [/usr/bin/openssl]=openssl
 )
 missing=()
 for path in "${!want[@]}"; do
