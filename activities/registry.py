@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from activities.breaker import BreakerActivities
 from activities.command import CommandActivities
 from activities.deps import ActivityDeps
+from activities.docker import DockerActivities
+from activities.http_action import HttpActionActivities
+from activities.kubernetes import KubernetesActivities
 from activities.notify import NotifyActivities
 from activities.probes import ProbeActivities
 from activities.process import ProcessActivities, ProcessSupervisor
+from activities.process_pool import ProcessPool
 from activities.record import RecordActivities
+from activities.scale import ScaleActivities
+from activities.systemd import SystemdActivities
 
 
 def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[Callable[..., Any]]:
@@ -19,6 +26,12 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
     process = ProcessActivities(deps, supervisor)
     command = CommandActivities(deps)
     notify = NotifyActivities(deps)
+    systemd = SystemdActivities(deps)
+    docker = DockerActivities(deps)
+    kubernetes = KubernetesActivities(deps)
+    http_action = HttpActionActivities(deps)
+    breaker = BreakerActivities(deps)
+    scale = ScaleActivities(deps, ProcessPool(deps.state_dir, supervisor))
     record = RecordActivities(deps)
     return [
         probes.probe_http,
@@ -30,6 +43,15 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
         process.restart_process,
         command.run_command,
         notify.notify,
+        systemd.restart_systemd,
+        docker.restart_docker,
+        kubernetes.restart_kubernetes,
+        http_action.http_action,
+        breaker.set_breaker,
+        scale.scale_process_pool,
+        scale.scale_kubernetes,
+        scale.scale_command,
+        scale.scale_http,
         record.record_incident,
         record.count_recent_actions,
     ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from models.base import Duration, MedkitModel, Name
 from models.probes import HttpProbe, TcpProbe
@@ -62,8 +62,225 @@ class NotifyAction(MedkitModel):
         return timedelta(seconds=30)
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+"""The NAME of an environment variable on the worker holding a secret; never the secret itself."""
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+JsonBody = dict[str, Any] | list[Any] | None
+Status = Annotated[int, Field(ge=100, le=599)]
+ReplicaTarget = Annotated[int, Field(ge=0)] | Literal["previous"]
+"""A replica count, or `previous`: the count recorded before the last scale of the same target."""
+
+K8S_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class SystemdRestartAction(MedkitModel):
+    """`systemctl [--user] restart UNIT` run as an argv; exit codes are mapped to retryable or not."""
+
+    activity: ClassVar[str] = "restart_systemd"
+    kind: Literal["systemd"] = "systemd"
+    unit: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*$")]
+    systemctl: str = "systemctl"
+    user: bool = False
+    timeout: Duration = timedelta(seconds=60)
+
+    def time_budget(self) -> timedelta:
+        """The longest one attempt can legitimately take."""
+        return self.timeout
+
+
+class DockerRestartAction(MedkitModel):
+    """Restart a container through the Docker Engine API on its unix socket."""
+
+    activity: ClassVar[str] = "restart_docker"
+    kind: Literal["docker"] = "docker"
+    container: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    socket: str = "/var/run/docker.sock"
+    api_version: Annotated[str, Field(pattern=r"^v1\.\d+$")] | None = None
+    stop_timeout: Duration = timedelta(seconds=10)
+    timeout: Duration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _room_to_stop(self) -> DockerRestartAction:
+        if self.timeout <= self.stop_timeout:
+            raise ValueError("timeout must exceed stop_timeout (the engine waits that long to stop)")
+        return self
+
+    def time_budget(self) -> timedelta:
+        """Inspect, then a restart that may wait stop_timeout before the kill."""
+        return self.timeout * 2
+
+
+class KubernetesTarget(MedkitModel):
+    """A Deployment or StatefulSet and how to reach its API server (kubeconfig or in-cluster)."""
+
+    workload: Literal["deployment", "statefulset"] = "deployment"
+    name: Annotated[str, Field(pattern=K8S_NAME)]
+    namespace: Annotated[str, Field(pattern=K8S_NAME)] | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+
+class KubernetesRestartAction(KubernetesTarget):
+    """`kubectl rollout restart`: PATCH the pod-template annotation kubectl.kubernetes.io/restartedAt."""
+
+    activity: ClassVar[str] = "restart_kubernetes"
+    kind: Literal["kubernetes_restart"] = "kubernetes_restart"
+
+    def time_budget(self) -> timedelta:
+        """One PATCH."""
+        return self.timeout
+
+
+class HttpAction(MedkitModel):
+    """Call an admin endpoint: restart, failover or rollback, named by the policy's action name."""
+
+    activity: ClassVar[str] = "http_action"
+    kind: Literal["http"] = "http"
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: HttpUrl
+    headers: dict[str, str] = Field(default_factory=dict)
+    bearer_token_env: EnvName | None = None
+    body: JsonBody = None
+    expect_status: list[Status] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
+    timeout: Duration = timedelta(seconds=10)
+    idempotent: bool | None = None
+
+    def resend_safe(self) -> bool:
+        """Whether a request whose outcome is unknown may be sent again (by default: PUT, DELETE, GET)."""
+        if self.idempotent is not None:
+            return self.idempotent
+        return self.method in ("GET", "PUT", "DELETE")
+
+    def time_budget(self) -> timedelta:
+        """One request."""
+        return self.timeout
+
+
+class BreakerAction(MedkitModel):
+    """Set the target's circuit breaker; `half_open` with trials closes it only if every trial passes."""
+
+    activity: ClassVar[str] = "set_breaker"
+    kind: Literal["breaker"] = "breaker"
+    url: HttpUrl
+    state: Literal["open", "half_open", "closed"]
+    bearer_token_env: EnvName | None = None
+    timeout: Duration = timedelta(seconds=5)
+    if_unreachable: Literal["fail", "skip"] = "fail"
+    trial_probe: Annotated[HttpProbe | TcpProbe, Field(discriminator="kind")] | None = None
+    trials: Annotated[int, Field(ge=0, le=100)] = 0
+    trial_interval: Duration = timedelta(seconds=1)
+
+    @model_validator(mode="after")
+    def _trials_need_half_open(self) -> BreakerAction:
+        if (self.trials > 0) != (self.trial_probe is not None):
+            raise ValueError("trial_probe and trials (> 0) go together")
+        if self.trials and self.state != "half_open":
+            raise ValueError("trials only apply to state: half_open")
+        return self
+
+    def time_budget(self) -> timedelta:
+        """Up to three breaker calls plus every trial probe and the pauses between them."""
+        probe = self.trial_probe.timeout if self.trial_probe is not None else timedelta(0)
+        return self.timeout * 3 + (probe + self.trial_interval) * self.trials
+
+
+class ProcessPoolScaleAction(MedkitModel):
+    """Run `replicas` local copies of argv, one per port from base_port; `{port}` is substituted."""
+
+    activity: ClassVar[str] = "scale_process_pool"
+    kind: Literal["scale_pool"] = "scale_pool"
+    argv: Argv
+    replicas: ReplicaTarget
+    base_port: Annotated[int, Field(ge=1, le=65535)]
+    max_replicas: Annotated[int, Field(ge=1, le=64)] = 8
+    pool: Name | None = None
+    host: str = "127.0.0.1"
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    grace: Duration = timedelta(seconds=5)
+    ready_timeout: Duration = timedelta(seconds=20)
+
+    @model_validator(mode="after")
+    def _ports_fit(self) -> ProcessPoolScaleAction:
+        if not any("{port}" in arg for arg in self.argv):
+            raise ValueError("argv must contain {port} so each replica gets its own port")
+        if self.base_port + self.max_replicas - 1 > 65535:
+            raise ValueError("base_port + max_replicas runs past port 65535")
+        if isinstance(self.replicas, int) and self.replicas > self.max_replicas:
+            raise ValueError(f"replicas {self.replicas} exceeds max_replicas {self.max_replicas}")
+        return self
+
+    def time_budget(self) -> timedelta:
+        """Stopping surplus replicas (concurrently) plus starting new ones (concurrently)."""
+        return self.grace + self.ready_timeout
+
+
+class KubernetesScaleAction(KubernetesTarget):
+    """Set replicas through the workload's scale subresource (GET, then merge-patch PATCH)."""
+
+    activity: ClassVar[str] = "scale_kubernetes"
+    kind: Literal["kubernetes_scale"] = "kubernetes_scale"
+    replicas: ReplicaTarget
+
+    def time_budget(self) -> timedelta:
+        """A GET and a PATCH."""
+        return self.timeout * 2
+
+
+class CommandScaleAction(MedkitModel):
+    """Run argv with `{replicas}` substituted; `current_argv` (optional) prints today's count."""
+
+    activity: ClassVar[str] = "scale_command"
+    kind: Literal["scale_command"] = "scale_command"
+    argv: Argv
+    replicas: ReplicaTarget
+    current_argv: Argv | None = None
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _has_placeholder(self) -> CommandScaleAction:
+        if not any("{replicas}" in arg for arg in self.argv):
+            raise ValueError("argv must contain {replicas}")
+        return self
+
+    def time_budget(self) -> timedelta:
+        """The count query and the scale command."""
+        return self.timeout * 2
+
+
+class HttpScaleAction(MedkitModel):
+    """Send `body` with every "{replicas}" string replaced by the count; `current_url` reads the count."""
+
+    activity: ClassVar[str] = "scale_http"
+    kind: Literal["scale_http"] = "scale_http"
+    url: HttpUrl
+    replicas: ReplicaTarget
+    method: Literal["POST", "PUT", "PATCH"] = "PUT"
+    body: JsonBody = Field(default_factory=lambda: {"replicas": "{replicas}"})
+    bearer_token_env: EnvName | None = None
+    current_url: HttpUrl | None = None
+    replicas_field: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")] = "replicas"
+    expect_status: list[Status] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
+    timeout: Duration = timedelta(seconds=10)
+
+    def time_budget(self) -> timedelta:
+        """A GET and the scale request."""
+        return self.timeout * 2
+
+
+SCALE_KINDS = ("scale_pool", "kubernetes_scale", "scale_command", "scale_http")
+"""The action kinds that record a previous replica count (for `replicas: previous`)."""
+
+
 ActionSpec = Annotated[
-    RestartProcessAction | CommandAction | NotifyAction, Field(discriminator="kind")
+    RestartProcessAction | CommandAction | NotifyAction | SystemdRestartAction | DockerRestartAction
+    | KubernetesRestartAction | HttpAction | BreakerAction | ProcessPoolScaleAction
+    | KubernetesScaleAction | CommandScaleAction | HttpScaleAction,
+    Field(discriminator="kind"),
 ]
 """Any action a policy can define, selected by its `kind`."""
 

@@ -1,0 +1,28 @@
+"""Heartbeat while awaiting one long call, so a slow but live side effect is not timed out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from temporalio import activity
+
+T = TypeVar("T")
+
+HEARTBEAT_EVERY = 2.0
+"""Seconds between heartbeats; well inside the workflow's 10 s heartbeat timeout."""
+
+
+async def heartbeating(awaitable: Awaitable[T], detail: str) -> T:
+    """Await `awaitable`, heartbeating `detail` every couple of seconds until it finishes."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+            if done:
+                return task.result()
+            activity.heartbeat(detail)
+    finally:
+        if not task.done():
+            task.cancel()

@@ -1,0 +1,117 @@
+"""The generic HTTP admin action, and the request and status rules every HTTP actuator shares."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.deps import ActivityDeps
+from activities.heartbeat import heartbeating
+from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from models.actions import ActionRequest, ActionResult, HttpAction
+
+BODY_LIMIT = 2000
+"""How much of a response body is kept in the result and the history."""
+
+
+def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
+    """An Authorization header from the named env var (read here, on the worker), or none.
+
+    Only the variable's name ever appears in an error; the value stays in this header.
+    """
+    if bearer_token_env is None:
+        return {}
+    token = os.environ.get(bearer_token_env)
+    if not token:
+        raise ApplicationError(f"{what} is taken from env var {bearer_token_env}, which is not set "
+                               "on this worker", type="MissingSecret", non_retryable=True)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def raise_for_action_status(response: httpx.Response, expected: list[int], what: str) -> None:
+    """Accept `expected`; retry 408, 409, 429 and 5xx; any other status is permanent."""
+    code = response.status_code
+    if code in expected:
+        return
+    message = f"{what} answered HTTP {code}: {response.text[:300]}"
+    if code in (408, 409, 429) or code >= 500:
+        raise ApplicationError(message, type="HttpActionRetryable")
+    kind = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(code, "HttpActionRejected")
+    raise ApplicationError(message, type=kind, non_retryable=True)
+
+
+async def send(
+    http: httpx.AsyncClient, method: str, url: str, *, body: Any, timeout: float,
+    headers: dict[str, str], what: str,
+) -> httpx.Response:
+    """One request with a JSON body; a transport failure is a retryable error naming the URL only."""
+    try:
+        return await heartbeating(
+            http.request(method, url, json=body, headers=headers, timeout=timeout),
+            f"{method} {url}",
+        )
+    except httpx.ConnectError as err:
+        raise ApplicationError(f"{what} unreachable at {url}: {type(err).__name__}",
+                               type="Unreachable") from err
+    except httpx.HTTPError as err:
+        raise ApplicationError(f"{what} at {url} failed: {type(err).__name__}",
+                               type="HttpActionUnknownOutcome") from err
+
+
+def response_data(response: httpx.Response) -> dict[str, float | int | str | None]:
+    """The status and (truncated) body of a response, for ActionResult.data."""
+    return {"status": response.status_code, "body": response.text[:BODY_LIMIT]}
+
+
+class HttpActionActivities:
+    """The `http` action: one admin request per step, resent only when that is safe."""
+
+    def __init__(self, deps: ActivityDeps) -> None:
+        self._deps = deps
+
+    @activity.defn(name="http_action")
+    async def http_action(self, request: ActionRequest) -> ActionResult:
+        """Send the request once for this step; an unknown outcome is resent only if resend-safe."""
+        spec = request.spec
+        if not isinstance(spec, HttpAction):
+            raise wrong_kind(request, "http")
+        target = f"{spec.method} {spec.url}"
+        if request.dry_run:
+            body = "" if spec.body is None else f" with body {json.dumps(spec.body)}"
+            return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                                simulated=True,
+                                detail=f"dry-run: would send {target}{body}, expecting "
+                                       f"{spec.expect_status}")
+        ledger = self._deps.ledger
+        record = begin_action(ledger, request)
+        if (done := replayed_result(record)) is not None:
+            return done
+        key = step_key()
+        if json.loads(record.progress_json).get("sent") and not spec.resend_safe():
+            raise ApplicationError(
+                f"a previous attempt sent {target} and its outcome was not recorded; {spec.method} "
+                "is not resent unless the action sets idempotent: true", type="OutcomeUnknown",
+                non_retryable=True,
+            )
+        headers = {**spec.headers, "Idempotency-Key": key,
+                   **auth_headers(spec.bearer_token_env, f"action {request.action_name!r} token")}
+        ledger.progress(key, sent=True)
+        try:
+            response = await send(self._deps.http, spec.method, spec.url, body=spec.body,
+                                  timeout=spec.timeout.total_seconds(), headers=headers,
+                                  what=f"action {request.action_name!r}")
+        except ApplicationError as err:
+            if err.type == "Unreachable":
+                ledger.progress(key, sent=False)
+            raise
+        raise_for_action_status(response, spec.expect_status, f"{target}")
+        result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                              detail=f"{target} answered HTTP {response.status_code}",
+                              data=response_data(response))
+        ledger.finish(key, result.model_dump_json())
+        return result

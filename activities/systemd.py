@@ -1,0 +1,77 @@
+"""Restart of a systemd unit: `systemctl [--user] restart UNIT` as an argv, exit codes mapped.
+
+systemctl follows the LSB exit codes for actions: 0 success; 1 generic failure (the unit's
+start job failed, worth a retry); 2 invalid arguments, 3 unimplemented, 4 insufficient
+privilege, 5 unit not found (not installed), 6 not configured: retrying cannot help those.
+"""
+
+from __future__ import annotations
+
+import json
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.command import run_argv
+from activities.deps import ActivityDeps
+from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from models.actions import ActionRequest, ActionResult, CommandAction, SystemdRestartAction
+
+PERMANENT_EXIT: dict[int, tuple[str, str]] = {
+    2: ("SystemdBadArguments", "invalid or excess arguments"),
+    3: ("SystemdUnimplemented", "unimplemented feature"),
+    4: ("SystemdPermissionDenied", "insufficient privilege"),
+    5: ("UnitNotFound", "unit not found"),
+    6: ("SystemdNotConfigured", "unit not configured"),
+}
+"""The LSB action exit codes for which a retry cannot help."""
+
+
+def systemctl_argv(spec: SystemdRestartAction) -> list[str]:
+    """The argv medkit runs; `--` keeps a unit name from ever being read as an option."""
+    return [spec.systemctl, *(["--user"] if spec.user else []), "restart", "--", spec.unit]
+
+
+class SystemdActivities:
+    """The systemd restart activity."""
+
+    def __init__(self, deps: ActivityDeps) -> None:
+        self._deps = deps
+
+    @activity.defn(name="restart_systemd")
+    async def restart_systemd(self, request: ActionRequest) -> ActionResult:
+        """Restart the unit once for this step; a crash mid-restart is not silently repeated."""
+        spec = request.spec
+        if not isinstance(spec, SystemdRestartAction):
+            raise wrong_kind(request, "systemd")
+        argv = systemctl_argv(spec)
+        if request.dry_run:
+            return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                                simulated=True, detail=f"dry-run: would run {argv}")
+        ledger = self._deps.ledger
+        record = begin_action(ledger, request)
+        if (done := replayed_result(record)) is not None:
+            return done
+        key = step_key()
+        if json.loads(record.progress_json).get("running"):
+            raise ApplicationError(
+                f"a previous attempt ran systemctl restart {spec.unit} and its outcome was not "
+                "recorded; medkit does not restart it twice", type="OutcomeUnknown", non_retryable=True,
+            )
+        ledger.progress(key, running=True)
+        try:
+            code, output = await run_argv(CommandAction(argv=argv, timeout=spec.timeout))
+        finally:
+            ledger.progress(key, running=False)
+        if code in PERMANENT_EXIT:
+            kind, meaning = PERMANENT_EXIT[code]
+            raise ApplicationError(f"systemctl restart {spec.unit} exited {code} ({meaning}): "
+                                   f"{output[-300:].strip()}", type=kind, non_retryable=True)
+        if code != 0:
+            raise ApplicationError(f"systemctl restart {spec.unit} exited {code}: "
+                                   f"{output[-300:].strip()}", type="SystemdRestartFailed")
+        result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                              detail=f"systemctl restart {spec.unit} succeeded",
+                              data={"exit_code": code, "unit": spec.unit})
+        ledger.finish(key, result.model_dump_json())
+        return result

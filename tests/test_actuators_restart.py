@@ -1,0 +1,326 @@
+"""Restart actuators: systemd (recording stand-in), Docker (unix-socket engine), Kubernetes, HTTP.
+
+Kubernetes and Docker are checked against local servers implementing the documented API
+contracts, never a live cluster or engine; systemd against a recording systemctl stand-in.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.deps import ActivityDeps
+from activities.docker import DockerActivities
+from activities.http_action import HttpActionActivities
+from activities.kubernetes import (
+    RESTARTED_AT,
+    KubernetesActivities,
+    from_kubeconfig,
+    in_cluster,
+)
+from activities.systemd import SystemdActivities
+from models.actions import ActionRequest, ActionResult
+from models.detection import Detection
+from models.phases import Phase, Severity
+from models.policy import PolicyFile, ServicePolicy
+from tests.conftest import WebhookReceiver, free_port
+from tests.test_actuators_servers import (
+    TOKEN,
+    DockerEngine,
+    KubeApiServer,
+    calls,
+    serving,
+    write_systemctl,
+)
+from workers.client import start_or_join_recovery
+from workers.worker import build_worker
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> ActivityDeps:
+    """Real activity dependencies with a ledger in tmp."""
+    return ActivityDeps.create(tmp_path / "state")
+
+
+def action(spec: dict[str, Any], dry_run: bool = False, name: str = "act") -> ActionRequest:
+    """An action request as the workflow builds it."""
+    return ActionRequest.model_validate({"workflow_id": "recovery:svc:t", "service": "svc",
+                                         "action_name": name, "spec": spec, "reason": "test",
+                                         "dry_run": dry_run})
+
+
+async def run(fn: Any, request: ActionRequest, activity_id: str = "1",
+              activity_type: str = "") -> ActionResult:
+    """Run an activity as attempt of step `activity_id` (same id = a retry of the same step)."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, activity_id=activity_id, workflow_id="recovery:svc:t",
+                                   activity_type=activity_type or request.spec.activity)
+    result: ActionResult = await env.run(fn, request)
+    return result
+
+
+async def fails(fn: Any, request: ActionRequest, activity_id: str = "1") -> ApplicationError:
+    """Run an activity that must fail with an ApplicationError; return it."""
+    with pytest.raises(ApplicationError) as caught:
+        await run(fn, request, activity_id)
+    return caught.value
+
+
+# ----- systemd ------------------------------------------------------------------------------
+
+async def test_systemd_restart_runs_argv_once_per_step(tmp_path: Path, deps: ActivityDeps) -> None:
+    systemctl, log = write_systemctl(tmp_path)
+    activities = SystemdActivities(deps)
+    request = action({"kind": "systemd", "unit": "web.service", "systemctl": str(systemctl),
+                      "user": True})
+    first = await run(activities.restart_systemd, request)
+    again = await run(activities.restart_systemd, request)
+    assert first.ok and not first.replayed and again.replayed
+    assert calls(log) == [["--user", "restart", "--", "web.service"]]
+
+
+@pytest.mark.parametrize(("unit", "error_type", "retryable"), [
+    ("missing.service", "UnitNotFound", False),
+    ("locked.service", "SystemdPermissionDenied", False),
+    ("flaky.service", "SystemdRestartFailed", True),
+])
+async def test_systemd_exit_codes_map_to_retryability(
+    tmp_path: Path, deps: ActivityDeps, unit: str, error_type: str, retryable: bool
+) -> None:
+    systemctl, _ = write_systemctl(tmp_path)
+    error = await fails(SystemdActivities(deps).restart_systemd,
+                        action({"kind": "systemd", "unit": unit, "systemctl": str(systemctl)}))
+    assert error.type == error_type
+    assert error.non_retryable is not retryable
+
+
+async def test_systemd_dry_run_runs_nothing(tmp_path: Path, deps: ActivityDeps) -> None:
+    systemctl, log = write_systemctl(tmp_path)
+    result = await run(SystemdActivities(deps).restart_systemd, action(
+        {"kind": "systemd", "unit": "web.service", "systemctl": str(systemctl)}, dry_run=True))
+    assert result.simulated
+    assert result.detail == f"dry-run: would run {[str(systemctl), 'restart', '--', 'web.service']}"
+    assert calls(log) == []
+
+
+# ----- Docker -------------------------------------------------------------------------------
+
+async def test_docker_restart_through_the_socket(tmp_path: Path, deps: ActivityDeps) -> None:
+    engine = DockerEngine(socket=tmp_path / "docker.sock")
+    engine.add("web")
+    spec = {"kind": "docker", "container": "web", "socket": str(engine.socket),
+            "api_version": "v1.47", "stop_timeout": "7s"}
+    with serving(engine):
+        result = await run(DockerActivities(deps).restart_docker, action(spec))
+        missing = await fails(DockerActivities(deps).restart_docker,
+                              action({**spec, "container": "gone"}), activity_id="2")
+    assert result.ok and engine.restarts["web"] == 1
+    assert result.data["started_at"] != result.data["started_at_before"]
+    restart = next(r for r in engine.requests if r.method == "POST")
+    assert (restart.path, restart.query, restart.body) == ("/v1.47/containers/web/restart",
+                                                           {"t": ["7"]}, None)
+    assert missing.type == "ContainerNotFound" and missing.non_retryable
+    assert "No such container: gone" in str(missing)
+
+
+async def test_docker_retry_after_lost_response_does_not_restart_twice(
+    tmp_path: Path, deps: ActivityDeps
+) -> None:
+    engine = DockerEngine(socket=tmp_path / "docker.sock", lose_next_restart_response=True)
+    engine.add("web")
+    request = action({"kind": "docker", "container": "web", "socket": str(engine.socket)})
+    with serving(engine):
+        error = await fails(DockerActivities(deps).restart_docker, request)
+        retried = await run(DockerActivities(deps).restart_docker, request)
+    assert error.type == "DockerEngineError" and not error.non_retryable
+    assert "earlier attempt confirmed" in retried.detail
+    assert engine.restarts["web"] == 1
+
+
+async def test_docker_unreachable_socket_is_retryable(tmp_path: Path, deps: ActivityDeps) -> None:
+    error = await fails(DockerActivities(deps).restart_docker, action(
+        {"kind": "docker", "container": "web", "socket": str(tmp_path / "absent.sock")}))
+    assert error.type == "DockerUnreachable" and not error.non_retryable
+
+
+# ----- Kubernetes credentials ---------------------------------------------------------------
+
+def test_kubeconfig_context_ca_data_and_token_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(f"{TOKEN}\n")
+    ca_pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    ca_data = base64.b64encode(ca_pem.encode()).decode()
+    path = tmp_path / "config"
+    path.write_text(f"""
+apiVersion: v1
+kind: Config
+current-context: dev
+clusters:
+- name: a
+  cluster: {{server: "https://a.example:6443/", certificate-authority-data: "{ca_data}"}}
+- name: b
+  cluster: {{server: "https://b.example:6443", certificate-authority: ca.crt}}
+users:
+- name: u
+  user: {{tokenFile: token}}
+contexts:
+- name: dev
+  context: {{cluster: a, user: u}}
+- name: prod
+  context: {{cluster: b, user: u, namespace: payments}}
+""")
+    dev = from_kubeconfig(path)
+    prod = from_kubeconfig(path, "prod")
+    assert (dev.server, dev.namespace, dev.ca_data, dev.token) == ("https://a.example:6443", "default",
+                                                                  ca_pem, TOKEN)
+    assert (prod.server, prod.namespace, prod.ca_file) == ("https://b.example:6443", "payments",
+                                                            str(tmp_path / "ca.crt"))
+    assert TOKEN not in repr(dev)
+    with pytest.raises(ApplicationError, match="no context named 'nope'"):
+        from_kubeconfig(path, "nope")
+
+
+def test_in_cluster_service_account(tmp_path: Path) -> None:
+    for name, text in (("token", TOKEN), ("namespace", "payments"), ("ca.crt", "pem")):
+        (tmp_path / name).write_text(text)
+    creds = in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "10.0.0.1",
+                                  "KUBERNETES_SERVICE_PORT": "443"})
+    assert (creds.server, creds.token, creds.namespace, creds.ca_file) == (
+        "https://10.0.0.1:443", TOKEN, "payments", str(tmp_path / "ca.crt"))
+    with pytest.raises(ApplicationError, match="not running in a cluster"):
+        in_cluster(tmp_path, {})
+
+
+# ----- Kubernetes rollout restart ----------------------------------------------------------
+
+async def test_rollout_restart_patch_matches_the_api_contract(tmp_path: Path, deps: ActivityDeps) -> None:
+    api = KubeApiServer(port=free_port())
+    api.add("prod", "statefulset", "db")
+    spec = {"kind": "kubernetes_restart", "workload": "statefulset", "name": "db",
+            "kubeconfig": str(api.kubeconfig(tmp_path))}
+    with serving(api):
+        result = await run(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    patch = api.requests[-1]
+    assert (patch.method, patch.path, patch.content_type) == (
+        "PATCH", "/apis/apps/v1/namespaces/prod/statefulsets/db", "application/strategic-merge-patch+json")
+    annotations = patch.body["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[RESTARTED_AT] == result.data["restarted_at"]
+    datetime.fromisoformat(annotations[RESTARTED_AT])  # RFC 3339, as kubectl writes it
+    assert result.data["generation"] == 2
+
+
+@pytest.mark.parametrize(("namespace", "name", "error_type"), [
+    ("locked", "web", "Forbidden"), ("prod", "absent", "NotFound"),
+])
+async def test_rollout_restart_403_and_404_are_permanent(
+    tmp_path: Path, deps: ActivityDeps, namespace: str, name: str, error_type: str
+) -> None:
+    api = KubeApiServer(port=free_port(), forbidden_namespaces={"locked"})
+    api.add("prod", "deployment", "web")
+    api.add("locked", "deployment", "web")
+    spec = {"kind": "kubernetes_restart", "name": name, "namespace": namespace,
+            "kubeconfig": str(api.kubeconfig(tmp_path))}
+    with serving(api):
+        error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    assert error.type == error_type and error.non_retryable
+    assert TOKEN not in str(error)
+
+
+def _policy(actions: dict[str, Any], probe_port: int, webhook_url: str) -> ServicePolicy:
+    """A service whose every ladder runs `actions` once, validated by a TCP probe."""
+    return PolicyFile.model_validate({"services": [{
+        "name": "svc",
+        "probes": [{"kind": "tcp", "name": "up", "port": probe_port}],
+        "actions": actions,
+        "ladders": {severity: [{"name": "act", "steps": [{"action": name} for name in actions]}]
+                    for severity in ("minor", "major", "critical")},
+        "validation": {"samples": 1, "interval": "1s"},
+        "retry": {"max_attempts": 1},
+        "routes": {"oncall": {"kind": "webhook", "url": webhook_url}},
+    }]}).services[0]
+
+
+async def _recover(env: WorkflowEnvironment, deps: ActivityDeps, policy: ServicePolicy,
+                   severity: Severity = Severity.MINOR) -> Any:
+    queue = f"actuators-{uuid.uuid4().hex[:8]}"
+    detection = Detection(detection_id=str(uuid.uuid4()), service="svc",
+                          incident_key=f"t-{uuid.uuid4().hex[:8]}", source="cli",
+                          severity=severity, detected_at=datetime.now(UTC))
+    async with build_worker(env.client, queue, deps):
+        handle = await start_or_join_recovery(env.client, detection, policy, queue)
+        return await handle.result()
+
+
+async def test_retried_rollout_restart_patch_is_a_no_op_in_a_real_run(
+    ts_env: WorkflowEnvironment, tmp_path: Path, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    api = KubeApiServer(port=free_port(), lose_next_patch_response=True)
+    api.add("prod", "deployment", "web")
+    spec = {"kind": "kubernetes_restart", "name": "web", "kubeconfig": str(api.kubeconfig(tmp_path))}
+    with serving(api):
+        status = await _recover(ts_env, deps, _policy({"rollout": spec}, api.port, webhook_receiver.url))
+    patches = [r for r in api.requests if r.method == "PATCH"]
+    assert status.phase == Phase.RECOVERED
+    assert len(patches) == 2  # the first answer was lost (500), Temporal retried the activity
+    assert patches[0].body == patches[1].body
+    assert api.objects[("prod", "deployments", "web")]["metadata"]["generation"] == 2
+    assert any("rollout restarted" in e.reason for e in status.timeline)
+
+
+# ----- HTTP admin action --------------------------------------------------------------------
+
+async def test_http_failover_sends_token_body_and_idempotency_key(
+    deps: ActivityDeps, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAILOVER_TOKEN", TOKEN)
+    request = action({"kind": "http", "url": webhook_receiver.url, "bearer_token_env": "FAILOVER_TOKEN",
+                      "body": {"region": "eu-west-2"}}, name="failover")
+    result = await run(HttpActionActivities(deps).http_action, request)
+    again = await run(HttpActionActivities(deps).http_action, request)
+    assert result.ok and again.replayed
+    assert webhook_receiver.received == [{"region": "eu-west-2"}]
+    headers = webhook_receiver.headers[0]
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["Idempotency-Key"] == "recovery:svc:t/test-run/1"
+    assert TOKEN not in result.model_dump_json()
+
+
+async def test_http_action_rejections_and_missing_secret(
+    deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    webhook_receiver.status = 404
+    spec = {"kind": "http", "url": webhook_receiver.url, "body": {"to": "standby"}}
+    not_found = await fails(HttpActionActivities(deps).http_action, action(spec))
+    webhook_receiver.status = 503
+    unavailable = await fails(HttpActionActivities(deps).http_action, action(spec), activity_id="2")
+    no_secret = await fails(HttpActionActivities(deps).http_action,
+                            action({**spec, "bearer_token_env": "MEDKIT_UNSET_TOKEN"}), activity_id="3")
+    assert (not_found.type, not_found.non_retryable) == ("NotFound", True)
+    assert (unavailable.type, unavailable.non_retryable) == ("HttpActionRetryable", False)
+    assert (no_secret.type, no_secret.non_retryable) == ("MissingSecret", True)
+    assert "MEDKIT_UNSET_TOKEN" in str(no_secret)
+
+
+async def test_http_post_with_unknown_outcome_is_not_resent(deps: ActivityDeps) -> None:
+    port = free_port()
+    request = action({"kind": "http", "url": f"http://127.0.0.1:{port}/rollback"}, name="rollback")
+    deps.ledger.begin("recovery:svc:t/test-run/1", workflow_id="recovery:svc:t", service="svc",
+                      activity="http_action")
+    deps.ledger.progress("recovery:svc:t/test-run/1", sent=True)
+    error = await fails(HttpActionActivities(deps).http_action, request)
+    dry = await run(HttpActionActivities(deps).http_action,
+                    action({"kind": "http", "method": "PUT", "url": "http://127.0.0.1:1/x",
+                            "body": {"a": 1}}, dry_run=True))
+    assert (error.type, error.non_retryable) == ("OutcomeUnknown", True)
+    assert dry.simulated and dry.detail == ('dry-run: would send PUT http://127.0.0.1:1/x with body '
+                                            '{"a": 1}, expecting [200, 201, 202, 204]')
+    assert json.loads(deps.ledger.begin("recovery:svc:t/test-run/1", workflow_id="w", service="svc",
+                                        activity="http_action").progress_json) == {"sent": True}
