@@ -85,7 +85,7 @@ class AuthConfig:
             if self._token(required) is None:
                 raise HTTPException(status.HTTP_403_FORBIDDEN, f"the {required.value} API is disabled: "
                                     f"{_TOKEN_ENV[required]} is not set on the gateway")
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {holder.value} token cannot call "
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"the {holder.value} token cannot call "
                                 f"{required.value} endpoints")
 
 
