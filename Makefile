@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test install clean histories
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .medkit
+
+# Re-record tests/histories after a deliberate workflow change (the replay tests then guard it).
+histories: $(STAMP)
+	MEDKIT_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/test_recovery_paths.py
