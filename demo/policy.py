@@ -26,6 +26,17 @@ def demo_policy(port: int, state_dir: Path, webhook_url: str | None = None) -> d
         "ready_probe": {"kind": "http", "url": f"{base}/healthz"},
         "ready_timeout": "15s",
     }
+    breaker = f"{base}/admin/breaker"
+    actions = {
+        "restart": restart,
+        # Staged recovery: shed traffic while restarting, then let a few trial requests through.
+        "breaker-open": {"kind": "breaker", "url": breaker, "state": "open", "timeout": "2s",
+                         "if_unreachable": "skip"},
+        "breaker-trial": {"kind": "breaker", "url": breaker, "state": "half_open", "timeout": "2s",
+                          "trial_probe": {"kind": "http", "name": "trial", "url": f"{base}/",
+                                          "timeout": "1s"},
+                          "trials": 3, "trial_interval": "250ms"},
+    }
     return {
         "version": 1,
         "routes": routes,
@@ -36,12 +47,16 @@ def demo_policy(port: int, state_dir: Path, webhook_url: str | None = None) -> d
                 {"kind": "http", "name": "healthz", "url": f"{base}/healthz", "timeout": "1s"},
                 {"kind": "process", "name": "process", "pid_file": pid_file},
             ],
-            "actions": {"restart": restart},
+            "actions": actions,
             "ladders": {
                 "minor": [{"name": "restart", "steps": [{"action": "restart"}]}],
                 "major": [
-                    {"name": "restart-and-check", "steps": [{"action": "restart"}, {"check": True}]},
-                    {"name": "settle-then-restart", "steps": [{"wait": "2s"}, {"action": "restart"}]},
+                    {"name": "restart-and-check", "steps": [
+                        {"action": "breaker-open"}, {"action": "restart"}, {"action": "breaker-trial"},
+                        {"check": True}]},
+                    {"name": "settle-then-restart", "steps": [
+                        {"action": "breaker-open"}, {"wait": "2s"}, {"action": "restart"},
+                        {"action": "breaker-trial"}]},
                 ],
                 "critical": [{"name": "emergency-restart", "steps": [{"action": "restart"}]}],
             },
