@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -756,3 +757,12 @@ def test_routes_parse_by_kind_and_reject_unsafe_email_credentials() -> None:
             "from": "a@example.org", "to": ["b@example.org"]})
     with pytest.raises(ValidationError):
         TypeAdapter(NotificationRoute).validate_python({"kind": "slack", "webhook_url_env": "https://x"})
+
+
+def test_documented_example_routes_parse() -> None:
+    """docs/notifications.md's example policy fragment stays valid."""
+    doc = (Path(__file__).parent.parent / "docs" / "notifications.md").read_text()
+    example = doc.split("```yaml\n")[-1].split("```")[0]
+    routes = TypeAdapter(dict[str, NotificationRoute]).validate_python(yaml.safe_load(example)["routes"])
+    assert {name: route.kind for name, route in routes.items()} == {
+        "chat": "slack", "pager": "pagerduty", "audit": "webhook", "mail": "email"}
