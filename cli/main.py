@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from cli import config_cmd, detect_cmd, dev_cmd, operator_cmd, watch_cmd, worker_cmd
+from cli import config_cmd, detect_cmd, dev_cmd, incidents_cmd, operator_cmd, worker_cmd
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     dev_cmd,
@@ -15,7 +15,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     operator_cmd,
     config_cmd,
     detect_cmd,
-    watch_cmd,
+    incidents_cmd,
 )
 """Each module has `register(subparsers)` which adds its subcommands with a `func` default."""
 

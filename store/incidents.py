@@ -229,24 +229,28 @@ class IncidentStore:
             query = query.where(IncidentRow.service == service)
         if since is not None:
             query = query.where(col(IncidentRow.started_at) >= since)
-        query = query.order_by(col(IncidentRow.started_at).desc()).limit(limit)
+        query = query.order_by(col(IncidentRow.started_at).desc(), col(IncidentRow.workflow_id),
+                               col(IncidentRow.run_id)).limit(limit)
         with Session(self._engine) as session:
             return list(session.exec(query).all())
 
     def find(self, ident: str) -> IncidentRow:
-        """The run named by `workflow-id/run-id`, a run id (or a unique prefix), or a workflow id's latest."""
+        """The run named by `workflow-id/run-id`, a run id (either id may be a unique prefix of the
+        run id), or the latest run of a workflow id."""
         workflow_id, _, run_id = ident.rpartition("/")
         query = select(IncidentRow)
         if workflow_id:
-            query = query.where(IncidentRow.workflow_id == workflow_id, IncidentRow.run_id == run_id)
+            query = query.where(IncidentRow.workflow_id == workflow_id,
+                                col(IncidentRow.run_id).startswith(run_id, autoescape=True))
         else:
             query = query.where((col(IncidentRow.workflow_id) == ident)
                                 | col(IncidentRow.run_id).startswith(ident, autoescape=True))
         with Session(self._engine) as session:
             rows = list(session.exec(query.order_by(col(IncidentRow.started_at).desc())).all())
-        by_workflow = [row for row in rows if row.workflow_id == ident]
-        if by_workflow:
-            return by_workflow[0]
+        exact = [row for row in rows if ident in (row.workflow_id, row.run_id)
+                 or (row.workflow_id, row.run_id) == (workflow_id, run_id)]
+        if exact:
+            return exact[0]
         if len(rows) == 1:
             return rows[0]
         if not rows:

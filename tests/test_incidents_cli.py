@@ -1,0 +1,175 @@
+"""`medkit incidents` and `medkit incidents show`, on SQLite files and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cli.main import build_parser, main
+from models.incident_record import IncidentRecord
+from store.incidents import IncidentStore
+from store.ledger import ActionLedger, create_store_engine
+from store.migrations import migrate
+from tests.conftest import free_port
+from tests.test_store import FULL_TIMELINE, T0, status
+
+pytest_plugins = ["tests.postgres_fixture"]
+
+WEB = "recovery:web:health"
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run `medkit ARGV` in-process: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def populate(url: str) -> None:
+    """Two finished web incidents (one a day ago, one just now), a running api incident, an action."""
+    ledger = ActionLedger(url)
+    store = IncidentStore(ledger.engine)
+    old = status(FULL_TIMELINE, workflow_id=WEB)
+    store.record(IncidentRecord(run_id="11111111-aaaa", status=old), old.started_at)
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    recent = status([e.model_copy(update={"at": e.at - T0 + start}) for e in FULL_TIMELINE],
+                    workflow_id=WEB)
+    recent.started_at = start
+    store.record(IncidentRecord(run_id="22222222-bbbb", status=recent), recent.started_at)
+    running = status(FULL_TIMELINE[:3], workflow_id="recovery:api:health", service="api")
+    running.dry_run = True
+    store.record(IncidentRecord(run_id="33333333-cccc", status=running), running.started_at)
+    action = ledger.begin(f"{WEB}/11111111-aaaa/7", workflow_id=WEB, service="web",
+                          activity="restart_process")
+    ledger.finish(action.key, json.dumps({"ok": True, "detail": "restarted pid 1 -> 2"}))
+    ledger.engine.dispose()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A worker's state dir with a populated default SQLite database."""
+    populate(f"sqlite:///{tmp_path / 'medkit.db'}")
+    return tmp_path
+
+
+def test_list_shows_outcome_and_duration(capsys: pytest.CaptureFixture[str], state_dir: Path) -> None:
+    code, out, _ = run_cli(capsys, "incidents", "--state-dir", str(state_dir))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["STARTED", "(UTC)", "INCIDENT"]
+    assert len(lines) == 4
+    assert f"{WEB}/22222222" in lines[1] and "Recovered" in lines[1] and " 10s " in lines[1]
+    assert f"{WEB}/11111111" in lines[3]
+    api = next(line for line in lines if "recovery:api:health" in line)
+    assert "open: Assessing (dry-run)" in api and "(open)" in api
+
+
+def test_list_filters_by_service_and_since(capsys: pytest.CaptureFixture[str], state_dir: Path) -> None:
+    _, out, _ = run_cli(capsys, "incidents", "--state-dir", str(state_dir), "--service", "web",
+                        "-o", "json")
+    rows = json.loads(out)
+    assert [row["run_id"] for row in rows] == ["22222222-bbbb", "11111111-aaaa"]
+    assert rows[0]["outcome"] == "Recovered" and rows[0]["duration_seconds"] == 10.0
+    assert rows[0]["id"] == f"{WEB}/22222222"
+    _, out, _ = run_cli(capsys, "incidents", "--state-dir", str(state_dir), "--since", "1h", "-o", "json")
+    assert [row["run_id"] for row in json.loads(out)] == ["22222222-bbbb"]
+    _, out, _ = run_cli(capsys, "incidents", "--state-dir", str(state_dir), "--service", "nope")
+    assert out.strip() == "no incidents match"
+
+
+def test_show_prints_timeline_decisions_notifications_and_actions(
+        capsys: pytest.CaptureFixture[str], state_dir: Path) -> None:
+    code, out, _ = run_cli(capsys, "incidents", "show", f"{WEB}/1111", "--state-dir", str(state_dir))
+    assert code == 0
+    assert out.startswith(f"{WEB}/11111111-aaaa  Recovered")
+    assert "duration 10s" in out
+    for entry in FULL_TIMELINE:
+        assert entry.reason in out
+    assert "Assessing -> Recovered  healthy  (medkit)" in out
+    assert "alice: approve (signal) restart is safe" in out
+    assert "slack: FAILED route 'slack' answered HTTP 404" in out
+    assert "restart_process  ok: restarted pid 1 -> 2" in out
+
+
+def test_show_json_and_parent_flags(capsys: pytest.CaptureFixture[str], state_dir: Path) -> None:
+    code, out, _ = run_cli(capsys, "incidents", "--state-dir", str(state_dir), "-o", "json",
+                           "show", "11111111-aaaa")
+    assert code == 0
+    detail = json.loads(out)
+    assert detail["incident"]["workflow_id"] == WEB
+    assert [d["operator"] for d in detail["decisions"]] == ["alice", "bob"]
+    assert len(detail["timeline"]) == len(FULL_TIMELINE)
+    assert detail["actions"][0]["result"]["detail"] == "restarted pid 1 -> 2"
+
+
+def test_show_of_a_workflow_id_is_its_latest_run(capsys: pytest.CaptureFixture[str],
+                                                 state_dir: Path) -> None:
+    _, out, _ = run_cli(capsys, "incidents", "show", WEB, "--state-dir", str(state_dir))
+    assert out.startswith(f"{WEB}/22222222-bbbb")
+    assert "actions (ledger): none" in out
+
+
+@pytest.mark.parametrize(("ident", "message"), [
+    ("nope", "medkit: no incident 'nope'"),
+    (f"{WEB}/", "matches 2 runs"),
+])
+def test_unknown_or_ambiguous_id_is_one_line(capsys: pytest.CaptureFixture[str], state_dir: Path,
+                                             ident: str, message: str) -> None:
+    code, out, err = run_cli(capsys, "incidents", "show", ident, "--state-dir", str(state_dir))
+    assert (code, out) == (1, "")
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_database_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "incidents", "--state-dir", str(tmp_path / "none"))
+    assert code == 1
+    assert err.startswith(f"medkit: no incident database at {tmp_path / 'none' / 'medkit.db'}")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()
+
+
+def test_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"postgresql+psycopg://medkit:s3cret@127.0.0.1:{free_port()}/medkit"
+    code, _, err = run_cli(capsys, "incidents", "--database-url", url)
+    assert code == 1
+    assert err.startswith("medkit: cannot reach database postgresql+psycopg://medkit:***@127.0.0.1:")
+    assert "s3cret" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unmigrated_database_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'medkit.db'}")
+    migrate(engine, target=1)
+    engine.dispose()
+    code, _, err = run_cli(capsys, "incidents", "--state-dir", str(tmp_path))
+    assert code == 1 and "schema version 1" in err and "start a worker" in err
+
+
+def test_invalid_since_is_a_usage_error(capsys: pytest.CaptureFixture[str], state_dir: Path) -> None:
+    code, _, err = run_cli(capsys, "incidents", "--state-dir", str(state_dir), "--since", "soon")
+    assert code == 2 and "--since" in err
+
+
+def test_postgres_from_the_environment(capsys: pytest.CaptureFixture[str], postgres_url: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    populate(postgres_url)
+    monkeypatch.setenv("MEDKIT_DATABASE_URL", postgres_url)
+    code, out, _ = run_cli(capsys, "incidents", "--service", "web", "-o", "json")
+    assert code == 0 and len(json.loads(out)) == 2
+    code, out, _ = run_cli(capsys, "incidents", "show", "33333333")
+    assert code == 0 and out.startswith("recovery:api:health/33333333-cccc  open: Assessing  (dry-run)")
+
+
+def test_every_flag_has_help() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    incidents = commands.choices["incidents"]
+    show = next(a for a in incidents._actions if isinstance(a, argparse._SubParsersAction)).choices["show"]
+    for command in (incidents, show):
+        for action in command._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, (command.prog, action.dest)
