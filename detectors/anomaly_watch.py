@@ -107,6 +107,7 @@ class SeriesWatch:
         self.recent: deque[Point] = deque(maxlen=spec.evidence_points)
         self.last: datetime | None = None
         self.quiet_until: datetime | None = None
+        self.points = 0
 
     def learn(self, at: datetime, value: float) -> float:
         """Score and learn a point without firing (warm-up history); returns its score."""
@@ -115,6 +116,7 @@ class SeriesWatch:
                              f"the last one ({self.last.isoformat()})")
         score = self.detector.update(at, value)
         self.last = at
+        self.points += 1
         self.recent.append((at, value))
         return score
 
