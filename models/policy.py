@@ -180,7 +180,7 @@ class HealthPollSpec(MedkitModel):
     interval: Duration = timedelta(seconds=5)
     failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
     recovery_threshold: Annotated[int, Field(ge=1, le=100)] = 3
-    cooldown: Duration = timedelta(minutes=5)
+    cooldown: Duration = timedelta(minutes=1)
     severity: Severity | None = None
 
     @model_validator(mode="after")
