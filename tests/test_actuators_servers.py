@@ -235,9 +235,11 @@ def _handler(app: Any) -> type[BaseHTTPRequestHandler]:
             self.send_response(code)
             if payload is not None:
                 self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            if code != 204:  # RFC 9110: no Content-Length on a 204
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if data:
+                self.wfile.write(data)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
