@@ -21,7 +21,7 @@ from models.probes import CommandProbe, ProbeResult
 DETAIL_TAIL = 500
 """How many characters of the program's output end up in the result's detail."""
 
-KILL_GRACE = 5.0
+KILL_GRACE = 2.0
 """How long to wait for the output pipes to close after the process group was killed."""
 
 
