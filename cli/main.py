@@ -7,7 +7,16 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from cli import config_cmd, detect_cmd, dev_cmd, incidents_cmd, operator_cmd, watch_cmd, worker_cmd
+from cli import (
+    config_cmd,
+    detect_cmd,
+    dev_cmd,
+    incidents_cmd,
+    operator_cmd,
+    serve_cmd,
+    watch_cmd,
+    worker_cmd,
+)
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     dev_cmd,
@@ -17,6 +26,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     detect_cmd,
     incidents_cmd,
     watch_cmd,
+    serve_cmd,
 )
 """Each module has `register(subparsers)` which adds its subcommands with a `func` default."""
 
