@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from models.actions import ActionSpec
 from models.base import Duration, MedkitModel, Name, positive
+from models.fleet import BudgetSpec, FleetSpec
 from models.notifications import NotificationRoute
 from models.phases import Severity
 from models.probes import Comparison, ProbeSpec
@@ -204,6 +205,9 @@ class ServicePolicy(MedkitModel):
     routes: dict[Name, NotificationRoute] = Field(default_factory=dict)
     health_poll: HealthPollSpec = Field(default_factory=HealthPollSpec)
     dry_run: bool = False
+    exclusive: bool = True
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+    fleet: FleetSpec = Field(default_factory=FleetSpec)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> ServicePolicy:
@@ -230,6 +234,11 @@ class ServicePolicy(MedkitModel):
         if len(set(names)) != len(names):
             problems.append(f"probe names must be unique, got {names}")
         problems.extend(self.assessment.unresolved(self.probes))
+        for index, budget in enumerate(self.budgets):
+            problems.extend(
+                f"budgets[{index}].actions names unknown action {name!r}"
+                for name in budget.actions if name not in self.actions
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -323,6 +332,7 @@ class PolicyFile(MedkitModel):
     services: list[ServicePolicy] = Field(min_length=1)
     host: HostWatchSpec | None = None
     anomaly: AnomalyWatchSpec | None = None
+    fleet: FleetSpec = Field(default_factory=FleetSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +346,14 @@ class PolicyFile(MedkitModel):
                     if isinstance(own, dict):
                         service["routes"] = {**shared, **own}
         return data
+
+    @model_validator(mode="after")
+    def _share_fleet_limits(self) -> PolicyFile:
+        """Every service's snapshot carries the fleet limits and the fleet's size."""
+        limits = self.fleet.model_copy(update={"fleet_size": len(self.services)})
+        for service in self.services:
+            service.fleet = limits
+        return self
 
     @model_validator(mode="after")
     def _unique_services(self) -> PolicyFile:

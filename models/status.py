@@ -11,7 +11,8 @@ from models.base import MedkitModel
 from models.phases import DecisionKind, Outcome, Phase, Severity
 
 TimelineKind = Literal[
-    "transition", "report", "decision", "ignored", "action", "probe", "escalation", "notification"
+    "transition", "report", "decision", "ignored", "action", "probe", "escalation", "notification",
+    "safety",
 ]
 
 

@@ -24,9 +24,12 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from models import search_attributes as sa
+from models.fleet import coordinator_workflow_id
 
 BIN = Path(sys.executable).parent
 
@@ -36,6 +39,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def stop_fleet_coordinator(client: Client, task_queue: str) -> None:
+    """Terminate a test queue's fleet coordinator once its worker is gone.
+
+    Left running without a worker, its next workflow task would stay pending forever, and the
+    time-skipping server never skips time while any task is pending. Terminating it while the
+    worker still completes one of its tasks, or while it has a timer pending (it only has one
+    while holding leases), leaks the server's time lock: end tests with their recoveries done.
+    """
+    handle = client.get_workflow_handle(coordinator_workflow_id(task_queue))
+    with contextlib.suppress(RPCError):
+        await handle.terminate("test finished")
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run a medkit worker for a test, then stop its queue's fleet coordinator."""
+    try:
+        async with worker:
+            yield worker
+    finally:
+        await stop_fleet_coordinator(worker.client, worker.task_queue)
 
 
 async def register_search_attributes(client: Client) -> None:

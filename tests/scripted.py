@@ -21,14 +21,18 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.deps import ActivityDeps
+from activities.fleet import FleetActivities
 from activities.notify import NotifyActivities
+from activities.record import RecordActivities
 from models.actions import ActionRequest, ActionResult
 from models.detection import Detection
 from models.phases import Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
 from models.probes import ProbeRequest, ProbeResult
 from models.status import RecoveryStatus
+from tests.conftest import running
 from workers.client import start_or_join_recovery
+from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
 HISTORY_DIR = Path(__file__).parent / "histories"
@@ -97,13 +101,17 @@ class Script:
         """Scripted command."""
         return await self._act(request)
 
-    def worker(self, client: Client, task_queue: str, deps: ActivityDeps) -> Worker:
-        """A worker with the real workflow, these scripted activities and the real notifier."""
-        return Worker(
-            client, task_queue=task_queue, workflows=[RecoveryWorkflow],
+    def worker(self, client: Client, task_queue: str,
+               deps: ActivityDeps) -> contextlib.AbstractAsyncContextManager[Worker]:
+        """A worker with the real workflows, these scripted probes and actions, and the real
+        notifier, incident store and fleet activities."""
+        record = RecordActivities(deps)
+        return running(Worker(
+            client, task_queue=task_queue, workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
             activities=[self.probe_http, self.probe_tcp, self.restart_process, self.run_command,
-                        NotifyActivities(deps).notify],
-        )
+                        NotifyActivities(deps).notify, record.record_incident,
+                        record.count_recent_actions, *FleetActivities(client).activities()],
+        ))
 
 
 def scripted_policy(webhook_url: str, **overrides: Any) -> ServicePolicy:

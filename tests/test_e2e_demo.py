@@ -25,7 +25,7 @@ from models.detection import Detection
 from models.phases import Phase
 from models.policy import PolicyFile, ServicePolicy
 from models.status import RecoveryStatus
-from tests.conftest import DemoService, eventually
+from tests.conftest import DemoService, eventually, running
 from workers.client import start_or_join_recovery
 from workers.worker import build_worker
 from workflows.recovery import RecoveryWorkflow
@@ -50,12 +50,12 @@ async def medkit(dev_env: WorkflowEnvironment, demo_service: DemoService,
                  tmp_path: Path) -> AsyncIterator[Medkit]:
     policy = PolicyFile.model_validate(demo_policy(demo_service.port, tmp_path)).service(DEMO_SERVICE)
     queue = f"e2e-{demo_service.port}"
-    running = Medkit(dev_env.client, queue, policy)
+    stack = Medkit(dev_env.client, queue, policy)
     deps = ActivityDeps.create(tmp_path)
     worker = build_worker(dev_env.client, queue, deps, ProcessSupervisor(tmp_path))
-    async with worker:
-        poller = asyncio.ensure_future(run_health_poller([policy], running.report))
-        yield running
+    async with running(worker):
+        poller = asyncio.ensure_future(run_health_poller([policy], stack.report))
+        yield stack
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller

@@ -12,9 +12,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deps import ActivityDeps
+from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from activities.registry import build_activities
 from workers.logging import LogContextInterceptor
+from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
@@ -28,8 +30,11 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RecoveryWorkflow],
-        activities=build_activities(deps, supervisor or ProcessSupervisor(deps.state_dir)),
+        workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
+        activities=[
+            *build_activities(deps, supervisor or ProcessSupervisor(deps.state_dir)),
+            *FleetActivities(client).activities(),
+        ],
         interceptors=[LogContextInterceptor()],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )

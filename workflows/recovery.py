@@ -24,6 +24,8 @@ with workflow.unsafe.imports_passed_through():
     from models.actions import ActionRequest, ActionResult, ActionSpec
     from models.decisions import DecisionVerdict, OperatorDecision
     from models.detection import Detection, RecoveryInput
+    from models.fleet import LeaseDecision, LeaseRelease, LeaseRequest, coordinator_workflow_id
+    from models.incident_record import BudgetQuery, IncidentRecord, IncidentRecorded
     from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
     from models.phases import PHASE_FOR_SEVERITY, DecisionKind, Outcome, Phase, Severity
     from models.policy import RungSpec, StepSpec
@@ -52,6 +54,14 @@ NOTIFY_RETRY = RetryPolicy(
     non_retryable_error_types=["DeliveryRejected", "MissingSecret"],
 )
 """Notifications retry for about a minute and a half; a lost page is recorded, never fatal."""
+
+LEASE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5),
+)
+"""Asking the coordinator for a lease retries until it gets through: acting without one is unsafe."""
+
+STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3)
+"""The incident store is memory, not control: a write that keeps failing is skipped, not fatal."""
 
 ACTION_HEARTBEAT = timedelta(seconds=5)
 """A dead worker is noticed within 5 s; cancellation reaches a running action within about 4 s."""
@@ -98,6 +108,10 @@ class RecoveryWorkflow:
         self._outcome: Outcome | None = None
         self._started_at = workflow.now()
         self._timeline: list[TimelineEntry] = []
+        self._lease: LeaseRequest | None = None
+        self._lease_decisions: dict[str, LeaseDecision] = {}
+        self._stored = 0
+        self._closing = False
 
     @workflow.run
     async def run(self, recovery: RecoveryInput) -> RecoveryStatus:
@@ -110,6 +124,7 @@ class RecoveryWorkflow:
         dry = " [dry-run: actions are simulated]" if self._dry_run else ""
         self._record(self._phase, f"{detection.source} reported: {detection.summary or 'problem'}{dry}",
                      actor=detection.source, kind="report")
+        recorder = asyncio.ensure_future(self._record_incident())
         try:
             self._transition(Phase.ASSESSING, "assessing with the service's probes")
             await self._assess()
@@ -119,6 +134,8 @@ class RecoveryWorkflow:
             reason = self._abort.reason or "no reason given"
             await self._finish(Phase.ABORTED, f"aborted: {reason}", actor=self._abort.operator)
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._closing = True
+        await recorder
         return self.status()
 
     # ----- state machine -------------------------------------------------------------------
@@ -163,6 +180,7 @@ class RecoveryWorkflow:
         ladder = self._policy.ladders.for_severity(severity)
         retry = self._policy.retry
         phase = PHASE_FOR_SEVERITY[severity]
+        await self._acquire_lease()
         if severity == Severity.CRITICAL:
             await self._notify("emergency", f"{self._policy.name}: critical incident",
                                "Emergency recovery started; on-call notified at once.")
@@ -258,6 +276,7 @@ class RecoveryWorkflow:
         """Wait for resolve, retry or abort, escalating on a timer; None if it healed meanwhile."""
         wid = workflow.info().workflow_id
         self._current_step = None
+        await self._release_lease()
         self._pending = PendingDecision(
             kind="manual", allowed=[DecisionKind.RESOLVE, DecisionKind.RETRY, DecisionKind.ABORT],
             since=workflow.now(),
@@ -324,6 +343,7 @@ class RecoveryWorkflow:
         return True, f"validation passed: {passed}/{spec.samples} rounds healthy"
 
     async def _finish(self, phase: Phase, reason: str, actor: str = "medkit") -> None:
+        await self._release_lease()
         self._pending = None
         self._current_step = None
         self._outcome = Outcome(phase.value)
@@ -361,6 +381,7 @@ class RecoveryWorkflow:
                                spec.message or f"step {action_name}", routes=spec.routes,
                                page=False)
             return True
+        await self._check_budgets(action_name)
         request = ActionRequest(
             workflow_id=workflow.info().workflow_id, service=self._policy.name,
             action_name=action_name, spec=spec, dry_run=self._dry_run,
@@ -380,6 +401,86 @@ class RecoveryWorkflow:
         mark = "[dry-run] " if result.simulated else ""
         self._record(self._phase, f"{mark}{action_name}: {result.detail}", kind="action")
         return result.ok
+
+    async def _check_budgets(self, action_name: str) -> None:
+        """Hand over to a human instead of acting when the action's budget is used up."""
+        for budget in self._policy.budgets:
+            if action_name not in budget.actions:
+                continue
+            activities = sorted({self._policy.actions[name].activity for name in budget.actions})
+            window = budget.window.total_seconds()
+            used: int = await self._guarded(workflow.execute_local_activity(
+                "count_recent_actions",
+                BudgetQuery(service=self._policy.name, activities=activities, window_seconds=window),
+                result_type=int, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=STORE_RETRY, summary=f"budget check for {action_name}",
+            ))
+            if used >= budget.max_actions:
+                raise _NeedsHuman(
+                    f"budget exhausted: {used} of {budget.max_actions} {'/'.join(budget.actions)} "
+                    f"actions used on {self._policy.name} in the last {budget.window}; "
+                    f"not running {action_name}"
+                )
+
+    async def _acquire_lease(self) -> None:
+        """Get the fleet coordinator's lease before acting: queue behind another recovery of the
+        same service, or hand over to a human when the fleet's blast-radius cap is reached."""
+        limits = self._policy.fleet
+        capped = limits.max_services is not None or limits.max_percent is not None
+        if self._dry_run or self._lease is not None or not (self._policy.exclusive or capped):
+            return
+        info = workflow.info()
+        request = LeaseRequest(
+            request_id=str(workflow.uuid4()), service=self._policy.name,
+            workflow_id=info.workflow_id, run_id=info.run_id, task_queue=info.task_queue,
+            limits=limits,
+        )
+        await self._guarded(workflow.execute_activity(
+            "request_fleet_lease", request, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=LEASE_RETRY, summary=f"ask the fleet coordinator to act on {request.service}",
+        ))
+        queued = False
+        while True:
+            await self._guarded(workflow.wait_condition(
+                lambda: request.request_id in self._lease_decisions))
+            decision = self._lease_decisions.pop(request.request_id)
+            if decision.verdict == "granted":
+                self._lease = request
+                if queued:
+                    self._record(self._phase, decision.reason, kind="safety")
+                return
+            if decision.verdict == "held":
+                raise _NeedsHuman(f"{decision.reason}; holding instead of acting")
+            queued = True
+            self._current_step = f"queued: {decision.reason}"
+            self._record(self._phase, decision.reason, kind="safety")
+            self._set_details()
+
+    async def _release_lease(self) -> None:
+        if self._lease is None:
+            return
+        lease, self._lease = self._lease, None
+        coordinator = workflow.get_external_workflow_handle(coordinator_workflow_id(lease.task_queue))
+        await coordinator.signal("release", LeaseRelease(
+            service=lease.service, workflow_id=lease.workflow_id, run_id=lease.run_id))
+
+    async def _record_incident(self) -> None:
+        """Keep the incident store current: write whenever the timeline grows, and once at the end."""
+        while True:
+            await workflow.wait_condition(
+                lambda: len(self._timeline) > self._stored or self._closing)
+            if len(self._timeline) == self._stored:
+                return
+            status = self.status()
+            self._stored = len(status.timeline)
+            try:
+                await workflow.execute_local_activity(
+                    "record_incident", IncidentRecord(run_id=workflow.info().run_id, status=status),
+                    result_type=IncidentRecorded, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=STORE_RETRY, summary="record in the incident store",
+                )
+            except ActivityError as err:
+                workflow.logger.warning("incident store write failed: %s", _cause(err))
 
     async def _escalate(self, reason: str) -> None:
         self._escalations += 1
@@ -554,6 +655,11 @@ class RecoveryWorkflow:
         if self._reports <= MAX_REPORTS_IN_TIMELINE or detection.status == "resolved":
             self._record(self._phase, reason, actor=detection.source, kind="report")
         self._set_details()
+
+    @workflow.signal
+    def lease_decision(self, decision: LeaseDecision) -> None:
+        """The fleet coordinator's answer to this recovery's lease request."""
+        self._lease_decisions[decision.request_id] = decision
 
     @workflow.signal
     def approve(self, decision: OperatorDecision) -> None:

@@ -1,0 +1,52 @@
+"""Activities that talk to the fleet coordinator for a recovery, and check who is still running."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from models.fleet import ClosedCheck, FleetState, LeaseRequest, coordinator_workflow_id
+
+
+class FleetActivities:
+    """Lease requests (signal-with-start of the coordinator) and the dead-holder check."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @activity.defn(name="request_fleet_lease")
+    async def request_fleet_lease(self, request: LeaseRequest) -> None:
+        """Ask the coordinator for a lease, starting it if it does not run yet (idempotent by id)."""
+        await self._client.start_workflow(
+            "FleetCoordinatorWorkflow", FleetState(limits=request.limits),
+            id=coordinator_workflow_id(request.task_queue), task_queue=request.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal="request", start_signal_args=[request],
+            static_summary="medkit fleet coordinator: per-service exclusivity and blast-radius cap",
+        )
+
+    @activity.defn(name="find_closed_recoveries")
+    async def find_closed_recoveries(self, check: ClosedCheck) -> ClosedCheck:
+        """The runs among `check.runs` that have ended (or never existed)."""
+        closed: list[tuple[str, str]] = []
+        for workflow_id, run_id in check.runs:
+            try:
+                description = await self._client.get_workflow_handle(
+                    workflow_id, run_id=run_id).describe()
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                closed.append((workflow_id, run_id))
+                continue
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                closed.append((workflow_id, run_id))
+        return ClosedCheck(runs=closed)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """Both activities, for the worker to register."""
+        return [self.request_fleet_lease, self.find_closed_recoveries]
