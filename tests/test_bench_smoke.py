@@ -1,0 +1,36 @@
+"""The recovery-overhead benchmark still runs end to end (tiny numbers) and prints its figures.
+
+Only the presence of the figures is checked, never their values: timings are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_recovery_overhead_benchmark_quick_run_prints_its_figures(tmp_path: Path) -> None:
+    figures_file = tmp_path / "figures.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.recovery_overhead", "--quick", "--concurrency", "3",
+         "--json", str(figures_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    for line in ("detection-to-recovered overhead (ms)", "goal: overhead p50 <= 150 ms",
+                 "service restart (restart_seconds)", "policy timers", "later workflow task run time",
+                 "medkit recoveries/s:", "baseline workflows/s:", "ratio medkit/baseline:",
+                 "goal >= 0.8"):
+        assert line in out, f"missing {line!r} in:\n{out}"
+    figures = json.loads(figures_file.read_text())
+    assert set(figures["overhead"]["all"]["overhead_ms"]) == {"p50", "p95", "mean"}
+    assert figures["overhead"]["all"]["n"] == 2  # --quick: one run per fault
+    throughput = figures["throughput"]
+    assert {"medkit_per_s", "baseline_per_s", "ratio", "counts"} <= set(throughput)
+    assert throughput["medkit_failed"] == 0
+    assert throughput["counts"]["probe_http"] >= 1
