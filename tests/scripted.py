@@ -47,6 +47,7 @@ class Script:
         self.actions: list[str] = []
         self.block_actions = False
         self.cancelled: list[str] = []
+        self.finished: list[str] = []
 
     def probe(self, name: str, *outcomes: bool, then: bool = True) -> None:
         """Script a probe: these outcomes in order, then `then` forever."""
@@ -79,14 +80,14 @@ class Script:
 
     async def _act(self, request: ActionRequest) -> ActionResult:
         self.actions.append(request.action_name)
-        if self.block_actions:
-            try:
-                while True:
-                    activity.heartbeat()
-                    await asyncio.sleep(0.1)
-            except asyncio.CancelledError:
-                self.cancelled.append(request.action_name)
-                raise
+        try:
+            while self.block_actions:  # held until the test unblocks it, or cancelled
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            self.cancelled.append(request.action_name)
+            raise
+        self.finished.append(f"{request.service}:{request.action_name}")
         return ActionResult(action_name=request.action_name, kind=request.spec.kind, ok=True,
                             detail=f"scripted {request.spec.kind}",
                             simulated=request.dry_run)

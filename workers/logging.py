@@ -14,6 +14,15 @@ from temporalio.worker import (
     Interceptor,
 )
 
+NOISY_LOGGERS = ("httpx", "httpcore")
+"""Libraries whose INFO/DEBUG lines carry full request URLs, which may embed webhook secrets."""
+
+
+def quiet_noisy_loggers() -> None:
+    """Keep URL-logging libraries at WARNING, so a secret in a webhook URL never reaches a log."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 
 def configure_logging(level: str = "INFO") -> None:
     """Send structlog and stdlib logs (the SDK's, workflow.logger's) to stderr as JSON lines."""
@@ -40,6 +49,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_noisy_loggers()
 
 
 class _BindActivityIds(ActivityInboundInterceptor):

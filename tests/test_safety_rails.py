@@ -1,0 +1,245 @@
+"""Safety rails: remediation budget, per-service exclusivity, fleet blast radius, crash-safe
+leases, dry-run and secrets. Each test fails if its rule is removed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.deps import ActivityDeps
+from activities.process import ProcessSupervisor
+from demo.policy import DEMO_SERVICE, demo_policy
+from models.fleet import coordinator_workflow_id
+from models.phases import DecisionKind, Phase, Severity
+from models.policy import PolicyFile, ServicePolicy
+from tests.conftest import BIN, DemoService, WebhookReceiver, eventually, register_search_attributes, running
+from tests.scripted import Script, detection, scripted_policy, start, wait_for_phase
+from tests.test_recovery_paths import operator
+from workers.client import send_decision, static_summary
+from workers.logging import quiet_noisy_loggers
+from workers.worker import build_worker
+from workflows.fleet import FleetCoordinatorWorkflow
+from workflows.recovery import RecoveryWorkflow
+
+
+@pytest.fixture
+def queue() -> str:
+    """A task queue (and so a fleet coordinator) of the test's own."""
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> ActivityDeps:
+    """Real activity dependencies (ledger in tmp)."""
+    return ActivityDeps.create(tmp_path)
+
+
+def two_services(webhook_url: str, fleet: dict[str, Any] | None = None) -> list[ServicePolicy]:
+    """Services `checkout` and `payments` in one policy file, optionally with fleet limits."""
+    one = scripted_policy(webhook_url).model_dump(mode="json", exclude={"fleet"})
+    other = {**one, "name": "payments"}
+    data: dict[str, Any] = {"services": [one, other], "fleet": fleet or {}}
+    return PolicyFile.model_validate(data).services
+
+
+async def test_budget_exhausted_hands_over_instead_of_restarting_again(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, demo_service: DemoService,
+    tmp_path: Path,
+) -> None:
+    data = demo_policy(demo_service.port, tmp_path)
+    data["services"][0]["budgets"] = [{"actions": ["restart"], "max_actions": 1, "window": "1h"}]  # type: ignore[index]
+    policy = PolicyFile.model_validate(data).service(DEMO_SERVICE)
+    async with running(build_worker(ts_env.client, queue, deps, ProcessSupervisor(tmp_path))):
+        demo_service.inject("unhealthy")
+        first = await start(ts_env.client, queue, policy, detection(service=DEMO_SERVICE))
+        assert (await first.result()).phase == Phase.RECOVERED
+        restarted_pid = demo_service.pid()
+        demo_service.inject("unhealthy")  # the same fault comes back: a restart loop begins
+        second = await start(ts_env.client, queue, policy, detection(service=DEMO_SERVICE))
+        status = await wait_for_phase(second, Phase.MANUAL_INTERVENTION)
+        assert "budget exhausted: 1 of 1 restart actions used on demo" in status.timeline[-1].reason
+        assert demo_service.pid() == restarted_pid  # not restarted a second time
+        await send_decision(ts_env.client, second.id, DecisionKind.RESOLVE, operator())
+        assert (await second.result()).phase == Phase.RESOLVED
+
+
+async def test_second_incident_on_a_service_queues_behind_the_first(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.block_actions = True
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        first = await start(ts_env.client, queue, policy, detection(summary="first"))
+        await wait_for_phase(first, Phase.AUTO_REMEDIATION)
+        while not script.actions:
+            await asyncio.sleep(0.05)
+        script.probe("http", False)
+        second = await start(ts_env.client, queue, policy, detection(summary="second"))
+        for _ in range(200):
+            status = await second.query(RecoveryWorkflow.status)
+            if any(e.kind == "safety" and "queued" in e.reason for e in status.timeline):
+                break
+            await asyncio.sleep(0.05)
+        assert status.current_step is not None and status.current_step.startswith("queued")
+        assert script.actions == ["restart"]  # the second has not acted
+        script.block_actions = False
+        assert (await first.result()).phase == Phase.RECOVERED
+        later = await second.result()
+    assert later.phase == Phase.RECOVERED
+    assert script.finished == ["checkout:restart", "checkout:restart"]
+    granted = [e.reason for e in later.timeline if e.kind == "safety"]
+    assert granted[-1] == f"lease granted after {first.id} finished"
+
+
+async def test_blast_radius_holds_new_recoveries_for_a_human(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.block_actions = True
+    script.probe("http", False)
+    checkout, payments = two_services(webhook_receiver.url, {"max_services": 1})
+    async with script.worker(ts_env.client, queue, deps):
+        first = await start(ts_env.client, queue, checkout, detection(service="checkout"))
+        while not script.actions:
+            await asyncio.sleep(0.05)
+        second = await start(ts_env.client, queue, payments, detection(service="payments"))
+        held = await wait_for_phase(second, Phase.MANUAL_INTERVENTION)
+        handover = next(e for e in held.timeline if e.to_phase == Phase.MANUAL_INTERVENTION)
+        assert handover.reason.startswith(
+            "blast radius: 1 services already in remediation (checkout); limit 1")
+        async def paged() -> bool:
+            return "manual_intervention" in webhook_receiver.events()
+
+        await eventually(paged)  # a human is paged
+        assert script.actions == ["restart"]  # payments did not act
+        await send_decision(ts_env.client, second.id, DecisionKind.ABORT, operator())
+        script.block_actions = False
+        assert (await first.result()).phase == Phase.RECOVERED
+
+
+@pytest.fixture
+async def own_ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this test's own: a terminated workflow's orphaned activity can
+    leave the server's time lock held, which must not slow the tests that share `ts_env`."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await register_search_attributes(env.client)
+    yield env
+    await env.shutdown()
+
+
+async def test_a_crashed_holder_does_not_keep_its_lease(
+    own_ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    client = own_ts_env.client
+    script = Script()
+    script.block_actions = True
+    script.probe("http", False)
+    policy, _ = two_services(webhook_receiver.url, {"reap_interval": "3s"})
+    async with script.worker(client, queue, deps):
+        first = await start(client, queue, policy, detection(summary="will crash"))
+        while not script.actions:
+            await asyncio.sleep(0.05)
+        second = await start(client, queue, policy, detection(summary="waits"))
+        coordinator = client.get_workflow_handle_for(
+            FleetCoordinatorWorkflow.run, coordinator_workflow_id(queue))
+        for _ in range(200):
+            if (await coordinator.query(FleetCoordinatorWorkflow.leases)).waiting:
+                break
+            await asyncio.sleep(0.05)
+        await first.terminate("simulated crash: nobody releases its lease")
+        script.block_actions = False
+        result = await asyncio.wait_for(second.result(), timeout=60)
+    assert result.phase == Phase.RECOVERED
+    reasons = [e.reason for e in result.timeline if e.kind == "safety"]
+    assert reasons[-1] == f"lease granted after {first.id} finished"
+    assert script.actions == ["restart", "restart"]
+
+
+async def test_dry_run_runs_the_whole_machine_and_touches_nothing(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, demo_service: DemoService,
+    tmp_path: Path,
+) -> None:
+    data = demo_policy(demo_service.port, tmp_path)
+    data["services"][0]["dry_run"] = True  # type: ignore[index]
+    policy = PolicyFile.model_validate(data).service(DEMO_SERVICE)
+    pid = demo_service.pid()
+    async with running(build_worker(ts_env.client, queue, deps, ProcessSupervisor(tmp_path))):
+        found = detection(service=DEMO_SERVICE, severity=Severity.MINOR)
+        handle = await start(ts_env.client, queue, policy, found)
+        result = await handle.result()
+    assert result.dry_run and result.phase == Phase.RECOVERED
+    assert demo_service.pid() == pid
+    actions = [e.reason for e in result.timeline if e.kind == "action"]
+    assert actions and actions[0].startswith(f"[dry-run] restart: dry-run: would stop pid {pid}")
+    assert "[dry-run: actions are simulated]" in result.timeline[0].reason
+    assert static_summary(found, dry_run=result.dry_run).endswith("[dry-run]")  # the UI's summary
+
+
+async def test_secrets_never_reach_history_or_logs(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
+    webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret_url = f"{webhook_receiver.url}/T0KEN-7f3a9c2e51"
+    hmac_secret = "hmac-s3cret-4d8e1b"
+    monkeypatch.setenv("MEDKIT_TEST_HOOK_URL", secret_url)
+    monkeypatch.setenv("MEDKIT_TEST_HOOK_HMAC", hmac_secret)
+    route = {"kind": "webhook", "url_env": "MEDKIT_TEST_HOOK_URL",
+             "hmac_secret_env": "MEDKIT_TEST_HOOK_HMAC"}
+    policy = scripted_policy(webhook_receiver.url, routes={"oncall": route})
+    script = Script()
+    script.probe("http", False)
+    quiet_noisy_loggers()  # as every medkit process does through configure_logging
+    caplog.set_level(logging.DEBUG)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
+        assert (await handle.result()).phase == Phase.RECOVERED
+        history = (await handle.fetch_history()).to_json()
+        status = await handle.query(RecoveryWorkflow.status)
+    assert webhook_receiver.events() == ["emergency", "approval_needed", "acknowledged", "recovered"]
+    assert all("X-Medkit-Signature" in h for h in webhook_receiver.headers)
+    captured = capsys.readouterr()
+    texts = {"history": history, "history payloads": decoded_payloads(history),
+             "logs": caplog.text, "stdout": captured.out, "stderr": captured.err,
+             "status": json.dumps(status.model_dump(mode="json"))}
+    for where, text in texts.items():
+        for secret in ("T0KEN-7f3a9c2e51", hmac_secret):
+            assert secret not in text, f"secret leaked into {where}"
+    assert "MEDKIT_TEST_HOOK_URL" in texts["history payloads"]  # the name travels, not the value
+
+
+def decoded_payloads(history_json: str) -> str:
+    """Every payload in a history, base64-decoded, so a search sees what the UI would show."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "data" and isinstance(value, str):
+                    found.append(base64.b64decode(value).decode(errors="replace"))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(history_json))
+    return "\n".join(found)
