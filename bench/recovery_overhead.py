@@ -508,6 +508,7 @@ class Throughput:
     rounds: int
     counts: dict[str, int]
     plan: list[list[str]]
+    workflow_tasks: dict[str, int]
     medkit_seconds: float
     baseline_seconds: float
     medkit_failed: int
@@ -546,11 +547,17 @@ async def throughput_phase(client: Client, work: Path, concurrency: int, rounds:
 
             async with medkit_worker():
                 _, (warm,) = await medkit_batch(client, "bench-medkit", policy, "warm", 1)
-            handle = client.get_workflow_handle(warm.workflow_id)
-            plan, counts = plan_from_history(list((await handle.fetch_history()).events),
-                                             f"{demo.base}/healthz")
+            medkit_events = list((await client.get_workflow_handle(warm.workflow_id)
+                                  .fetch_history()).events)
+            plan, counts = plan_from_history(medkit_events, f"{demo.base}/healthz")
             async with baseline_worker():
                 await baseline_batch(client, "bench-baseline", plan, "warm", 1)
+            baseline_events = list((await client.get_workflow_handle("baseline:warm-0")
+                                    .fetch_history()).events)
+            tasks = {name: len(profile_history(events).wft_run)
+                     for name, events in (("medkit", medkit_events), ("baseline", baseline_events))}
+            say(f"  workflow tasks per workflow (warm-up, alone): {tasks}; history events: "
+                f"medkit {len(medkit_events)}, baseline {len(baseline_events)}")
             activities = sum(n for k, n in counts.items() if not k.startswith(("timer", "local")))
             timers = sum(n for k, n in counts.items() if k.startswith("timer"))
             say(f"  one medkit recovery executed {activities} activities and {timers} timer(s), plus "
@@ -577,6 +584,7 @@ async def throughput_phase(client: Client, work: Path, concurrency: int, rounds:
         await deps.http.aclose()
         await http.aclose()
     return Throughput(concurrency=concurrency, rounds=rounds, counts=dict(counts), plan=plan.batches,
+                      workflow_tasks=tasks,
                       medkit_seconds=medkit_seconds, baseline_seconds=baseline_seconds,
                       medkit_failed=failed)
 
