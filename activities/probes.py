@@ -24,6 +24,8 @@ from models.probes import (
     HttpProbe,
     ProbeRequest,
     ProbeResult,
+    ProbeRound,
+    ProbeRoundRequest,
     ProbeSpec,
     ProcessProbe,
     PrometheusProbe,
@@ -151,6 +153,14 @@ class ProbeActivities:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
+    @activity.defn(name="probe_service")
+    async def probe_service(self, request: ProbeRoundRequest) -> ProbeRound:
+        """Run every probe of the service concurrently: one activity (and one workflow task) per
+        round. A probe that errors, or overruns its timeout, counts as unhealthy with the reason."""
+        return ProbeRound(results=list(await asyncio.gather(
+            *(bounded_probe(self._http, spec) for spec in request.probes)
+        )))
+
     @activity.defn(name="probe_http")
     async def probe_http(self, request: ProbeRequest) -> ProbeResult:
         """Probe an HTTP endpoint."""
@@ -207,3 +217,24 @@ async def run_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:
     if isinstance(spec, CommandProbe):
         return await check_command(spec)
     return await asyncio.to_thread(check_process, spec)
+
+
+PROBE_GRACE = 1.0
+"""Seconds a probe may run past its own timeout before it is cut off and counted as failing."""
+
+
+async def bounded_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:
+    """Run one probe, turning an overrun of its timeout or a probe error into an unhealthy result.
+
+    A misconfigured probe (ApplicationError, e.g. a bad PromQL query) must not stop a poller or a
+    probe round: it counts as failing, with the reason as evidence.
+    """
+    limit = spec.timeout.total_seconds() + PROBE_GRACE
+    try:
+        return await asyncio.wait_for(run_probe(http, spec), limit)
+    except TimeoutError:
+        return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="slow",
+                           detail=f"probe did not finish within {limit:.1f}s", at=datetime.now(UTC))
+    except ApplicationError as err:
+        return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
+                           detail=f"probe failed: {err.message}", at=datetime.now(UTC))

@@ -34,6 +34,7 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
     scale = ScaleActivities(deps, ProcessPool(deps.state_dir, supervisor))
     record = RecordActivities(deps)
     return [
+        probes.probe_service,
         probes.probe_http,
         probes.probe_tcp,
         probes.probe_process,

@@ -45,6 +45,7 @@ def demo_policy(port: int, state_dir: Path, webhook_url: str | None = None) -> d
             "description": "medkit's bundled fault-injectable demo service",
             "probes": [
                 {"kind": "http", "name": "healthz", "url": f"{base}/healthz", "timeout": "1s"},
+                {"kind": "http", "name": "serving", "url": f"{base}/", "timeout": "1s"},
                 {"kind": "process", "name": "process", "pid_file": pid_file},
             ],
             "actions": actions,
@@ -64,7 +65,8 @@ def demo_policy(port: int, state_dir: Path, webhook_url: str | None = None) -> d
             "retry": {"max_attempts": 2, "initial_backoff": "1s", "max_backoff": "10s"},
             "escalation": {"after": "5m", "max_escalations": 3,
                            "routes": ["oncall"] if webhook_url else []},
-            "health_poll": {"interval": "1s", "failure_threshold": 3},
+            "health_poll": {"interval": "1s", "failure_threshold": 3, "recovery_threshold": 2,
+                            "cooldown": "10s"},
         }],
     }
 

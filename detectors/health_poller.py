@@ -20,16 +20,14 @@ from datetime import UTC, datetime
 import httpx
 import structlog
 
-from activities.probes import run_probe
+from activities.probes import bounded_probe
 from models.detection import Detection
 from models.policy import HealthPollSpec, ServicePolicy
-from models.probes import ProbeResult, ProbeSpec
+from models.probes import ProbeResult
 
 Reporter = Callable[[Detection, ServicePolicy], Awaitable[None]]
 """Where detections go: in medkit, signal-with-start of the service's recovery."""
 
-PROBE_GRACE = 1.0
-"""Seconds a probe may run past its own timeout before the poller gives up on it."""
 
 REPORT_TIMEOUT = 15.0
 """Seconds a report (a signal-with-start) may take before it counts as failed and is retried."""
@@ -105,16 +103,6 @@ def detection_for(policy: ServicePolicy, results: list[ProbeResult], failures: i
         labels={"failures": str(failures), "failing_probes": ",".join(r.probe for r in failing)},
         detected_at=datetime.now(UTC),
     )
-
-
-async def bounded_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:
-    """Run one probe, turning an overrun of its timeout into an unhealthy result."""
-    limit = spec.timeout.total_seconds() + PROBE_GRACE
-    try:
-        return await asyncio.wait_for(run_probe(http, spec), limit)
-    except TimeoutError:
-        return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="slow",
-                           detail=f"probe did not finish within {limit:.1f}s", at=datetime.now(UTC))
 
 
 class HealthPoller:

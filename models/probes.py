@@ -203,3 +203,16 @@ class ProbeResult(MedkitModel):
         state = "healthy" if self.healthy else "UNHEALTHY"
         latency = f" in {self.latency_ms:.0f} ms" if self.latency_ms is not None else ""
         return f"{self.probe} ({self.kind}) {state}{latency}: {self.detail}"
+
+
+class ProbeRoundRequest(MedkitModel):
+    """One round of every probe of a service, run together by the `probe_service` activity."""
+
+    service: Name
+    probes: list[ProbeSpec] = Field(min_length=1)
+
+
+class ProbeRound(MedkitModel):
+    """The results of one round, in the order of the request's probes."""
+
+    results: list[ProbeResult]

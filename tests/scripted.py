@@ -28,10 +28,11 @@ from models.actions import ActionRequest, ActionResult
 from models.detection import Detection
 from models.phases import Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
-from models.probes import ProbeRequest, ProbeResult
+from models.probes import ProbeResult, ProbeRound, ProbeRoundRequest
 from models.status import RecoveryStatus
 from tests.conftest import running
 from workers.client import start_or_join_recovery
+from workers.worker import HEARTBEAT_THROTTLE
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
@@ -60,23 +61,18 @@ class Script:
             return queue.popleft()
         return self.default_healthy.get(name, True)
 
-    async def _probe(self, request: ProbeRequest) -> ProbeResult:
-        healthy = self._next(request.spec.name)
-        return ProbeResult(
-            probe=request.spec.name, kind=request.spec.kind, healthy=healthy,
-            failure=None if healthy else "bad_status",
-            detail="scripted healthy" if healthy else "scripted failure", at=datetime.now(UTC),
-        )
-
-    @activity.defn(name="probe_http")
-    async def probe_http(self, request: ProbeRequest) -> ProbeResult:
-        """Scripted HTTP probe."""
-        return await self._probe(request)
-
-    @activity.defn(name="probe_tcp")
-    async def probe_tcp(self, request: ProbeRequest) -> ProbeResult:
-        """Scripted TCP probe."""
-        return await self._probe(request)
+    @activity.defn(name="probe_service")
+    async def probe_service(self, request: ProbeRoundRequest) -> ProbeRound:
+        """A scripted probe round: each probe's next scripted outcome."""
+        results = []
+        for spec in request.probes:
+            healthy = self._next(spec.name)
+            results.append(ProbeResult(
+                probe=spec.name, kind=spec.kind, healthy=healthy,
+                failure=None if healthy else "bad_status",
+                detail="scripted healthy" if healthy else "scripted failure", at=datetime.now(UTC),
+            ))
+        return ProbeRound(results=results)
 
     async def _act(self, request: ActionRequest) -> ActionResult:
         self.actions.append(request.action_name)
@@ -109,9 +105,11 @@ class Script:
         record = RecordActivities(deps)
         return running(Worker(
             client, task_queue=task_queue, workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
-            activities=[self.probe_http, self.probe_tcp, self.restart_process, self.run_command,
+            activities=[self.probe_service, self.restart_process, self.run_command,
                         NotifyActivities(deps).notify, record.record_incident,
                         record.count_recent_actions, *FleetActivities(client).activities()],
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         ))
 
 

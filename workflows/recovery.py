@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
     from models.phases import PHASE_FOR_SEVERITY, DecisionKind, Outcome, Phase, Severity
     from models.policy import RungSpec, StepSpec
-    from models.probes import PROBE_ACTIVITY, ProbeRequest, ProbeResult, ProbeSpec
+    from models.probes import ProbeResult, ProbeRound, ProbeRoundRequest
     from models.status import PendingDecision, RecoveryStatus, TimelineEntry, TimelineKind
     from workflows.assessment import assess
 
@@ -63,8 +63,9 @@ LEASE_RETRY = RetryPolicy(
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3)
 """The incident store is memory, not control: a write that keeps failing is skipped, not fatal."""
 
-ACTION_HEARTBEAT = timedelta(seconds=5)
-"""A dead worker is noticed within 5 s; cancellation reaches a running action within about 4 s."""
+ACTION_HEARTBEAT = timedelta(seconds=30)
+"""A worker that died mid-action is noticed within 30 s (heartbeats are sent about every second,
+see workers.worker, so an abort still reaches a running action within a second or two)."""
 MAX_REPORTS_IN_TIMELINE = 100
 """Duplicate reports are always counted; only the first hundred are listed in the timeline."""
 
@@ -356,23 +357,21 @@ class RecoveryWorkflow:
     # ----- side effects (all through activities) -------------------------------------------
 
     async def _probe_all(self, purpose: str) -> list[ProbeResult]:
-        """Run every probe of the service concurrently; a probe that errors counts as unhealthy."""
-        return list(await self._guarded(asyncio.gather(
-            *(self._probe(spec, purpose) for spec in self._policy.probes)
-        )))
-
-    async def _probe(self, spec: ProbeSpec, purpose: str) -> ProbeResult:
-        timeout = spec.timeout
+        """One round of every probe of the service, in one activity; if the activity itself
+        fails, every probe counts as unhealthy with the reason."""
+        probes = self._policy.probes
+        timeout = max(spec.timeout for spec in probes) + timedelta(seconds=5)
         try:
-            result: ProbeResult = await workflow.execute_activity(
-                PROBE_ACTIVITY[spec.kind], ProbeRequest(service=self._policy.name, spec=spec),
-                result_type=ProbeResult, start_to_close_timeout=timeout + timedelta(seconds=5),
-                retry_policy=PROBE_RETRY, summary=f"{purpose}: {spec.kind} probe {spec.name}",
-            )
-            return result
+            round_: ProbeRound = await self._guarded(workflow.execute_activity(
+                "probe_service", ProbeRoundRequest(service=self._policy.name, probes=probes),
+                result_type=ProbeRound, start_to_close_timeout=timeout, retry_policy=PROBE_RETRY,
+                summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
+            ))
         except ActivityError as err:
-            return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
-                               detail=f"probe failed: {_cause(err)}", at=workflow.now())
+            return [ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
+                                detail=f"probe failed: {_cause(err)}", at=workflow.now())
+                    for spec in probes]
+        return round_.results
 
     async def _act(self, action_name: str) -> bool:
         spec: ActionSpec = self._policy.actions[action_name]
@@ -391,7 +390,8 @@ class RecoveryWorkflow:
             result: ActionResult = await self._guarded(workflow.execute_activity(
                 spec.activity, request, result_type=ActionResult,
                 start_to_close_timeout=spec.time_budget() + timedelta(seconds=30),
-                heartbeat_timeout=ACTION_HEARTBEAT, retry_policy=ACTION_RETRY,
+                heartbeat_timeout=None if self._dry_run else ACTION_HEARTBEAT,
+                retry_policy=ACTION_RETRY,
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"{action_name} ({spec.kind}){' [dry-run]' if self._dry_run else ''}",
             ))
@@ -465,7 +465,11 @@ class RecoveryWorkflow:
             service=lease.service, workflow_id=lease.workflow_id, run_id=lease.run_id))
 
     async def _record_incident(self) -> None:
-        """Keep the incident store current: write whenever the timeline grows, and once at the end."""
+        """Keep the incident store current: write whenever the timeline grows, and once at the end.
+
+        A regular activity, so the recovery never waits on the database; writes coalesce while
+        one is in flight, and each write stores every entry not yet stored.
+        """
         while True:
             await workflow.wait_condition(
                 lambda: len(self._timeline) > self._stored or self._closing)
@@ -474,10 +478,10 @@ class RecoveryWorkflow:
             status = self.status()
             self._stored = len(status.timeline)
             try:
-                await workflow.execute_local_activity(
+                await workflow.execute_activity(
                     "record_incident", IncidentRecord(run_id=workflow.info().run_id, status=status),
                     result_type=IncidentRecorded, start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=STORE_RETRY, summary="record in the incident store",
+                    retry_policy=STORE_RETRY, summary=f"record {status.phase.value} in the incident store",
                 )
             except ActivityError as err:
                 workflow.logger.warning("incident store write failed: %s", _cause(err))
