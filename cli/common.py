@@ -111,6 +111,8 @@ def guarded(func: Any) -> Any:
             return 2
         except KeyboardInterrupt:
             return 130
+        except BrokenPipeError:  # the reader (say `| head`) has gone; nothing left to say
+            return 0
     wrapper.__doc__ = func.__doc__
     return wrapper
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -43,8 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse arguments and run the chosen command; its return value is the exit code."""
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run the chosen command; return its exit code."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    sys.exit(func(args))
+    return func(args)
+
+
+def main() -> None:
+    """The console script: run the command, then exit with its code."""
+    code = run()
+    # Exit without interpreter finalization: the Temporal core's threads can outlive the event
+    # loop, and finalizing under them intermittently aborts the process (SIGABRT, exit 134)
+    # after the command has already done its work and printed its answer.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

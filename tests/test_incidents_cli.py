@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import build_parser, main
+from cli.main import build_parser, run
 from models.incident_record import IncidentRecord
 from store.incidents import IncidentStore
 from store.ledger import ActionLedger, create_store_engine
@@ -24,10 +24,12 @@ WEB = "recovery:web:health"
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run `medkit ARGV` in-process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
+    try:
+        code = run(list(argv))
+    except SystemExit as usage:  # argparse rejects the arguments before any command runs
+        code = int(usage.code or 0)
     out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
+    return code, out, err
 
 
 def populate(url: str) -> None:
