@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -59,8 +60,11 @@ class ProcessSupervisor:
         self.reap()
         return process_alive(pid)
 
-    async def stop(self, pid: int, grace: float) -> str:
-        """TERM the process, KILL it if it outlives the grace period; say which it took."""
+    async def stop(self, pid: int, grace: float, heartbeat: Callable[[], None] = lambda: None) -> str:
+        """TERM the process, KILL it if it outlives the grace period; say which it took.
+
+        `heartbeat` is called while waiting (activities pass their heartbeat).
+        """
         try:
             proc = psutil.Process(pid)
             proc.terminate()
@@ -70,7 +74,7 @@ class ProcessSupervisor:
         while time.monotonic() < deadline:
             if not self.alive(pid):
                 return "stopped by SIGTERM"
-            activity.heartbeat({"stopping": pid})
+            heartbeat()
             await asyncio.sleep(0.05)
         try:
             proc.kill()
@@ -139,7 +143,8 @@ class ProcessActivities:
             ledger.progress(key, old_pid=old_pid)
             how = "was not running"
             if old_pid is not None and self._supervisor.alive(old_pid):
-                how = await self._supervisor.stop(old_pid, spec.grace.total_seconds())
+                how = await self._supervisor.stop(old_pid, spec.grace.total_seconds(),
+                                                  lambda: activity.heartbeat({"stopping": old_pid}))
             new_pid = self._supervisor.spawn(request.service, spec)
             ledger.progress(key, new_pid=new_pid)
         await self._wait_ready(spec, new_pid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,12 +78,25 @@ async def run_dev(args: argparse.Namespace) -> None:
         print(banner(args, policy_path, demo), file=sys.stderr, flush=True)
         await run_worker_and_poller(client, target.task_queue, state_dir, policy.services, supervisor)
     finally:
-        pid = read_pid(str(state_dir / "demo.pid")) if demo else None
-        if pid is not None:
-            await supervisor.stop(pid, grace=3)
-        server.terminate()
-        with contextlib.suppress(Exception):
-            server.wait(timeout=10)
+        try:
+            pid = read_pid(str(state_dir / "demo.pid")) if demo else None
+            if pid is not None:
+                await supervisor.stop(pid, grace=3)
+        finally:
+            server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=10)
+
+
+async def run_dev_until_stopped(args: argparse.Namespace) -> None:
+    """Run the stack until Ctrl-C or SIGTERM, then stop the demo and the dev server it started."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_dev(args)
 
 
 @guarded
@@ -89,11 +104,10 @@ def dev(args: argparse.Namespace) -> int:
     """Run the embedded stack in the foreground."""
     configure_logging(args.log_level)
     try:
-        asyncio.run(run_dev(args))
+        asyncio.run(run_dev_until_stopped(args))
     except DevStackError as err:
         raise CommandError(str(err)) from None
-    except KeyboardInterrupt:
-        print("\nmedkit dev stopped.", file=sys.stderr)
+    print("\nmedkit dev stopped.", file=sys.stderr)
     return 0
 
 

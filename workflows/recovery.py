@@ -508,6 +508,7 @@ class RecoveryWorkflow:
             evidence=self._evidence[:10], dedup_key=f"{info.workflow_id}/{info.run_id}",
             notification_id=f"{info.workflow_id}/{info.run_id}/{self._notifications}",
             dry_run=self._dry_run,
+            command=self._pending.command if self._pending is not None else None,
         )
         sends = [
             workflow.execute_activity(
