@@ -1,0 +1,161 @@
+"""The `medkit` command line as users run it: real subprocesses against the real dev server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from demo.policy import demo_policy
+from models.status import RecoveryStatus
+from tests.conftest import DemoService, eventually, stop_fleet_coordinator
+from workflows.recovery import RecoveryWorkflow
+
+
+def medkit(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `medkit ARGS` as a user would (its console script), capturing output."""
+    return subprocess.run([str(Path(sys.executable).parent / "medkit"), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+
+
+@pytest.fixture
+def target(dev_env: WorkflowEnvironment) -> dict[str, str]:
+    """Environment pointing the CLI at the dev server, on a task queue of the test's own."""
+    return {"TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+            "MEDKIT_TASK_QUEUE": f"cli-{uuid.uuid4().hex[:8]}"}
+
+
+def slow_fix_policy(demo: DemoService, tmp_path: Path) -> Path:
+    """The demo policy with a minor ladder whose only action takes three seconds."""
+    data: Any = demo_policy(demo.port, tmp_path)
+    service = data["services"][0]
+    service["actions"]["slow-fix"] = {"kind": "command",
+                                      "argv": [sys.executable, "-c", "import time; time.sleep(3)"]}
+    service["ladders"]["minor"] = [{"name": "slow-fix", "steps": [{"action": "slow-fix"}]}]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_worker(target: dict[str, str], state_dir: Path) -> subprocess.Popen[str]:
+    """`medkit worker` as a service would run it."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir", str(state_dir)],
+        env={**os.environ, **target}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_config_check_reports_every_problem_with_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services:\n  - name: api\n    probes:\n      - kind: http\n        url: ftp://x\n"
+                   "    ladders: {minor: [], major: [], critical: []}\n")
+    result = medkit("config", "check", str(bad))
+    assert result.returncode == 2
+    assert "line 5: services[0].probes[0].url: String should match pattern" in result.stderr
+    assert "line 6: services[0].ladders.minor: List should have at least 1 item" in result.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(demo_policy(8099, tmp_path)))
+    ok = medkit("config", "check", str(good))
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("OK (1 service(s))")
+
+
+def test_unreachable_server_and_unknown_id_are_one_line_errors(target: dict[str, str]) -> None:
+    down = medkit("status", "recovery:demo:health", "--address", "127.0.0.1:1")
+    assert down.returncode == 1
+    assert down.stderr.startswith("medkit: cannot reach Temporal at 127.0.0.1:1")
+    assert len(down.stderr.strip().splitlines()) == 1
+    missing = medkit("status", "recovery:nope:health", env=target)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1, "medkit: no recovery with id 'recovery:nope:health'")
+
+
+async def test_trigger_status_list_and_decisions(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    policy = slow_fix_policy(demo_service, tmp_path)
+    worker = start_worker(target, tmp_path / "state")
+    try:
+        key = f"k{uuid.uuid4().hex[:6]}"
+        started = medkit("trigger", "--service", "demo", "--key", key, "--config", str(policy),
+                         "--summary", "cli test", "-o", "json", env=target)
+        assert started.returncode == 0, started.stderr
+        workflow_id = json.loads(started.stdout)["workflow_id"]
+        assert workflow_id == f"recovery:demo:{key}"
+        wrong = medkit("approve", workflow_id, "--operator", "alice", env=target)
+        assert wrong.returncode == 1
+        assert "approve rejected: cannot approve while the recovery is in" in wrong.stderr
+        unknown = medkit("trigger", "--service", "nope", "--config", str(policy), env=target)
+        assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
+
+        async def ended() -> RecoveryStatus | None:
+            status: RecoveryStatus = await dev_env.client.get_workflow_handle_for(
+                RecoveryWorkflow.run, workflow_id).query(RecoveryWorkflow.status)
+            return status if status.outcome is not None else None
+
+        await eventually(ended, timeout=60)
+        shown = medkit("status", workflow_id, "-o", "json", env=target)
+        status = json.loads(shown.stdout)
+        assert {"workflow_id", "service", "phase", "severity", "attempts", "outcome",
+                "timeline"} <= status.keys()
+        assert status["phase"] == "Recovered" and status["outcome"] == "Recovered"
+        assert set(status["timeline"][1]) >= {"at", "from", "to", "reason", "actor"}
+        assert status["timeline"][1]["from"] == "Detected"
+        listed = medkit("list", "--service", "demo", "--phase", "Recovered", "-o", "json", env=target)
+        assert workflow_id in {row["workflow_id"] for row in json.loads(listed.stdout)}
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
+
+
+async def test_sigterm_drains_the_running_action_and_the_recovery_survives(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    client: Client = dev_env.client
+    policy = slow_fix_policy(demo_service, tmp_path)
+    state = tmp_path / "state"
+    first = start_worker(target, state)
+    try:
+        started = medkit("trigger", "--service", "demo", "--config", str(policy), "-o", "json",
+                         "--key", f"k{uuid.uuid4().hex[:6]}", env=target)
+        workflow_id = json.loads(started.stdout)["workflow_id"]
+        handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+
+        async def acting() -> bool:
+            status = await handle.query(RecoveryWorkflow.status)
+            return status.current_step is not None and "slow-fix" in status.current_step
+
+        await eventually(acting, timeout=30)
+        time.sleep(0.5)  # let the command start
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+        _, err = first.communicate()
+        assert "shutting down: draining running activities" in err
+        history = await handle.fetch_history()  # no worker runs now: read the server's record
+        scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+                     for e in history.events if e.HasField("activity_task_scheduled_event_attributes")}
+        completed = [scheduled[e.activity_task_completed_event_attributes.scheduled_event_id]
+                     for e in history.events if e.HasField("activity_task_completed_event_attributes")]
+        assert "run_command" in completed, "the running action finished during the drain"
+        second = start_worker(target, state)  # a new worker picks the recovery up where it was
+        try:
+            result = await handle.result()
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        await stop_fleet_coordinator(client, target["MEDKIT_TASK_QUEUE"])
+    assert result.phase.value == "Recovered"
