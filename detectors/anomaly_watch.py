@@ -1,7 +1,8 @@
 """Live anomaly watching: metric series scored point by point, firing on a score over threshold.
 
 Series come from Prometheus (warmed up with one `query_range` over `warmup`, then one instant
-`query` per tick) or are pushed through `AnomalyWatcher.observe` (the gateway's entry point).
+`query` per tick) or are pushed (`AnomalyWatcher.observe`, or `medkit serve`, which scores
+batches on a `SeriesWatch.copy()` so that a batch is applied whole or not at all).
 Each series has its own `AnomalyDetector`; a score above the series' threshold fires a detection
 for its service, with the score and the recent values as evidence, then stays quiet for
 `cooldown` (measured on the points' timestamps, so pushed history behaves like live data).
@@ -10,6 +11,7 @@ for its service, with the score and the recent values as evidence, then stays qu
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import uuid
 from collections import deque
@@ -144,6 +146,14 @@ class SeriesWatch:
                     "recent_since": self.recent[0][0].isoformat(), "source": source[:500]},
             detected_at=at,
         )
+
+    def copy(self) -> SeriesWatch:
+        """An independent copy of the state (detector included), to score on and then keep or drop."""
+        clone = SeriesWatch(self.spec)
+        clone.detector = copy.deepcopy(self.detector)
+        clone.recent = deque(self.recent, maxlen=self.recent.maxlen)
+        clone.last, clone.quiet_until, clone.points = self.last, self.quiet_until, self.points
+        return clone
 
     def cancel_cooldown(self) -> None:
         """The detection was not delivered: let the next anomalous point fire again."""

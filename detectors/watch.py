@@ -13,7 +13,7 @@ from typing import Any
 from detectors.anomaly_watch import AnomalyWatcher
 from detectors.health_poller import HealthPoller, Reporter, Round
 from detectors.host_forecaster import Sampler, run_host_forecaster
-from models.policy import PolicyFile
+from models.policy import AnomalySeriesSpec, AnomalyWatchSpec, PolicyFile
 
 
 class Watch:
@@ -26,7 +26,12 @@ class Watch:
         self.host_sampler = host_sampler
         self.poller = HealthPoller(policy.services, report, on_round)
         by_name = {s.name: s for s in policy.services}
-        self.anomaly = AnomalyWatcher(policy.anomaly, by_name, report) if policy.anomaly else None
+        series = policy.anomaly.series if policy.anomaly else []
+        pulled = [s for s in series if not s.pushed]
+        self.pushed: list[AnomalySeriesSpec] = [s for s in series if s.pushed]
+        """Pushed series are scored by `medkit serve` (it receives their points), never here."""
+        self.anomaly = (AnomalyWatcher(AnomalyWatchSpec(series=pulled), by_name, report)
+                        if pulled else None)
 
     @property
     def empty(self) -> bool:
@@ -58,6 +63,9 @@ class Watch:
                 origin = f"{s.prometheus} every {s.interval.total_seconds():g}s" if s.query else "pushed"
                 lines.append(f"anomaly: {s.name} ({origin}), threshold {s.threshold:g} "
                              f"-> service {s.service}")
+        for s in self.pushed:
+            lines.append(f"anomaly: {s.name} is pushed, so not here: medkit serve scores it "
+                         f"(POST /v1/series/{s.name}/points) -> service {s.service}")
         return lines
 
     async def run(self) -> None:

@@ -24,8 +24,11 @@ from gateway.schemas import (
     DetectionIn,
     ErrorBody,
     IngestResult,
+    PointsIn,
     RecoveryListItem,
+    SeriesResult,
 )
+from gateway.series import PushedSeries, UnknownSeries
 from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalFailed, TemporalGateway, TemporalUnavailable
 from models.base import NAME_PATTERN
@@ -72,6 +75,7 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
     """The gateway app for one policy and one Temporal target."""
     metrics = metrics or GatewayMetrics()
     ingestor = Ingestor(temporal, metrics, settings.dry_run, settings.send_concurrency)
+    pushed = PushedSeries(settings.policy, ingestor, metrics)
     app = FastAPI(
         title="medkit gateway",
         version="1",
@@ -80,6 +84,7 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
     )
     app.state.metrics = metrics
     app.state.temporal = temporal
+    app.state.pushed_series = pushed
     app.add_middleware(AuthMiddleware, auth=settings.auth, metrics=metrics)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     secured = [Depends(_bearer)]
@@ -163,6 +168,25 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
             raise BatchRejected("malformed", [_summary(_field_errors(err))]) from None
         [result] = await ingestor.deliver([PlannedReport(detection=detection, policy=service)], "http")
         return result
+
+    @app.post("/v1/series/{name}/points", response_model=SeriesResult,
+              responses={**_ERRORS, 404: {"model": ErrorBody,
+                                          "description": "no pushed series of that name"}},
+              dependencies=secured, tags=["ingest"])
+    async def series_points(request: Request, name: Annotated[str, Path(max_length=200)],
+                            body: PointsIn) -> SeriesResult:
+        """Points of a pushed (`source: push`) anomaly series, scored in order by its detector.
+
+        The body is one point `{timestamp, value}` or a list of them in strictly increasing time
+        order, each after the series' last point. The whole batch is checked first (422, nothing
+        scored); a detection starts or joins `recovery:<service>:anomaly-<series>`. On 503/502
+        nothing of the batch is kept: re-send the same batch.
+        """
+        try:
+            return await pushed.push(name, body.root)
+        except UnknownSeries as err:
+            reject(request, "unknown_series")
+            raise HTTPException(404, str(err)) from None
 
     @app.get("/v1/recoveries", response_model=list[RecoveryListItem], responses=_ERRORS,
              dependencies=secured, tags=["operator"])

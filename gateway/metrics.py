@@ -39,6 +39,14 @@ class GatewayMetrics:
         self.temporal_errors = Counter(
             "medkit_gateway_temporal_errors", "Requests failed because Temporal was unreachable or erred.",
             ["kind"], registry=self.registry)
+        self.points_received = Counter(
+            "medkit_gateway_series_points_received",
+            "Points of pushed series scored and kept (batches rejected or failed count nothing).",
+            ["series"], registry=self.registry)
+        self.anomalies_fired = Counter(
+            "medkit_gateway_series_detections_fired",
+            "Anomaly detections fired by pushed series and delivered to a recovery.",
+            ["series", "service"], registry=self.registry)
         self.latency = Histogram(
             "medkit_gateway_request_duration_seconds", "Request latency by route template and status.",
             ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -15,6 +15,7 @@ from gateway.metrics import GatewayMetrics
 ROLE_PREFIXES: tuple[tuple[str, Role], ...] = (
     ("/v1/alerts/", Role.DETECTOR),
     ("/v1/detections", Role.DETECTOR),
+    ("/v1/series/", Role.DETECTOR),
     ("/v1/recoveries", Role.OPERATOR),
 )
 """Which token each API path needs. Health, readiness, metrics and the OpenAPI spec are open."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from models.base import NAME_PATTERN
 from models.phases import Phase, Severity
@@ -78,3 +78,42 @@ class ErrorBody(_Body):
 
     detail: str
     errors: list[dict[str, object]] | None = None
+
+
+class PointIn(_Body):
+    """One point of a pushed series."""
+
+    timestamp: datetime = Field(description="ISO 8601 (UTC when no offset is given) or Unix seconds")
+    value: Annotated[float, Field(strict=True, allow_inf_nan=False, description="a finite number")]
+
+
+MAX_POINTS = 10_000
+"""Points in one request; more must be split into several batches (in time order)."""
+
+
+class PointsIn(RootModel[Annotated[list[PointIn], Field(min_length=1, max_length=MAX_POINTS)]]):
+    """A batch of points in strictly increasing time order; a single point object is accepted too."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_point(cls, data: object) -> object:
+        return [data] if isinstance(data, dict) else data
+
+
+class ScoredPoint(_Body):
+    """One point's score, and the recovery its detection went to when it fired."""
+
+    timestamp: datetime
+    score: float
+    fired: bool
+    workflow_id: str | None = None
+    outcome: IngestOutcome | None = None
+
+
+class SeriesResult(_Body):
+    """Every point of the batch was scored and is now part of the series' history."""
+
+    series: str
+    accepted: int
+    detections: int
+    points: list[ScoredPoint]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from models.actions import ActionSpec
 from models.base import Duration, MedkitModel, Name, positive
@@ -286,13 +286,17 @@ class HostWatchSpec(MedkitModel):
 class AnomalySeriesSpec(MedkitModel):
     """One metric series scored by the anomaly detector, pulled from Prometheus or pushed to medkit.
 
-    With `prometheus` and `query` set, `medkit watch` pulls it; without, points arrive by push.
+    `source: prometheus` (needs `prometheus` and `query`) is pulled by `medkit watch`;
+    `source: push` is scored by `medkit serve` from points POSTed to `/v1/series/<name>/points`.
+    Without `source`, setting `prometheus` and `query` means pulled and leaving both out means pushed.
     """
 
     name: Name
     service: Name
-    prometheus: Annotated[str, Field(pattern=r"^https?://")] | None = None
-    query: Annotated[str, Field(min_length=1)] | None = None
+    source: Literal["prometheus", "push"] | None = None
+    prometheus: Annotated[str, Field(pattern=r"^https?://")] | None = Field(default=None,
+                                                                           validate_default=True)
+    query: Annotated[str, Field(min_length=1)] | None = Field(default=None, validate_default=True)
     interval: Duration = timedelta(seconds=15)
     warmup: Duration = timedelta(hours=1)
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6
@@ -301,13 +305,32 @@ class AnomalySeriesSpec(MedkitModel):
     evidence_points: Annotated[int, Field(ge=1, le=100)] = 10
     severity: Severity | None = None
 
+    @field_validator("prometheus", "query")
+    @classmethod
+    def _fits_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """With an explicit `source`, the Prometheus fields are required (pulled) or refused (pushed)."""
+        source = info.data.get("source")
+        if source == "prometheus" and value is None:
+            raise ValueError(f"{info.field_name} is required for a pulled series (source: prometheus)")
+        if source == "push" and value is not None:
+            raise ValueError(f"a pushed series (source: push) takes no {info.field_name}: its points "
+                             "are POSTed to medkit serve")
+        return value
+
     @model_validator(mode="after")
     def _pull_or_push(self) -> AnomalySeriesSpec:
         if (self.prometheus is None) != (self.query is None):
             raise ValueError("set both prometheus and query (pulled series), or neither (pushed)")
+        if self.source is None:
+            self.source = "push" if self.query is None else "prometheus"
         positive(self.interval, "interval")
         positive(self.timeout, "timeout")
         return self
+
+    @property
+    def pushed(self) -> bool:
+        """Whether points arrive through the gateway (`medkit serve`) rather than from Prometheus."""
+        return self.source == "push"
 
 
 class AnomalyWatchSpec(MedkitModel):

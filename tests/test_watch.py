@@ -70,10 +70,11 @@ def test_watch_describes_what_it_watches(demo_service: DemoService, tmp_path: Pa
                                "query": "sum(rate(x[1m]))"},
                               {"name": "latency", "service": DEMO_SERVICE}]})
     lines = Watch(policy, Recorder()).describe()
-    assert lines[0].startswith("health: demo every 0.2s, 2 probe(s); fires after 2 failed rounds")
+    assert lines[0].startswith("health: demo every 0.2s, 3 probe(s); fires after 2 failed rounds")
     assert lines[1].startswith("host: cpu>95%, memory>90%, disk />90% (forecast) every 30s")
     assert lines[2] == "anomaly: errors (http://127.0.0.1:1 every 15s), threshold 0.6 -> service demo"
-    assert lines[3] == "anomaly: latency (pushed), threshold 0.6 -> service demo"
+    assert lines[3] == ("anomaly: latency is pushed, so not here: medkit serve scores it "
+                        "(POST /v1/series/latency/points) -> service demo")
 
 
 def steady(count: int, seed: int = 3) -> Iterator[tuple[datetime, float]]:
@@ -193,7 +194,8 @@ async def test_medkit_watch_starts_exactly_one_recovery_when_the_demo_breaks(
             seen = healthy_rounds(stderr)
             await eventually(lambda: asyncio.sleep(0, healthy_rounds(stderr) >= seen + 5), timeout=30)
 
-            runs = [w async for w in client.list_workflows(f'WorkflowId = "{workflow_id}"')]
+            runs = [w async for w in client.list_workflows(  # other tests recover `demo` too
+                f'WorkflowId = "{workflow_id}" AND TaskQueue = "{task_queue}"')]
             assert len(runs) == 1
             status: RecoveryStatus = await handle.query(RecoveryWorkflow.status)
             assert status.reports == 1
