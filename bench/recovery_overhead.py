@@ -426,10 +426,9 @@ class BaselineWorkflow:
 def plan_from_history(events: Sequence[HistoryEvent], url: str) -> tuple[BaselinePlan, Counter[str]]:
     """The activities and timers a recovery executed, grouped by the workflow task that issued them.
 
-    An HTTP probe becomes a GET of the same URL; any other activity (the dry-run action) a no-I/O
-    activity; a timer a timer of the same duration. Local activities (medkit's incident-store
-    writes) are counted but not replicated: they are medkit's own bookkeeping, part of what the
-    ratio measures.
+    A probe round (one HTTP probe) becomes a GET of the same URL; any other activity (the
+    dry-run action, the fleet lease request, the incident-store writes) a no-I/O activity; a timer
+    a timer of the same duration. Local activities, if any, are counted but not replicated.
     """
     batches: dict[int, list[str]] = {}
     counts: Counter[str] = Counter()
@@ -438,7 +437,7 @@ def plan_from_history(events: Sequence[HistoryEvent], url: str) -> tuple[Baselin
             attrs = event.activity_task_scheduled_event_attributes
             name = attrs.activity_type.name
             counts[name] += 1
-            step = "get" if name == "probe_http" else name
+            step = "get" if name in ("probe_http", "probe_service") else name
             batches.setdefault(attrs.workflow_task_completed_event_id, []).append(step)
         elif (local := local_activity_type(event)) is not None:
             counts[f"local {local}"] += 1
