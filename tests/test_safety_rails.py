@@ -7,13 +7,11 @@ import asyncio
 import base64
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
@@ -22,7 +20,7 @@ from demo.policy import DEMO_SERVICE, demo_policy
 from models.fleet import coordinator_workflow_id
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
-from tests.conftest import BIN, DemoService, WebhookReceiver, eventually, register_search_attributes, running
+from tests.conftest import DemoService, WebhookReceiver, eventually, running, start_time_skipping
 from tests.scripted import Script, detection, scripted_policy, start, wait_for_phase
 from tests.test_recovery_paths import operator
 from workers.client import send_decision, static_summary
@@ -30,18 +28,6 @@ from workers.logging import quiet_noisy_loggers
 from workers.worker import build_worker
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
-
-
-@pytest.fixture
-def queue() -> str:
-    """A task queue (and so a fleet coordinator) of the test's own."""
-    return f"q-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def deps(tmp_path: Path) -> ActivityDeps:
-    """Real activity dependencies (ledger in tmp)."""
-    return ActivityDeps.create(tmp_path)
 
 
 def two_services(webhook_url: str, fleet: dict[str, Any] | None = None) -> list[ServicePolicy]:
@@ -133,11 +119,7 @@ async def test_blast_radius_holds_new_recoveries_for_a_human(
 async def own_ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server of this test's own: a terminated workflow's orphaned activity can
     leave the server's time lock held, which must not slow the tests that share `ts_env`."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    )
-    await register_search_attributes(env.client)
+    env = await start_time_skipping()
     yield env
     await env.shutdown()
 
