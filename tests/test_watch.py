@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
-from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
@@ -183,20 +182,19 @@ async def test_medkit_watch_starts_exactly_one_recovery_when_the_demo_breaks(
             assert "watching health: demo every 0.2s" in stderr.read_text()
             demo_service.inject("unhealthy")
             workflow_id = f"recovery:{DEMO_SERVICE}:health"
-            handle = client.get_workflow_handle(workflow_id)
+            ours = f'WorkflowId = "{workflow_id}" AND TaskQueue = "{task_queue}"'
 
-            async def completed() -> bool:
-                with contextlib.suppress(Exception):
-                    return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
-                return False
+            async def completed() -> bool:  # other tests recover `demo` too: only count ours
+                return bool([w async for w in client.list_workflows(
+                    f'{ours} AND ExecutionStatus = "Completed"')])
 
             await eventually(completed, timeout=90, interval=0.2)
             seen = healthy_rounds(stderr)
             await eventually(lambda: asyncio.sleep(0, healthy_rounds(stderr) >= seen + 5), timeout=30)
 
-            runs = [w async for w in client.list_workflows(  # other tests recover `demo` too
-                f'WorkflowId = "{workflow_id}" AND TaskQueue = "{task_queue}"')]
+            runs = [w async for w in client.list_workflows(ours)]
             assert len(runs) == 1
+            handle = client.get_workflow_handle(workflow_id, run_id=runs[0].run_id)
             status: RecoveryStatus = await handle.query(RecoveryWorkflow.status)
             assert status.reports == 1
             assert status.outcome is not None
