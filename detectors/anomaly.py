@@ -7,11 +7,19 @@ Each point is scored with only the past, in amortised O(1) per point:
    season, ``1 - Var(residual) / Var(seasonal + residual)``; the strongest one above
    ``min_strength`` is removed from each new value using a per-phase profile that is then
    kept up to date by exponential smoothing. The refit is the only non-O(1) step (amortised).
-2. **Deviation.** The deseasonalised value is compared with the mean and standard deviation of
-   the last ``window`` deseasonalised values (running sums in a ring buffer), giving the
-   two-sided Gaussian surprise ``s = -log10(q)``. The score ``s / (s + 5)`` lies in [0, 1),
-   is 0.5 at ``q = 1e-5`` and never saturates, so extreme points stay ranked above rare ones.
-3. **Adaptive alarm.** A score above ``alarm_level`` opens a refractory period of
+2. **Deviation, on two time scales.** The deseasonalised value, and the mean of the last
+   ``smooth`` deseasonalised values (a level that reveals shifts and drifts a single point
+   hides), are each compared with the mean and standard deviation of their own last ``window``
+   values (running sums in a ring buffer), giving a two-sided Gaussian surprise
+   ``s = -log10(q)``.
+3. **Novelty gate.** A time scale only counts when its value is a new extreme on its side of
+   the mean: above every one of its last ``novelty_window`` values, or below every one. A spike
+   that recurs daily, or noise in a heavy-tailed series, is rare for a Gaussian but not new;
+   a real incident usually is. The extremes are sliding maxima and minima (monotonic deques,
+   amortised O(1)). The score is ``s / (s + 5)`` of the larger surviving surprise: it lies in
+   [0, 1), is 0.5 at ``q = 1e-5`` and never saturates, so extreme points stay ranked above rare
+   ones.
+4. **Adaptive alarm.** A score above ``alarm_level`` opens a refractory period of
    ``refractory`` points during which scores are damped: one incident gives one alarm, not a
    burst of false positives (each of which would trigger a needless remediation).
 
@@ -45,6 +53,18 @@ class AnomalyDetectorConfig(BaseModel):
     window: int = Field(
         1000, ge=10, description="Past points whose mean and spread define 'normal'."
     )
+    smooth: int = Field(
+        20,
+        ge=0,
+        description="Points averaged for the level time scale, which catches shifts and drifts"
+        " (0 or 1: points only).",
+    )
+    novelty_window: int = Field(
+        4000,
+        ge=0,
+        description="Past values a time scale must exceed (or undercut) to be scored: only new"
+        " extremes raise alarms (0: no gate).",
+    )
     seasonal: bool = Field(True, description="Remove a daily/weekly season when one is detected.")
     season_gamma: float = Field(0.1, gt=0, le=1, description="Smoothing of the seasonal profile.")
     refractory: int = Field(
@@ -54,7 +74,7 @@ class AnomalyDetectorConfig(BaseModel):
         " raises one alarm instead of a burst of false positives.",
     )
     alarm_level: float = Field(
-        0.6, gt=0, lt=1, description="Score that opens a refractory period (surprise 7.5)."
+        0.5, gt=0, lt=1, description="Score that opens a refractory period (surprise 5)."
     )
     damping: float = Field(0.5, ge=0, le=1, description="Factor applied to damped scores.")
     refit_every: int = Field(
@@ -123,6 +143,91 @@ def seasonal_profile(values: Sequence[float], phases: Sequence[int], period: int
     return [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
 
 
+class SlidingExtremes:
+    """Maximum and minimum of the last ``size`` values pushed (monotonic deques, amortised O(1))."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._count = 0
+        self._max: deque[tuple[int, float]] = deque()
+        self._min: deque[tuple[int, float]] = deque()
+
+    def is_new_extreme(self, value: float, upwards: bool) -> bool:
+        """Whether ``value`` is above every value in the window (``upwards``) or below every one.
+
+        An empty window has no extremes, so nothing is new before the first value.
+        """
+        if upwards:
+            return bool(self._max) and value > self._max[0][1]
+        return bool(self._min) and value < self._min[0][1]
+
+    def push(self, value: float) -> None:
+        """Add a value, forgetting the one that falls out of the window."""
+        index = self._count
+        self._count += 1
+        while self._max and self._max[-1][1] <= value:
+            self._max.pop()
+        self._max.append((index, value))
+        while self._min and self._min[-1][1] >= value:
+            self._min.pop()
+        self._min.append((index, value))
+        oldest = index - self.size
+        if self._max[0][0] <= oldest:
+            self._max.popleft()
+        if self._min[0][0] <= oldest:
+            self._min.popleft()
+
+
+class DeviationChannel:
+    """One time scale: Gaussian surprise of a value against its recent past, gated by novelty.
+
+    Keeps the mean and spread of the last ``window`` values (running sums in a ring buffer) and,
+    when ``novelty_window`` is positive, their extremes over that many values.
+    """
+
+    def __init__(self, window: int, novelty_window: int) -> None:
+        self.window = window
+        self._values: deque[float] = deque()
+        self._sum = 0.0
+        self._sq = 0.0
+        self._abs_sum = 0.0
+        self._extremes = SlidingExtremes(novelty_window) if novelty_window else None
+
+    @property
+    def mean(self) -> float:
+        """Mean of the window (0 when empty)."""
+        return self._sum / len(self._values) if self._values else 0.0
+
+    def surprise(self, value: float) -> float:
+        """``-log10`` of the two-sided Gaussian tail of ``value``; 0 unless it is a new extreme."""
+        count = len(self._values)
+        if count < 2:
+            return 0.0
+        mean = self._sum / count
+        if self._extremes is not None and not self._extremes.is_new_extreme(
+            value, value > mean
+        ):
+            return 0.0
+        var = self._sq / count - mean * mean
+        floor = 1e-3 * self._abs_sum / count + 1e-9
+        std = math.sqrt(var) if var > floor * floor else floor
+        return tail_surprise(abs(value - mean) / std) - _LOG10_2
+
+    def push(self, value: float) -> None:
+        """Add a value, dropping the oldest one when the window is full."""
+        self._values.append(value)
+        self._sum += value
+        self._sq += value * value
+        self._abs_sum += abs(value)
+        if len(self._values) > self.window:
+            old = self._values.popleft()
+            self._sum -= old
+            self._sq -= old * old
+            self._abs_sum -= abs(old)
+        if self._extremes is not None:
+            self._extremes.push(value)
+
+
 class AnomalyDetector:
     """Scores each new point of one metric series in [0, 1], using only the points before it.
 
@@ -144,10 +249,7 @@ class AnomalyDetector:
         self._next_refit = cfg.refit_every
         self._period = 0
         self._season: list[float] = []
-        self._window: deque[float] = deque()
-        self._sum = 0.0
-        self._sq = 0.0
-        self._abs_sum = 0.0
+        self._reset_channels()
         self._last_alarm = -cfg.refractory - 1
 
     @property
@@ -162,14 +264,13 @@ class AnomalyDetector:
         phase = tick % self._period if self._period else 0
         season = self._season[phase] if self._period else 0.0
         adjusted = value - season
-        score = self._score(adjusted)
+        score = surprise_to_score(self._surprise(adjusted))
         if self._n - self._last_alarm <= cfg.refractory:
             score *= cfg.damping
         elif score >= cfg.alarm_level:
             self._last_alarm = self._n
-        if self._period and self._window:
-            mean = self._sum / len(self._window)
-            self._season[phase] += cfg.season_gamma * (value - mean - season)
+        if self._period:
+            self._season[phase] += cfg.season_gamma * (value - self._point.mean - season)
         self._push(adjusted)
         self._n += 1
         if cfg.seasonal and self._step > 0.0:
@@ -193,29 +294,37 @@ class AnomalyDetector:
         self._last_seconds = seconds
         return round(seconds / self._step) if self._step > 0.0 else self._n
 
-    def _score(self, adjusted: float) -> float:
-        """Two-sided Gaussian surprise of ``adjusted`` against the window, mapped to [0, 1)."""
-        count = len(self._window)
-        if count < 2:
-            return 0.0
-        mean = self._sum / count
-        var = self._sq / count - mean * mean
-        floor = 1e-3 * self._abs_sum / count + 1e-9
-        std = math.sqrt(var) if var > floor * floor else floor
-        surprise = tail_surprise(abs(adjusted - mean) / std) - _LOG10_2
-        return surprise_to_score(surprise)
+    def _reset_channels(self) -> None:
+        """Forget the past of both time scales (at start, and when the season changes)."""
+        cfg = self.config
+        self._point = DeviationChannel(cfg.window, cfg.novelty_window)
+        self._level = DeviationChannel(cfg.window, cfg.novelty_window)
+        self._recent: deque[float] = deque()
+        self._recent_sum = 0.0
+
+    def _surprise(self, adjusted: float) -> float:
+        """Larger surprise of the two time scales for a new deseasonalised value."""
+        surprise = self._point.surprise(adjusted)
+        if self.config.smooth > 1:
+            count = len(self._recent)
+            total = self._recent_sum + adjusted
+            if count == self.config.smooth:
+                total -= self._recent[0]
+            else:
+                count += 1
+            surprise = max(surprise, self._level.surprise(total / count))
+        return surprise
 
     def _push(self, adjusted: float) -> None:
-        """Add a point to the window, dropping the oldest one when full (running sums)."""
-        self._window.append(adjusted)
-        self._sum += adjusted
-        self._sq += adjusted * adjusted
-        self._abs_sum += abs(adjusted)
-        if len(self._window) > self.config.window:
-            old = self._window.popleft()
-            self._sum -= old
-            self._sq -= old * old
-            self._abs_sum -= abs(old)
+        """Learn a deseasonalised value on both time scales."""
+        self._point.push(adjusted)
+        smooth = self.config.smooth
+        if smooth > 1:
+            self._recent.append(adjusted)
+            self._recent_sum += adjusted
+            if len(self._recent) > smooth:
+                self._recent_sum -= self._recent.popleft()
+            self._level.push(self._recent_sum / len(self._recent))
 
     def _refit(self) -> None:
         """Re-decide the season from the recent history (amortised: every ``refit_every``)."""
@@ -235,10 +344,8 @@ class AnomalyDetector:
         self._period = best_period
         phases = [t % best_period for t in self._ticks] if best_period else []
         self._season = seasonal_profile(values, phases, best_period) if best_period else []
-        self._window.clear()
-        self._sum = self._sq = self._abs_sum = 0.0
-        start = max(0, len(values) - cfg.window)
-        for value, phase in zip(values[start:], phases[start:] or [0] * len(values), strict=False):
+        self._reset_channels()
+        for value, phase in zip(values, phases or [0] * len(values), strict=True):
             self._push(value - (self._season[phase] if best_period else 0.0))
 
 
