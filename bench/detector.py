@@ -1,6 +1,6 @@
 """Benchmark of the anomaly detector: NAB scores of the candidates and points per second.
 
-Usage: ``.venv/bin/python bench/detector.py [--refractory-grid]``
+Usage: ``.venv/bin/python bench/detector.py [--grid] [--robustness]``
 
 NAB data is read from ``../shared/nab`` relative to the repo root, or from ``$MEDKIT_NAB_DIR``.
 The baseline is NAB's windowed Gaussian (mean and standard deviation of the last 1000 values,
@@ -81,12 +81,8 @@ def nab_dir() -> Path:
     return Path(os.environ.get("MEDKIT_NAB_DIR", REPO.parent / "shared" / "nab"))
 
 
-def evaluate(name: str, scorer: Scorer, corpus: list[LabelledSeries]) -> float:
-    """Print the NAB scores of ``scorer`` on ``corpus``; returns its points per second."""
-    started = time.perf_counter()
-    scores = [scorer(series.timestamps, series.values) for series in corpus]
-    elapsed = time.perf_counter() - started
-    points = sum(len(series.values) for series in corpus)
+def print_scores(name: str, corpus: list[LabelledSeries], scores: list[list[float]]) -> None:
+    """Print the NAB scores (all three profiles) of per-file ``scores`` on ``corpus``."""
     results = score_corpus(list(zip(corpus, scores, strict=True)))
     cells = "  ".join(
         f"{r.profile}={r.normalized:5.1f} (thr {r.threshold:.3f}, FP rows {r.fp},"
@@ -94,7 +90,35 @@ def evaluate(name: str, scorer: Scorer, corpus: list[LabelledSeries]) -> float:
         for r in results.values()
     )
     print(f"{name:<44} {cells}", flush=True)
-    return points / elapsed
+
+
+def evaluate(name: str, scorer: Scorer, corpus: list[LabelledSeries]) -> list[list[float]]:
+    """Print the NAB scores of ``scorer`` on ``corpus``; returns its per-file scores."""
+    scores = [scorer(series.timestamps, series.values) for series in corpus]
+    print_scores(name, corpus, scores)
+    return scores
+
+
+def robustness(corpus: list[LabelledSeries], scores: list[list[float]]) -> None:
+    """Scores of one detector on each NAB category and on two halves of the files.
+
+    The halves are the files of even and odd rank by name; each half has its own optimised
+    threshold, so a detector that only fits some files shows a gap between them.
+    """
+    categories = sorted({series.name.split("/")[0] for series in corpus})
+    for category in categories:
+        picked = [i for i, s in enumerate(corpus) if s.name.startswith(category + "/")]
+        if any(corpus[i].windows for i in picked):
+            print_scores(
+                f"  {category}", [corpus[i] for i in picked], [scores[i] for i in picked]
+            )
+    for parity, label in ((0, "even"), (1, "odd")):
+        picked = list(range(parity, len(corpus), 2))
+        print_scores(
+            f"  half: files of {label} rank",
+            [corpus[i] for i in picked],
+            [scores[i] for i in picked],
+        )
 
 
 def throughput(scorer: Scorer, corpus: list[LabelledSeries], repeats: int = 3) -> float:
@@ -113,7 +137,14 @@ def main() -> int:
     """Run the candidate comparison and the throughput measurement."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--refractory-grid", action="store_true", help="Also print NAB scores per refractory."
+        "--grid",
+        action="store_true",
+        help="Also print NAB scores with each hyperparameter moved around its default.",
+    )
+    parser.add_argument(
+        "--robustness",
+        action="store_true",
+        help="Also print the default's scores per NAB category and on two halves of the files.",
     )
     args = parser.parse_args()
     directory = nab_dir()
@@ -125,24 +156,49 @@ def main() -> int:
     print(f"NAB dev corpus: {len(corpus)} files, {points} points, from {directory}", flush=True)
     seasonal_strength([0.0, 1.0] * 10, 2)  # import statsmodels before any timing
     default = AnomalyDetectorConfig()
+    plain = {"smooth": 0, "novelty_window": 0, "alarm_level": 0.6}
     candidates: list[tuple[str, Scorer]] = [
         ("baseline: windowed Gaussian (NAB)", baseline_scores),
         (
             "A: + unsaturated score",
-            medkit_scorer(AnomalyDetectorConfig(seasonal=False, refractory=0)),
+            medkit_scorer(AnomalyDetectorConfig(seasonal=False, refractory=0, **plain)),
         ),
-        ("B: A + alarm refractory", medkit_scorer(AnomalyDetectorConfig(seasonal=False))),
-        ("C: A + season removal", medkit_scorer(AnomalyDetectorConfig(refractory=0))),
-        ("medkit: A + season + refractory (default)", medkit_scorer(default)),
+        ("B: A + alarm refractory", medkit_scorer(AnomalyDetectorConfig(seasonal=False, **plain))),
+        ("C: A + season removal", medkit_scorer(AnomalyDetectorConfig(refractory=0, **plain))),
+        ("D: A + season + refractory (previous)", medkit_scorer(AnomalyDetectorConfig(**plain))),
+        (
+            "E: D + novelty gate",
+            medkit_scorer(AnomalyDetectorConfig(smooth=0, novelty_window=4000, alarm_level=0.5)),
+        ),
+        (
+            "F: D + level time scale (no gate)",
+            medkit_scorer(AnomalyDetectorConfig(novelty_window=0, alarm_level=0.5)),
+        ),
+        ("G: default without refractory", medkit_scorer(AnomalyDetectorConfig(refractory=0))),
+        ("H: default without season", medkit_scorer(AnomalyDetectorConfig(seasonal=False))),
     ]
-    if args.refractory_grid:
+    if args.grid:
+        grid: list[tuple[str, float]] = [
+            *(("alarm_level", v) for v in (0.4, 0.45, 0.6)),
+            *(("refractory", v) for v in (100, 300, 500)),
+            *(("smooth", v) for v in (10, 50, 100)),
+            *(("novelty_window", v) for v in (1000, 2000, 8000)),
+            *(("window", v) for v in (500, 2000)),
+        ]
         candidates += [
-            (f"medkit, refractory={r}", medkit_scorer(AnomalyDetectorConfig(refractory=r)))
-            for r in (100, 200, 300, 500, 1000)
+            (
+                f"default, {field}={value:g}",
+                medkit_scorer(default.model_copy(update={field: value})),
+            )
+            for field, value in grid
         ]
     print("NAB scores (null=0, perfect=100), threshold optimised per profile:", flush=True)
     for name, scorer in candidates:
         evaluate(name, scorer, corpus)
+    scores = evaluate("medkit: E + F (default)", medkit_scorer(default), corpus)
+    if args.robustness:
+        print("Default detector per category and per half of the files:", flush=True)
+        robustness(corpus, scores)
     print("Throughput, single thread, best of 3 passes over the corpus:", flush=True)
     base = throughput(baseline_scores, corpus)
     ours = throughput(medkit_scorer(default), corpus)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli import detect_cmd
-from detectors.anomaly import AnomalyDetector, AnomalyDetectorConfig, score_series
+from detectors.anomaly import AnomalyDetector, AnomalyDetectorConfig, SlidingExtremes, score_series
 from detectors.nab_scoring import load_corpus
 
 N = 4032  # 14 days of 5-minute points
@@ -167,3 +167,38 @@ def test_scores_a_slice_of_nab() -> None:
         scores = score_series(series.timestamps, series.values)
         assert len(scores) == len(series.values)
         assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def noise(seed: int = 3) -> list[float]:
+    """Gaussian noise of 1 around 50, without season."""
+    rng = random.Random(seed)
+    return [50 + rng.gauss(0, 1) for _ in range(N)]
+
+
+def test_recurring_spike_is_not_new_after_its_first_occurrence() -> None:
+    values = noise()
+    values[1000] += 15
+    for i in range(1250, N, 250):
+        values[i] += 12  # as rare for a Gaussian, but no longer new
+    scores = score_series(stamps(), values)
+    assert scores[1000] >= ALARM
+    assert max(scores[1300:]) < ALARM
+
+
+def test_small_sustained_shift_is_caught_by_the_level_scale() -> None:
+    values = [v + (2.5 if i >= 3000 else 0) for i, v in enumerate(noise())]
+    scores = score_series(stamps(), values)
+    assert max(scores[3000:3040]) >= ALARM
+    points_only = score_series(stamps(), values, AnomalyDetectorConfig(smooth=0))
+    assert max(points_only[3000:3040]) < ALARM
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-5, 5), min_size=1, max_size=200), st.integers(1, 20))
+def test_sliding_extremes_match_brute_force(values: list[int], size: int) -> None:
+    extremes = SlidingExtremes(size)
+    for i, value in enumerate(values):
+        past = values[max(0, i - size) : i]
+        assert extremes.is_new_extreme(value, True) == (bool(past) and value > max(past))
+        assert extremes.is_new_extreme(value, False) == (bool(past) and value < min(past))
+        extremes.push(value)
