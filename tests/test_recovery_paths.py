@@ -18,6 +18,7 @@ from activities.deps import ActivityDeps
 from models.decisions import OperatorDecision
 from models.phases import DecisionKind, Phase, Severity
 from models.status import RecoveryStatus
+from store.incidents import IncidentStore
 from tests.conftest import WebhookReceiver, eventually
 from tests.scripted import (
     Script,
@@ -183,6 +184,11 @@ async def test_max_retries_then_manual_then_resolve(
     assert result.phase == Phase.RESOLVED
     assert phases(result)[-3:] == ["Validating", "ManualIntervention", "Resolved"]
     assert script.actions == ["restart", "failover"]
+    stored = IncidentStore(deps.ledger.engine)  # the workflow kept the incident store current
+    detail = stored.detail(stored.find(handle.id))
+    assert detail.incident.outcome == "Resolved"
+    assert [row.reason for row in detail.timeline] == [e.reason for e in result.timeline]
+    assert [(row.operator, row.decision) for row in detail.decisions] == [("alice", "resolve")]
 
 
 async def test_manual_retry_then_success(

@@ -112,6 +112,7 @@ class RecoveryWorkflow:
         self._lease: LeaseRequest | None = None
         self._lease_decisions: dict[str, LeaseDecision] = {}
         self._stored = 0
+        self._stored_phase: Phase | None = None
         self._closing = False
 
     @workflow.run
@@ -465,18 +466,19 @@ class RecoveryWorkflow:
             service=lease.service, workflow_id=lease.workflow_id, run_id=lease.run_id))
 
     async def _record_incident(self) -> None:
-        """Keep the incident store current: write whenever the timeline grows, and once at the end.
+        """Keep the incident store current: write at each transition, whenever something new
+        happens while a human decision is pending, and once at the end.
 
         A regular activity, so the recovery never waits on the database; writes coalesce while
         one is in flight, and each write stores every entry not yet stored.
         """
         while True:
-            await workflow.wait_condition(
-                lambda: len(self._timeline) > self._stored or self._closing)
+            await workflow.wait_condition(lambda: self._store_due() or self._closing)
             if len(self._timeline) == self._stored:
                 return
             status = self.status()
             self._stored = len(status.timeline)
+            self._stored_phase = status.phase
             try:
                 await workflow.execute_activity(
                     "record_incident", IncidentRecord(run_id=workflow.info().run_id, status=status),
@@ -558,6 +560,10 @@ class RecoveryWorkflow:
             kind=kind,
         ))
         self._phase = to
+
+    def _store_due(self) -> bool:
+        grown = len(self._timeline) > self._stored
+        return grown and (self._phase != self._stored_phase or self._pending is not None)
 
     def _decided(self) -> bool:
         return self._decision is not None or self._abort is not None
