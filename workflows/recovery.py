@@ -345,13 +345,15 @@ class RecoveryWorkflow:
         return True, f"validation passed: {passed}/{spec.samples} rounds healthy"
 
     async def _finish(self, phase: Phase, reason: str, actor: str = "medkit") -> None:
-        await self._release_lease()
+        """End the recovery: the terminal transition comes first, so no decision can slip in
+        while the lease is released and the end is announced."""
         self._pending = None
         self._current_step = None
         self._outcome = Outcome(phase.value)
         self._transition(phase, reason, actor=actor)
         workflow.upsert_search_attributes([sa.OUTCOME.value_set(self._outcome.value)])
         self._set_details()
+        await self._release_lease()
         if self._paged:
             await self._notify(_END_EVENT[phase], f"{self._policy.name}: {phase.value}", reason)
 
