@@ -120,3 +120,12 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database(name)
     yield url
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'medkit.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, inspect, text
@@ -18,15 +17,6 @@ from store.migrations import LATEST_VERSION, Migration, SchemaTooNew, current_ve
 pytest_plugins = ["tests.postgres_fixture"]
 
 OLD_ROW = ("w/r/1", "w", "web", "restart_process", "2025-01-01 00:00:00", "{}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'medkit.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture
