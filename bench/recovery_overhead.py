@@ -414,6 +414,11 @@ class BaselineWorkflow:
             await workflow.sleep(float(step.removeprefix("sleep:")))
         elif step == "get":
             await workflow.execute_activity("baseline_get", url, start_to_close_timeout=timeout)
+        elif step == "local-get":
+            await workflow.execute_local_activity("baseline_get", url, start_to_close_timeout=timeout)
+        elif step.startswith("local-"):
+            await workflow.execute_local_activity("baseline_act", step,
+                                                  start_to_close_timeout=timeout)
         else:
             await workflow.execute_activity("baseline_act", step, start_to_close_timeout=timeout)
 
@@ -428,7 +433,8 @@ def plan_from_history(events: Sequence[HistoryEvent], url: str) -> tuple[Baselin
 
     A probe round (one HTTP probe) becomes a GET of the same URL; any other activity (the
     dry-run action, the fleet lease request, the incident-store writes) a no-I/O activity; a timer
-    a timer of the same duration. Local activities, if any, are counted but not replicated.
+    a timer of the same duration. Local activities become local activities of the same kind,
+    in the workflow task that recorded them.
     """
     batches: dict[int, list[str]] = {}
     counts: Counter[str] = Counter()
@@ -441,6 +447,9 @@ def plan_from_history(events: Sequence[HistoryEvent], url: str) -> tuple[Baselin
             batches.setdefault(attrs.workflow_task_completed_event_id, []).append(step)
         elif (local := local_activity_type(event)) is not None:
             counts[f"local {local}"] += 1
+            marker = event.marker_recorded_event_attributes
+            step = "local-get" if local == "probe_service" else f"local-{local}"
+            batches.setdefault(marker.workflow_task_completed_event_id, []).append(step)
         elif event.HasField("timer_started_event_attributes"):
             attrs_t = event.timer_started_event_attributes
             seconds = attrs_t.start_to_fire_timeout.ToTimedelta().total_seconds()

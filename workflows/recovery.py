@@ -360,12 +360,13 @@ class RecoveryWorkflow:
     # ----- side effects (all through activities) -------------------------------------------
 
     async def _probe_all(self, purpose: str) -> list[ProbeResult]:
-        """One round of every probe of the service, in one activity; if the activity itself
-        fails, every probe counts as unhealthy with the reason."""
+        """One round of every probe of the service, in one local activity (short, read-only and
+        frequent: no server round trip or extra workflow task per round); if it fails, every
+        probe counts as unhealthy with the reason."""
         probes = self._policy.probes
         timeout = max(spec.timeout for spec in probes) + timedelta(seconds=5)
         try:
-            round_: ProbeRound = await self._guarded(workflow.execute_activity(
+            round_: ProbeRound = await self._guarded(workflow.execute_local_activity(
                 "probe_service", ProbeRoundRequest(service=self._policy.name, probes=probes),
                 result_type=ProbeRound, start_to_close_timeout=timeout, retry_policy=PROBE_RETRY,
                 summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
@@ -438,7 +439,7 @@ class RecoveryWorkflow:
             workflow_id=info.workflow_id, run_id=info.run_id, task_queue=info.task_queue,
             limits=limits,
         )
-        await self._guarded(workflow.execute_activity(
+        await self._guarded(workflow.execute_local_activity(
             "request_fleet_lease", request, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=LEASE_RETRY, summary=f"ask the fleet coordinator to act on {request.service}",
         ))
