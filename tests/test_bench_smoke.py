@@ -33,4 +33,4 @@ def test_recovery_overhead_benchmark_quick_run_prints_its_figures(tmp_path: Path
     throughput = figures["throughput"]
     assert {"medkit_per_s", "baseline_per_s", "ratio", "counts"} <= set(throughput)
     assert throughput["medkit_failed"] == 0
-    assert throughput["counts"]["probe_service"] >= 1
+    assert throughput["counts"].get("local probe_service", 0) >= 1  # one probe round or more
