@@ -356,6 +356,7 @@ class PolicyFile(MedkitModel):
     host: HostWatchSpec | None = None
     anomaly: AnomalyWatchSpec | None = None
     fleet: FleetSpec = Field(default_factory=FleetSpec)
+    dry_run: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -372,10 +373,12 @@ class PolicyFile(MedkitModel):
 
     @model_validator(mode="after")
     def _share_fleet_limits(self) -> PolicyFile:
-        """Every service's snapshot carries the fleet limits and the fleet's size."""
+        """Every service's snapshot carries the fleet limits, the fleet's size and, when the
+        whole file is in dry-run, the dry-run flag (a service cannot opt out of a global one)."""
         limits = self.fleet.model_copy(update={"fleet_size": len(self.services)})
         for service in self.services:
             service.fleet = limits
+            service.dry_run = service.dry_run or self.dry_run
         return self
 
     @model_validator(mode="after")

@@ -173,6 +173,14 @@ async def test_dry_run_runs_the_whole_machine_and_touches_nothing(
     assert static_summary(found, dry_run=result.dry_run).endswith("[dry-run]")  # the UI's summary
 
 
+def test_global_dry_run_applies_to_every_service(webhook_receiver: WebhookReceiver) -> None:
+    one = scripted_policy(webhook_receiver.url).model_dump(mode="json", exclude={"fleet"})
+    data: dict[str, Any] = {"dry_run": True, "services": [one, {**one, "name": "payments"}]}
+    assert all(service.dry_run for service in PolicyFile.model_validate(data).services)
+    data["dry_run"] = False
+    assert not any(service.dry_run for service in PolicyFile.model_validate(data).services)
+
+
 async def test_secrets_never_reach_history_or_logs(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
     webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch,
