@@ -22,7 +22,6 @@ from models.probes import (
     CommandProbe,
     HostProbe,
     HttpProbe,
-    ProbeRequest,
     ProbeResult,
     ProbeRound,
     ProbeRoundRequest,
@@ -139,16 +138,8 @@ def check_process(spec: ProcessProbe) -> ProbeResult:
     return _result(spec, healthy=True, observed=observed, detail=f"pid {proc.pid} running")
 
 
-def _expect(request: ProbeRequest, kind: str) -> None:
-    if request.spec.kind != kind:
-        raise ApplicationError(
-            f"probe {request.spec.name!r} has kind {request.spec.kind!r}, not {kind!r}",
-            type="WrongProbeKind", non_retryable=True,
-        )
-
-
 class ProbeActivities:
-    """The probe activities, sharing the worker's HTTP client."""
+    """The probe activity, sharing the worker's HTTP client."""
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
@@ -161,51 +152,9 @@ class ProbeActivities:
             *(bounded_probe(self._http, spec) for spec in request.probes)
         )))
 
-    @activity.defn(name="probe_http")
-    async def probe_http(self, request: ProbeRequest) -> ProbeResult:
-        """Probe an HTTP endpoint."""
-        _expect(request, "http")
-        assert isinstance(request.spec, HttpProbe)
-        return await check_http(self._http, request.spec)
-
-    @activity.defn(name="probe_tcp")
-    async def probe_tcp(self, request: ProbeRequest) -> ProbeResult:
-        """Probe a TCP port."""
-        _expect(request, "tcp")
-        assert isinstance(request.spec, TcpProbe)
-        return await check_tcp(request.spec)
-
-    @activity.defn(name="probe_process")
-    async def probe_process(self, request: ProbeRequest) -> ProbeResult:
-        """Probe a local process."""
-        _expect(request, "process")
-        assert isinstance(request.spec, ProcessProbe)
-        return await asyncio.to_thread(check_process, request.spec)
-
-    @activity.defn(name="probe_prometheus")
-    async def probe_prometheus(self, request: ProbeRequest) -> ProbeResult:
-        """Run a Prometheus instant query and compare its value with `unhealthy_when`."""
-        _expect(request, "prometheus")
-        assert isinstance(request.spec, PrometheusProbe)
-        return await check_prometheus(self._http, request.spec)
-
-    @activity.defn(name="probe_host")
-    async def probe_host(self, request: ProbeRequest) -> ProbeResult:
-        """Check this host's CPU, memory, disk and load against the probe's limits."""
-        _expect(request, "host")
-        assert isinstance(request.spec, HostProbe)
-        return await asyncio.to_thread(check_host, request.spec)
-
-    @activity.defn(name="probe_command")
-    async def probe_command(self, request: ProbeRequest) -> ProbeResult:
-        """Run a check program; exit code 0 is healthy."""
-        _expect(request, "command")
-        assert isinstance(request.spec, CommandProbe)
-        return await check_command(request.spec)
-
 
 async def run_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:
-    """Run any probe kind directly (the detectors use this; workflows go through the activities)."""
+    """Run one probe of any kind (the detectors call this; recoveries through probe_service)."""
     if isinstance(spec, HttpProbe):
         return await check_http(http, spec)
     if isinstance(spec, TcpProbe):

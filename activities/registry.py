@@ -35,12 +35,6 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
     record = RecordActivities(deps)
     return [
         probes.probe_service,
-        probes.probe_http,
-        probes.probe_tcp,
-        probes.probe_process,
-        probes.probe_prometheus,
-        probes.probe_host,
-        probes.probe_command,
         process.restart_process,
         command.run_command,
         notify.notify,

@@ -443,7 +443,7 @@ def plan_from_history(events: Sequence[HistoryEvent], url: str) -> tuple[Baselin
             attrs = event.activity_task_scheduled_event_attributes
             name = attrs.activity_type.name
             counts[name] += 1
-            step = "get" if name in ("probe_http", "probe_service") else name
+            step = "get" if name == "probe_service" else name
             batches.setdefault(attrs.workflow_task_completed_event_id, []).append(step)
         elif (local := local_activity_type(event)) is not None:
             counts[f"local {local}"] += 1

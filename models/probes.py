@@ -167,24 +167,6 @@ ProbeSpec = Annotated[
 ]
 """Any probe a policy can name, selected by its `kind`."""
 
-PROBE_ACTIVITY: dict[str, str] = {
-    "http": "probe_http",
-    "tcp": "probe_tcp",
-    "process": "probe_process",
-    "prometheus": "probe_prometheus",
-    "host": "probe_host",
-    "command": "probe_command",
-}
-"""The activity that runs each probe kind."""
-
-
-class ProbeRequest(MedkitModel):
-    """The single argument of every probe activity."""
-
-    service: Name
-    spec: ProbeSpec
-
-
 class ProbeResult(MedkitModel):
     """What one probe saw. Unhealthy is a result, not an error."""
 

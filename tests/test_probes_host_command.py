@@ -21,7 +21,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.probe_command import check_command
 from activities.probe_host import check_host
 from activities.probes import ProbeActivities, run_probe
-from models.probes import CommandProbe, HostProbe, ProbeRequest
+from models.probes import CommandProbe, HostProbe, ProbeRoundRequest
 
 
 def host(**fields: Any) -> HostProbe:
@@ -59,17 +59,16 @@ def test_host_load_per_core() -> None:
     assert "load per core" in result.detail
 
 
-async def test_host_activity_and_bad_disk_path(tmp_path: Path) -> None:
+async def test_host_probe_in_a_round_and_bad_disk_path(tmp_path: Path) -> None:
     async with httpx.AsyncClient() as http:
         activities = ProbeActivities(http)
-        env = ActivityEnvironment()
-        ok = await env.run(activities.probe_host,
-                           ProbeRequest(service="svc", spec=host(max_memory_percent=100)))
+        missing = host(max_disk_percent=50, disk_path=str(tmp_path / "nope"))
+        request = ProbeRoundRequest(service="svc", probes=[host(max_memory_percent=100), missing])
+        ok, bad = (await ActivityEnvironment().run(activities.probe_service, request)).results
         assert ok.healthy and ok.kind == "host"
-        missing = ProbeRequest(service="svc", spec=host(max_disk_percent=50,
-                                                        disk_path=str(tmp_path / "nope")))
+        assert not bad.healthy and bad.failure == "error" and "nope" in bad.detail
         with pytest.raises(ApplicationError) as caught:
-            await env.run(activities.probe_host, missing)
+            await run_probe(http, missing)
         assert caught.value.non_retryable and caught.value.type == "ProbeConfigError"
 
 
@@ -136,17 +135,9 @@ def gone(pid: int, within: float = 10.0) -> bool:
 
 async def test_command_that_cannot_start_is_a_config_error(tmp_path: Path) -> None:
     async with httpx.AsyncClient() as http:
-        env = ActivityEnvironment()
-        activities = ProbeActivities(http)
         for spec in (CommandProbe(name="c", argv=[str(tmp_path / "missing")]),
                      command("-c", "pass", cwd=str(tmp_path / "missing"))):
             with pytest.raises(ApplicationError) as caught:
-                await env.run(activities.probe_command, ProbeRequest(service="svc", spec=spec))
+                await run_probe(http, spec)
             assert caught.value.non_retryable and caught.value.type == "ProbeConfigError"
 
-
-async def test_wrong_kind_is_rejected() -> None:
-    async with httpx.AsyncClient() as http:
-        with pytest.raises(ApplicationError, match="not 'host'"):
-            await ActivityEnvironment().run(ProbeActivities(http).probe_host,
-                                            ProbeRequest(service="svc", spec=command("-c", "pass")))

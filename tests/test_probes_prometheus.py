@@ -18,7 +18,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.probe_prometheus import judge
 from activities.probes import ProbeActivities, run_probe
-from models.probes import ProbeRequest, ProbeResult, PrometheusProbe
+from models.probes import ProbeResult, ProbeRoundRequest, PrometheusProbe
 from tests.conftest import DemoService, eventually, free_port, wait_for_port
 from tests.prometheus_fixture import PrometheusServer, running_prometheus
 
@@ -147,11 +147,16 @@ async def test_bad_configuration_is_a_non_retryable_error(
     activities = ProbeActivities(http)
     env = ActivityEnvironment()
     for query, why in (("sum(", "rejected the query"), ("demo_healthy[1m]", "returns a matrix")):
-        request = ProbeRequest(service="demo", spec=probe(prometheus, query, "> 0"))
+        spec = probe(prometheus, query, "> 0")
         with pytest.raises(ApplicationError) as caught:
-            await env.run(activities.probe_prometheus, request)
+            await run_probe(http, spec)
         assert caught.value.non_retryable and caught.value.type == "ProbeConfigError"
         assert why in str(caught.value)
+        # inside a recovery's probe round the same mistake is an unhealthy probe with the reason
+        round_ = await env.run(activities.probe_service,
+                               ProbeRoundRequest(service="demo", probes=[spec]))
+        assert not round_.results[0].healthy and round_.results[0].failure == "error"
+        assert why in round_.results[0].detail
     wrong_path = probe(prometheus, "up", "< 1").model_copy(update={"url": f"{prometheus.url}/nope"})
     with pytest.raises(ApplicationError, match="HTTP 404"):
         await run_probe(http, wrong_path)
