@@ -13,59 +13,18 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.server_process import ServerProcess
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 DETECTOR_TOKEN = "detector-token-for-tests-0123456789"
 OPERATOR_TOKEN = "operator-token-for-tests-9876543210"
-
-
-@dataclass
-class Process:
-    """A started server process: its port, log file and Popen."""
-
-    port: int
-    log_file: Path
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        """Its base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of its log, for failure messages."""
-        return self.log_file.read_text(errors="replace")[-chars:]
-
-
-def _wait_http(server: Process, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"exited {server.process.returncode}: {server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}{path}", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{server.url}{path} not ready within {timeout}s: {server.log_tail()}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def serve_env(detector: str | None = DETECTOR_TOKEN, operator: str | None = OPERATOR_TOKEN) -> dict[str, str]:
@@ -81,7 +40,7 @@ def serve_env(detector: str | None = DETECTOR_TOKEN, operator: str | None = OPER
 
 @contextlib.contextmanager
 def running_gateway(tmp_path: Path, policy_file: Path, address: str, task_queue: str,
-                    extra_args: list[str] | None = None) -> Iterator[Process]:
+                    extra_args: list[str] | None = None) -> Iterator[ServerProcess]:
     """`medkit serve` on a free port against the given Temporal address and task queue."""
     port = free_port()
     log_file = tmp_path / f"gateway-{port}.log"
@@ -92,12 +51,12 @@ def running_gateway(tmp_path: Path, policy_file: Path, address: str, task_queue:
     with log_file.open("ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=serve_env(),
                                    cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
-    server = Process(port=port, log_file=log_file, process=process)
+    server = ServerProcess(port=port, log_file=log_file, process=process)
     try:
-        _wait_http(server, "/healthz", 30)
+        server.wait_http("/healthz", 30)
         yield server
     finally:
-        _stop(process)
+        server.stop()
 
 
 def alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, object]:
@@ -113,7 +72,8 @@ def alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, object]
 
 
 @contextlib.contextmanager
-def running_alertmanager(tmp_path: Path, webhook_url: str, token: str = DETECTOR_TOKEN) -> Iterator[Process]:
+def running_alertmanager(tmp_path: Path, webhook_url: str,
+                         token: str = DETECTOR_TOKEN) -> Iterator[ServerProcess]:
     """Alertmanager (clustering off) delivering every notification to `webhook_url`."""
     if shutil.which(ALERTMANAGER) is None:
         pytest.fail(f"{ALERTMANAGER} missing: run scripts/system-deps.sh "
@@ -132,9 +92,9 @@ def running_alertmanager(tmp_path: Path, webhook_url: str, token: str = DETECTOR
     with log_file.open("ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=home,
                                    start_new_session=True)
-    server = Process(port=port, log_file=log_file, process=process)
+    server = ServerProcess(port=port, log_file=log_file, process=process)
     try:
-        _wait_http(server, "/-/ready", 30)
+        server.wait_http("/-/ready", 30)
         yield server
     finally:
-        _stop(process)
+        server.stop()

@@ -21,24 +21,17 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.server_process import ServerProcess
 
 PROMETHEUS = "/usr/bin/prometheus"
 """Where Debian's package installs it (scripts/system-deps.sh installs the package)."""
 
 
 @dataclass
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """A running Prometheus: its URL, files and an instant-query helper."""
 
-    port: int
     config_file: Path
-    log_file: Path
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        """Its base URL (the probe's `url`)."""
-        return f"http://127.0.0.1:{self.port}"
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The result list of an instant query (raises on any error)."""
@@ -59,10 +52,6 @@ class PrometheusServer:
             time.sleep(0.2)
         raise TimeoutError(f"{expr!r} returned nothing within {timeout}s; log: {self.log_tail()}")
 
-    def log_tail(self, chars: int = 2000) -> str:
-        """The end of Prometheus's own log, for failure messages."""
-        return self.log_file.read_text(errors="replace")[-chars:]
-
 
 def prometheus_config(targets: list[str], scrape_interval: str = "1s",
                       rule_files: list[Path] | None = None,
@@ -78,18 +67,6 @@ def prometheus_config(targets: list[str], scrape_interval: str = "1s",
     if alertmanagers:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
     return config
-
-
-def _wait_ready(server: PrometheusServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"prometheus exited {server.process.returncode}: {server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"prometheus not ready within {timeout}s: {server.log_tail()}")
 
 
 @contextlib.contextmanager
@@ -117,12 +94,7 @@ def running_prometheus(tmp_path: Path, targets: list[str], scrape_interval: str 
                                    start_new_session=True)
     server = PrometheusServer(port=port, config_file=config_file, log_file=log_file, process=process)
     try:
-        _wait_ready(server, ready_timeout)
+        server.wait_http("/-/ready", ready_timeout)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        server.stop()

@@ -23,8 +23,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.middleware import required_role
-from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, Process, running_gateway
+from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, running_gateway
 from tests.conftest import free_port
+from tests.server_process import ServerProcess
 from tests.test_gateway import service_policy
 
 EXAMPLES = 25
@@ -41,7 +42,7 @@ def count_workflows(address: str, task_queue: str) -> int:
         return pool.submit(asyncio.run, count()).result()
 
 
-def fuzz(operation: Any, mode: GenerationMode, gateway: Process, headers: dict[str, str]) -> None:
+def fuzz(operation: Any, mode: GenerationMode, gateway: ServerProcess, headers: dict[str, str]) -> None:
     """Run generated cases of one operation against the gateway; none may answer 5xx."""
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
