@@ -8,7 +8,9 @@ never restarted, scaled or paged twice for one step.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,11 +43,31 @@ def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     """WAL (readers never block the writer), a busy timeout, and SQLAlchemy owns BEGIN."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _enable_wal(cursor)
     # WAL with synchronous=NORMAL: commits survive a crash of the process, and skip an fsync each.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the database to WAL, waiting out other connections that hold a lock meanwhile.
+
+    SQLite does not call the busy handler for a journal-mode change, so on a fresh database
+    several processes starting together would fail with "database is locked" at once; the
+    mode is persistent, so only the first connection of a new file ever has to wait here.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _sqlite_begin(conn: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, inspect, text
@@ -145,3 +146,36 @@ def test_workers_starting_together_migrate_once(database_url: str) -> None:
             assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == LATEST_VERSION
     finally:
         engine.dispose()
+
+
+def journal_modes_opened_together(url: str, connections: int) -> tuple[list[str], list[BaseException]]:
+    """Open `connections` engines on one database at the same instant; their journal modes."""
+    errors: list[BaseException] = []
+    modes: list[str] = []
+    barrier = threading.Barrier(connections)
+
+    def open_database() -> None:
+        engine = create_store_engine(url)
+        try:
+            barrier.wait()
+            with engine.connect() as conn:
+                modes.append(str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()))
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=open_database) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return modes, errors
+
+
+def test_many_processes_opening_a_new_sqlite_file_together_all_get_wal(tmp_path: Path) -> None:
+    """SQLite skips the busy handler for a journal-mode change; medkit must wait, not fail."""
+    for attempt in range(10):
+        modes, errors = journal_modes_opened_together(f"sqlite:///{tmp_path}/fresh-{attempt}.db", 8)
+        assert errors == []
+        assert modes == ["wal"] * 8
