@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     from models.phases import Phase
     from models.policy import PolicyFile, ServicePolicy
     from models.status import RecoveryStatus
+    from workers.bytecode import ensure_workflow_bytecode
     from workers.client import start_or_join_recovery
     from workers.logging import configure_logging
     from workers.worker import build_worker
@@ -550,6 +551,7 @@ async def throughput_phase(client: Client, work: Path, concurrency: int, rounds:
                 return build_worker(client, "bench-medkit", deps, supervisor)
 
             def baseline_worker() -> Worker:
+                ensure_workflow_bytecode([BaselineWorkflow])  # as build_worker does for medkit's
                 return Worker(client, task_queue="bench-baseline", workflows=[BaselineWorkflow],
                               activities=[baseline.get, baseline.act])
 

@@ -15,6 +15,7 @@ from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from activities.registry import build_activities
+from workers.bytecode import ensure_workflow_bytecode
 from workers.logging import LogContextInterceptor
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
@@ -29,10 +30,12 @@ def build_worker(
     client: Client, task_queue: str, deps: ActivityDeps, supervisor: ProcessSupervisor | None = None
 ) -> Worker:
     """A worker for medkit's workflow and activities, with structured logging bound per activity."""
+    workflows = [RecoveryWorkflow, FleetCoordinatorWorkflow]
+    ensure_workflow_bytecode(workflows)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
+        workflows=workflows,
         activities=[
             *build_activities(deps, supervisor or ProcessSupervisor(deps.state_dir)),
             *FleetActivities(client).activities(),
