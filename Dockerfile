@@ -10,7 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY . .
+# PYTHONDONTWRITEBYTECODE keeps the image clean, but the workflow sandbox re-imports the
+# workflow modules for every run: compile them once here (the worker user cannot write there).
 RUN pip install . \
+    && python -m compileall -q "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/workflows" \
     && useradd --system --uid 10001 --home-dir /var/lib/medkit --shell /usr/sbin/nologin medkit \
     && mkdir -p /var/lib/medkit \
     && chown medkit:medkit /var/lib/medkit

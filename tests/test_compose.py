@@ -245,6 +245,7 @@ def test_dockerfile_builds_the_worker() -> None:
     ]
     assert instructions[0] == "FROM python:3.11-slim"
     assert re.search(r"\bpip install \.(\s|$)", dockerfile)
+    assert re.search(r"compileall .*/workflows", dockerfile), "workflow bytecode must ship in the image"
     assert 'ENTRYPOINT ["medkit"]' in instructions
     assert 'CMD ["worker"]' in instructions
     assert "STOPSIGNAL SIGTERM" in instructions
