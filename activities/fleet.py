@@ -6,29 +6,41 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.fleet import ClosedCheck, FleetState, LeaseRequest, coordinator_workflow_id
+from models.fleet import (
+    ClosedCheck,
+    FleetState,
+    LeaseDecision,
+    LeaseRequest,
+    coordinator_workflow_id,
+)
 
 
 class FleetActivities:
-    """Lease requests (signal-with-start of the coordinator) and the dead-holder check."""
+    """Lease requests (update-with-start of the coordinator) and the dead-holder check."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
     @activity.defn(name="request_fleet_lease")
-    async def request_fleet_lease(self, request: LeaseRequest) -> None:
-        """Ask the coordinator for a lease, starting it if it does not run yet (idempotent by id)."""
-        await self._client.start_workflow(
+    async def request_fleet_lease(self, request: LeaseRequest) -> LeaseDecision:
+        """Ask the coordinator for a lease and return its answer, starting the coordinator if it
+        does not run yet. One update-with-start call, so a granted lease costs the recovery no
+        extra workflow task; the update id is the request id, so a retry gets the same answer."""
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             "FleetCoordinatorWorkflow", FleetState(limits=request.limits),
             id=coordinator_workflow_id(request.task_queue), task_queue=request.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="request", start_signal_args=[request],
             static_summary="medkit fleet coordinator: per-service exclusivity and blast-radius cap",
         )
+        decision: LeaseDecision = await self._client.execute_update_with_start_workflow(
+            "request", request, start_workflow_operation=start, id=request.request_id,
+            result_type=LeaseDecision,
+        )
+        return decision
 
     @activity.defn(name="find_closed_recoveries")
     async def find_closed_recoveries(self, check: ClosedCheck) -> ClosedCheck:

@@ -53,7 +53,8 @@ class LeaseRequest(MedkitModel):
 
 
 class LeaseDecision(MedkitModel):
-    """The coordinator's answer, signalled back to the recovery."""
+    """The coordinator's answer: the lease request's update result, and signalled later to a
+    queued recovery when its turn comes."""
 
     request_id: str
     verdict: Literal["granted", "queued", "held"]

@@ -15,9 +15,10 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
+from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from demo.policy import DEMO_SERVICE, demo_policy
-from models.fleet import coordinator_workflow_id
+from models.fleet import LeaseRequest, coordinator_workflow_id
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
 from tests.conftest import DemoService, WebhookReceiver, eventually, running, start_time_skipping
@@ -233,3 +234,29 @@ def decoded_payloads(history_json: str) -> str:
 
     walk(json.loads(history_json))
     return "\n".join(found)
+
+
+async def test_asking_again_for_a_lease_gets_the_same_answer_and_takes_no_second_slot(
+    dev_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """A lease request retried (say after a timeout) must neither double-book nor queue twice."""
+    client = dev_env.client
+    policy, _ = two_services(webhook_receiver.url)
+    fleet = FleetActivities(client)
+    first = LeaseRequest(request_id="first", service=policy.name, workflow_id="recovery:a",
+                         run_id="run-a", task_queue=queue, limits=policy.fleet)
+    second = first.model_copy(update={"request_id": "second", "workflow_id": "recovery:b",
+                                      "run_id": "run-b"})
+    async with running(build_worker(client, queue, deps)):
+        granted = [await fleet.request_fleet_lease(first) for _ in range(2)]
+        queued = [await fleet.request_fleet_lease(second) for _ in range(2)]
+        state = await client.get_workflow_handle_for(
+            FleetCoordinatorWorkflow.run, coordinator_workflow_id(queue)).query(
+            FleetCoordinatorWorkflow.leases)
+    assert [d.verdict for d in granted] == ["granted", "granted"]
+    assert [d.verdict for d in queued] == ["queued", "queued"]
+    assert queued[0].reason == queued[1].reason == "recovery:a is acting on checkout; queued at position 1"
+    assert {service: r.request_id for service, r in state.holders.items()} == {"checkout": "first"}
+    assert {service: [r.request_id for r in q] for service, q in state.waiting.items()} == {
+        "checkout": ["second"]}

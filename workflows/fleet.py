@@ -58,29 +58,30 @@ class FleetCoordinatorWorkflow:
     def _busy(self) -> bool:
         return bool(self._state.holders or self._state.waiting)
 
-    @workflow.signal
-    def request(self, request: LeaseRequest) -> None:
-        """A recovery asks for its service's lease."""
+    @workflow.update
+    def request(self, request: LeaseRequest) -> LeaseDecision:
+        """A recovery asks for its service's lease and is answered at once: granted, queued or
+        held. A queued recovery is told again, by its `lease_decision` signal, when its turn
+        comes. Asking again with the same request id gives the same answer."""
         self._state.limits = request.limits
+        self._changed = True
         state = self._state
         holder = state.holders.get(request.service)
         if holder is not None and (holder.workflow_id, holder.run_id) == (request.workflow_id,
                                                                            request.run_id):
-            self._decide(request, "granted", "already held by this recovery")
-            return
+            return self._decision(request, "granted", "already held by this recovery")
         if holder is not None:
             queue = state.waiting.setdefault(request.service, [])
             if all(r.request_id != request.request_id for r in queue):
                 queue.append(request)
-            self._decide(request, "queued", f"{holder.workflow_id} is acting on "
-                         f"{request.service}; queued at position {len(queue)}")
-            return
+            position = 1 + [r.request_id for r in queue].index(request.request_id)
+            return self._decision(request, "queued", f"{holder.workflow_id} is acting on "
+                                  f"{request.service}; queued at position {position}")
         over = self._over_limit()
         if over is not None:
-            self._decide(request, "held", over)
-            return
+            return self._decision(request, "held", over)
         state.holders[request.service] = request
-        self._decide(request, "granted", "lease granted")
+        return self._decision(request, "granted", "lease granted")
 
     @workflow.signal
     def release(self, release: LeaseRelease) -> None:
@@ -125,14 +126,16 @@ class FleetCoordinatorWorkflow:
             state.holders[service] = following
             if rest:
                 state.waiting[service] = rest
-            self._decide(following, "granted", f"lease granted after {workflow_id} finished")
+            self._grant_later(following, f"lease granted after {workflow_id} finished")
 
-    def _decide(self, request: LeaseRequest, verdict: Literal["granted", "queued", "held"],
-                reason: str) -> None:
-        self._outbox.append((request, LeaseDecision(
-            request_id=request.request_id, verdict=verdict, reason=reason,
-            active=sorted(self._state.holders),
-        )))
+    def _decision(self, request: LeaseRequest, verdict: Literal["granted", "queued", "held"],
+                  reason: str) -> LeaseDecision:
+        return LeaseDecision(request_id=request.request_id, verdict=verdict, reason=reason,
+                             active=sorted(self._state.holders))
+
+    def _grant_later(self, request: LeaseRequest, reason: str) -> None:
+        """Grant a lease to a queued recovery, delivered by signal from the main loop."""
+        self._outbox.append((request, self._decision(request, "granted", reason)))
 
     async def _deliver(self) -> None:
         while self._outbox:

@@ -439,26 +439,25 @@ class RecoveryWorkflow:
             workflow_id=info.workflow_id, run_id=info.run_id, task_queue=info.task_queue,
             limits=limits,
         )
-        await self._guarded(workflow.execute_local_activity(
-            "request_fleet_lease", request, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=LEASE_RETRY, summary=f"ask the fleet coordinator to act on {request.service}",
+        decision: LeaseDecision = await self._guarded(workflow.execute_local_activity(
+            "request_fleet_lease", request, result_type=LeaseDecision,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=LEASE_RETRY,
+            summary=f"ask the fleet coordinator to act on {request.service}",
         ))
         queued = False
-        while True:
-            await self._guarded(workflow.wait_condition(
-                lambda: request.request_id in self._lease_decisions))
-            decision = self._lease_decisions.pop(request.request_id)
-            if decision.verdict == "granted":
-                self._lease = request
-                if queued:
-                    self._record(self._phase, decision.reason, kind="safety")
-                return
-            if decision.verdict == "held":
-                raise _NeedsHuman(f"{decision.reason}; holding instead of acting")
+        while decision.verdict == "queued":
             queued = True
             self._current_step = f"queued: {decision.reason}"
             self._record(self._phase, decision.reason, kind="safety")
             self._set_details()
+            await self._guarded(workflow.wait_condition(
+                lambda: request.request_id in self._lease_decisions))
+            decision = self._lease_decisions.pop(request.request_id)
+        if decision.verdict == "held":
+            raise _NeedsHuman(f"{decision.reason}; holding instead of acting")
+        self._lease = request
+        if queued:
+            self._record(self._phase, decision.reason, kind="safety")
 
     async def _release_lease(self) -> None:
         if self._lease is None:
