@@ -38,6 +38,7 @@ from gateway.mapping import alert_to_detection
 from models import search_attributes as sa
 from models.policy import PolicyFile
 from workers.client import start_or_join_recovery
+from workers.logging import configure_logging
 from workers.worker import build_worker
 from workflows.recovery import RecoveryWorkflow
 
@@ -253,4 +254,5 @@ if __name__ == "__main__":
                         help="raw signal-with-starts in flight (the gateway's own cap is also 100)")
     parser.add_argument("--posts-in-flight", type=int, default=8,
                         help="concurrent webhook POSTs, as several alert groups flush at once")
+    configure_logging("WARNING")
     asyncio.run(main(parser.parse_args()))
