@@ -14,13 +14,14 @@ from models.fleet import (
     ClosedCheck,
     FleetState,
     LeaseDecision,
+    LeaseRelease,
     LeaseRequest,
     coordinator_workflow_id,
 )
 
 
 class FleetActivities:
-    """Lease requests (update-with-start of the coordinator) and the dead-holder check."""
+    """Lease requests (update-with-start of the coordinator), releases and the dead-holder check."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -42,6 +43,17 @@ class FleetActivities:
         )
         return decision
 
+    @activity.defn(name="release_fleet_lease")
+    async def release_fleet_lease(self, release: LeaseRelease) -> None:
+        """Hand the service's lease back. Releasing twice, or a lease the coordinator no longer
+        knows, changes nothing; with no coordinator running there is nothing to release."""
+        handle = self._client.get_workflow_handle(coordinator_workflow_id(release.task_queue))
+        try:
+            await handle.signal("release", release)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+
     @activity.defn(name="find_closed_recoveries")
     async def find_closed_recoveries(self, check: ClosedCheck) -> ClosedCheck:
         """The runs among `check.runs` that have ended (or never existed)."""
@@ -60,5 +72,5 @@ class FleetActivities:
         return ClosedCheck(runs=closed)
 
     def activities(self) -> list[Callable[..., Any]]:
-        """Both activities, for the worker to register."""
-        return [self.request_fleet_lease, self.find_closed_recoveries]
+        """The fleet activities, for the worker to register."""
+        return [self.request_fleet_lease, self.release_fleet_lease, self.find_closed_recoveries]

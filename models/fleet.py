@@ -63,11 +63,12 @@ class LeaseDecision(MedkitModel):
 
 
 class LeaseRelease(MedkitModel):
-    """A recovery is done acting on its service."""
+    """A recovery is done acting on its service (sent to the coordinator of `task_queue`)."""
 
     service: Name
     workflow_id: str
     run_id: str
+    task_queue: str
 
 
 class ClosedCheck(MedkitModel):

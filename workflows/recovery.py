@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from models.actions import ActionRequest, ActionResult, ActionSpec
     from models.decisions import DecisionVerdict, OperatorDecision
     from models.detection import Detection, RecoveryInput
-    from models.fleet import LeaseDecision, LeaseRelease, LeaseRequest, coordinator_workflow_id
+    from models.fleet import LeaseDecision, LeaseRelease, LeaseRequest
     from models.incident_record import BudgetQuery, IncidentRecord, IncidentRecorded
     from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
     from models.phases import PHASE_FOR_SEVERITY, DecisionKind, Outcome, Phase, Severity
@@ -59,6 +59,13 @@ LEASE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5),
 )
 """Asking the coordinator for a lease retries until it gets through: acting without one is unsafe."""
+
+RELEASE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=2),
+    maximum_attempts=5,
+)
+"""Handing a lease back retries briefly: if it still fails, the coordinator's check of its
+holders reclaims the lease once the recovery has ended, so it is never lost."""
 
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3)
 """The incident store is memory, not control: a write that keeps failing is skipped, not fatal."""
@@ -463,16 +470,25 @@ class RecoveryWorkflow:
         if self._lease is None:
             return
         lease, self._lease = self._lease, None
-        coordinator = workflow.get_external_workflow_handle(coordinator_workflow_id(lease.task_queue))
-        await coordinator.signal("release", LeaseRelease(
-            service=lease.service, workflow_id=lease.workflow_id, run_id=lease.run_id))
+        release = LeaseRelease(service=lease.service, workflow_id=lease.workflow_id,
+                               run_id=lease.run_id, task_queue=lease.task_queue)
+        try:
+            await workflow.execute_local_activity(
+                "release_fleet_lease", release, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RELEASE_RETRY, summary=f"hand back the lease on {lease.service}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("lease release failed (the coordinator reclaims it once this "
+                                    "recovery has ended): %s", _cause(err))
 
     async def _record_incident(self) -> None:
         """Keep the incident store current: write at each transition, whenever something new
         happens while a human decision is pending, and once at the end.
 
-        A regular activity, so the recovery never waits on the database; writes coalesce while
-        one is in flight, and each write stores every entry not yet stored.
+        A regular activity while the recovery runs, so it never waits on the database; writes
+        coalesce while one is in flight, and each write stores every entry not yet stored. The
+        last write is a local activity: the recovery waits for it anyway, and so it completes in
+        the same workflow task instead of one more.
         """
         while True:
             await workflow.wait_condition(lambda: self._store_due() or self._closing)
@@ -481,12 +497,21 @@ class RecoveryWorkflow:
             status = self.status()
             self._stored = len(status.timeline)
             self._stored_phase = status.phase
+            record = IncidentRecord(run_id=workflow.info().run_id, status=status)
+            summary = f"record {status.phase.value} in the incident store"
             try:
-                await workflow.execute_activity(
-                    "record_incident", IncidentRecord(run_id=workflow.info().run_id, status=status),
-                    result_type=IncidentRecorded, start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=STORE_RETRY, summary=f"record {status.phase.value} in the incident store",
-                )
+                if self._closing:
+                    await workflow.execute_local_activity(
+                        "record_incident", record, result_type=IncidentRecorded,
+                        start_to_close_timeout=timedelta(seconds=10), retry_policy=STORE_RETRY,
+                        summary=summary,
+                    )
+                else:
+                    await workflow.execute_activity(
+                        "record_incident", record, result_type=IncidentRecorded,
+                        start_to_close_timeout=timedelta(seconds=10), retry_policy=STORE_RETRY,
+                        summary=summary,
+                    )
             except ActivityError as err:
                 workflow.logger.warning("incident store write failed: %s", _cause(err))
 
@@ -564,8 +589,11 @@ class RecoveryWorkflow:
         self._phase = to
 
     def _store_due(self) -> bool:
+        """A write is due at a new phase, or when something happened while a human decides; the
+        terminal phase is left to the closing write."""
         grown = len(self._timeline) > self._stored
-        return grown and (self._phase != self._stored_phase or self._pending is not None)
+        changed = self._phase != self._stored_phase or self._pending is not None
+        return grown and changed and self._outcome is None
 
     def _decided(self) -> bool:
         return self._decision is not None or self._abort is not None
