@@ -148,9 +148,10 @@ class ProbeActivities:
     async def probe_service(self, request: ProbeRoundRequest) -> ProbeRound:
         """Run every probe of the service concurrently: one activity (and one workflow task) per
         round. A probe that errors, or overruns its timeout, counts as unhealthy with the reason."""
-        return ProbeRound(results=list(await asyncio.gather(
-            *(bounded_probe(self._http, spec) for spec in request.probes)
-        )))
+        started = time.monotonic()
+        results = list(await asyncio.gather(
+            *(bounded_probe(self._http, spec) for spec in request.probes)))
+        return ProbeRound(results=results, seconds=time.monotonic() - started)
 
 
 async def run_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:

@@ -198,3 +198,6 @@ class ProbeRound(MedkitModel):
     """The results of one round, in the order of the request's probes."""
 
     results: list[ProbeResult]
+    seconds: Annotated[float, Field(ge=0)]
+    """How long the round took on the worker's monotonic clock: validation starts its next
+    interval from the round's start, so rounds stay `interval` apart as the policy says."""

@@ -49,6 +49,7 @@ class Script:
         self.block_actions = False
         self.cancelled: list[str] = []
         self.finished: list[str] = []
+        self.round_seconds = 0.0
 
     def probe(self, name: str, *outcomes: bool, then: bool = True) -> None:
         """Script a probe: these outcomes in order, then `then` forever."""
@@ -72,7 +73,7 @@ class Script:
                 failure=None if healthy else "bad_status",
                 detail="scripted healthy" if healthy else "scripted failure", at=datetime.now(UTC),
             ))
-        return ProbeRound(results=results)
+        return ProbeRound(results=results, seconds=self.round_seconds)
 
     async def _act(self, request: ActionRequest) -> ActionResult:
         self.actions.append(request.action_name)

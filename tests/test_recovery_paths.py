@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.deps import ActivityDeps
 from models.decisions import OperatorDecision
 from models.phases import DecisionKind, Phase, Severity
+from models.policy import ServicePolicy
 from models.status import RecoveryStatus
 from store.incidents import IncidentStore
 from tests.conftest import WebhookReceiver, eventually
@@ -285,3 +286,28 @@ async def test_source_resolved_in_manual_revalidates_and_closes(
     assert result.phase == Phase.RECOVERED
     assert phases(result)[-3:] == ["ManualIntervention", "Validating", "Recovered"]
     assert any("source reports resolved" in e.reason for e in result.timeline)
+
+
+@pytest.mark.parametrize(("round_seconds", "expected_timers"), [(0.25, ["0.750s", "0.750s"]),
+                                                                 (1.5, [])])
+async def test_validation_rounds_are_an_interval_apart_start_to_start(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver,
+    round_seconds: float, expected_timers: list[str],
+) -> None:
+    """A probe round's own duration counts towards the interval, so the validation window is
+    what the policy says; a round slower than the interval is followed at once by the next."""
+    script = Script()
+    script.probe("http", False)
+    script.round_seconds = round_seconds
+    data = scripted_policy(webhook_receiver.url).model_dump(mode="json")
+    data["validation"] = {"samples": 3, "interval": "1s"}
+    policy = ServicePolicy.model_validate(data)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        assert (await handle.result()).phase == Phase.RECOVERED
+        timers = [
+            event.timer_started_event_attributes.start_to_fire_timeout
+            async for event in handle.fetch_history_events()
+            if event.HasField("timer_started_event_attributes")
+        ]
+    assert [f"{t.ToTimedelta().total_seconds():.3f}s" for t in timers] == expected_timers

@@ -150,7 +150,7 @@ class RecoveryWorkflow:
     # ----- state machine -------------------------------------------------------------------
 
     async def _assess(self) -> None:
-        results = await self._probe_all("assess")
+        results = (await self._probe_all("assess")).results
         detection = self._input.detection
         verdict = assess(results, self._policy.assessment, self._policy.probes, detection.severity,
                          detection.labels.get("category"))
@@ -226,7 +226,7 @@ class RecoveryWorkflow:
             if step.action is not None:
                 ok = await self._act(step.action)
             elif step.check:
-                results = await self._probe_all(f"check after {rung.name} step {index}")
+                results = (await self._probe_all(f"check after {rung.name} step {index}")).results
                 failing = [r.evidence() for r in results if not r.healthy]
                 ok = not failing
                 self._record(self._phase, "check passed" if ok else f"check failed: {failing[0]}",
@@ -333,12 +333,14 @@ class RecoveryWorkflow:
         return False
 
     async def _validate(self) -> tuple[bool, str]:
-        """Probe `samples` times, `interval` apart; healthy when enough rounds pass every probe."""
+        """Probe `samples` times, `interval` apart (start to start, so the window is what the
+        policy says); healthy when enough rounds pass every probe."""
         spec = self._policy.validation
         passed = 0
         last_failure = ""
         for sample in range(1, spec.samples + 1):
-            results = await self._probe_all(f"validate {sample}/{spec.samples}")
+            round_ = await self._probe_all(f"validate {sample}/{spec.samples}")
+            results = round_.results
             failing = [r.evidence() for r in results if not r.healthy]
             if failing:
                 last_failure = failing[0]
@@ -347,8 +349,9 @@ class RecoveryWorkflow:
             if passed + (spec.samples - sample) < spec.needed:
                 return False, (f"validation failed: {passed}/{sample} rounds healthy, "
                                f"{spec.needed} of {spec.samples} needed; {last_failure}")
-            if sample < spec.samples:
-                await self._guarded(workflow.sleep(spec.interval, summary="validation interval"))
+            rest = spec.interval - timedelta(seconds=round_.seconds)
+            if sample < spec.samples and rest > timedelta(0):
+                await self._guarded(workflow.sleep(rest, summary="validation interval"))
         return True, f"validation passed: {passed}/{spec.samples} rounds healthy"
 
     async def _finish(self, phase: Phase, reason: str, actor: str = "medkit") -> None:
@@ -366,7 +369,7 @@ class RecoveryWorkflow:
 
     # ----- side effects (all through activities) -------------------------------------------
 
-    async def _probe_all(self, purpose: str) -> list[ProbeResult]:
+    async def _probe_all(self, purpose: str) -> ProbeRound:
         """One round of every probe of the service, in one local activity (short, read-only and
         frequent: no server round trip or extra workflow task per round); if it fails, every
         probe counts as unhealthy with the reason."""
@@ -379,10 +382,11 @@ class RecoveryWorkflow:
                 summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
             ))
         except ActivityError as err:
-            return [ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
-                                detail=f"probe failed: {_cause(err)}", at=workflow.now())
-                    for spec in probes]
-        return round_.results
+            return ProbeRound(seconds=0, results=[
+                ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
+                            detail=f"probe failed: {_cause(err)}", at=workflow.now())
+                for spec in probes])
+        return round_
 
     async def _act(self, action_name: str) -> bool:
         spec: ActionSpec = self._policy.actions[action_name]
