@@ -4,8 +4,10 @@
 `start_or_join_recovery` calls from this process's client, once as Alertmanager webhook
 batches POSTed concurrently to a `medkit serve` subprocess. Reports alerts/s of both and
 their ratio (goal >= 0.9), the recoveries each path started (must be exactly 100: every
-further alert joins), and p50/p99 latency. Recoveries are dry-run and park on a one-hour
-wait step, so every alert after the first per service is a join; all are terminated at the end.
+further alert joins), the reports the recoveries counted (must be every alert: the gateway
+coalesces the reports for one recovery that arrive while a call to it is in flight, but each
+still counts), and p50/p99 latency. Recoveries are dry-run and park on a one-hour wait step,
+so every alert after the first per service is a join; all are terminated at the end.
 
     .venv/bin/python bench/ingest.py [--alerts 10000] [--services 100] [--batch 50]
 """
@@ -124,9 +126,11 @@ async def count(client: Client, task_queue: str) -> int:
     return last
 
 
-async def drain(client: Client, alertname: str, services: int, per_service: int) -> None:
-    """Wait until the worker has applied every report, so one phase's backlog never slows the next."""
+async def drain(client: Client, alertname: str, services: int, per_service: int) -> int:
+    """Wait until the worker has applied every report, so one phase's backlog never slows the
+    next; the number of reports the recoveries counted (every alert must be one)."""
     deadline = time.monotonic() + 300
+    applied = 0
     while time.monotonic() < deadline:
         statuses = await asyncio.gather(*(
             client.get_workflow_handle_for(RecoveryWorkflow.run, f"recovery:svc-{i:03d}:{alertname}")
@@ -135,8 +139,9 @@ async def drain(client: Client, alertname: str, services: int, per_service: int)
         applied = sum(s.reports for s in statuses if not isinstance(s, BaseException))
         print(f"  worker applied {applied}/{services * per_service} reports", flush=True)
         if applied >= services * per_service:
-            return
+            return applied
         await asyncio.sleep(2)
+    return applied
 
 
 async def terminate_all(client: Client, task_queue: str) -> None:
@@ -200,7 +205,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"raw: {args.alerts} signal-with-starts, {args.concurrency} in flight", flush=True)
             raw_time, raw_lat = await run_all([raw_job(i) for i in range(len(detections))],
                                               args.concurrency, "raw", 1)
-            await drain(client, "RawAlert", args.services, args.alerts // args.services)
+            raw_counted = await drain(client, "RawAlert", args.services, args.alerts // args.services)
 
             payloads = alerts(args.alerts, args.services, "GatewayAlert")
             batches = [notification(payloads[i:i + args.batch]) for i in range(0, len(payloads), args.batch)]
@@ -217,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"gateway: {len(batches)} POSTs of {args.batch} alerts, {lanes} in flight", flush=True)
                 gw_time, gw_lat = await run_all([http_job(b) for b in batches], lanes, "gateway", args.batch)
                 metrics = (await http.get("/metrics")).text
-            await drain(client, "GatewayAlert", args.services, args.alerts // args.services)
+            gw_counted = await drain(client, "GatewayAlert", args.services, args.alerts // args.services)
             started_metric = sum(float(line.split()[-1]) for line in metrics.splitlines()
                                  if line.startswith("medkit_gateway_recoveries_started_total{"))
             raw_started = await count(client, "bench-raw")
@@ -230,8 +235,11 @@ async def main(args: argparse.Namespace) -> None:
                   f"p99 {p(gw_lat, 99):6.1f} ms per POST of {args.batch}   recoveries started "
                   f"{gw_started} (gateway metric {started_metric:g})")
             print(f"  ratio gateway/raw     : {gw_rate / raw_rate:.2f} (goal >= 0.90)")
+            print(f"  reports counted by the recoveries: raw {raw_counted}, gateway {gw_counted} "
+                  f"(of {args.alerts} alerts each)")
             ok = gw_started == raw_started == started_metric == args.services
             print(f"  exactly {args.services} recoveries per path: {'yes' if ok else 'NO'}")
+            ok = ok and raw_counted == gw_counted == args.alerts
             print("terminating the benchmark's recoveries", flush=True)
             await terminate_all(client, "bench-raw")
             await terminate_all(client, "bench-gateway")

@@ -3,12 +3,79 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from gateway.mapping import PlannedReport
 from gateway.metrics import GatewayMetrics
 from gateway.schemas import IngestResult
 from gateway.temporal import TemporalGateway
+from models.detection import MAX_REPORTS_PER_BATCH
+
+Send = Callable[[list[PlannedReport]], Awaitable[tuple[str, bool]]]
+"""Deliver reports of one recovery in one call; the recovery's id and whether the call started it."""
+
+
+@dataclass
+class _Mailbox:
+    waiting: list[tuple[PlannedReport, asyncio.Future[tuple[str, bool]]]] = field(default_factory=list)
+    sender: asyncio.Task[None] | None = None
+
+
+class ReportCoalescer:
+    """One call at a time per recovery; the firing reports that arrive for it meanwhile go
+    together in the next call, in arrival order.
+
+    Concurrent signal-with-starts on one workflow id contend for the same workflow lock on the
+    server, and an Alertmanager group of many instances of one service, or several groups
+    flushing at once, would send exactly that. Each caller still gets its own answer: the first
+    report of a call that started the recovery is "started", every other one "joined".
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._mailboxes: dict[str, _Mailbox] = {}
+
+    async def submit(self, report: PlannedReport) -> tuple[str, bool]:
+        """Deliver one report; the recovery's id and whether this report started it.
+
+        The recovery's sender task takes everything queued when it gets to run, so the alerts
+        of one webhook POST for one recovery (an Alertmanager group) go in a single call.
+        """
+        mailbox = self._mailboxes.setdefault(report.workflow_id, _Mailbox())
+        answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(_mark_retrieved)
+        mailbox.waiting.append((report, answer))
+        if mailbox.sender is None:
+            mailbox.sender = asyncio.create_task(self._drain(report.workflow_id, mailbox))
+        return await asyncio.shield(answer)
+
+    async def _drain(self, workflow_id: str, mailbox: _Mailbox) -> None:
+        batch: list[tuple[PlannedReport, asyncio.Future[tuple[str, bool]]]] = []
+        try:
+            while mailbox.waiting:
+                batch = mailbox.waiting[:MAX_REPORTS_PER_BATCH]
+                del mailbox.waiting[:MAX_REPORTS_PER_BATCH]
+                try:
+                    recovery, started = await self._send([report for report, _ in batch])
+                except Exception as err:
+                    for _, answer in batch:
+                        answer.set_exception(err)
+                    continue
+                for index, (_, answer) in enumerate(batch):
+                    answer.set_result((recovery, started and index == 0))
+        finally:
+            del self._mailboxes[workflow_id]
+            for _, answer in batch + mailbox.waiting:
+                if not answer.done():
+                    answer.cancel()
+
+
+def _mark_retrieved(answer: asyncio.Future[tuple[str, bool]]) -> None:
+    """A caller that went away (its client hung up) leaves its answer unread; read it here so
+    a failed delivery is not reported a second time as a never-retrieved exception."""
+    if not answer.cancelled():
+        answer.exception()
 
 
 class Ingestor:
@@ -26,6 +93,7 @@ class Ingestor:
         self.metrics = metrics
         self.dry_run = dry_run
         self._limit = asyncio.Semaphore(concurrency)
+        self._coalescer = ReportCoalescer(self._send)
 
     async def deliver(self, reports: Sequence[PlannedReport], source: str) -> list[IngestResult]:
         """Deliver every report; the results are in the order of `reports`."""
@@ -54,10 +122,13 @@ class Ingestor:
                 raise outcome
         return [o for o in outcomes if isinstance(o, IngestResult)]
 
-    async def _fire(self, report: PlannedReport, source: str) -> IngestResult:
+    async def _send(self, reports: list[PlannedReport]) -> tuple[str, bool]:
         async with self._limit:
-            workflow_id, started = await self.temporal.start_or_join(
-                report.detection, report.policy, self.dry_run)
+            return await self.temporal.start_or_join(
+                [r.detection for r in reports], reports[0].policy, self.dry_run)
+
+    async def _fire(self, report: PlannedReport, source: str) -> IngestResult:
+        workflow_id, started = await self._coalescer.submit(report)
         if started:
             self.metrics.started.labels(report.detection.service).inc()
         else:

@@ -8,7 +8,7 @@ any other server error becomes TemporalFailed (HTTP 502).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models import search_attributes as sa
 from models.decisions import DecisionVerdict, OperatorDecision
-from models.detection import Detection, recovery_workflow_id
+from models.detection import Detection, ReportBatch, recovery_workflow_id
 from models.phases import DecisionKind
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus
@@ -29,6 +29,7 @@ from workers.client import (
     fetch_status,
     send_decision,
     start_or_join_recovery,
+    start_or_join_recovery_with,
 )
 from workflows.recovery import RecoveryWorkflow
 
@@ -117,14 +118,18 @@ class TemporalGateway:
         except (TemporalUnavailable, RPCError):
             return False
 
-    async def start_or_join(self, detection: Detection, policy: ServicePolicy,
+    async def start_or_join(self, detections: Sequence[Detection], policy: ServicePolicy,
                             dry_run: bool) -> tuple[str, bool]:
-        """Signal-with-start the recovery; its id and whether this call started it."""
+        """Signal-with-start the recovery with these reports of it (one `report` signal, or one
+        `report_batch` for several); its id and whether this call started it."""
         client = await self.client()
+        queue = self.target.task_queue
+        start = (start_or_join_recovery(client, detections[0], policy, queue, dry_run)
+                 if len(detections) == 1 else
+                 start_or_join_recovery_with(client, ReportBatch(detections=list(detections)),
+                                             policy, queue, dry_run))
         try:
-            handle = await self._bounded(
-                start_or_join_recovery(client, detection, policy, self.target.task_queue, dry_run),
-                "start or join recovery")
+            handle = await self._bounded(start, "start or join recovery")
         except RPCError as err:
             raise TemporalFailed(f"Temporal refused to start the recovery: {err.message}") from None
         return handle.id, started_new(handle)

@@ -33,6 +33,20 @@ class Detection(MedkitModel):
     detected_at: datetime
 
 
+MAX_REPORTS_PER_BATCH = 100
+"""Detections one `report_batch` signal carries at most (a batch stays far below payload limits)."""
+
+
+class ReportBatch(MedkitModel):
+    """Detections of one recovery's problem that arrived together, delivered in one signal.
+
+    The gateway coalesces the reports that reach it for a recovery while its previous call to
+    that recovery is still in flight; the recovery counts each one as `report` would.
+    """
+
+    detections: Annotated[list[Detection], Field(min_length=1, max_length=MAX_REPORTS_PER_BATCH)]
+
+
 def incident_key_from(text: str) -> str:
     """Make a detector-provided name (an alert name, a metric) safe for use as an incident key."""
     key = _KEY_UNSAFE.sub("-", text).strip("-")[:100]

@@ -37,6 +37,7 @@ from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, serve_env
 from tests.conftest import eventually, free_port
 from workers.client import TemporalTarget
 from workers.worker import build_worker
+from workflows.recovery import RecoveryWorkflow
 
 DETECTOR = {"Authorization": f"Bearer {DETECTOR_TOKEN}"}
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -177,6 +178,46 @@ async def test_ha_pair_posting_the_same_batch_concurrently_starts_exactly_one_re
         assert description.task_queue == gateway.task_queue
     finally:
         await terminate(dev_env.client, workflow_id)
+
+
+async def test_many_instances_of_one_alert_reach_the_recovery_in_one_call_and_all_count(
+        gateway: Gateway, dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """An Alertmanager group of 20 instances of one service reaches the recovery in one call,
+    not 20 calls contending for one workflow; each alert is still answered and counted (the
+    group's first alert first in the timeline), and a second POST meanwhile gets its own answers."""
+    name = f"InstanceDown{uuid.uuid4().hex[:6]}"
+    workflow_id = f"recovery:svc-a:{name}"
+    group = notification(*(alert(name, instance=f"host-{i}", fingerprint=f"{i:016x}")
+                           for i in range(20)))
+    later = notification(*(alert(name, instance=f"host-{i}", fingerprint=f"{i:016x}")
+                           for i in range(20, 25)))
+    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path))
+    async with worker:
+        try:
+            first, second = await asyncio.gather(
+                gateway.http.post("/v1/alerts/alertmanager", json=group, headers=DETECTOR),
+                gateway.http.post("/v1/alerts/alertmanager", json=later, headers=DETECTOR))
+            assert first.status_code == second.status_code == 202, (first.text, second.text)
+            outcomes = [r["outcome"] for r in first.json()["results"] + second.json()["results"]]
+            assert outcomes.count("started") == 1 and outcomes.count("joined") == 24
+            assert [r["fingerprint"] for r in first.json()["results"]] == [f"{i:016x}" for i in range(20)]
+            handle = dev_env.client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+
+            async def all_counted() -> bool:
+                return (await handle.query(RecoveryWorkflow.status)).reports == 25
+            await eventually(all_counted, timeout=30)
+            signals = [event.workflow_execution_signaled_event_attributes.signal_name
+                       async for event in handle.fetch_history_events()
+                       if event.HasField("workflow_execution_signaled_event_attributes")]
+            # One call for the whole group, and at most two for the later POST, depending on when
+            # it arrives: not 25.
+            assert len(signals) <= 3 and signals[0] == "report_batch", signals
+            timeline = (await handle.query(RecoveryWorkflow.status)).timeline
+            assert timeline[0].reason.startswith("alertmanager reported: ")
+            joined = [e.reason for e in timeline if e.reason.startswith("duplicate report #")]
+            assert len(joined) == 24 and joined[0].startswith("duplicate report #2 joined: ")
+        finally:
+            await terminate(dev_env.client, workflow_id)
 
 
 async def test_resolved_alert_reports_to_the_recovery_and_decisions_get_verdicts(

@@ -13,7 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models import search_attributes as sa
 from models.decisions import DecisionVerdict, OperatorDecision
-from models.detection import Detection, RecoveryInput, recovery_workflow_id
+from models.detection import Detection, RecoveryInput, ReportBatch, recovery_workflow_id
 from models.phases import DecisionKind
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus
@@ -64,6 +64,24 @@ async def start_or_join_recovery(
     dry_run: bool = False,
 ) -> WorkflowHandle[RecoveryWorkflow, RecoveryStatus]:
     """Signal-with-start: a new recovery, or the running one for this service and key joins it."""
+    return await _signal_with_start(client, detection, policy, task_queue, dry_run,
+                                    "report", detection)
+
+
+async def start_or_join_recovery_with(
+    client: Client, batch: ReportBatch, policy: ServicePolicy, task_queue: str,
+    dry_run: bool = False,
+) -> WorkflowHandle[RecoveryWorkflow, RecoveryStatus]:
+    """Signal-with-start carrying several detections of one recovery in one `report_batch`
+    signal; the first detection starts the recovery if none is running."""
+    return await _signal_with_start(client, batch.detections[0], policy, task_queue, dry_run,
+                                    "report_batch", batch)
+
+
+async def _signal_with_start(
+    client: Client, detection: Detection, policy: ServicePolicy, task_queue: str, dry_run: bool,
+    signal: str, signal_arg: Detection | ReportBatch,
+) -> WorkflowHandle[RecoveryWorkflow, RecoveryStatus]:
     dry = dry_run or policy.dry_run
     handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus] = await client.start_workflow(
         RecoveryWorkflow.run,
@@ -71,8 +89,8 @@ async def start_or_join_recovery(
         id=recovery_workflow_id(detection.service, detection.incident_key),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        start_signal="report",
-        start_signal_args=[detection],
+        start_signal=signal,
+        start_signal_args=[signal_arg],
         search_attributes=TypedSearchAttributes([SearchAttributePair(sa.SERVICE, detection.service)]),
         static_summary=static_summary(detection, dry),
         static_details=(

@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.actions import ActionRequest, ActionResult, ActionSpec
     from models.decisions import DecisionVerdict, OperatorDecision
-    from models.detection import Detection, RecoveryInput
+    from models.detection import Detection, RecoveryInput, ReportBatch
     from models.fleet import LeaseDecision, LeaseRelease, LeaseRequest
     from models.incident_record import BudgetQuery, IncidentRecord, IncidentRecorded
     from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
@@ -121,18 +121,19 @@ class RecoveryWorkflow:
         self._stored = 0
         self._stored_phase: Phase | None = None
         self._closing = False
+        # The first report goes first in the timeline, before reports that joined with the start.
+        detection = recovery.detection
+        dry = " [dry-run: actions are simulated]" if self._dry_run else ""
+        self._record(self._phase, f"{detection.source} reported: {detection.summary or 'problem'}{dry}",
+                     actor=detection.source, kind="report")
 
     @workflow.run
     async def run(self, recovery: RecoveryInput) -> RecoveryStatus:
         """Drive the state machine to a terminal phase and return the final status."""
-        detection = recovery.detection
         workflow.upsert_search_attributes([
             sa.SERVICE.value_set(self._policy.name),
             sa.PHASE.value_set(self._phase.value),
         ])
-        dry = " [dry-run: actions are simulated]" if self._dry_run else ""
-        self._record(self._phase, f"{detection.source} reported: {detection.summary or 'problem'}{dry}",
-                     actor=detection.source, kind="report")
         recorder = asyncio.ensure_future(self._record_incident())
         try:
             self._transition(Phase.ASSESSING, "assessing with the service's probes")
@@ -685,12 +686,25 @@ class RecoveryWorkflow:
     @workflow.signal
     def report(self, detection: Detection) -> None:
         """A further detection of the same problem joins this recovery and is counted."""
+        if self._take_report(detection):
+            self._set_details()
+
+    @workflow.signal
+    def report_batch(self, batch: ReportBatch) -> None:
+        """Several further detections at once (coalesced by the gateway), each taken as `report`."""
+        taken = [self._take_report(detection) for detection in batch.detections]
+        if any(taken):
+            self._set_details()
+
+    def _take_report(self, detection: Detection) -> bool:
+        """Count and record one report; False when it changes nothing (the start's own
+        detection, or a recovery that has ended, where it is recorded as ignored)."""
         if detection.detection_id == self._input.detection.detection_id:
-            return
+            return False
         if self._phase.terminal:
             self._record(self._phase, f"ignored report from {detection.source}: recovery ended",
                          actor=detection.source, kind="ignored")
-            return
+            return False
         self._reports += 1
         if detection.status == "resolved":
             self._source_resolved = True
@@ -699,7 +713,7 @@ class RecoveryWorkflow:
             reason = f"duplicate report #{self._reports} joined: {detection.summary}"
         if self._reports <= MAX_REPORTS_IN_TIMELINE or detection.status == "resolved":
             self._record(self._phase, reason, actor=detection.source, kind="report")
-        self._set_details()
+        return True
 
     @workflow.signal
     def lease_decision(self, decision: LeaseDecision) -> None:
