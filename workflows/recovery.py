@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
@@ -130,13 +130,10 @@ class RecoveryWorkflow:
     @workflow.run
     async def run(self, recovery: RecoveryInput) -> RecoveryStatus:
         """Drive the state machine to a terminal phase and return the final status."""
-        workflow.upsert_search_attributes([
-            sa.SERVICE.value_set(self._policy.name),
-            sa.PHASE.value_set(self._phase.value),
-        ])
         recorder = asyncio.ensure_future(self._record_incident())
         try:
-            self._transition(Phase.ASSESSING, "assessing with the service's probes")
+            self._transition(Phase.ASSESSING, "assessing with the service's probes",
+                             also=[sa.SERVICE.value_set(self._policy.name)])
             await self._assess()
             await self._recover()
         except _Aborted:
@@ -361,9 +358,8 @@ class RecoveryWorkflow:
         self._pending = None
         self._current_step = None
         self._outcome = Outcome(phase.value)
-        self._transition(phase, reason, actor=actor)
-        workflow.upsert_search_attributes([sa.OUTCOME.value_set(self._outcome.value)])
-        self._set_details()
+        self._transition(phase, reason, actor=actor,
+                         also=[sa.OUTCOME.value_set(self._outcome.value)])
         await self._release_lease()
         if self._paged:
             await self._notify(_END_EVENT[phase], f"{self._policy.name}: {phase.value}", reason)
@@ -578,10 +574,13 @@ class RecoveryWorkflow:
 
     # ----- bookkeeping ---------------------------------------------------------------------
 
-    def _transition(self, to: Phase, reason: str, actor: str = "medkit") -> None:
+    def _transition(self, to: Phase, reason: str, actor: str = "medkit",
+                    also: Sequence[SearchAttributeUpdate[Any]] = ()) -> None:
+        """Move to a phase: timeline entry, MedkitPhase (with any other search attributes that
+        change at the same moment, in one upsert), log line and current details."""
         before = self._phase
         self._record(to, reason, actor=actor)
-        workflow.upsert_search_attributes([sa.PHASE.value_set(to.value)])
+        workflow.upsert_search_attributes([sa.PHASE.value_set(to.value), *also])
         workflow.logger.info("recovery %s -> %s: %s", before.value, to.value, reason)
         self._set_details()
 
