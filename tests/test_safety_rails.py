@@ -90,6 +90,40 @@ async def test_second_incident_on_a_service_queues_behind_the_first(
     assert granted[-1] == f"lease granted after {first.id} finished"
 
 
+async def test_a_recovery_aborted_while_queued_leaves_the_queue_at_once(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()
+    script.block_actions = True
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    coordinator = ts_env.client.get_workflow_handle_for(
+        FleetCoordinatorWorkflow.run, coordinator_workflow_id(queue))
+    async with script.worker(ts_env.client, queue, deps):
+        first = await start(ts_env.client, queue, policy, detection(summary="first"))
+        while not script.actions:
+            await asyncio.sleep(0.05)
+        script.probe("http", False)
+        second = await start(ts_env.client, queue, policy, detection(summary="second"))
+        for _ in range(200):
+            if (await coordinator.query(FleetCoordinatorWorkflow.leases)).waiting:
+                break
+            await asyncio.sleep(0.05)
+        verdict = await send_decision(ts_env.client, second.id, DecisionKind.ABORT, operator())
+        assert verdict.accepted
+        assert (await second.result()).phase == Phase.ABORTED
+        for _ in range(100):  # the coordinator applies the release signal in a task of its own
+            leases = await coordinator.query(FleetCoordinatorWorkflow.leases)
+            if not leases.waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert leases.waiting == {} and list(leases.holders) == [policy.name]
+        assert leases.holders[policy.name].workflow_id == first.id
+        script.block_actions = False
+        assert (await first.result()).phase == Phase.RECOVERED
+    assert script.actions == ["restart"]
+
+
 async def test_blast_radius_holds_new_recoveries_for_a_human(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:

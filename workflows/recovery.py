@@ -117,6 +117,8 @@ class RecoveryWorkflow:
         self._started_at = workflow.now()
         self._timeline: list[TimelineEntry] = []
         self._lease: LeaseRequest | None = None
+        self._lease_granted = False
+        self._lease_answer: asyncio.Task[LeaseDecision] | None = None
         self._lease_decisions: dict[str, LeaseDecision] = {}
         self._stored = 0
         self._stored_phase: Phase | None = None
@@ -134,6 +136,7 @@ class RecoveryWorkflow:
         try:
             self._transition(Phase.ASSESSING, "assessing with the service's probes",
                              also=[sa.SERVICE.value_set(self._policy.name)])
+            self._ask_for_lease()
             await self._assess()
             await self._recover()
         except _Aborted:
@@ -434,24 +437,35 @@ class RecoveryWorkflow:
                     f"not running {action_name}"
                 )
 
-    async def _acquire_lease(self) -> None:
-        """Get the fleet coordinator's lease before acting: queue behind another recovery of the
-        same service, or hand over to a human when the fleet's blast-radius cap is reached."""
+    def _ask_for_lease(self) -> None:
+        """Send the lease request now, if this recovery needs one and has none: the run asks
+        while its assessment probes run, so the answer is usually there when it is needed."""
         limits = self._policy.fleet
         capped = limits.max_services is not None or limits.max_percent is not None
         if self._dry_run or self._lease is not None or not (self._policy.exclusive or capped):
             return
         info = workflow.info()
-        request = LeaseRequest(
+        self._lease = LeaseRequest(
             request_id=str(workflow.uuid4()), service=self._policy.name,
             workflow_id=info.workflow_id, run_id=info.run_id, task_queue=info.task_queue,
             limits=limits,
         )
-        decision: LeaseDecision = await self._guarded(workflow.execute_local_activity(
-            "request_fleet_lease", request, result_type=LeaseDecision,
+        self._lease_answer = asyncio.ensure_future(workflow.execute_local_activity(
+            "request_fleet_lease", self._lease, result_type=LeaseDecision,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=LEASE_RETRY,
-            summary=f"ask the fleet coordinator to act on {request.service}",
+            summary=f"ask the fleet coordinator to act on {self._lease.service}",
         ))
+
+    async def _acquire_lease(self) -> None:
+        """Hold the fleet coordinator's lease before acting: queue behind another recovery of the
+        same service, or hand over to a human when the fleet's blast-radius cap is reached."""
+        self._ask_for_lease()
+        request, answer = self._lease, self._lease_answer
+        if request is None or self._lease_granted:
+            return
+        assert answer is not None, "a lease request that is neither granted nor answered"
+        decision = await self._guarded(answer)
+        self._lease_answer = None
         queued = False
         while decision.verdict == "queued":
             queued = True
@@ -462,15 +476,21 @@ class RecoveryWorkflow:
                 lambda: request.request_id in self._lease_decisions))
             decision = self._lease_decisions.pop(request.request_id)
         if decision.verdict == "held":
+            self._lease = None  # the coordinator keeps nothing for a held request
             raise _NeedsHuman(f"{decision.reason}; holding instead of acting")
-        self._lease = request
+        self._lease_granted = True
         if queued:
             self._record(self._phase, decision.reason, kind="safety")
 
     async def _release_lease(self) -> None:
+        """Give back the lease, or the place in its queue, or a request whose answer never came
+        (an abort during the request): the coordinator forgets whichever of them it has."""
         if self._lease is None:
             return
-        lease, self._lease = self._lease, None
+        lease, self._lease, self._lease_granted = self._lease, None, False
+        if self._lease_answer is not None:
+            self._lease_answer.cancel()
+            self._lease_answer = None
         release = LeaseRelease(service=lease.service, workflow_id=lease.workflow_id,
                                run_id=lease.run_id, task_queue=lease.task_queue)
         try:
