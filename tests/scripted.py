@@ -146,6 +146,15 @@ def scripted_policy(webhook_url: str, **overrides: Any) -> ServicePolicy:
     return PolicyFile.model_validate({"services": [data]}).services[0]
 
 
+def blocking_script() -> Script:
+    """A script for a minor recovery whose actions block until the test sets `block_actions`
+    to False: one probe fails in the first round, everything is healthy afterwards."""
+    script = Script()
+    script.block_actions = True
+    script.probe("http", False)
+    return script
+
+
 def detection(service: str = "checkout", severity: Severity | None = None,
               summary: str = "checkout is failing", key: str | None = None,
               status: str = "firing") -> Detection:

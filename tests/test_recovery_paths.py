@@ -23,6 +23,7 @@ from store.incidents import IncidentStore
 from tests.conftest import WebhookReceiver, eventually
 from tests.scripted import (
     Script,
+    blocking_script,
     detection,
     phases,
     save_history,
@@ -142,9 +143,7 @@ async def test_approval_timeout_escalates_then_manual(
 async def test_abort_during_remediation_cancels_the_action(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
-    script = Script()
-    script.block_actions = True
-    script.probe("http", False)
+    script = blocking_script()
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
         handle = await start(ts_env.client, queue, policy, detection())

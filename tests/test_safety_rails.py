@@ -22,7 +22,7 @@ from models.fleet import LeaseRequest, coordinator_workflow_id
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
 from tests.conftest import DemoService, WebhookReceiver, eventually, running, start_time_skipping
-from tests.scripted import Script, detection, scripted_policy, start, wait_for_phase
+from tests.scripted import Script, blocking_script, detection, scripted_policy, start, wait_for_phase
 from tests.test_recovery_paths import operator
 from workers.client import send_decision, static_summary
 from workers.logging import quiet_noisy_loggers
@@ -63,9 +63,7 @@ async def test_budget_exhausted_hands_over_instead_of_restarting_again(
 async def test_second_incident_on_a_service_queues_behind_the_first(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
-    script = Script()
-    script.block_actions = True
-    script.probe("http", False)
+    script = blocking_script()
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
         first = await start(ts_env.client, queue, policy, detection(summary="first"))
@@ -93,9 +91,7 @@ async def test_second_incident_on_a_service_queues_behind_the_first(
 async def test_a_recovery_aborted_while_queued_leaves_the_queue_at_once(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
-    script = Script()
-    script.block_actions = True
-    script.probe("http", False)
+    script = blocking_script()
     policy = scripted_policy(webhook_receiver.url)
     coordinator = ts_env.client.get_workflow_handle_for(
         FleetCoordinatorWorkflow.run, coordinator_workflow_id(queue))
@@ -127,9 +123,7 @@ async def test_a_recovery_aborted_while_queued_leaves_the_queue_at_once(
 async def test_blast_radius_holds_new_recoveries_for_a_human(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
-    script = Script()
-    script.block_actions = True
-    script.probe("http", False)
+    script = blocking_script()
     checkout, payments = two_services(webhook_receiver.url, {"max_services": 1})
     async with script.worker(ts_env.client, queue, deps):
         first = await start(ts_env.client, queue, checkout, detection(service="checkout"))
@@ -164,9 +158,7 @@ async def test_a_crashed_holder_does_not_keep_its_lease(
     webhook_receiver: WebhookReceiver,
 ) -> None:
     client = own_ts_env.client
-    script = Script()
-    script.block_actions = True
-    script.probe("http", False)
+    script = blocking_script()
     policy, _ = two_services(webhook_receiver.url, {"reap_interval": "3s"})
     async with script.worker(client, queue, deps):
         first = await start(client, queue, policy, detection(summary="will crash"))
