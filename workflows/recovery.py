@@ -518,21 +518,13 @@ class RecoveryWorkflow:
             status = self.status()
             self._stored = len(status.timeline)
             self._stored_phase = status.phase
-            record = IncidentRecord(run_id=workflow.info().run_id, status=status)
-            summary = f"record {status.phase.value} in the incident store"
+            execute = workflow.execute_local_activity if self._closing else workflow.execute_activity
             try:
-                if self._closing:
-                    await workflow.execute_local_activity(
-                        "record_incident", record, result_type=IncidentRecorded,
-                        start_to_close_timeout=timedelta(seconds=10), retry_policy=STORE_RETRY,
-                        summary=summary,
-                    )
-                else:
-                    await workflow.execute_activity(
-                        "record_incident", record, result_type=IncidentRecorded,
-                        start_to_close_timeout=timedelta(seconds=10), retry_policy=STORE_RETRY,
-                        summary=summary,
-                    )
+                await execute(
+                    "record_incident", IncidentRecord(run_id=workflow.info().run_id, status=status),
+                    result_type=IncidentRecorded, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=STORE_RETRY, summary=f"record {status.phase.value} in the incident store",
+                )
             except ActivityError as err:
                 workflow.logger.warning("incident store write failed: %s", _cause(err))
 
