@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -123,6 +123,8 @@ class RecoveryWorkflow:
         self._stored = 0
         self._stored_phase: Phase | None = None
         self._closing = False
+        self._local_activities = 0
+        self._releasing: asyncio.Task[None] | None = None
         # The first report goes first in the timeline, before reports that joined with the start.
         detection = recovery.detection
         dry = " [dry-run: actions are simulated]" if self._dry_run else ""
@@ -146,6 +148,8 @@ class RecoveryWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._closing = True
         await recorder
+        if self._releasing is not None:
+            await self._releasing
         return self.status()
 
     # ----- state machine -------------------------------------------------------------------
@@ -357,13 +361,14 @@ class RecoveryWorkflow:
 
     async def _finish(self, phase: Phase, reason: str, actor: str = "medkit") -> None:
         """End the recovery: the terminal transition comes first, so no decision can slip in
-        while the lease is released and the end is announced."""
+        while the lease is released and the end is announced. The release runs alongside the
+        announcement and the closing store write; the run awaits it before it returns."""
         self._pending = None
         self._current_step = None
         self._outcome = Outcome(phase.value)
         self._transition(phase, reason, actor=actor,
                          also=[sa.OUTCOME.value_set(self._outcome.value)])
-        await self._release_lease()
+        self._releasing = asyncio.ensure_future(self._release_lease())
         if self._paged:
             await self._notify(_END_EVENT[phase], f"{self._policy.name}: {phase.value}", reason)
 
@@ -376,11 +381,13 @@ class RecoveryWorkflow:
         probes = self._policy.probes
         timeout = max(spec.timeout for spec in probes) + timedelta(seconds=5)
         try:
-            round_: ProbeRound = await self._guarded(workflow.execute_local_activity(
-                "probe_service", ProbeRoundRequest(service=self._policy.name, probes=probes),
-                result_type=ProbeRound, start_to_close_timeout=timeout, retry_policy=PROBE_RETRY,
-                summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
-            ))
+            with self._running_local_activity():
+                round_: ProbeRound = await self._guarded(workflow.execute_local_activity(
+                    "probe_service", ProbeRoundRequest(service=self._policy.name, probes=probes),
+                    result_type=ProbeRound, start_to_close_timeout=timeout,
+                    retry_policy=PROBE_RETRY,
+                    summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
+                ))
         except ActivityError as err:
             return ProbeRound(seconds=0, results=[
                 ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
@@ -424,12 +431,14 @@ class RecoveryWorkflow:
                 continue
             activities = sorted({self._policy.actions[name].activity for name in budget.actions})
             window = budget.window.total_seconds()
-            used: int = await self._guarded(workflow.execute_local_activity(
-                "count_recent_actions",
-                BudgetQuery(service=self._policy.name, activities=activities, window_seconds=window),
-                result_type=int, start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=STORE_RETRY, summary=f"budget check for {action_name}",
-            ))
+            with self._running_local_activity():
+                used: int = await self._guarded(workflow.execute_local_activity(
+                    "count_recent_actions",
+                    BudgetQuery(service=self._policy.name, activities=activities,
+                                window_seconds=window),
+                    result_type=int, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=STORE_RETRY, summary=f"budget check for {action_name}",
+                ))
             if used >= budget.max_actions:
                 raise _NeedsHuman(
                     f"budget exhausted: {used} of {budget.max_actions} {'/'.join(budget.actions)} "
@@ -450,11 +459,16 @@ class RecoveryWorkflow:
             workflow_id=info.workflow_id, run_id=info.run_id, task_queue=info.task_queue,
             limits=limits,
         )
-        self._lease_answer = asyncio.ensure_future(workflow.execute_local_activity(
-            "request_fleet_lease", self._lease, result_type=LeaseDecision,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=LEASE_RETRY,
-            summary=f"ask the fleet coordinator to act on {self._lease.service}",
-        ))
+        self._lease_answer = asyncio.ensure_future(self._request_lease(self._lease))
+
+    async def _request_lease(self, request: LeaseRequest) -> LeaseDecision:
+        with self._running_local_activity():
+            decision: LeaseDecision = await workflow.execute_local_activity(
+                "request_fleet_lease", request, result_type=LeaseDecision,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=LEASE_RETRY,
+                summary=f"ask the fleet coordinator to act on {request.service}",
+            )
+        return decision
 
     async def _acquire_lease(self) -> None:
         """Hold the fleet coordinator's lease before acting: queue behind another recovery of the
@@ -494,10 +508,11 @@ class RecoveryWorkflow:
         release = LeaseRelease(service=lease.service, workflow_id=lease.workflow_id,
                                run_id=lease.run_id, task_queue=lease.task_queue)
         try:
-            await workflow.execute_local_activity(
-                "release_fleet_lease", release, start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=RELEASE_RETRY, summary=f"hand back the lease on {lease.service}",
-            )
+            with self._running_local_activity():
+                await workflow.execute_local_activity(
+                    "release_fleet_lease", release, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=RELEASE_RETRY, summary=f"hand back the lease on {lease.service}",
+                )
         except ActivityError as err:
             workflow.logger.warning("lease release failed (the coordinator reclaims it once this "
                                     "recovery has ended): %s", _cause(err))
@@ -507,9 +522,11 @@ class RecoveryWorkflow:
         happens while a human decision is pending, and once at the end.
 
         A regular activity while the recovery runs, so it never waits on the database; writes
-        coalesce while one is in flight, and each write stores every entry not yet stored. The
-        last write is a local activity: the recovery waits for it anyway, and so it completes in
-        the same workflow task instead of one more.
+        coalesce while one is in flight, and each write stores every entry not yet stored. No
+        write is scheduled while a local activity runs: the task cannot end before it does, so
+        the write would leave no sooner, only with older news, and its completion would wake one
+        more workflow task. The last write is a local activity: the recovery waits for it anyway,
+        and so it completes in the same workflow task instead of one more.
         """
         while True:
             await workflow.wait_condition(lambda: self._store_due() or self._closing)
@@ -605,11 +622,22 @@ class RecoveryWorkflow:
         self._phase = to
 
     def _store_due(self) -> bool:
-        """A write is due at a new phase, or when something happened while a human decides; the
-        terminal phase is left to the closing write."""
+        """A write is due at a new phase, or when something happened while a human decides, once
+        no local activity holds the workflow task open; the terminal phase is left to the closing
+        write."""
         grown = len(self._timeline) > self._stored
         changed = self._phase != self._stored_phase or self._pending is not None
-        return grown and changed and self._outcome is None
+        idle = self._local_activities == 0
+        return grown and changed and idle and self._outcome is None
+
+    @contextlib.contextmanager
+    def _running_local_activity(self) -> Iterator[None]:
+        """Count a local activity while it runs (see _record_incident)."""
+        self._local_activities += 1
+        try:
+            yield
+        finally:
+            self._local_activities -= 1
 
     def _decided(self) -> bool:
         return self._decision is not None or self._abort is not None
