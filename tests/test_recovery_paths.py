@@ -16,6 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
 from models.decisions import OperatorDecision
+from models.incident_record import IncidentRecord
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus
@@ -61,6 +62,32 @@ async def test_minor_success(ts_env: WorkflowEnvironment, queue: str, deps: Acti
     assert script.actions == ["restart"]
     assert result.outcome is not None and result.outcome.value == "Recovered"
     assert webhook_receiver.received == []  # nobody was paged for a minor self-heal
+
+
+async def test_store_writes_leave_with_the_task_not_while_local_activities_run(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """A write scheduled while a local activity runs (the assessment probes, the lease request)
+    could not leave before the task ends, and would only carry older news: the first write of a
+    minor recovery carries AutoRemediation, not Assessing, and every transition is still stored."""
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+        written: list[str] = []
+        async for event in handle.fetch_history_events():
+            attrs = event.activity_task_scheduled_event_attributes
+            if event.HasField("activity_task_scheduled_event_attributes") and \
+                    attrs.activity_type.name == "record_incident":
+                [record] = await ts_env.client.data_converter.decode(
+                    attrs.input.payloads, [IncidentRecord])
+                written.append(record.status.phase.value)
+    assert written == ["AutoRemediation", "Validating"]
+    stored = IncidentStore(deps.ledger.engine)
+    detail = stored.detail(stored.find(handle.id))
+    assert [row.to_phase for row in detail.timeline] == [e.to_phase.value for e in result.timeline]
 
 
 async def test_major_first_rung_fails_second_succeeds(
