@@ -7,8 +7,9 @@ Phase 1 breaks the real demo service (``/admin/fault`` unhealthy, and separately
 under the real health poller, worker and Temporal dev server, and times each recovery from the
 moment the poller calls its report callback to the moment the recovery's result arrives. The
 waits no engine can avoid are subtracted: the service's own restart time (``restart_seconds`` in
-the restart action's result), the policy's timers (validation interval, backoff, wait steps) and
-the breaker's trial interval. What is left is medkit's overhead; the workflow histories say
+the restart action's result), the policy's waits (the validation window, whole: its rounds are an
+interval apart start to start, so the probing inside it is not overhead; backoff and wait-step
+timers as set) and the breaker's trial interval. What is left is medkit's overhead; the workflow histories say
 where it goes.
 
 Phase 2 runs C concurrent dry-run recoveries, and C plain SDK workflows (defined below) that
@@ -62,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from workers.client import start_or_join_recovery
     from workers.logging import configure_logging
     from workers.worker import build_worker
-    from workflows.recovery import RecoveryWorkflow
+    from workflows.recovery import VALIDATION_TIMER, RecoveryWorkflow
 
 OVERHEAD_GOAL_MS = 150.0
 THROUGHPUT_GOAL = 0.8
@@ -170,6 +171,7 @@ class Profile:
     wft_queue: list[float] = field(default_factory=list)
     wft_run: list[float] = field(default_factory=list)
     timers_nominal: list[float] = field(default_factory=list)
+    validation_timers: list[float] = field(default_factory=list)
     local_activities: Counter[str] = field(default_factory=Counter)
     started_at: float = 0.0
     closed_at: float = 0.0
@@ -192,8 +194,11 @@ def profile_history(events: Sequence[HistoryEvent]) -> Profile:
         if kind in ("workflow_task_scheduled_event_attributes", "timer_started_event_attributes"):
             opened[event.event_id] = at
             if kind == "timer_started_event_attributes":
-                timeout = event.timer_started_event_attributes.start_to_fire_timeout
-                prof.timers_nominal.append(timeout.ToTimedelta().total_seconds())
+                nominal = event.timer_started_event_attributes.start_to_fire_timeout
+                prof.timers_nominal.append(nominal.ToTimedelta().total_seconds())
+                summary = event.user_metadata.summary.data
+                if summary and json.loads(summary) == VALIDATION_TIMER:
+                    prof.validation_timers.append(prof.timers_nominal[-1])
         elif kind == "activity_task_scheduled_event_attributes":
             opened[event.event_id] = at
             activity_types[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
@@ -326,10 +331,20 @@ async def timed_recovery(client: Client, queue: str, policy: ServicePolicy, demo
     return OverheadRun(
         fault=fault, total=done_mono - reporter.called_mono,
         report_rpc=reporter.returned_mono - reporter.called_mono, restart=restart,
-        timer_waits=sum(prof.timers_nominal), trial_waits=trial_waits,
+        timer_waits=policy_waits(prof, policy), trial_waits=trial_waits,
         start_latency=prof.started_at - reporter.called_wall,
         result_latency=done_wall - prof.closed_at, profile=prof,
     )
+
+
+def policy_waits(prof: Profile, policy: ServicePolicy) -> float:
+    """The timers' worth of waiting the policy prescribes: each validation timer stands for a
+    whole interval (the rounds are an interval apart start to start, so the probing inside the
+    window is not overhead; the timer is only what the round left of it), other timers (backoff,
+    wait steps) count as set."""
+    interval = policy.validation.interval.total_seconds()
+    others = sum(prof.timers_nominal) - sum(prof.validation_timers)
+    return others + interval * len(prof.validation_timers)
 
 
 def demo_bench_policy(port: int, state_dir: Path, poll: float, validation: float) -> ServicePolicy:
@@ -638,14 +653,18 @@ def report_overhead(runs: list[OverheadRun]) -> dict[str, Any]:
         stats = summary([r.overhead for r in group])
         figures[name] = {"overhead_ms": stats, "n": len(group)}
         say(f"  {name:34} {stats['p50']:8.1f} {stats['p95']:8.1f} {stats['mean']:8.1f}")
-    p50 = figures["all"]["overhead_ms"]["p50"]
-    say(f"goal: overhead p50 <= {OVERHEAD_GOAL_MS:.0f} ms; measured p50 {p50:.1f} ms "
-        f"({'meets' if p50 <= OVERHEAD_GOAL_MS else 'misses'} the goal)")
+    verdicts = []
+    for name in (*FAULTS, "all"):
+        p50 = figures[name]["overhead_ms"]["p50"]
+        verdicts.append(f"{name} {p50:.1f} ({'meets' if p50 <= OVERHEAD_GOAL_MS else 'misses'})")
+    say(f"goal: overhead p50 <= {OVERHEAD_GOAL_MS:.0f} ms, per fault: {'; '.join(verdicts)}"
+        "\n  ('all' is a nearest-rank p50 over two different recoveries: with as many runs of "
+        "each, it is the slowest health-fault run; judge by the per-fault figures)")
     say("\nraw components, mean ms                    unhealthy    killed")
     components: dict[str, Callable[[OverheadRun], float]] = {
         "total (report called -> result)": lambda r: r.total,
         "service restart (restart_seconds)": lambda r: r.restart,
-        "policy timers (validation etc.)": lambda r: r.timer_waits,
+        "policy waits (validation window etc.)": lambda r: r.timer_waits,
         "breaker trial intervals": lambda r: r.trial_waits,
         "report RPC (signal-with-start)": lambda r: r.report_rpc,
         "report called -> execution started": lambda r: r.start_latency,
@@ -673,7 +692,7 @@ def report_overhead(runs: list[OverheadRun]) -> dict[str, Any]:
         kinds = sorted({k for p in profile for k in p.activity_run})
         for kind in kinds:
             per_task[f"{name}: {kind}"] = [x for p in profile for x in p.activity_run.get(kind, [])]
-    timer_late = [ms(r.profile.spent["timer"] - r.timer_waits) for r in runs]
+    timer_late = [ms(r.profile.spent["timer"] - sum(r.profile.timers_nominal)) for r in runs]
     say("per task, ms                                  n      p50     mean")
     for label, values in per_task.items():
         say(f"  {label:40} {len(values):5} {ms(percentile(values, 50)):8.1f} "

@@ -75,6 +75,9 @@ ACTION_HEARTBEAT = timedelta(seconds=30)
 see workers.worker, so an abort still reaches a running action within a second or two)."""
 MAX_REPORTS_IN_TIMELINE = 100
 """Duplicate reports are always counted; only the first hundred are listed in the timeline."""
+VALIDATION_TIMER = "validation interval"
+"""The summary of the timer between validation rounds (what is left of the interval once a
+round has probed), as the Temporal UI shows it."""
 
 
 _END_EVENT: dict[Phase, NotificationEvent] = {
@@ -356,7 +359,7 @@ class RecoveryWorkflow:
                                f"{spec.needed} of {spec.samples} needed; {last_failure}")
             rest = spec.interval - timedelta(seconds=round_.seconds)
             if sample < spec.samples and rest > timedelta(0):
-                await self._guarded(workflow.sleep(rest, summary="validation interval"))
+                await self._guarded(workflow.sleep(rest, summary=VALIDATION_TIMER))
         return True, f"validation passed: {passed}/{spec.samples} rounds healthy"
 
     async def _finish(self, phase: Phase, reason: str, actor: str = "medkit") -> None:
