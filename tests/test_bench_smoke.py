@@ -23,7 +23,8 @@ def test_recovery_overhead_benchmark_quick_run_prints_its_figures(tmp_path: Path
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
     for line in ("detection-to-recovered overhead (ms)", "goal: overhead p50 <= 150 ms",
-                 "service restart (restart_seconds)", "policy waits (validation window", "later workflow task run time",
+                 "service restart (restart_seconds)", "policy waits (validation window",
+                 "later workflow task run time",
                  "medkit recoveries/s:", "baseline workflows/s:", "ratio medkit/baseline:",
                  "goal >= 0.8"):
         assert line in out, f"missing {line!r} in:\n{out}"
