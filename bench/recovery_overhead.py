@@ -627,6 +627,17 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def host_speed() -> float:
+    """Milliseconds a fixed pure-Python loop takes (best of 5): the same code runs up to a third
+    slower on this shared host from one hour to the next, and this says which hour it was."""
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(i * i for i in range(300_000))
+        best = min(best, time.perf_counter() - started)
+    return ms(best)
+
+
 def ms(seconds: float) -> float:
     """Seconds as milliseconds."""
     return seconds * 1000.0
@@ -758,8 +769,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Both phases on one dev server."""
     configure_logging("ERROR")
     binary = Path(sys.executable).parent / "temporal"
+    speed = host_speed()
     say(f"medkit engine benchmark: Temporal dev server ({binary}), {os.cpu_count()} CPUs, "
-        f"load average {load()} (other work on the host inflates every figure)")
+        f"load average {load()} (other work on the host inflates every figure); host speed: "
+        f"a fixed Python loop takes {speed:.1f} ms (lower is faster)")
     say(f"phase 1: demo policy with health_poll interval {args.poll_interval:g}s (threshold 3), "
         f"validation 3 samples x {args.validation_interval:g}s; {args.runs} timed runs, faults "
         f"taking turns")
@@ -779,8 +792,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 env.client, work, args.concurrency, args.rounds, args.throughput_timer))
     finally:
         await env.shutdown()
-    say(f"load average at the end: {load()}")
+    end_speed = host_speed()
+    say(f"load average at the end: {load()}; the fixed loop takes {end_speed:.1f} ms")
     return {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "host_loop_ms": {"start": speed, "end": end_speed},
             "overhead": overhead, "throughput": throughput}
 
 

@@ -31,6 +31,7 @@ def test_recovery_overhead_benchmark_quick_run_prints_its_figures(tmp_path: Path
     figures = json.loads(figures_file.read_text())
     assert set(figures["overhead"]["all"]["overhead_ms"]) == {"p50", "p95", "mean"}
     assert figures["overhead"]["all"]["n"] == 2  # --quick: one run per fault
+    assert figures["host_loop_ms"]["start"] > 0 and figures["host_loop_ms"]["end"] > 0
     # The whole validation window (2 intervals of 1 s between 3 rounds) is a policy wait, not
     # only the timers, which are shorter by each round's own probing time.
     waits = figures["overhead"]["components_ms"]["policy waits (validation window etc.)"]
