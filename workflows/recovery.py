@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -384,13 +384,11 @@ class RecoveryWorkflow:
         probes = self._policy.probes
         timeout = max(spec.timeout for spec in probes) + timedelta(seconds=5)
         try:
-            with self._running_local_activity():
-                round_: ProbeRound = await self._guarded(workflow.execute_local_activity(
-                    "probe_service", ProbeRoundRequest(service=self._policy.name, probes=probes),
-                    result_type=ProbeRound, start_to_close_timeout=timeout,
-                    retry_policy=PROBE_RETRY,
-                    summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
-                ))
+            round_: ProbeRound = await self._guarded(self._local_activity(
+                "probe_service", ProbeRoundRequest(service=self._policy.name, probes=probes),
+                result_type=ProbeRound, start_to_close_timeout=timeout, retry_policy=PROBE_RETRY,
+                summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
+            ))
         except ActivityError as err:
             return ProbeRound(seconds=0, results=[
                 ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
@@ -434,14 +432,12 @@ class RecoveryWorkflow:
                 continue
             activities = sorted({self._policy.actions[name].activity for name in budget.actions})
             window = budget.window.total_seconds()
-            with self._running_local_activity():
-                used: int = await self._guarded(workflow.execute_local_activity(
-                    "count_recent_actions",
-                    BudgetQuery(service=self._policy.name, activities=activities,
-                                window_seconds=window),
-                    result_type=int, start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=STORE_RETRY, summary=f"budget check for {action_name}",
-                ))
+            used: int = await self._guarded(self._local_activity(
+                "count_recent_actions",
+                BudgetQuery(service=self._policy.name, activities=activities, window_seconds=window),
+                result_type=int, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=STORE_RETRY, summary=f"budget check for {action_name}",
+            ))
             if used >= budget.max_actions:
                 raise _NeedsHuman(
                     f"budget exhausted: {used} of {budget.max_actions} {'/'.join(budget.actions)} "
@@ -462,16 +458,11 @@ class RecoveryWorkflow:
             workflow_id=info.workflow_id, run_id=info.run_id, task_queue=info.task_queue,
             limits=limits,
         )
-        self._lease_answer = asyncio.ensure_future(self._request_lease(self._lease))
-
-    async def _request_lease(self, request: LeaseRequest) -> LeaseDecision:
-        with self._running_local_activity():
-            decision: LeaseDecision = await workflow.execute_local_activity(
-                "request_fleet_lease", request, result_type=LeaseDecision,
-                start_to_close_timeout=timedelta(seconds=30), retry_policy=LEASE_RETRY,
-                summary=f"ask the fleet coordinator to act on {request.service}",
-            )
-        return decision
+        self._lease_answer = asyncio.ensure_future(self._local_activity(
+            "request_fleet_lease", self._lease, result_type=LeaseDecision,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=LEASE_RETRY,
+            summary=f"ask the fleet coordinator to act on {self._lease.service}",
+        ))
 
     async def _acquire_lease(self) -> None:
         """Hold the fleet coordinator's lease before acting: queue behind another recovery of the
@@ -511,11 +502,11 @@ class RecoveryWorkflow:
         release = LeaseRelease(service=lease.service, workflow_id=lease.workflow_id,
                                run_id=lease.run_id, task_queue=lease.task_queue)
         try:
-            with self._running_local_activity():
-                await workflow.execute_local_activity(
-                    "release_fleet_lease", release, start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=RELEASE_RETRY, summary=f"hand back the lease on {lease.service}",
-                )
+            await self._local_activity(
+                "release_fleet_lease", release, result_type=None,
+                start_to_close_timeout=timedelta(seconds=10), retry_policy=RELEASE_RETRY,
+                summary=f"hand back the lease on {lease.service}",
+            )
         except ActivityError as err:
             workflow.logger.warning("lease release failed (the coordinator reclaims it once this "
                                     "recovery has ended): %s", _cause(err))
@@ -538,7 +529,7 @@ class RecoveryWorkflow:
             status = self.status()
             self._stored = len(status.timeline)
             self._stored_phase = status.phase
-            execute = workflow.execute_local_activity if self._closing else workflow.execute_activity
+            execute = self._local_activity if self._closing else workflow.execute_activity
             try:
                 await execute(
                     "record_incident", IncidentRecord(run_id=workflow.info().run_id, status=status),
@@ -633,12 +624,18 @@ class RecoveryWorkflow:
         idle = self._local_activities == 0
         return grown and changed and idle and self._outcome is None
 
-    @contextlib.contextmanager
-    def _running_local_activity(self) -> Iterator[None]:
-        """Count a local activity while it runs (see _record_incident)."""
+    async def _local_activity(self, activity: str, arg: Any, *, result_type: type | None,
+                              start_to_close_timeout: timedelta, retry_policy: RetryPolicy,
+                              summary: str) -> Any:
+        """Run a local activity, counted while it runs: no store write is scheduled meanwhile
+        (see _record_incident)."""
         self._local_activities += 1
         try:
-            yield
+            return await workflow.execute_local_activity(
+                activity, arg, result_type=result_type,
+                start_to_close_timeout=start_to_close_timeout, retry_policy=retry_policy,
+                summary=summary,
+            )
         finally:
             self._local_activities -= 1
 
