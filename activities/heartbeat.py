@@ -15,7 +15,13 @@ HEARTBEAT_EVERY = 2.0
 
 
 async def heartbeating(awaitable: Awaitable[T], detail: str) -> T:
-    """Await `awaitable`, heartbeating `detail` every couple of seconds until it finishes."""
+    """Await `awaitable`, heartbeating `detail` every couple of seconds until it finishes.
+
+    As a local activity there is nothing to heartbeat to (the workflow task that runs it is kept
+    alive by the worker), so the call is simply awaited.
+    """
+    if activity.info().is_local:
+        return await awaitable
     task = asyncio.ensure_future(awaitable)
     try:
         while True:

@@ -126,3 +126,21 @@ async def test_killed_process_is_detected_and_respawned(
     assert status.category in {"unreachable", "process_down"}
     assert status.severity is not None and status.severity.value == "major"
     assert_restarted(demo_service, old_pid, status)
+    await assert_quick_steps_ran_locally(medkit.client, status)
+
+
+async def assert_quick_steps_ran_locally(client: Client, status: RecoveryStatus) -> None:
+    """The breaker toggle (one request) ran as a local activity inside a workflow task; the
+    half-open step with its trials and the restart ran as regular activities."""
+    history = await client.get_workflow_handle(status.workflow_id).fetch_history()
+    local, regular = [], []
+    for event in history.events:
+        summary = event.user_metadata.summary.data.decode() if event.HasField("user_metadata") else ""
+        if event.HasField("marker_recorded_event_attributes"):
+            local.append(summary)
+        elif event.HasField("activity_task_scheduled_event_attributes"):
+            regular.append(summary)
+    assert any("breaker-open (breaker)" in s for s in local), local
+    assert not any("breaker-open" in s for s in regular), regular
+    assert any("breaker-trial (breaker)" in s for s in regular), regular
+    assert any("restart (restart_process)" in s for s in regular), regular

@@ -21,7 +21,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
-    from models.actions import ActionRequest, ActionResult, ActionSpec
+    from models.actions import ActionRequest, ActionResult, ActionSpec, BreakerAction, HttpAction
     from models.decisions import DecisionVerdict, OperatorDecision
     from models.detection import Detection, RecoveryInput, ReportBatch
     from models.fleet import LeaseDecision, LeaseRelease, LeaseRequest
@@ -409,15 +409,23 @@ class RecoveryWorkflow:
             action_name=action_name, spec=spec, dry_run=self._dry_run,
             reason=f"{self._phase.value}: {self._current_step}",
         )
+        summary = f"{action_name} ({spec.kind}){' [dry-run]' if self._dry_run else ''}"
+        timeout = spec.time_budget() + timedelta(seconds=30)
         try:
-            result: ActionResult = await self._guarded(workflow.execute_activity(
-                spec.activity, request, result_type=ActionResult,
-                start_to_close_timeout=spec.time_budget() + timedelta(seconds=30),
-                heartbeat_timeout=None if self._dry_run else ACTION_HEARTBEAT,
-                retry_policy=ACTION_RETRY,
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{action_name} ({spec.kind}){' [dry-run]' if self._dry_run else ''}",
-            ))
+            if runs_locally(spec):
+                result: ActionResult = await self._guarded(self._local_activity(
+                    spec.activity, request, result_type=ActionResult,
+                    start_to_close_timeout=timeout, retry_policy=ACTION_RETRY, summary=summary,
+                ))
+            else:
+                result = await self._guarded(workflow.execute_activity(
+                    spec.activity, request, result_type=ActionResult,
+                    start_to_close_timeout=timeout,
+                    heartbeat_timeout=None if self._dry_run else ACTION_HEARTBEAT,
+                    retry_policy=ACTION_RETRY,
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=summary,
+                ))
         except ActivityError as err:
             self._record(self._phase, f"{action_name} failed: {_cause(err)}", kind="action")
             return False
@@ -829,6 +837,15 @@ class RecoveryWorkflow:
             outcome=self._outcome, started_at=self._started_at, timeline=list(self._timeline),
             source_resolved=self._source_resolved,
         )
+
+
+def runs_locally(spec: ActionSpec) -> bool:
+    """Whether an action step runs as a local activity: one admin request (an HTTP action, a
+    breaker toggle without trials) ends within the workflow task that starts it, so the step
+    costs no server round trip and no extra workflow task. Anything that waits (restarts,
+    trials, commands, rollouts) stays a regular activity, with heartbeats, mid-step
+    cancellation and its own events in the history."""
+    return isinstance(spec, HttpAction) or (isinstance(spec, BreakerAction) and not spec.trials)
 
 
 def _cause(err: BaseException) -> str:
