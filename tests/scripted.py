@@ -99,6 +99,16 @@ class Script:
         """Scripted command."""
         return await self._act(request)
 
+    @activity.defn(name="set_breaker")
+    async def set_breaker(self, request: ActionRequest) -> ActionResult:
+        """Scripted breaker toggle."""
+        return await self._act(request)
+
+    @activity.defn(name="http_action")
+    async def http_action(self, request: ActionRequest) -> ActionResult:
+        """Scripted admin request."""
+        return await self._act(request)
+
     def worker(self, client: Client, task_queue: str,
                deps: ActivityDeps) -> contextlib.AbstractAsyncContextManager[Worker]:
         """A worker with the real workflows, these scripted probes and actions, and the real
@@ -107,6 +117,7 @@ class Script:
         return running(Worker(
             client, task_queue=task_queue, workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
             activities=[self.probe_service, self.restart_process, self.run_command,
+                        self.set_breaker, self.http_action,
                         NotifyActivities(deps).notify, record.record_incident,
                         record.count_recent_actions, *FleetActivities(client).activities()],
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -90,6 +90,42 @@ async def test_store_writes_leave_with_the_task_not_while_local_activities_run(
     assert [row.to_phase for row in detail.timeline] == [e.to_phase.value for e in result.timeline]
 
 
+async def test_one_request_actions_run_inside_the_workflow_task(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """A breaker toggle without trials and an http action run as local activities (markers in
+    the history); the restart between them stays a regular activity."""
+    script = Script()
+    script.probe("http", False)  # both probes failing → major
+    script.probe("tcp", False)
+    restart = [{"name": "restart", "steps": [{"action": "restart"}]}]
+    policy = scripted_policy(
+        webhook_receiver.url,
+        actions={
+            "restart": {"kind": "restart_process", "argv": ["true"], "pid_file": "/tmp/x.pid"},
+            "shed": {"kind": "breaker", "url": "http://127.0.0.1:9/breaker", "state": "open"},
+            "warm": {"kind": "http", "url": "http://127.0.0.1:9/warm"},
+        },
+        ladders={"minor": restart, "critical": restart,
+                 "major": [{"name": "shed-restart-warm", "steps": [
+                     {"action": "shed"}, {"action": "restart"}, {"action": "warm"}]}]},
+    )
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+        await save_history(handle, "local_actions")
+        history = await handle.fetch_history()
+    assert result.phase == Phase.RECOVERED
+    assert script.actions == ["shed", "restart", "warm"]
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name
+                 for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+    markers = [e.user_metadata.summary.data.decode() for e in history.events
+               if e.HasField("marker_recorded_event_attributes")]
+    assert "restart_process" in scheduled
+    assert not {"set_breaker", "http_action"} & set(scheduled)
+    assert any("shed (breaker)" in m for m in markers) and any("warm (http)" in m for m in markers)
+
+
 async def test_major_first_rung_fails_second_succeeds(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
