@@ -199,5 +199,5 @@ class ProbeRound(MedkitModel):
 
     results: list[ProbeResult]
     seconds: Annotated[float, Field(ge=0)]
-    """How long the round took on the worker's monotonic clock: validation starts its next
-    interval from the round's start, so rounds stay `interval` apart as the policy says."""
+    """How long the round took on the worker's monotonic clock, kept in the history with the
+    results (validation keeps its schedule by workflow time, see RecoveryWorkflow._validate)."""

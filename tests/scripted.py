@@ -64,7 +64,8 @@ class Script:
 
     @activity.defn(name="probe_service")
     async def probe_service(self, request: ProbeRoundRequest) -> ProbeRound:
-        """A scripted probe round: each probe's next scripted outcome."""
+        """A scripted probe round: each probe's next scripted outcome, after `round_seconds`."""
+        await asyncio.sleep(self.round_seconds)
         results = []
         for spec in request.probes:
             healthy = self._next(spec.name)

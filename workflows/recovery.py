@@ -342,8 +342,15 @@ class RecoveryWorkflow:
 
     async def _validate(self) -> tuple[bool, str]:
         """Probe `samples` times, `interval` apart (start to start, so the window is what the
-        policy says); healthy when enough rounds pass every probe."""
+        policy says); healthy when enough rounds pass every probe.
+
+        Round k is due `k - 1` intervals after the first started, by workflow time (which a local
+        activity's completion advances by its run time). Counting from the first round, rather
+        than from each round's own start, keeps the workflow tasks between rounds from
+        stretching the window: a late round makes the next timer shorter.
+        """
         spec = self._policy.validation
+        first_round = workflow.now()
         passed = 0
         last_failure = ""
         for sample in range(1, spec.samples + 1):
@@ -357,7 +364,7 @@ class RecoveryWorkflow:
             if passed + (spec.samples - sample) < spec.needed:
                 return False, (f"validation failed: {passed}/{sample} rounds healthy, "
                                f"{spec.needed} of {spec.samples} needed; {last_failure}")
-            rest = spec.interval - timedelta(seconds=round_.seconds)
+            rest = first_round + sample * spec.interval - workflow.now()
             if sample < spec.samples and rest > timedelta(0):
                 await self._guarded(workflow.sleep(rest, summary=VALIDATION_TIMER))
         return True, f"validation passed: {passed}/{spec.samples} rounds healthy"
