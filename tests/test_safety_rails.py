@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from demo.policy import DEMO_SERVICE, demo_policy
-from models.fleet import LeaseRequest, coordinator_workflow_id
+from models.fleet import FleetSpec, LeaseRelease, LeaseRequest, coordinator_workflow_id
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
 from tests.conftest import DemoService, WebhookReceiver, eventually, running, start_time_skipping
@@ -178,6 +179,35 @@ async def test_a_crashed_holder_does_not_keep_its_lease(
     reasons = [e.reason for e in result.timeline if e.kind == "safety"]
     assert reasons[-1] == f"lease granted after {first.id} finished"
     assert script.actions == ["restart", "restart"]
+
+
+async def test_a_busy_fleet_does_not_put_off_the_check_of_lease_holders(
+    own_ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
+) -> None:
+    """The holders are checked every reap interval even when requests and releases keep
+    arriving more often than that: a crashed holder's lease must not outlive a busy fleet."""
+    client = own_ts_env.client
+    fleet = FleetActivities(client)
+    limits = FleetSpec(reap_interval=timedelta(seconds=5))
+    crashed = LeaseRequest(request_id="crashed", service="checkout", workflow_id="recovery:gone",
+                           run_id="never-ran", task_queue=queue, limits=limits)
+    coordinator = client.get_workflow_handle_for(FleetCoordinatorWorkflow.run,
+                                                 coordinator_workflow_id(queue))
+    holders: list[str] = ["checkout"]
+    async with running(build_worker(client, queue, deps)):
+        assert (await fleet.request_fleet_lease(crashed)).verdict == "granted"
+        for n in range(8):  # a request and a release every 2 s, for 16 s
+            await own_ts_env.sleep(2)
+            busy = crashed.model_copy(update={"request_id": f"busy-{n}", "service": "payments",
+                                              "workflow_id": f"recovery:busy-{n}"})
+            await fleet.request_fleet_lease(busy)
+            await fleet.release_fleet_lease(LeaseRelease(
+                service="payments", workflow_id=busy.workflow_id, run_id=busy.run_id,
+                task_queue=queue))
+            holders = sorted((await coordinator.query(FleetCoordinatorWorkflow.leases)).holders)
+            if "checkout" not in holders:
+                break
+    assert "checkout" not in holders
 
 
 async def test_dry_run_runs_the_whole_machine_and_touches_nothing(

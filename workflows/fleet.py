@@ -8,7 +8,7 @@ periodic check and its lease reclaimed, so no slot is lost and nobody waits fore
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from temporalio import workflow
@@ -25,6 +25,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
+MIN_TIMER = timedelta(milliseconds=1)
+"""A check that is already due still waits on a timer, and a timer needs a positive duration."""
+
+
 @workflow.defn
 class FleetCoordinatorWorkflow:
     """Grants, queues or holds remediation leases; never blocks on any one recovery."""
@@ -34,20 +38,32 @@ class FleetCoordinatorWorkflow:
         self._state = state
         self._outbox: list[tuple[LeaseRequest, LeaseDecision]] = []
         self._changed = False
+        self._next_check: datetime | None = None
 
     @workflow.run
     async def run(self, state: FleetState) -> None:
-        """Deliver decisions, reclaim leases of dead recoveries, continue-as-new when long."""
+        """Deliver decisions, reclaim leases of dead recoveries, continue-as-new when long.
+
+        The check of the holders runs every `reap_interval` while anyone holds or waits, on a
+        schedule of its own: requests and releases arriving more often than that do not put it
+        off, so a crashed holder's lease is reclaimed within one interval however busy the
+        fleet is."""
         while True:
-            reap = self._state.limits.reap_interval
             self._changed = False
+            if not self._busy():
+                self._next_check = None
+            elif self._next_check is None:
+                self._next_check = workflow.now() + self._state.limits.reap_interval
             try:
                 await workflow.wait_condition(
                     lambda: self._changed or bool(self._outbox)
                     or workflow.info().is_continue_as_new_suggested(),
-                    timeout=reap if self._busy() else None,
+                    timeout=(max(self._next_check - workflow.now(), MIN_TIMER)
+                             if self._next_check is not None else None),
+                    timeout_summary="check that lease holders still run",
                 )
             except TimeoutError:
+                self._next_check = None
                 await self._reclaim_dead_leases()
             await self._deliver()
             if workflow.info().is_continue_as_new_suggested():
