@@ -340,7 +340,7 @@ async def timed_recovery(client: Client, queue: str, policy: ServicePolicy, demo
 def policy_waits(prof: Profile, policy: ServicePolicy) -> float:
     """The timers' worth of waiting the policy prescribes: each validation timer stands for a
     whole interval (the rounds are an interval apart start to start, so the probing inside the
-    window is not overhead; the timer is only what the round left of it), other timers (backoff,
+    window is not overhead; the timer only waits until the next round is due), other timers (backoff,
     wait steps) count as set."""
     interval = policy.validation.interval.total_seconds()
     others = sum(prof.timers_nominal) - sum(prof.validation_timers)

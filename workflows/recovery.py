@@ -76,8 +76,8 @@ see workers.worker, so an abort still reaches a running action within a second o
 MAX_REPORTS_IN_TIMELINE = 100
 """Duplicate reports are always counted; only the first hundred are listed in the timeline."""
 VALIDATION_TIMER = "validation interval"
-"""The summary of the timer between validation rounds (what is left of the interval once a
-round has probed), as the Temporal UI shows it."""
+"""The summary of the timer between validation rounds (the wait until the next round is due),
+as the Temporal UI shows it."""
 
 
 _END_EVENT: dict[Phase, NotificationEvent] = {
