@@ -5,13 +5,32 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from models.base import Duration, MedkitModel, Name
-from models.probes import HttpProbe, TcpProbe
+from models.base import Duration, EnvName, MedkitModel, Name
+from models.probes import ChildEnv, HttpProbe, InheritEnv, TcpProbe
 
 Argv = Annotated[list[str], Field(min_length=1)]
 """A program and its arguments. medkit never runs a shell."""
+
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+"""Headers that carry credentials, refused in a policy (compared case-insensitively)."""
+
+
+def _no_secret_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Refuse credential headers: the policy travels in every workflow's history, in clear."""
+    refused = sorted(name for name in headers if name.strip().lower() in SECRET_HEADERS)
+    if refused:
+        raise ValueError(
+            f"header(s) {', '.join(refused)} carry credentials and must not be written in the "
+            "policy (it is stored in every workflow's history); use bearer_token_env to name the "
+            "worker env var holding the token"
+        )
+    return headers
+
+
+Headers = Annotated[dict[str, str], AfterValidator(_no_secret_headers)]
+"""Extra request headers, none of them a credential (Authorization, Cookie and kin are refused)."""
 
 
 class RestartProcessAction(MedkitModel):
@@ -22,7 +41,8 @@ class RestartProcessAction(MedkitModel):
     argv: Argv
     pid_file: str
     cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: ChildEnv = Field(default_factory=dict)
+    inherit_env: InheritEnv = Field(default_factory=list)
     log_file: str | None = None
     grace: Duration = timedelta(seconds=5)
     ready_probe: Annotated[HttpProbe | TcpProbe, Field(discriminator="kind")] | None = None
@@ -40,7 +60,8 @@ class CommandAction(MedkitModel):
     kind: Literal["command"] = "command"
     argv: Argv
     cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: ChildEnv = Field(default_factory=dict)
+    inherit_env: InheritEnv = Field(default_factory=list)
     timeout: Duration = timedelta(seconds=30)
     ok_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
@@ -61,9 +82,6 @@ class NotifyAction(MedkitModel):
         """Delivery to one route."""
         return timedelta(seconds=30)
 
-
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-"""The NAME of an environment variable on the worker holding a secret; never the secret itself."""
 
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
 JsonBody = dict[str, Any] | list[Any] | None
@@ -140,7 +158,7 @@ class HttpAction(MedkitModel):
     kind: Literal["http"] = "http"
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: HttpUrl
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     bearer_token_env: EnvName | None = None
     body: JsonBody = None
     expect_status: list[Status] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
@@ -198,7 +216,8 @@ class ProcessPoolScaleAction(MedkitModel):
     pool: Name | None = None
     host: str = "127.0.0.1"
     cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: ChildEnv = Field(default_factory=dict)
+    inherit_env: InheritEnv = Field(default_factory=list)
     grace: Duration = timedelta(seconds=5)
     ready_timeout: Duration = timedelta(seconds=20)
 
@@ -238,7 +257,8 @@ class CommandScaleAction(MedkitModel):
     replicas: ReplicaTarget
     current_argv: Argv | None = None
     cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: ChildEnv = Field(default_factory=dict)
+    inherit_env: InheritEnv = Field(default_factory=list)
     timeout: Duration = timedelta(seconds=60)
 
     @model_validator(mode="after")

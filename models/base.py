@@ -50,6 +50,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 """A service, action, probe or route name: letters, digits, `_`, `.`, `-`; at most 63 characters."""
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+"""The NAME of an environment variable on the worker (for `*_env` fields: one holding a secret,
+never the secret itself); a shell-style identifier, so a value pasted by mistake is refused."""
+
 
 class MedkitModel(BaseModel):
     """Strict base: unknown fields are errors, so a typo in a policy file is reported, not ignored."""

@@ -9,10 +9,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
-from models.base import Duration, MedkitModel, Name
+from models.base import Duration, EnvName, MedkitModel, Name
 
 Group = Name | None
 """The probe's group (e.g. `instances`): assessment rules can select every probe of a group."""
+
+ChildEnv = dict[EnvName, str]
+"""Variables set for a program medkit starts. Written in the policy, so never secrets."""
+
+InheritEnv = list[EnvName]
+"""Names of worker variables a program medkit starts is given on purpose (it gets only a small
+non-secret allowlist otherwise, see activities/child_env.py); their values stay on the worker."""
 
 
 class HttpProbe(MedkitModel):
@@ -157,7 +164,8 @@ class CommandProbe(MedkitModel):
     group: Group = None
     argv: Annotated[list[str], Field(min_length=1)]
     cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: ChildEnv = Field(default_factory=dict)
+    inherit_env: InheritEnv = Field(default_factory=list)
     timeout: Duration = timedelta(seconds=10)
 
 

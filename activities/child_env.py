@@ -1,0 +1,109 @@
+"""What the programs medkit starts may see of the worker's environment, and what their output may say.
+
+The worker holds secrets in its environment (bearer tokens, webhook URLs, SMTP passwords,
+routing keys: everything a policy's `*_env` fields name). A child that inherited all of it
+would expose them twice over: a restarted service could read them from /proc/PID/environ for
+as long as it runs, and a `command` action that prints its environment (`env`, a verbose
+script, a crash dump) would put them into its result, which lands in the workflow history,
+`medkit status`, notifications and logs. So every child gets `child_environment(...)`
+instead of `os.environ`, and every piece of child output an activity returns passes through
+`redact(...)` first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+from temporalio.exceptions import ApplicationError
+
+ALLOWED = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "PYTHONPATH", "VIRTUAL_ENV",
+})
+"""Worker variables every child gets, because ordinary programs misbehave without them and none
+of them is a secret:
+
+- PATH: find programs by name (`argv: [systemctl, ...]`, a script calling `curl`);
+- HOME, USER, LOGNAME, SHELL: who the process runs as; many tools read their config from HOME;
+- LANG, LANGUAGE, LC_* (see `ALLOWED_PREFIXES`), TZ: text encoding, messages and local time,
+  so a child decodes its arguments and prints dates as it would from a shell;
+- TMPDIR: where temporary files go (a worker may point it at a private directory);
+- TERM: some tools refuse to run, or print escape codes, without it;
+- PYTHONPATH, VIRTUAL_ENV: a Python service started with the worker's interpreter
+  (`python -m demo.service`, the demo) finds the same packages the worker does.
+
+Deliberately left out: proxy variables (`HTTP_PROXY=http://user:pass@...` carries
+credentials), `KUBECONFIG`, cloud and database variables, and everything the worker's own
+secrets live in. A child that needs one gets it by name through its spec's `inherit_env`.
+"""
+
+ALLOWED_PREFIXES = ("LC_",)
+"""Prefixes of allowed names: the locale categories (LC_ALL, LC_CTYPE, ...)."""
+
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.IGNORECASE
+)
+"""Variable names that suggest a secret value: their values are redacted from child output."""
+
+MIN_SECRET_LENGTH = 6
+"""Shorter values are not redacted: replacing `1` or `yes` everywhere would mangle the output
+and a secret that short protects nothing anyway."""
+
+REDACTED = "[redacted]"
+"""What a secret value is replaced with in recorded output."""
+
+
+def allowed(name: str) -> bool:
+    """Whether a worker variable is passed to every child without being asked for."""
+    return name in ALLOWED or name.startswith(ALLOWED_PREFIXES)
+
+
+def child_environment(extra: Mapping[str, str], inherit: Iterable[str] = (),
+                      environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child medkit starts: the allowlist, the named worker variables, `extra`.
+
+    `inherit` names worker variables the policy passes on purpose (a spec's `inherit_env`); a
+    name that is not set on the worker is a non-retryable `MissingEnv` error, since the child
+    would otherwise start without something the operator said it needs. `extra` (a spec's
+    own `env`) wins over both. `environ` defaults to the worker's environment.
+    """
+    source = os.environ if environ is None else environ
+    env = {name: value for name, value in source.items() if allowed(name)}
+    for name in inherit:
+        if name not in source:
+            raise ApplicationError(
+                f"inherit_env names {name}, which is not set on this worker",
+                type="MissingEnv", non_retryable=True,
+            )
+        env[name] = source[name]
+    env.update(extra)
+    return env
+
+
+def secret_values(named: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> set[str]:
+    """The values to keep out of recorded output.
+
+    Those of worker variables whose names look secret (`SECRET_NAME`) plus those of the
+    variables in `named` (the `*_env` fields of the spec at hand, e.g. its `inherit_env`),
+    each at least `MIN_SECRET_LENGTH` long. Read at each call, so a variable set after the
+    worker started counts too.
+    """
+    source = os.environ if environ is None else environ
+    names = {name for name in source if SECRET_NAME.search(name)} | set(named)
+    return {value for name in names
+            if len(value := source.get(name, "")) >= MIN_SECRET_LENGTH}
+
+
+def redact(text: str, named: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> str:
+    """`text` with every secret value (see `secret_values`) replaced by `[redacted]`.
+
+    Longer values are replaced first, so a secret that contains another is not left half
+    shown. Only the literal value is found: a program that prints a secret encoded (base64,
+    URL-quoted, split across lines) defeats this, which is why children do not get the
+    secrets in the first place.
+    """
+    for value in sorted(secret_values(named, environ), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
