@@ -7,11 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from models.base import Duration, MedkitModel, Name, positive
+from models.base import Duration, EnvName, MedkitModel, Name, positive
 from models.phases import Phase, Severity
-
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-"""The NAME of an environment variable on the worker that holds a secret (never the secret itself)."""
 
 EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")]
 """A bare mailbox address, `local@domain`."""
@@ -37,7 +34,7 @@ class WebhookRoute(MedkitModel):
 
     kind: Literal["webhook"] = "webhook"
     url: Annotated[str, Field(pattern=r"^https?://")] | None = None
-    url_env: str | None = None
+    url_env: EnvName | None = None
     hmac_secret_env: EnvName | None = None
     timeout: Duration = timedelta(seconds=5)
 
