@@ -1,14 +1,20 @@
-"""The command action: run an argv (never a shell) with a timeout and check its exit code."""
+"""The command action: run an argv (never a shell) with a timeout and check its exit code.
+
+The program gets a scrubbed environment (`child_environment`) and its output is redacted of
+secret values (`redact`) before it goes anywhere: the output is kept in the result and in error
+messages, both of which end up in the workflow history. systemd and scale_command run their
+programs through `run_argv` too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.child_env import child_environment, redact
 from activities.deps import ActivityDeps
 from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
 from models.actions import ActionRequest, ActionResult, CommandAction
@@ -17,11 +23,16 @@ OUTPUT_LIMIT = 4000
 """How much of a command's output is kept in the result and the history."""
 
 
-async def run_argv(spec: CommandAction) -> tuple[int, str]:
-    """Run the command, heartbeating while it runs; return its exit code and tail of its output."""
+async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Run the command, heartbeating while it runs; return its exit code and tail of its output.
+
+    The output is redacted of secret values, those of the spec's `inherit_env` included.
+    `inherit` adds worker variables the caller itself needs passed (systemctl's bus address).
+    """
+    env = child_environment(spec.env, [*spec.inherit_env, *inherit])
     try:
         proc = await asyncio.create_subprocess_exec(
-            *spec.argv, cwd=spec.cwd, env={**os.environ, **spec.env},
+            *spec.argv, cwd=spec.cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -43,7 +54,7 @@ async def run_argv(spec: CommandAction) -> tuple[int, str]:
         await asyncio.wait({communicate}, timeout=min(remaining, 1.0))
         activity.heartbeat({"pid": proc.pid})
     stdout, _ = communicate.result()
-    text = stdout.decode(errors="replace")
+    text = redact(stdout.decode(errors="replace"), spec.inherit_env)
     return proc.returncode if proc.returncode is not None else -1, text[-OUTPUT_LIMIT:]
 
 

@@ -2,7 +2,11 @@
 
 The program runs in its own process group so a timeout kills it and anything it started. A
 program that cannot be started (missing, not executable, bad cwd) is bad configuration: a
-non-retryable `ProbeConfigError`.
+non-retryable `ProbeConfigError`, and so is an `inherit_env` name the worker does not set.
+
+Like every child of the worker, the program gets a scrubbed environment (see
+activities/child_env.py), and the output tail kept in the result's detail is redacted of secret
+values: probe results are recorded in workflow history and shown by `medkit status`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import UTC, datetime
 
 from temporalio.exceptions import ApplicationError
 
+from activities.child_env import child_environment, redact
 from models.probes import CommandProbe, ProbeResult
 
 DETAIL_TAIL = 500
@@ -30,8 +35,9 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _tail(output: bytes) -> str:
-    text = output.decode(errors="replace").strip()
+def _tail(output: bytes, spec: CommandProbe) -> str:
+    """The end of the output, redacted before it is cut so no part of a secret survives the cut."""
+    text = redact(output.decode(errors="replace"), spec.inherit_env).strip()
     return text[-DETAIL_TAIL:]
 
 
@@ -39,8 +45,13 @@ async def check_command(spec: CommandProbe) -> ProbeResult:
     """Run the program once within the probe's timeout and judge its exit code."""
     started = time.perf_counter()
     try:
+        env = child_environment(spec.env, spec.inherit_env)
+    except ApplicationError as err:
+        raise ApplicationError(f"command probe {spec.name!r}: {err.message}",
+                               type="ProbeConfigError", non_retryable=True) from err
+    try:
         proc = await asyncio.create_subprocess_exec(
-            *spec.argv, cwd=spec.cwd, env={**os.environ, **spec.env},
+            *spec.argv, cwd=spec.cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
@@ -60,7 +71,7 @@ async def check_command(spec: CommandProbe) -> ProbeResult:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(communicate, KILL_GRACE)
         output = communicate.result()[0] if communicate.done() else b""
-        tail = _tail(output)
+        tail = _tail(output, spec)
         return ProbeResult(
             probe=spec.name, kind=spec.kind, healthy=False, failure="slow", at=at,
             observed={"exit_code": None},
@@ -69,7 +80,7 @@ async def check_command(spec: CommandProbe) -> ProbeResult:
         )
     latency_ms = (time.perf_counter() - started) * 1000
     code = proc.returncode if proc.returncode is not None else -1
-    tail = _tail(communicate.result()[0])
+    tail = _tail(communicate.result()[0], spec)
     detail = f"{spec.argv[0]} exited {code}" + (f": {tail}" if tail else "")
     observed: dict[str, float | int | str | None] = {"exit_code": code}
     if code != 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import psutil
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.child_env import child_environment
 from activities.deps import ActivityDeps
 from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
 from activities.probes import check_http, check_tcp, process_alive, read_pid
@@ -35,7 +35,7 @@ class ProcessSupervisor:
         try:
             with log_path.open("ab") as log:
                 child = subprocess.Popen(
-                    spec.argv, cwd=spec.cwd, env={**os.environ, **spec.env},
+                    spec.argv, cwd=spec.cwd, env=child_environment(spec.env, spec.inherit_env),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )

@@ -59,7 +59,7 @@ class ProcessPool:
         replica = RestartProcessAction(
             argv=[arg.replace("{port}", str(port)) for arg in spec.argv],
             pid_file=str(directory / f"{port}.pid"), log_file=str(directory / f"{port}.log"),
-            cwd=spec.cwd, env=spec.env,
+            cwd=spec.cwd, env=spec.env, inherit_env=spec.inherit_env,
         )
         return self._supervisor.spawn(f"{service}-{port}", replica)
 

@@ -179,6 +179,7 @@ class ScaleActivities:
 
         async def run(argv: list[str]) -> str:
             code, output = await run_argv(CommandAction(argv=argv, cwd=spec.cwd, env=spec.env,
+                                                        inherit_env=spec.inherit_env,
                                                         timeout=spec.timeout))
             if code != 0:
                 raise ApplicationError(f"{argv[0]} exited {code}: {output[-300:].strip()}",

@@ -8,6 +8,7 @@ privilege, 5 unit not found (not installed), 6 not configured: retrying cannot h
 from __future__ import annotations
 
 import json
+import os
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -26,10 +27,21 @@ PERMANENT_EXIT: dict[int, tuple[str, str]] = {
 }
 """The LSB action exit codes for which a retry cannot help."""
 
+USER_BUS = ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")
+"""What `systemctl --user` needs to find the user's manager (its D-Bus socket); not secrets."""
+
 
 def systemctl_argv(spec: SystemdRestartAction) -> list[str]:
     """The argv medkit runs; `--` keeps a unit name from ever being read as an option."""
     return [spec.systemctl, *(["--user"] if spec.user else []), "restart", "--", spec.unit]
+
+
+def bus_variables(spec: SystemdRestartAction) -> tuple[str, ...]:
+    """The worker variables systemctl gets beyond the allowlist: the user bus, for `--user`.
+
+    Like every child, systemctl otherwise gets a scrubbed environment (activities/child_env.py).
+    """
+    return tuple(name for name in USER_BUS if name in os.environ) if spec.user else ()
 
 
 class SystemdActivities:
@@ -60,7 +72,8 @@ class SystemdActivities:
             )
         ledger.progress(key, running=True)
         try:
-            code, output = await run_argv(CommandAction(argv=argv, timeout=spec.timeout))
+            code, output = await run_argv(CommandAction(argv=argv, timeout=spec.timeout),
+                                          inherit=bus_variables(spec))
         finally:
             ledger.progress(key, running=False)
         if code in PERMANENT_EXIT:
