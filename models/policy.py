@@ -6,6 +6,8 @@ records exactly the policy it ran with, and workflows never read files or the en
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -18,6 +20,13 @@ from models.fleet import BudgetSpec, FleetSpec
 from models.notifications import NotificationRoute
 from models.phases import Severity
 from models.probes import Comparison, ProbeSpec
+
+
+def spec_digest(spec: MedkitModel) -> str:
+    """The sha256 (hex) of a spec's canonical JSON, so a worker can tell whether an action, probe
+    or route it is asked to run is exactly the one its own policy file defines."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class StepSpec(MedkitModel):
