@@ -27,11 +27,13 @@ EVENT_ACTION: dict[NotificationEvent, EventAction] = {
     "aborted": "acknowledge",
     "recovered": "resolve",
     "resolved": "resolve",
+    "dismissed": "resolve",
 }
 """medkit event → PagerDuty event_action.
 
 `aborted` acknowledges: an operator stopped the automation, so a human owns the incident, but
-nothing says the service is healthy, so resolving would hide a live problem. `action` (a
+nothing says the service is healthy, so resolving would hide a live problem. `dismissed`
+resolves: medkit's probes found the service healthy again before it acted. `action` (a
 policy's notify step routed here on purpose) triggers.
 """
 

@@ -122,7 +122,7 @@ NotificationRoute = Annotated[
 
 NotificationEvent = Literal[
     "emergency", "approval_needed", "escalation", "manual_intervention",
-    "acknowledged", "recovered", "resolved", "aborted", "action",
+    "acknowledged", "recovered", "resolved", "aborted", "dismissed", "action",
 ]
 
 

@@ -20,6 +20,7 @@ class Phase(StrEnum):
     RECOVERED = "Recovered"
     RESOLVED = "Resolved"
     ABORTED = "Aborted"
+    DISMISSED = "Dismissed"
 
     @property
     def terminal(self) -> bool:
@@ -27,7 +28,7 @@ class Phase(StrEnum):
         return self in TERMINAL_PHASES
 
 
-TERMINAL_PHASES = frozenset({Phase.RECOVERED, Phase.RESOLVED, Phase.ABORTED})
+TERMINAL_PHASES = frozenset({Phase.RECOVERED, Phase.RESOLVED, Phase.ABORTED, Phase.DISMISSED})
 
 
 class Severity(StrEnum):
@@ -53,11 +54,13 @@ def worst(*severities: Severity | None) -> Severity | None:
 
 
 class Outcome(StrEnum):
-    """How a recovery ended: it is the terminal phase's name."""
+    """How a recovery ended: it is the terminal phase's name. `Dismissed`: the service was
+    healthy again before medkit acted, so it ended without acting."""
 
     RECOVERED = "Recovered"
     RESOLVED = "Resolved"
     ABORTED = "Aborted"
+    DISMISSED = "Dismissed"
 
 
 class DecisionKind(StrEnum):

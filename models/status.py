@@ -55,6 +55,7 @@ class RecoveryStatus(MedkitModel):
     current_step: str | None = None
     attempts: int = 0
     max_attempts: int
+    operator_retries: int = 0
     escalations: int = 0
     reports: int = 1
     dry_run: bool = False

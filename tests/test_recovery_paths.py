@@ -15,7 +15,9 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
+from models import search_attributes as sa
 from models.decisions import OperatorDecision
+from models.detection import ReportBatch
 from models.incident_record import IncidentRecord
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import ServicePolicy
@@ -130,8 +132,9 @@ async def test_major_first_rung_fails_second_succeeds(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
     script = Script()
-    # assess: both fail (major); check after restart: fail; validation round 1: fail; then healthy.
-    script.probe("http", False, False, False)
+    # assess: both fail (major); check after restart: fail; validation round 1: fail; the check
+    # before the second rung acts, after the backoff: still failing; then healthy.
+    script.probe("http", False, False, False, False)
     script.probe("tcp", False)
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
@@ -148,14 +151,34 @@ async def test_major_first_rung_fails_second_succeeds(
     assert result.attempts == 2
     reasons = " | ".join(e.reason for e in result.timeline)
     assert "check failed" in reasons and "rung 'failover'" in reasons
+    assert "still failing before page" in reasons
     assert webhook_receiver.events() == ["action"]  # the `page` notify step, nothing else
+
+
+async def test_healthy_again_before_the_next_rung_validates_instead_of_acting(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """The first rung failed validation, but the service healed during the backoff: the probe
+    before the second rung finds it healthy, so medkit runs no second approach and validates."""
+    script = Script()
+    script.probe("http", False, False, False)  # assess, check after restart, validation round 1
+    script.probe("tcp", False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+    assert result.phase == Phase.RECOVERED
+    assert script.actions == ["restart"]
+    assert phases(result)[-3:] == ["GradualRecovery", "Validating", "Recovered"]
+    assert any("healthy again before page: not acting" in e.reason for e in result.timeline)
+    assert webhook_receiver.events() == []
 
 
 async def test_critical_with_approval_granted(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
     script = Script()
-    script.probe("http", False)
+    script.probe("http", False, False)  # assessment, and the check after the approval
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
         handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
@@ -264,7 +287,9 @@ async def test_manual_retry_then_success(
     async with script.worker(ts_env.client, queue, deps):
         handle = await start(ts_env.client, queue, policy, detection())
         await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
-        script.probe("http", then=True)  # the operator fixed the dependency; try again
+        # The operator fixed a dependency; the service needs one more restart (the probe before
+        # it still fails), then is healthy.
+        script.probe("http", False, then=True)
         script.probe("tcp", then=True)
         verdict = await send_decision(ts_env.client, handle.id, DecisionKind.RETRY, operator())
         assert verdict.phase == Phase.GRADUAL_RECOVERY
@@ -273,14 +298,15 @@ async def test_manual_retry_then_success(
     assert result.phase == Phase.RECOVERED
     assert phases(result)[-4:] == ["ManualIntervention", "GradualRecovery", "Validating", "Recovered"]
     assert script.actions == ["restart", "failover", "restart"]
-    assert result.attempts == 3
+    assert (result.attempts, result.max_attempts, result.operator_retries) == (1, 2, 1)
+    assert len([e for e in result.timeline if e.kind == "decision"]) == 1  # the retry, once
 
 
 async def test_duplicate_reports_join_the_running_recovery(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
     script = Script()
-    script.probe("http", False)
+    script.probe("http", False, False)  # assessment, and the check after the approval
     policy = scripted_policy(webhook_receiver.url)
     first = detection(severity=Severity.CRITICAL, summary="p99 latency high")
     async with script.worker(ts_env.client, queue, deps):
@@ -304,7 +330,7 @@ async def test_wrong_phase_decision_rejected_and_signal_ignored(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
     script = Script()
-    script.probe("http", False)
+    script.probe("http", False, False)  # assessment, and the check after the approval
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
         handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
@@ -375,3 +401,90 @@ async def test_validation_rounds_are_an_interval_apart_start_to_start(
         ]
     assert len(timers) == timer_count
     assert all(timedelta(0) < timer < timedelta(seconds=1 - round_seconds) for timer in timers)
+
+
+async def test_healthy_after_the_approval_is_dismissed_without_acting(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """The service healed while the approval waited: medkit probes again before acting, runs
+    nothing, and ends as Dismissed in the timeline, the search attributes and the store."""
+    script = Script()
+    script.probe("http", False)  # assessment only; healthy afterwards
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
+        result = await handle.result()
+        await save_history(handle, "dismissed_after_approval")
+        described = await handle.describe()
+    assert result.phase == Phase.DISMISSED
+    assert result.outcome is not None and result.outcome.value == "Dismissed"
+    assert script.actions == []
+    ended = next(e for e in result.timeline if e.to_phase == Phase.DISMISSED)
+    assert "healthy again before failover" in ended.reason
+    assert described.typed_search_attributes.get(sa.OUTCOME) == "Dismissed"
+    assert described.typed_search_attributes.get(sa.PHASE) == "Dismissed"
+    assert webhook_receiver.events() == ["emergency", "approval_needed", "acknowledged", "dismissed"]
+    stored = IncidentStore(deps.ledger.engine)
+    assert stored.detail(stored.find(handle.id)).incident.outcome == "Dismissed"
+
+
+async def test_dismiss_when_healthy_ends_a_report_no_probe_confirms(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    script = Script()  # every probe passes
+    policy = scripted_policy(webhook_receiver.url, assessment={"dismiss_when_healthy": True})
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+    assert result.phase == Phase.DISMISSED
+    assert phases(result) == ["Detected", "Assessing", "Dismissed"]
+    assert "no probe confirms the report" in result.timeline[-1].reason
+    assert script.actions == []
+
+
+async def test_a_report_no_probe_confirms_is_acted_on_by_default(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """Probes that never saw the problem cannot clear it: the detector's report stands."""
+    script = Script()  # every probe passes
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        result = await (await start(ts_env.client, queue, policy, detection())).result()
+    assert result.phase == Phase.RECOVERED
+    assert script.actions == ["restart"]
+
+
+async def test_a_resent_report_is_counted_once_and_the_store_keeps_counting(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """Reports are idempotent on detection id (an alert resent after a failed delivery counts
+    once), and the store's report count keeps up past the timeline's hundred listed reports."""
+    script = Script()
+    script.probe("http", then=False)
+    script.probe("tcp", then=False)
+    policy = scripted_policy(webhook_receiver.url)
+    first = detection()
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, first)
+        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        again = detection(key=first.incident_key, summary="resent")
+        for _ in range(3):
+            await handle.signal(RecoveryWorkflow.report, again)
+        await handle.signal(RecoveryWorkflow.report, first)
+        status = await handle.query(RecoveryWorkflow.status)
+        assert status.reports == 2
+        batches = [ReportBatch(detections=[detection(key=first.incident_key) for _ in range(60)])
+                   for _ in range(2)]
+        for batch in [*batches, batches[0]]:  # the first batch is resent
+            await handle.signal(RecoveryWorkflow.report_batch, batch)
+        assert (await handle.query(RecoveryWorkflow.status)).reports == 122
+        stored = IncidentStore(deps.ledger.engine)
+
+        async def stored_reports() -> bool:
+            return stored.detail(stored.find(handle.id)).incident.reports == 122
+
+        await eventually(stored_reports)
+        await send_decision(ts_env.client, handle.id, DecisionKind.ABORT, operator())
+        await handle.result()

@@ -3,7 +3,8 @@
 Detected → Assessing → (AutoRemediation | GradualRecovery | EmergencyRecovery) → Validating
 → Recovered, or → RetryRecovery → GradualRecovery with the next rung, or after the last
 attempt → ManualIntervention → Resolved | retry | Aborted. Any action step may need an
-operator's approval (AwaitingApproval). Every transition is recorded in the timeline.
+operator's approval (AwaitingApproval). A service found healthy again before medkit acted ends
+as Dismissed. Every transition is recorded in the timeline.
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ as the Temporal UI shows it."""
 
 _END_EVENT: dict[Phase, NotificationEvent] = {
     Phase.RECOVERED: "recovered", Phase.RESOLVED: "resolved", Phase.ABORTED: "aborted",
+    Phase.DISMISSED: "dismissed",
 }
+
+POLICY_MISMATCH = "PolicyMismatch"
+"""The error type a worker raises for an activity whose spec its own policy file does not hold."""
 
 
 class _Aborted(Exception):
@@ -91,6 +96,10 @@ class _Aborted(Exception):
 
 class _NeedsHuman(Exception):
     """Automation cannot go on (an approval went unanswered); hand over to ManualIntervention."""
+
+
+class _AlreadyHealthy(Exception):
+    """The probes pass again before medkit acted: end as Dismissed without acting."""
 
 
 @workflow.defn
@@ -108,8 +117,14 @@ class RecoveryWorkflow:
         self._evidence: list[str] = []
         self._current_step: str | None = None
         self._attempts = 0
+        self._operator_retries = 0
         self._escalations = 0
         self._reports = 1
+        self._report_ids = {recovery.detection.detection_id}
+        self._probes_saw_problem = False
+        self._last_round_healthy = False
+        self._stale = False
+        self._acted = False
         self._paged = False
         self._notifications = 0
         self._source_resolved = False
@@ -125,6 +140,7 @@ class RecoveryWorkflow:
         self._lease_decisions: dict[str, LeaseDecision] = {}
         self._stored = 0
         self._stored_phase: Phase | None = None
+        self._stored_reports = 0
         self._closing = False
         self._local_activities = 0
         self._releasing: asyncio.Task[None] | None = None
@@ -142,12 +158,13 @@ class RecoveryWorkflow:
             self._transition(Phase.ASSESSING, "assessing with the service's probes",
                              also=[sa.SERVICE.value_set(self._policy.name)])
             self._ask_for_lease()
-            await self._assess()
             await self._recover()
         except _Aborted:
             assert self._abort is not None
             reason = self._abort.reason or "no reason given"
             await self._finish(Phase.ABORTED, f"aborted: {reason}", actor=self._abort.operator)
+        except _AlreadyHealthy as healthy:
+            await self._finish(Phase.DISMISSED, str(healthy))
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._closing = True
         await recorder
@@ -168,14 +185,23 @@ class RecoveryWorkflow:
             self._evidence.insert(0, f"{detection.source}: {detection.summary}")
         workflow.upsert_search_attributes([sa.SEVERITY.value_set(self._severity.value)])
         failed = sum(1 for r in results if not r.healthy)
+        self._probes_saw_problem = failed > 0
         self._record(self._phase, f"severity {self._severity.value}, category {self._category}: "
                      f"{failed} of {len(results)} probes failing; {verdict.reason}", kind="probe")
+        if not failed and self._policy.assessment.dismiss_when_healthy:
+            raise _AlreadyHealthy(f"no probe confirms the report: all {len(results)} pass "
+                                  "(assessment.dismiss_when_healthy); nothing done")
 
     async def _recover(self) -> None:
-        assert self._severity is not None
-        reason = ""
+        """Assess, climb the ladder, and hand over to a human whenever automation cannot go on;
+        an operator's retry climbs the ladder again from its first rung."""
+        assessed = False
         while True:
             try:
+                if not assessed:
+                    await self._assess()
+                    assessed = True
+                assert self._severity is not None
                 if await self._climb_ladder(self._severity):
                     await self._finish(Phase.RECOVERED, "validation passed")
                     return
@@ -203,7 +229,7 @@ class RecoveryWorkflow:
                                "Emergency recovery started; on-call notified at once.")
         for attempt in range(1, retry.max_attempts + 1):
             rung = ladder[min(attempt - 1, len(ladder) - 1)]
-            self._attempts += 1
+            self._attempts = attempt
             self._transition(phase, f"attempt {attempt}/{retry.max_attempts}: rung {rung.name!r} "
                              f"of the {severity.value} ladder")
             await self._run_rung(rung, phase)
@@ -221,17 +247,26 @@ class RecoveryWorkflow:
             self._transition(Phase.RETRY_RECOVERY, f"{why}; trying rung {next_rung.name!r} "
                              f"after {backoff.total_seconds():g}s backoff")
             await self._guarded(workflow.sleep(backoff, summary=f"backoff before attempt {attempt + 1}"))
+            self._stale = True
             phase = Phase.GRADUAL_RECOVERY
         return False
 
     async def _run_rung(self, rung: RungSpec, phase: Phase) -> None:
-        """Run the rung's steps in order; a failed step ends the rung and validation decides."""
+        """Run the rung's steps in order; a failed step ends the rung and validation decides.
+
+        Before the rung's first action, and after an approval, the service is probed again if
+        anything waited since the last probe round: a service that is healthy by then is not
+        acted on (see _still_needed)."""
+        acted = False
         for index, step in enumerate(rung.steps, start=1):
             self._current_step = f"{rung.name} step {index}/{len(rung.steps)}: {step.label()}"
             self._set_details()
             if step.requires_approval:
                 await self._await_approval(step, phase)
             if step.action is not None:
+                if (not acted or step.requires_approval) and not await self._still_needed(step.label()):
+                    return
+                acted = True
                 ok = await self._act(step.action)
             elif step.check:
                 results = (await self._probe_all(f"check after {rung.name} step {index}")).results
@@ -242,6 +277,7 @@ class RecoveryWorkflow:
             else:
                 assert step.wait is not None
                 await self._guarded(workflow.sleep(step.wait, summary=step.label()))
+                self._stale = True
                 ok = True
             if not ok:
                 self._record(self._phase, f"rung {rung.name!r} stopped at step {index}", kind="action")
@@ -280,6 +316,7 @@ class RecoveryWorkflow:
             if self._abort is not None:
                 raise _Aborted
             _, decision = self._take_decision()
+            self._stale = True
             self._transition(phase, f"{label!r} approved: {decision.reason or 'no reason given'}",
                              actor=decision.operator)
             if self._paged:
@@ -323,8 +360,8 @@ class RecoveryWorkflow:
                 continue
             kind, decision = self._take_decision()
             if kind == DecisionKind.RETRY:
-                self._record(self._phase, f"retry requested: {decision.reason or 'no reason given'}",
-                             actor=decision.operator, kind="decision")
+                self._operator_retries += 1
+                self._stale = True
             return kind, decision
 
     async def _revalidate_after_source_resolved(self) -> bool:
@@ -332,7 +369,10 @@ class RecoveryWorkflow:
         self._source_resolved = False
         pending = self._pending
         self._transition(Phase.VALIDATING, "source reports resolved; validating before closing")
-        healthy, why = await self._validate()
+        try:
+            healthy, why = await self._validate()
+        except _NeedsHuman as refused:
+            healthy, why = False, str(refused)
         self._record(self._phase, why, kind="probe")
         if healthy:
             return True
@@ -397,11 +437,39 @@ class RecoveryWorkflow:
                 summary=f"{purpose}: probe {', '.join(spec.name for spec in probes)}",
             ))
         except ActivityError as err:
-            return ProbeRound(seconds=0, results=[
+            if _refused(err):
+                raise _NeedsHuman(f"the worker refused to probe {self._policy.name}: "
+                                  f"{_cause(err)}") from err
+            round_ = ProbeRound(seconds=0, results=[
                 ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
                             detail=f"probe failed: {_cause(err)}", at=workflow.now())
                 for spec in probes])
+        self._stale = False
+        self._last_round_healthy = all(result.healthy for result in round_.results)
         return round_
+
+    async def _still_needed(self, step: str) -> bool:
+        """Whether the service still needs acting on before `step`; probes again first when
+        anything waited (a queued lease, an approval, a backoff) since the last probe round.
+
+        Only probes that saw the problem can clear it: when assessment found every probe
+        passing, the detector's report stands and this is True. Healthy again before medkit
+        acted at all ends the recovery as Dismissed; healthy after earlier actions skips the
+        rest of the rung, and validation decides."""
+        if not self._probes_saw_problem:
+            return True
+        if self._stale:
+            round_ = await self._probe_all(f"verify before {step}")
+            failing = [r.evidence() for r in round_.results if not r.healthy]
+            if failing:
+                self._record(self._phase, f"still failing before {step}: {failing[0]}", kind="probe")
+        if not self._last_round_healthy:
+            return True
+        if not self._acted:
+            raise _AlreadyHealthy(f"healthy again before {step}: every probe passes; nothing done")
+        self._record(self._phase, f"healthy again before {step}: not acting; validating",
+                     kind="probe")
+        return False
 
     async def _act(self, action_name: str) -> bool:
         spec: ActionSpec = self._policy.actions[action_name]
@@ -434,8 +502,12 @@ class RecoveryWorkflow:
                     summary=summary,
                 ))
         except ActivityError as err:
+            if _refused(err):
+                raise _NeedsHuman(f"the worker refused {action_name}: {_cause(err)}") from err
+            self._acted, self._stale = True, True
             self._record(self._phase, f"{action_name} failed: {_cause(err)}", kind="action")
             return False
+        self._acted, self._stale = True, True
         mark = "[dry-run] " if result.simulated else ""
         self._record(self._phase, f"{mark}{action_name}: {result.detail}", kind="action")
         return result.ok
@@ -498,6 +570,7 @@ class RecoveryWorkflow:
             await self._guarded(workflow.wait_condition(
                 lambda: request.request_id in self._lease_decisions))
             decision = self._lease_decisions.pop(request.request_id)
+            self._stale = True
         if decision.verdict == "held":
             self._lease = None  # the coordinator keeps nothing for a held request
             raise _NeedsHuman(f"{decision.reason}; holding instead of acting")
@@ -539,11 +612,12 @@ class RecoveryWorkflow:
         """
         while True:
             await workflow.wait_condition(lambda: self._store_due() or self._closing)
-            if len(self._timeline) == self._stored:
+            if len(self._timeline) == self._stored and self._reports == self._stored_reports:
                 return
             status = self.status()
             self._stored = len(status.timeline)
             self._stored_phase = status.phase
+            self._stored_reports = status.reports
             execute = self._local_activity if self._closing else workflow.execute_activity
             try:
                 await execute(
@@ -634,7 +708,7 @@ class RecoveryWorkflow:
         """A write is due at a new phase, or when something happened while a human decides, once
         no local activity holds the workflow task open; the terminal phase is left to the closing
         write."""
-        grown = len(self._timeline) > self._stored
+        grown = len(self._timeline) > self._stored or self._reports != self._stored_reports
         changed = self._phase != self._stored_phase or self._pending is not None
         idle = self._local_activities == 0
         return grown and changed and idle and self._outcome is None
@@ -668,6 +742,7 @@ class RecoveryWorkflow:
             f"**Phase:** {self._phase.value} · **Severity:** "
             f"{self._severity.value if self._severity else 'assessing'} · **Attempt:** "
             f"{self._attempts}/{self._policy.retry.max_attempts}"
+            f"{f' (operator retry {self._operator_retries})' if self._operator_retries else ''}"
             f"{' · **DRY-RUN**' if self._dry_run else ''}",
             f"**Service:** {self._policy.name} · **Category:** {self._category or '?'} · "
             f"**Reports:** {self._reports} · **Escalations:** {self._escalations}",
@@ -751,15 +826,17 @@ class RecoveryWorkflow:
             self._set_details()
 
     def _take_report(self, detection: Detection) -> bool:
-        """Count and record one report; False when it changes nothing (the start's own
-        detection, or a recovery that has ended, where it is recorded as ignored)."""
-        if detection.detection_id == self._input.detection.detection_id:
+        """Count and record one report; False when it changes nothing (a detection already
+        counted, such as an alert resent after a failed delivery, or a recovery that has ended,
+        where it is recorded as ignored)."""
+        if detection.detection_id in self._report_ids:
             return False
         if self._phase.terminal:
             self._record(self._phase, f"ignored report from {detection.source}: recovery ended",
                          actor=detection.source, kind="ignored")
             return False
         self._reports += 1
+        self._report_ids.add(detection.detection_id)
         if detection.status == "resolved":
             self._source_resolved = True
             reason = f"source reports resolved: {detection.summary}; medkit still validates"
@@ -839,7 +916,8 @@ class RecoveryWorkflow:
             incident_key=self._input.detection.incident_key, phase=self._phase,
             severity=self._severity, category=self._category, evidence=list(self._evidence),
             current_step=self._current_step, attempts=self._attempts,
-            max_attempts=self._policy.retry.max_attempts, escalations=self._escalations,
+            max_attempts=self._policy.retry.max_attempts, operator_retries=self._operator_retries,
+            escalations=self._escalations,
             reports=self._reports, dry_run=self._dry_run, pending_decision=self._pending,
             outcome=self._outcome, started_at=self._started_at, timeline=list(self._timeline),
             source_resolved=self._source_resolved,
@@ -853,6 +931,12 @@ def runs_locally(spec: ActionSpec) -> bool:
     trials, commands, rollouts) stays a regular activity, with heartbeats, mid-step
     cancellation and its own events in the history."""
     return isinstance(spec, HttpAction) or (isinstance(spec, BreakerAction) and not spec.trials)
+
+
+def _refused(err: ActivityError) -> bool:
+    """Whether the worker refused the activity because its own policy does not hold the spec."""
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and cause.type == POLICY_MISMATCH
 
 
 def _cause(err: BaseException) -> str:
