@@ -153,12 +153,14 @@ class AssessmentSpec(MedkitModel):
     """How probe results during assessment decide severity; the detector's own severity is a floor.
 
     The first of `rules` whose condition holds decides; when none does, the all/some/no-probe
-    defaults do.
+    defaults do. With `dismiss_when_healthy`, a report that no probe can confirm ends the
+    recovery as Dismissed without acting; by default medkit trusts the detector and acts.
     """
 
     all_probes_fail: Severity = Severity.MAJOR
     some_probes_fail: Severity = Severity.MINOR
     no_probe_fails: Severity = Severity.MINOR
+    dismiss_when_healthy: bool = False
     rules: list[AssessmentRule] = Field(default_factory=list)
 
     def unresolved(self, probes: Sequence[ProbeSpec]) -> list[str]:
