@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 ALLOWED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-    "PYTHONPATH", "VIRTUAL_ENV",
+    "PYTHONPATH", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
 })
 """Worker variables every child gets, because ordinary programs misbehave without them and none
 of them is a secret:
@@ -32,7 +32,9 @@ of them is a secret:
 - TMPDIR: where temporary files go (a worker may point it at a private directory);
 - TERM: some tools refuse to run, or print escape codes, without it;
 - PYTHONPATH, VIRTUAL_ENV: a Python service started with the worker's interpreter
-  (`python -m demo.service`, the demo) finds the same packages the worker does.
+  (`python -m demo.service`, the demo) finds the same packages the worker does;
+- PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE: how the deployment runs Python (container images
+  set them so logs are written as they happen); a restarted Python service keeps behaving so.
 
 Deliberately left out: proxy variables (`HTTP_PROXY=http://user:pass@...` carries
 credentials), `KUBECONFIG`, cloud and database variables, and everything the worker's own

@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -50,9 +50,21 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 """A service, action, probe or route name: letters, digits, `_`, `.`, `-`; at most 63 characters."""
 
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME_RE.match(value):
+        shown = value if len(value) <= 20 else value[:8] + "..."
+        raise ValueError(f"{shown!r} is not an environment variable name (letters, digits and _, "
+                         "not starting with a digit): name the variable, never write its value")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
 """The NAME of an environment variable on the worker (for `*_env` fields: one holding a secret,
-never the secret itself); a shell-style identifier, so a value pasted by mistake is refused."""
+never the secret itself); a shell-style identifier, so a value pasted by mistake is refused
+(and only its start is echoed in the error, in case it was a secret)."""
 
 
 class MedkitModel(BaseModel):

@@ -88,7 +88,8 @@ async def test_command_exit_zero_is_healthy() -> None:
 
 async def test_command_nonzero_exit_is_unhealthy_with_output_tail() -> None:
     script = "import sys; print('x' * 2000); print('disk almost full', file=sys.stderr); sys.exit(2)"
-    result = await check_command(command("-c", script, env={"MEDKIT_PROBE": "1"}))
+    # unbuffered so stderr comes last; children no longer inherit the worker's setting by accident
+    result = await check_command(command("-c", script, env={"MEDKIT_PROBE": "1", "PYTHONUNBUFFERED": "1"}))
     assert not result.healthy
     assert result.failure == "check_failed"
     assert result.observed == {"exit_code": 2}
@@ -141,3 +142,29 @@ async def test_command_that_cannot_start_is_a_config_error(tmp_path: Path) -> No
                 await run_probe(http, spec)
             assert caught.value.non_retryable and caught.value.type == "ProbeConfigError"
 
+
+
+async def test_command_probe_sees_no_worker_secret_and_its_detail_is_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = f"s3cr3t-{tmp_path.name}-probe"
+    monkeypatch.setenv("MEDKIT_TEST_PROBE_TOKEN", secret)
+    config = tmp_path / "check.conf"
+    config.write_text(f"password={secret}")
+    script = (f"import os, sys; print(open({str(config)!r}).read()); "
+              "sys.exit(1 if 'MEDKIT_TEST_PROBE_TOKEN' in os.environ else 0)")
+    result = await check_command(command("-c", script))
+    assert result.healthy, result.detail  # the program did not get the worker's token
+    assert secret not in result.detail
+    assert result.detail.endswith("exited 0: password=[redacted]")
+
+
+async def test_command_probe_inherit_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDKIT_TEST_PROBE_TARGET", "db-primary")
+    script = "import os, sys; sys.exit(0 if os.environ['MEDKIT_TEST_PROBE_TARGET'] == 'db-primary' else 1)"
+    result = await check_command(command("-c", script, inherit_env=["MEDKIT_TEST_PROBE_TARGET"]))
+    assert result.healthy, result.detail
+    with pytest.raises(ApplicationError) as caught:
+        await check_command(command("-c", "pass", inherit_env=["MEDKIT_TEST_NEVER_SET"]))
+    assert caught.value.type == "ProbeConfigError" and caught.value.non_retryable
+    assert "MEDKIT_TEST_NEVER_SET" in caught.value.message
