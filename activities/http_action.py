@@ -10,13 +10,15 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.child_env import redact
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
 from models.actions import ActionRequest, ActionResult, HttpAction
 
 BODY_LIMIT = 2000
-"""How much of a response body is kept in the result and the history."""
+"""How much of a response body is kept in the result and the history (secret values of the
+worker's environment redacted first, so an endpoint that echoes a token cannot put it there)."""
 
 
 def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
@@ -65,7 +67,7 @@ async def send(
 
 def response_data(response: httpx.Response) -> dict[str, float | int | str | None]:
     """The status and (truncated) body of a response, for ActionResult.data."""
-    return {"status": response.status_code, "body": response.text[:BODY_LIMIT]}
+    return {"status": response.status_code, "body": redact(response.text)[:BODY_LIMIT]}
 
 
 class HttpActionActivities:

@@ -12,7 +12,9 @@ import dataclasses
 import json
 import sys
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
 import psutil
@@ -23,6 +25,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.child_env import REDACTED, child_environment, redact
 from activities.command import CommandActivities
 from activities.deps import ActivityDeps
+from activities.http_action import HttpActionActivities
 from activities.process import ProcessActivities, ProcessSupervisor
 from activities.process_pool import ProcessPool
 from activities.scale import ScaleActivities
@@ -277,3 +280,33 @@ def test_bad_env_names_are_refused(field: str, value: str, path: str) -> None:
     found = problems(**{field: value})
     assert list(found) == [path]
     assert "not an environment variable name" in found[path]
+
+
+async def test_an_http_action_response_echoing_the_token_is_redacted(
+    secret: str, deps: ActivityDeps
+) -> None:
+    """An admin endpoint that echoes the request's Authorization header cannot put the worker's
+    token into the result (and so the history)."""
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.dumps({"you_sent": self.headers.get("Authorization")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Echo)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = await run(HttpActionActivities(deps).http_action, {
+            "kind": "http", "url": f"http://127.0.0.1:{server.server_port}/admin",
+            "bearer_token_env": SECRET_NAME,
+        })
+    finally:
+        server.shutdown()
+    assert result.ok
+    assert secret not in result.model_dump_json()
+    assert f"Bearer {REDACTED}" in str(result.data["body"])

@@ -509,7 +509,7 @@ def test_pagerduty_event_mapping_covers_every_event() -> None:
     assert {e for e, a in EVENT_ACTION.items() if a == "trigger"} == {
         "emergency", "escalation", "manual_intervention", "approval_needed", "action"}
     assert EVENT_ACTION["acknowledged"] == EVENT_ACTION["aborted"] == "acknowledge"
-    assert {e for e, a in EVENT_ACTION.items() if a == "resolve"} == {"recovered", "resolved"}
+    assert {e for e, a in EVENT_ACTION.items() if a == "resolve"} == {"recovered", "resolved", "dismissed"}
 
 
 @pytest.mark.parametrize(("severity", "expected"), [
