@@ -2,31 +2,63 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+MAX_DURATION = timedelta(days=3650)
+"""The longest duration a policy may hold (10 years). Far beyond any timer or window medkit sets,
+and far below what Python's timedelta and Temporal's timers (Go durations, about 292 years) can
+represent, so an absurd value is a clear policy error rather than an overflow at run time."""
+
+
+def _seconds_in_range(seconds: float) -> float:
+    """The number of seconds if it is a valid duration; a ValueError saying why if not."""
+    if math.isnan(seconds):
+        raise ValueError("a duration must be a number of seconds, not NaN")
+    if seconds < 0:
+        raise ValueError("a duration must not be negative")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError("a duration must be at most 3650d (10 years)")
+    return seconds
 
 
 def parse_duration(value: Any) -> Any:
-    """Accept `250ms`, `30s`, `5m`, `2h`, `1d`, plain seconds, or anything pydantic's timedelta takes."""
+    """Accept `250ms`, `30s`, `5m`, `2h`, `1d`, plain seconds, or anything pydantic's timedelta takes.
+
+    Negative, NaN and absurdly large values are refused with a ValueError, which pydantic reports
+    against the field, instead of overflowing `timedelta` with an OverflowError, which pydantic
+    would let escape as a traceback.
+    """
     if isinstance(value, bool):
         raise ValueError("a duration must be a number of seconds or a string like '30s' or '5m'")
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf if value > 0 else -math.inf
+        return timedelta(seconds=_seconds_in_range(seconds))
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match:
             number, unit = match.groups()
-            return timedelta(seconds=float(number) * _UNIT_SECONDS[unit or "s"])
+            return timedelta(seconds=_seconds_in_range(float(number) * _UNIT_SECONDS[unit or "s"]))
         if not value.strip().upper().startswith("P"):
             raise ValueError(
                 f"invalid duration {value!r}: use a number with a unit, e.g. '250ms', '30s', '5m', '2h'"
             )
+    return value
+
+
+def _check_range(value: timedelta) -> timedelta:
+    """The same bounds for durations pydantic parsed itself (ISO 8601 `P…` strings, timedeltas)."""
+    _seconds_in_range(value.total_seconds())
     return value
 
 
@@ -42,9 +74,11 @@ def _format_duration(value: timedelta) -> str:
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
+    AfterValidator(_check_range),
     PlainSerializer(_format_duration, return_type=str, when_used="json"),
 ]
-"""A non-negative time span written as `30s`, `5m`, `250ms` or a number of seconds."""
+"""A time span written as `30s`, `5m`, `250ms` or a number of seconds; never negative, and at
+most `MAX_DURATION`."""
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]

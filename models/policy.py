@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -352,7 +353,7 @@ class AnomalyWatchSpec(MedkitModel):
     @model_validator(mode="after")
     def _unique_names(self) -> AnomalyWatchSpec:
         names = [s.name for s in self.series]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted(n for n, times in Counter(names).items() if times > 1)
         if repeated:
             raise ValueError(f"anomaly series names must be unique; repeated: {repeated}")
         return self
@@ -395,7 +396,7 @@ class PolicyFile(MedkitModel):
     @model_validator(mode="after")
     def _unique_services(self) -> PolicyFile:
         names = [s.name for s in self.services]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = sorted(n for n, times in Counter(names).items() if times > 1)
         if duplicates:
             raise ValueError(f"service names must be unique; repeated: {duplicates}")
         return self

@@ -1,8 +1,17 @@
-"""Reading a policy file's YAML text into a validated `PolicyFile`, with line numbers in errors."""
+"""Reading a policy file's YAML text into a validated `PolicyFile`, with line numbers in errors.
+
+The file is untrusted input as far as the loader is concerned: whatever it holds, the answer is a
+`PolicyFile` or a `PolicyError` listing problems, never a traceback and never a hang. So the
+loader bounds what it reads before anything expensive happens: the size of the file
+(`MAX_POLICY_BYTES`), how deep it nests (`MAX_DEPTH`), how many aliases it uses (`MAX_ALIASES`)
+and how many nodes it holds once aliases are expanded (`MAX_NODES`, which stops "billion
+laughs" alias bombs: a few lines that expand to billions of values).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -10,6 +19,30 @@ from pydantic import ValidationError
 
 from models.policy import PolicyFile
 
+MAX_POLICY_BYTES = 1 << 20
+"""A policy file is at most 1 MiB: thousands of services fit, and a runaway file (a log pasted
+by mistake, a generator gone wrong) is refused before it is parsed."""
+
+MAX_DEPTH = 64
+"""Nesting deeper than this is refused (a real policy nests about ten levels); the YAML composer
+is recursive, so without a bound a deep file would end in a RecursionError."""
+
+MAX_ALIASES = 10_000
+"""Alias uses (`*name`) in one file: enough to share a ladder or a probe across thousands of
+services, while bounding the work of resolving them."""
+
+MAX_NODES = 1_000_000
+"""Values in the document once every alias is expanded (about twice what a 1 MiB file can
+spell out without aliases). Validation walks the expanded document, so this bounds its work
+and stops alias bombs."""
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """The file exceeds one of the loader's bounds, or holds a value Python cannot represent;
+    raised while loading, with its position (`problem` is the whole message)."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(None, None, message, mark)
 
 @dataclass(frozen=True)
 class PolicyProblem:
@@ -68,15 +101,139 @@ def _locate(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[str, in
     return "".join(parts), line
 
 
-def parse_policy(text: str, source: str = "<policy>") -> PolicyFile:
-    """Parse and validate a policy; raise PolicyError naming every problem's field and line."""
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting beyond MAX_DEPTH and aliases beyond MAX_ALIASES as
+    it composes, and turning a scalar it cannot convert into an error at the scalar's line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node, counting aliases and nesting depth first."""
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(f"more than {MAX_ALIASES} aliases (*name)", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Construct a value; a scalar Python cannot represent (an integer of thousands of
+        digits, a date like 2024-02-30) becomes a YAML error at its line, not a ValueError."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as err:
+            raise _Refused(f"cannot read the value {_clip(node)}: {err}", node.start_mark) from None
+
+
+def _clip(node: yaml.Node) -> str:
+    """A scalar's text for a message, shortened: it may be thousands of characters."""
+    text = str(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document holds with every alias expanded (shared nodes counted each
+    time they are used), without expanding anything: each distinct node is visited once.
+
+    Raises _Refused for an alias inside the node it names (a recursive structure), which could
+    not be validated anyway.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _Refused("an alias refers to a node that contains it (a recursive structure)",
+                           node.start_mark)
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def _decode(data: bytes, source: str) -> str:
+    """The file's text; PolicyError for bytes that are not UTF-8, with the line of the first."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise PolicyError(source, [PolicyProblem("", line, (
+            f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} cannot be "
+            "decoded; save the file as UTF-8"))]) from None
+
+
+def read_policy_bytes(path: Path) -> bytes:
+    """The policy file's bytes, reading no more than one byte beyond MAX_POLICY_BYTES (enough for
+    `parse_policy` to refuse a larger file without reading all of it). Raises OSError."""
+    with path.open("rb") as handle:
+        return handle.read(MAX_POLICY_BYTES + 1)
+
+
+def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers) and its data, within the loader's bounds."""
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # checks every character is printable
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node) > MAX_NODES:
+            raise PolicyError(source, [PolicyProblem("", None, (
+                f"the document holds more than {MAX_NODES:,} values once its aliases are "
+                "expanded (an alias bomb?); use fewer aliases"))])
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise PolicyError(source, [PolicyProblem("", line, f"not valid YAML: {err}")]) from err
+        message = str(err.problem) if isinstance(err, _Refused) else f"not valid YAML: {err}"
+        raise PolicyError(source, [PolicyProblem("", line, message)]) from None
+    except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
+        raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return node, data
+
+
+def _size(text: str | bytes) -> int:
+    """The file's size in bytes (text is measured as UTF-8, which never takes fewer bytes than
+    characters, so a text too long in characters is not encoded at all)."""
+    if isinstance(text, bytes) or len(text) > MAX_POLICY_BYTES:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def parse_policy(text: str | bytes, source: str = "<policy>") -> PolicyFile:
+    """Parse and validate a policy; raise PolicyError naming every problem's field and line.
+
+    `text` is the file's text, or its raw bytes (which must be UTF-8). Files larger than
+    MAX_POLICY_BYTES, nested deeper than MAX_DEPTH, or expanding beyond MAX_ALIASES/MAX_NODES
+    are refused whole, with "(file)" as the problem's path.
+    """
+    if _size(text) > MAX_POLICY_BYTES:
+        raise PolicyError(source, [PolicyProblem("", None, (
+            f"the file is larger than {MAX_POLICY_BYTES:,} bytes (1 MiB), the most a policy may "
+            "hold"))])
+    if isinstance(text, bytes):
+        text = _decode(text, source)
+    node, data = _compose(text, source)
     if not isinstance(data, dict):
         raise PolicyError(source, [PolicyProblem("", 1, "expected a mapping with 'services'")])
     try:
@@ -87,3 +244,5 @@ def parse_policy(text: str, source: str = "<policy>") -> PolicyFile:
             path, line = _locate(node, tuple(error["loc"]))
             problems.append(PolicyProblem(path, line, error["msg"]))
         raise PolicyError(source, problems) from err
+    except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
+        raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None

@@ -1,0 +1,234 @@
+"""The policy loader refuses hostile or broken files with a PolicyError, never a traceback or a hang.
+
+Every case goes through the real loader (`parse_policy`, or `load_policy` as the CLI reads a file):
+alias bombs, files too large, too deep or not UTF-8, numbers too large for a duration, negative
+durations, values YAML reads but Python cannot hold; and thousands of services still validate
+with exact duplicate reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.common import load_policy
+from models.policy_yaml import (
+    MAX_ALIASES,
+    MAX_DEPTH,
+    MAX_NODES,
+    MAX_POLICY_BYTES,
+    PolicyError,
+    PolicyProblem,
+    parse_policy,
+)
+
+RUNG = "{name: w, steps: [{wait: 1s}]}"
+SERVICE = ("{name: %s, probes: [{kind: tcp, name: p, port: 1}], "
+           f"ladders: {{minor: [{RUNG}], major: [{RUNG}], critical: [{RUNG}]}}%s}}")
+
+
+def policy(*services: str, extra: str = "") -> str:
+    """A policy file of the given services (flow mappings), plus top-level `extra` lines."""
+    return "version: 1\nservices:\n" + "".join(f"  - {s}\n" for s in services) + extra
+
+
+def service(name: str = "web", fields: str = "") -> str:
+    """One valid service as a flow mapping, with extra `fields` (", key: value" pairs)."""
+    return SERVICE % (name, fields)
+
+
+def problems(text: str | bytes) -> list[PolicyProblem]:
+    """The problems the loader reports; fails the test if it accepts the file."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "policy.yaml")
+    return caught.value.problems
+
+
+def test_the_fixtures_are_a_valid_policy() -> None:
+    assert [s.name for s in parse_policy(policy(service("a"), service("b"))).services] == ["a", "b"]
+
+
+@pytest.mark.timeout(60)
+def test_an_alias_bomb_shaped_like_a_valid_policy_is_refused_before_validation() -> None:
+    """60 services x 3 ladders x 60 rungs x 60 steps: a few hundred aliases that expand to
+    648,000 steps, which a loader without a bound accepts as a valid policy (and each recovery of
+    it would carry a snapshot of 216,000 steps). Refused from its size once expanded, computed
+    without expanding it."""
+    steps = ", ".join(["*step"] * 59)
+    rungs = ", ".join(["*rung"] * 59)
+    text = ("version: 1\n"
+            "services:\n"
+            "  - &svc {name: web-0, probes: [{kind: tcp, name: p, port: 1}],\n"
+            f"     ladders: {{minor: &rungs [&rung {{name: r, steps: [&step {{wait: 1s}}, {steps}]}},"
+            f" {rungs}], major: *rungs, critical: *rungs}}}}\n"
+            + "".join(f"  - {{<<: *svc, name: web-{i}}}\n" for i in range(1, 60)))
+    [problem] = problems(text)
+    assert problem.path == ""
+    assert str(problem).startswith("(file): the document holds more than 1,000,000 values once its "
+                                   "aliases are expanded")
+
+
+def test_a_classic_billion_laughs_is_refused() -> None:
+    text = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    previous = "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+        previous = name
+    [problem] = problems(text + "services: *i\n")
+    assert "more than 1,000,000 values once its aliases are expanded" in problem.message
+    assert MAX_NODES == 1_000_000
+
+
+def test_aliases_are_capped_but_sharing_a_ladder_across_services_is_fine() -> None:
+    ladders = f"{{minor: [{RUNG}], major: [{RUNG}], critical: [{RUNG}]}}"
+    first = f"{{name: s0, probes: [{{kind: tcp, name: p, port: 1}}], ladders: &ladders {ladders}}}"
+    shared = [f"{{name: s{i}, probes: [{{kind: tcp, name: p, port: 1}}], ladders: *ladders}}"
+              for i in range(1, 200)]
+    assert len(parse_policy(policy(first, *shared)).services) == 200
+
+    too_many = "x: &x 1\nservices: [" + ", ".join(["*x"] * (MAX_ALIASES + 1)) + "]\n"
+    [problem] = problems(too_many)
+    assert (problem.path, problem.line) == ("", 2)
+    assert problem.message == "more than 10000 aliases (*name)"
+
+
+def test_an_alias_inside_the_node_it_names_is_refused() -> None:
+    [problem] = problems("version: 1\nservices: &loop [*loop]\n")
+    assert (problem.path, problem.line) == ("", 2)
+    assert "an alias refers to a node that contains it" in problem.message
+
+
+def test_a_file_larger_than_the_cap_is_refused_whole() -> None:
+    valid = policy(service())
+    padding = "#" * (MAX_POLICY_BYTES - len(valid) + 1) + "\n"
+    [problem] = problems(valid + padding)
+    assert str(problem) == ("(file): the file is larger than 1,048,576 bytes (1 MiB), the most a "
+                            "policy may hold")
+    assert problems((valid + padding).encode()) == [problem]
+    # Measured in bytes: 'é' is two bytes in UTF-8.
+    assert problems(valid + "#" + "é" * ((MAX_POLICY_BYTES - len(valid)) // 2 + 1) + "\n") == [problem]
+    assert parse_policy(valid + "#" * (MAX_POLICY_BYTES - len(valid) - 1) + "\n").services
+
+
+def test_deep_nesting_is_refused_at_its_line_not_with_a_recursion_error() -> None:
+    [problem] = problems("version: 1\nservices:\n  - " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert (problem.path, problem.line) == ("", 3)
+    assert problem.message == f"nested more than {MAX_DEPTH} levels deep"
+    nested = "services:\n" + "".join(f"{'  ' * i}- \n" for i in range(1, 200))
+    assert problems(nested)[0].message == "nested more than 64 levels deep"
+
+
+def test_bytes_that_are_not_utf8_are_refused_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    valid = policy(service()).encode()
+    path.write_bytes(valid + b"# caf\xe9 in Latin-1\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    [problem] = caught.value.problems
+    assert str(problem) == (f"line 4: (file): not UTF-8 text: byte 0xe9 at offset {len(valid) + 5} "
+                            "cannot be decoded; save the file as UTF-8")
+    assert caught.value.source == str(path)
+    path.write_bytes(policy(service("caf\u00e9")).encode())  # UTF-8, but not a valid name
+    with pytest.raises(PolicyError, match=r"services\[0\]\.name: String should match pattern"):
+        load_policy(path)
+
+
+def test_load_policy_reads_no_more_than_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(policy(service()).encode() + b"#" * (4 * MAX_POLICY_BYTES) + b"\n")
+    with pytest.raises(PolicyError, match=r"larger than 1,048,576 bytes"):
+        load_policy(path)
+    path.write_text(policy(service()))
+    assert load_policy(path).services[0].name == "web"
+
+
+@pytest.mark.parametrize(("fields", "path", "message"), [
+    (", validation: {interval: 1.0e+400}", "services[0].validation.interval",
+     "a duration must be at most 3650d (10 years)"),
+    (", validation: {interval: 1e400}", "services[0].validation.interval",
+     "a duration must be at most 3650d (10 years)"),
+    (", validation: {interval: .inf}", "services[0].validation.interval",
+     "a duration must be at most 3650d (10 years)"),
+    (", validation: {interval: .nan}", "services[0].validation.interval",
+     "a duration must be a number of seconds, not NaN"),
+    (", escalation: {after: 1" + "0" * 400 + "}", "services[0].escalation.after",
+     "a duration must be at most 3650d (10 years)"),
+    (", escalation: {after: 99999999999d}", "services[0].escalation.after",
+     "a duration must be at most 3650d (10 years)"),
+    (", retry: {max_backoff: 3651d}", "services[0].retry.max_backoff",
+     "a duration must be at most 3650d (10 years)"),
+    (", validation: {interval: -5s}", "services[0].validation.interval",
+     "a duration must not be negative"),
+    (", validation: {interval: -5}", "services[0].validation.interval",
+     "a duration must not be negative"),
+    (", retry: {initial_backoff: -0.5}", "services[0].retry.initial_backoff",
+     "a duration must not be negative"),
+    (", escalation: {after: -1m}", "services[0].escalation.after", "a duration must not be negative"),
+    (", health_poll: {cooldown: -1h}", "services[0].health_poll.cooldown",
+     "a duration must not be negative"),
+    (", actions: {r: {kind: command, argv: [x], timeout: -30}}", "services[0].actions.r.timeout",
+     "a duration must not be negative"),
+])
+def test_durations_too_large_or_negative_name_their_field(fields: str, path: str, message: str) -> None:
+    [problem] = problems(policy(service(fields=fields)))
+    assert (problem.path, problem.line) == (path, 3)
+    assert problem.message == f"Value error, {message}"
+
+
+def test_negative_step_and_probe_durations_name_their_field() -> None:
+    text = policy(service().replace("wait: 1s", "wait: -1s").replace("port: 1}", "port: 1, timeout: -2}"))
+    paths = sorted(p.path for p in problems(text))
+    assert paths == ["services[0].ladders.critical[0].steps[0].wait",
+                     "services[0].ladders.major[0].steps[0].wait",
+                     "services[0].ladders.minor[0].steps[0].wait",
+                     "services[0].probes[0].timeout"]
+
+
+def test_durations_in_range_still_parse() -> None:
+    text = policy(service(fields=", validation: {interval: 0.25}, escalation: {after: 3650d}, "
+                                 "retry: {initial_backoff: 1e1s}"))
+    [svc] = parse_policy(text).services
+    assert svc.validation.interval.total_seconds() == 0.25
+    assert svc.escalation.after.days == 3650
+    assert svc.retry.initial_backoff.total_seconds() == 10
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("9" * 5000, "Exceeds the limit (4300 digits)"),
+    ("2024-02-30", "day is out of range for month"),
+])
+def test_values_python_cannot_hold_are_refused_at_their_line(value: str, message: str) -> None:
+    [problem] = problems(policy(service(), service("db", f", description: {value}")))
+    assert (problem.path, problem.line) == ("", 4)
+    assert problem.message.startswith("cannot read the value ")
+    assert message in problem.message
+
+
+def many(names: list[str]) -> str:
+    """A policy of these services, all but the first merging the first one's fields (`<<:`), so
+    the file stays small and quick to parse."""
+    first = "&base " + service(names[0])
+    return policy(first, *(f"{{<<: *base, name: {name}}}" for name in names[1:]))
+
+
+def test_thousands_of_services_validate_and_report_exact_duplicates() -> None:
+    unique = [f"svc-{i:04d}" for i in range(5000)]
+    services = parse_policy(many(unique)).services
+    assert [s.name for s in services] == unique
+    assert services[4999].ladders.minor[0].name == "w"
+
+    repeated = unique[:4990] + [f"svc-{i:04d}" for i in (7, 7, 42, 4989, 0, 1, 2, 3, 4, 5)]
+    [problem] = problems(many(repeated))
+    assert problem.message == ("Value error, service names must be unique; repeated: "
+                               "['svc-0000', 'svc-0001', 'svc-0002', 'svc-0003', 'svc-0004', "
+                               "'svc-0005', 'svc-0007', 'svc-0042', 'svc-4989']")
+
+
+def test_thousands_of_anomaly_series_report_exact_duplicates() -> None:
+    series = [f"    - {{name: s{i}, service: web}}\n" for i in range(5000)]
+    series += ["    - {name: s17, service: web}\n", "    - {name: s4999, service: web}\n"]
+    [problem] = problems(policy(service(), extra="anomaly:\n  series:\n" + "".join(series)))
+    assert problem.path == "anomaly"
+    assert problem.message == ("Value error, anomaly series names must be unique; repeated: "
+                               "['s17', 's4999']")
