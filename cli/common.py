@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from models.policy import PolicyFile
-from models.policy_yaml import PolicyError, parse_policy
+from models.policy_yaml import PolicyError, parse_policy, read_policy_bytes
 from workers.client import TemporalTarget, connect
 
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def policy_path(args: argparse.Namespace) -> Path:
 def load_policy(path: Path) -> PolicyFile:
     """Read and validate a policy file, or raise CommandError / PolicyError saying why."""
     try:
-        text = path.read_text()
+        text = read_policy_bytes(path)
     except FileNotFoundError:
         raise CommandError(f"policy file {path} not found (pass --config FILE or set "
                            "MEDKIT_CONFIG; `medkit dev` writes one for the demo)") from None
