@@ -189,7 +189,9 @@ async def main(args: argparse.Namespace) -> None:
     try:
         wait_ready(gateway_url, gateway)
         deps = ActivityDeps.create(work / "state")
-        async with build_worker(client, "bench-raw", deps), build_worker(client, "bench-gateway", deps):
+        own = PolicyFile.model_validate(policy_data)  # the workers' own file, as the gateway's
+        async with build_worker(client, "bench-raw", deps, own), \
+                build_worker(client, "bench-gateway", deps, own):
             raw_alerts = [AlertmanagerAlert.model_validate(a)
                           for a in alerts(args.alerts, args.services, "RawAlert")]
             detections = [alert_to_detection(a, a.labels["service"]) for a in raw_alerts]

@@ -366,7 +366,8 @@ async def overhead_phase(client: Client, work: Path, runs: int, poll: float,
     try:
         async with demo_service(state) as demo:
             policy = demo_bench_policy(demo.port, state, poll, validation)
-            async with build_worker(client, queue, deps, ProcessSupervisor(state)):
+            own = PolicyFile(services=[policy.model_copy(deep=True)])  # the worker's own file
+            async with build_worker(client, queue, deps, own, ProcessSupervisor(state)):
                 for fault in FAULTS:
                     await timed_recovery(client, queue, policy, demo, fault)
                 say("  warm-up done (one untimed recovery per fault)")
@@ -561,9 +562,10 @@ async def throughput_phase(client: Client, work: Path, concurrency: int, rounds:
             policy = throughput_policy(demo.base, validation)
             supervisor = ProcessSupervisor(state)
             baseline = BaselineActivities(http)
+            own = PolicyFile(services=[policy.model_copy(deep=True)])  # the worker's own file
 
             def medkit_worker() -> Worker:
-                return build_worker(client, "bench-medkit", deps, supervisor)
+                return build_worker(client, "bench-medkit", deps, own, supervisor)
 
             def baseline_worker() -> Worker:
                 ensure_workflow_bytecode([BaselineWorkflow])  # as build_worker does for medkit's

@@ -76,7 +76,7 @@ async def run_dev(args: argparse.Namespace) -> None:
             demo_pid = supervisor.spawn(DEMO_SERVICE, spec)
             print(f"started the demo service (pid {demo_pid}) ...", file=sys.stderr)
         print(banner(args, policy_path, demo), file=sys.stderr, flush=True)
-        await run_worker_and_poller(client, target.task_queue, state_dir, policy.services, supervisor)
+        await run_worker_and_poller(client, target.task_queue, state_dir, policy, supervisor)
     finally:
         try:
             pid = read_pid(str(state_dir / "demo.pid")) if demo else None

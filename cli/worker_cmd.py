@@ -6,21 +6,51 @@ import argparse
 import os
 from pathlib import Path
 
-from cli.common import DEFAULT_STATE_DIR, SubParsers, add_temporal_args, guarded, run, target_from
+from cli.common import (
+    DEFAULT_STATE_DIR,
+    CommandError,
+    SubParsers,
+    add_temporal_args,
+    guarded,
+    load_policy,
+    run,
+    target_from,
+)
+from models.policy import PolicyFile
+from models.policy_yaml import PolicyError
 from workers.client import connect
 from workers.logging import configure_logging
 from workers.worker import run_worker
 
 
+def worker_policy(config: Path | None) -> PolicyFile:
+    """The worker's own policy file (--config or $MEDKIT_CONFIG, never a guess), or a one-line
+    CommandError: it is the authority over what the worker runs, so there is no default."""
+    env = os.environ.get("MEDKIT_CONFIG")
+    path = config if config is not None else Path(env) if env else None
+    if path is None:
+        raise CommandError("the worker needs its own policy file, the authority over what it may "
+                           "run: pass --config FILE or set MEDKIT_CONFIG")
+    try:
+        return load_policy(path)
+    except PolicyError as err:
+        first = " ".join(str(err.problems[0]).split()) if err.problems else "invalid"
+        more = f" (and {len(err.problems) - 1} more)" if len(err.problems) > 1 else ""
+        raise CommandError(f"policy file {path} is invalid: {first}{more}; "
+                           f"`medkit config check {path}` lists every problem") from None
+
+
 @guarded
 def worker(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT; drain running activities and exit 0."""
+    policy = worker_policy(args.config)
     configure_logging(args.log_level)
     target = target_from(args)
 
     async def go() -> None:
         client = await connect(target)
-        await run_worker(client, target.task_queue, args.state_dir, os.environ.get("MEDKIT_DATABASE_URL"))
+        await run_worker(client, target.task_queue, args.state_dir, policy,
+                         os.environ.get("MEDKIT_DATABASE_URL"))
 
     run(go())
     return 0
@@ -31,10 +61,14 @@ def register(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "worker", help="run the medkit Temporal worker (deploy this as a service)",
         description="Run RecoveryWorkflow and every activity on the task queue. SIGTERM drains "
-        "running activities (up to 30 s) and exits 0. TLS and API keys come from Temporal's "
-        "environment configuration (TEMPORAL_API_KEY, TEMPORAL_TLS, TEMPORAL_TLS_CLIENT_CERT_PATH, "
-        "TEMPORAL_TLS_CLIENT_KEY_PATH, ...).")
+        "running activities (up to 30 s) and exits 0. The worker's own policy file is the "
+        "authority: an action, probe or route a workflow asks for that differs from it is refused. "
+        "TLS and API keys come from Temporal's environment configuration (TEMPORAL_API_KEY, "
+        "TEMPORAL_TLS, TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH, ...).")
     add_temporal_args(parser)
+    parser.add_argument("--config", type=Path,
+                        help="the worker's policy file (required: --config or $MEDKIT_CONFIG); "
+                        "restart the worker after editing it")
     parser.add_argument("--state-dir", type=Path,
                         default=Path(os.environ.get("MEDKIT_STATE_DIR", DEFAULT_STATE_DIR)),
                         help="where the action ledger and supervised-process logs live "

@@ -32,6 +32,7 @@ from temporalio.worker import Worker
 from activities.deps import ActivityDeps
 from models import search_attributes as sa
 from models.fleet import coordinator_workflow_id
+from models.policy import PolicyFile, ServicePolicy
 
 BIN = Path(sys.executable).parent
 
@@ -54,6 +55,12 @@ async def stop_fleet_coordinator(client: Client, task_queue: str) -> None:
     handle = client.get_workflow_handle(coordinator_workflow_id(task_queue))
     with contextlib.suppress(RPCError):
         await handle.terminate("test finished")
+
+
+def policy_file(*services: ServicePolicy) -> PolicyFile:
+    """A worker's own policy file holding copies of these services, as the workflows' snapshots
+    carry them (copies: a PolicyFile stamps fleet limits on the services it holds)."""
+    return PolicyFile(services=[service.model_copy(deep=True) for service in services])
 
 
 @contextlib.asynccontextmanager

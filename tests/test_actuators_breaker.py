@@ -20,7 +20,7 @@ from models.actions import ActionRequest, ActionResult
 from models.detection import Detection
 from models.phases import Phase, Severity
 from models.policy import PolicyFile
-from tests.conftest import DemoService, free_port
+from tests.conftest import DemoService, free_port, policy_file
 from workers.client import start_or_join_recovery
 from workers.worker import build_worker
 
@@ -120,7 +120,7 @@ async def test_demo_major_ladder_runs_staged_recovery(
                           incident_key=f"t-{uuid.uuid4().hex[:8]}", source="cli",
                           severity=Severity.MAJOR, detected_at=datetime.now(UTC))
     deps = ActivityDeps.create(tmp_path / "worker")
-    async with build_worker(ts_env.client, queue, deps):
+    async with build_worker(ts_env.client, queue, deps, policy_file(policy)):
         handle = await start_or_join_recovery(ts_env.client, detection, policy, queue)
         status = await handle.result()
     await deps.http.aclose()

@@ -32,7 +32,7 @@ from models.actions import ActionRequest, ActionResult
 from models.detection import Detection
 from models.phases import Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
-from tests.conftest import WebhookReceiver, free_port
+from tests.conftest import WebhookReceiver, free_port, policy_file
 from tests.test_actuators_servers import (
     TOKEN,
     DockerEngine,
@@ -254,7 +254,7 @@ async def _recover(env: WorkflowEnvironment, deps: ActivityDeps, policy: Service
     detection = Detection(detection_id=str(uuid.uuid4()), service="svc",
                           incident_key=f"t-{uuid.uuid4().hex[:8]}", source="cli",
                           severity=severity, detected_at=datetime.now(UTC))
-    async with build_worker(env.client, queue, deps):
+    async with build_worker(env.client, queue, deps, policy_file(policy)):
         handle = await start_or_join_recovery(env.client, detection, policy, queue)
         return await handle.result()
 

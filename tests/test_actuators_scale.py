@@ -24,7 +24,7 @@ from models.actions import ActionRequest, ActionResult
 from models.detection import Detection
 from models.phases import Phase
 from models.policy import PolicyFile
-from tests.conftest import free_port
+from tests.conftest import free_port, policy_file
 from tests.test_actuators_servers import TOKEN, KubeApiServer, ScaleEndpoint, serving
 from workers.client import start_or_join_recovery
 from workers.worker import build_worker
@@ -180,7 +180,7 @@ async def test_http_scale_through_a_real_recovery_run(
                           incident_key=f"scale-{uuid.uuid4().hex[:8]}", source="cli",
                           detected_at=datetime.now(UTC))
     with serving(endpoint):
-        async with build_worker(ts_env.client, queue, deps):
+        async with build_worker(ts_env.client, queue, deps, policy_file(policy)):
             handle = await start_or_join_recovery(ts_env.client, detection, policy, queue)
             status = await handle.result()
     assert status.phase == Phase.RECOVERED

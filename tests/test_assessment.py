@@ -21,7 +21,7 @@ from models.policy import AssessmentSpec, ServicePolicy
 from models.policy_yaml import PolicyError, parse_policy
 from models.probes import ProbeResult
 from models.status import RecoveryStatus
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually, free_port, policy_file
 from workers.client import send_decision, start_or_join_recovery
 from workers.worker import build_worker
 from workflows.assessment import assess, decide_category, decide_severity, holds
@@ -242,7 +242,7 @@ async def test_rule_sends_a_real_recovery_down_the_emergency_path(
     detection = Detection(detection_id=str(uuid.uuid4()), service="shop", source="cli",
                           summary="shop is down", detected_at=datetime.now(UTC))
     queue = f"assess-{uuid.uuid4().hex[:8]}"
-    async with build_worker(ts_env.client, queue, ActivityDeps.create(tmp_path)):
+    async with build_worker(ts_env.client, queue, ActivityDeps.create(tmp_path), policy_file(spec)):
         handle = await start_or_join_recovery(ts_env.client, detection, spec, queue)
 
         async def manual() -> RecoveryStatus | None:

@@ -49,11 +49,12 @@ def slow_fix_policy(demo: DemoService, tmp_path: Path) -> Path:
     return path
 
 
-def start_worker(target: dict[str, str], state_dir: Path) -> subprocess.Popen[str]:
-    """`medkit worker` as a service would run it."""
+def start_worker(target: dict[str, str], state_dir: Path, policy: Path) -> subprocess.Popen[str]:
+    """`medkit worker` as a service would run it, with its own policy file in MEDKIT_CONFIG."""
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir", str(state_dir)],
-        env={**os.environ, **target}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, **target, "MEDKIT_CONFIG": str(policy)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
 
 
 def test_config_check_reports_every_problem_with_line(tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ async def test_trigger_status_list_and_decisions(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
     policy = slow_fix_policy(demo_service, tmp_path)
-    worker = start_worker(target, tmp_path / "state")
+    worker = start_worker(target, tmp_path / "state", policy)
     try:
         key = f"k{uuid.uuid4().hex[:6]}"
         started = medkit("trigger", "--service", "demo", "--key", key, "--config", str(policy),
@@ -125,7 +126,7 @@ async def test_sigterm_drains_the_running_action_and_the_recovery_survives(
     client: Client = dev_env.client
     policy = slow_fix_policy(demo_service, tmp_path)
     state = tmp_path / "state"
-    first = start_worker(target, state)
+    first = start_worker(target, state, policy)
     try:
         started = medkit("trigger", "--service", "demo", "--config", str(policy), "-o", "json",
                          "--key", f"k{uuid.uuid4().hex[:6]}", env=target)
@@ -148,7 +149,7 @@ async def test_sigterm_drains_the_running_action_and_the_recovery_survives(
         completed = [scheduled[e.activity_task_completed_event_attributes.scheduled_event_id]
                      for e in history.events if e.HasField("activity_task_completed_event_attributes")]
         assert "run_command" in completed, "the running action finished during the drain"
-        second = start_worker(target, state)  # a new worker picks the recovery up where it was
+        second = start_worker(target, state, policy)  # a new worker picks the recovery up where it was
         try:
             result = await handle.result()
         finally:

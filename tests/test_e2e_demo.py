@@ -25,7 +25,7 @@ from models.detection import Detection
 from models.phases import Phase
 from models.policy import PolicyFile, ServicePolicy
 from models.status import RecoveryStatus
-from tests.conftest import DemoService, eventually, running
+from tests.conftest import DemoService, eventually, policy_file, running
 from workers.client import start_or_join_recovery
 from workers.worker import build_worker
 from workflows.recovery import RecoveryWorkflow
@@ -52,7 +52,7 @@ async def medkit(dev_env: WorkflowEnvironment, demo_service: DemoService,
     queue = f"e2e-{demo_service.port}"
     stack = Medkit(dev_env.client, queue, policy)
     deps = ActivityDeps.create(tmp_path)
-    worker = build_worker(dev_env.client, queue, deps, ProcessSupervisor(tmp_path))
+    worker = build_worker(dev_env.client, queue, deps, policy_file(policy), ProcessSupervisor(tmp_path))
     async with running(worker):
         poller = asyncio.ensure_future(run_health_poller([policy], stack.report))
         yield stack

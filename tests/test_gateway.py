@@ -91,11 +91,12 @@ def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Gateway:
-    """An app instance, an HTTP client on it, and its metrics."""
+    """An app instance, an HTTP client on it, its metrics, and its policy (a worker's too)."""
 
     http: httpx.AsyncClient
     metrics: GatewayMetrics
     task_queue: str
+    policy: PolicyFile
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when absent)."""
@@ -111,7 +112,8 @@ async def gateway_app(temporal: TemporalGateway, **settings: Any) -> AsyncIterat
     app = create_app(config, temporal, metrics)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-        yield Gateway(http=http, metrics=metrics, task_queue=temporal.target.task_queue)
+        yield Gateway(http=http, metrics=metrics, task_queue=temporal.target.task_queue,
+                      policy=config.policy)
 
 
 @pytest_asyncio.fixture
@@ -191,7 +193,8 @@ async def test_many_instances_of_one_alert_reach_the_recovery_in_one_call_and_al
                            for i in range(20)))
     later = notification(*(alert(name, instance=f"host-{i}", fingerprint=f"{i:016x}")
                            for i in range(20, 25)))
-    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path))
+    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
+                          gateway.policy)
     async with worker:
         try:
             first, second = await asyncio.gather(
@@ -224,7 +227,8 @@ async def test_resolved_alert_reports_to_the_recovery_and_decisions_get_verdicts
         gateway: Gateway, dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
     name = f"Down{uuid.uuid4().hex[:6]}"
     workflow_id = f"recovery:svc-b:{name}"
-    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path))
+    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
+                          gateway.policy)
     async with worker:
         try:
             started = await gateway.http.post("/v1/alerts/alertmanager", headers=DETECTOR,

@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
 from models.phases import Outcome, Phase
+from models.policy_yaml import parse_policy
 from tests.alertmanager_fixture import running_alertmanager, running_gateway
 from tests.conftest import DemoService, eventually
 from tests.prometheus_fixture import running_prometheus
@@ -70,7 +71,8 @@ async def test_prometheus_alert_starts_one_recovery_and_resolved_closes_it(
     policy_file.write_text(yaml.safe_dump(sticky_demo_policy(demo_service)))
     workflow_id = f"recovery:demo:{ALERT}"
     address = client.service_client.config.target_host
-    async with build_worker(client, task_queue, ActivityDeps.create(tmp_path / "state")):
+    async with build_worker(client, task_queue, ActivityDeps.create(tmp_path / "state"),
+                            parse_policy(policy_file.read_text())):
         with running_gateway(tmp_path, policy_file, address, task_queue) as gateway, \
                 running_alertmanager(tmp_path, f"{gateway.url}/v1/alerts/alertmanager") as am, \
                 running_prometheus(tmp_path, [f"127.0.0.1:{demo_service.port}"],

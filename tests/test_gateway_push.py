@@ -96,10 +96,12 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway_app(temporal: TemporalGateway, series: str) -> AsyncIterator[Gateway]:
-    """The gateway app for `policy(series)`."""
+async def gateway_app(temporal: TemporalGateway, series: str,
+                      policies: PolicyFile | None = None) -> AsyncIterator[Gateway]:
+    """The gateway app for `policies` (default: `policy(series)`)."""
     metrics = GatewayMetrics()
-    settings = GatewaySettings(policy=policy(series), auth=AuthConfig(DETECTOR_TOKEN, OPERATOR_TOKEN))
+    settings = GatewaySettings(policy=policies or policy(series),
+                               auth=AuthConfig(DETECTOR_TOKEN, OPERATOR_TOKEN))
     app = create_app(settings, temporal, metrics)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
         yield Gateway(http, metrics, f"/v1/series/{series}/points")
@@ -128,7 +130,9 @@ async def test_an_anomalous_burst_starts_exactly_one_recovery(dev_env: WorkflowE
     queue = f"push-{uuid.uuid4().hex[:8]}"
     temporal = TemporalGateway(TemporalTarget(task_queue=queue), timeout=10, client=dev_env.client)
     deps = ActivityDeps.create(tmp_path)
-    async with running(build_worker(dev_env.client, queue, deps)), gateway_app(temporal, series) as gw:
+    policies = policy(series)  # the worker's and the gateway's: one file, as in production
+    async with running(build_worker(dev_env.client, queue, deps, policies)), \
+            gateway_app(temporal, series, policies) as gw:
         calm = await gw.push(normal())
         assert calm.status_code == 200, calm.text
         assert calm.json()["accepted"] == NORMAL and calm.json()["detections"] == 0

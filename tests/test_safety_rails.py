@@ -22,7 +22,14 @@ from demo.policy import DEMO_SERVICE, demo_policy
 from models.fleet import FleetSpec, LeaseRelease, LeaseRequest, coordinator_workflow_id
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
-from tests.conftest import DemoService, WebhookReceiver, eventually, running, start_time_skipping
+from tests.conftest import (
+    DemoService,
+    WebhookReceiver,
+    eventually,
+    policy_file,
+    running,
+    start_time_skipping,
+)
 from tests.scripted import Script, blocking_script, detection, scripted_policy, start, wait_for_phase
 from tests.test_recovery_paths import operator
 from workers.client import send_decision, static_summary
@@ -47,7 +54,8 @@ async def test_budget_exhausted_hands_over_instead_of_restarting_again(
     data = demo_policy(demo_service.port, tmp_path)
     data["services"][0]["budgets"] = [{"actions": ["restart"], "max_actions": 1, "window": "1h"}]  # type: ignore[index]
     policy = PolicyFile.model_validate(data).service(DEMO_SERVICE)
-    async with running(build_worker(ts_env.client, queue, deps, ProcessSupervisor(tmp_path))):
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(policy),
+                                    ProcessSupervisor(tmp_path))):
         demo_service.inject("unhealthy")
         first = await start(ts_env.client, queue, policy, detection(service=DEMO_SERVICE))
         assert (await first.result()).phase == Phase.RECOVERED
@@ -83,8 +91,12 @@ async def test_second_incident_on_a_service_queues_behind_the_first(
         script.block_actions = False
         assert (await first.result()).phase == Phase.RECOVERED
         later = await second.result()
-    assert later.phase == Phase.RECOVERED
-    assert script.finished == ["checkout:restart", "checkout:restart"]
+    # The first recovery fixed it: the second probes again once it holds the lease, finds the
+    # service healthy and ends without restarting it a second time.
+    assert later.phase == Phase.DISMISSED
+    assert script.finished == ["checkout:restart"]
+    assert "healthy again before restart" in next(
+        e.reason for e in later.timeline if e.to_phase == Phase.DISMISSED)
     granted = [e.reason for e in later.timeline if e.kind == "safety"]
     assert granted[-1] == f"lease granted after {first.id} finished"
 
@@ -194,7 +206,8 @@ async def test_a_busy_fleet_does_not_put_off_the_check_of_lease_holders(
     coordinator = client.get_workflow_handle_for(FleetCoordinatorWorkflow.run,
                                                  coordinator_workflow_id(queue))
     holders: list[str] = ["checkout"]
-    async with running(build_worker(client, queue, deps)):
+    policies = policy_file(scripted_policy("http://127.0.0.1:9/hook"))  # no recovery runs here
+    async with running(build_worker(client, queue, deps, policies)):
         assert (await fleet.request_fleet_lease(crashed)).verdict == "granted"
         for n in range(8):  # a request and a release every 2 s, for 16 s
             await own_ts_env.sleep(2)
@@ -218,7 +231,8 @@ async def test_dry_run_runs_the_whole_machine_and_touches_nothing(
     data["services"][0]["dry_run"] = True  # type: ignore[index]
     policy = PolicyFile.model_validate(data).service(DEMO_SERVICE)
     pid = demo_service.pid()
-    async with running(build_worker(ts_env.client, queue, deps, ProcessSupervisor(tmp_path))):
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(policy),
+                                    ProcessSupervisor(tmp_path))):
         found = detection(service=DEMO_SERVICE, severity=Severity.MINOR)
         handle = await start(ts_env.client, queue, policy, found)
         result = await handle.result()
@@ -304,7 +318,7 @@ async def test_asking_again_for_a_lease_gets_the_same_answer_and_takes_no_second
                          run_id="run-a", task_queue=queue, limits=policy.fleet)
     second = first.model_copy(update={"request_id": "second", "workflow_id": "recovery:b",
                                       "run_id": "run-b"})
-    async with running(build_worker(client, queue, deps)):
+    async with running(build_worker(client, queue, deps, policy_file(policy))):
         granted = [await fleet.request_fleet_lease(first) for _ in range(2)]
         queued = [await fleet.request_fleet_lease(second) for _ in range(2)]
         state = await client.get_workflow_handle_for(

@@ -26,6 +26,7 @@ from detectors.anomaly_watch import AnomalyWatcher
 from detectors.watch import Watch
 from models.detection import Detection
 from models.policy import AnomalyWatchSpec, PolicyFile, ServicePolicy
+from models.policy_yaml import parse_policy
 from models.status import RecoveryStatus
 from tests.conftest import DemoService, eventually
 from tests.prometheus_fixture import PrometheusServer, running_prometheus
@@ -173,7 +174,8 @@ async def test_medkit_watch_starts_exactly_one_recovery_when_the_demo_breaks(
     argv = [str(BIN / "medkit"), "watch", "--config", str(policy_file),
             "--address", client.service_client.config.target_host, "--namespace", client.namespace,
             "--task-queue", task_queue, "--log-level", "DEBUG"]
-    worker = build_worker(client, task_queue, ActivityDeps.create(tmp_path))
+    worker = build_worker(client, task_queue, ActivityDeps.create(tmp_path),
+                          parse_policy(policy_file.read_text()))
     async with worker:
         with stderr.open("wb") as err:
             watch = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)

@@ -17,7 +17,7 @@ from activities.process import ProcessSupervisor
 from detectors.health_poller import Reporter, run_health_poller
 from models import search_attributes as sa
 from models.detection import Detection
-from models.policy import ServicePolicy
+from models.policy import PolicyFile, ServicePolicy
 from workers.client import TemporalTarget, connect, start_or_join_recovery
 from workers.worker import build_worker
 
@@ -100,13 +100,13 @@ def reporter(client: Client, task_queue: str) -> Reporter:
 
 
 async def run_worker_and_poller(client: Client, task_queue: str, state_dir: Path,
-                                policies: list[ServicePolicy],
-                                supervisor: ProcessSupervisor) -> None:
-    """Run the worker and the health poller together until cancelled."""
+                                policy: PolicyFile, supervisor: ProcessSupervisor) -> None:
+    """Run the worker (checking activities against `policy`) and the health poller of every
+    service in it together until cancelled."""
     deps = ActivityDeps.create(state_dir)
-    worker = build_worker(client, task_queue, deps, supervisor)
+    worker = build_worker(client, task_queue, deps, policy, supervisor)
     try:
         async with worker:
-            await run_health_poller(policies, reporter(client, task_queue))
+            await run_health_poller(policy.services, reporter(client, task_queue))
     finally:
         await deps.http.aclose()

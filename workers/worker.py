@@ -15,8 +15,10 @@ from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from activities.registry import build_activities
+from models.policy import PolicyFile
 from workers.bytecode import ensure_workflow_bytecode
 from workers.logging import LogContextInterceptor
+from workers.policy_guard import PolicyGuardInterceptor
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
@@ -27,9 +29,14 @@ HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 def build_worker(
-    client: Client, task_queue: str, deps: ActivityDeps, supervisor: ProcessSupervisor | None = None
+    client: Client, task_queue: str, deps: ActivityDeps, policy: PolicyFile,
+    supervisor: ProcessSupervisor | None = None,
 ) -> Worker:
-    """A worker for medkit's workflow and activities, with structured logging bound per activity."""
+    """A worker for medkit's workflow and activities, with structured logging bound per activity.
+
+    `policy` is the worker's own policy file: the authority over which actions, probes and routes
+    its activities may run, whatever policy snapshot a workflow's input carries.
+    """
     workflows = [RecoveryWorkflow, FleetCoordinatorWorkflow]
     ensure_workflow_bytecode(workflows)
     return Worker(
@@ -40,24 +47,26 @@ def build_worker(
             *build_activities(deps, supervisor or ProcessSupervisor(deps.state_dir)),
             *FleetActivities(client).activities(),
         ],
-        interceptors=[LogContextInterceptor()],
+        interceptors=[LogContextInterceptor(), PolicyGuardInterceptor(policy)],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
 
-async def run_worker(client: Client, task_queue: str, state_dir: Path,
+async def run_worker(client: Client, task_queue: str, state_dir: Path, policy: PolicyFile,
                      database_url: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain running activities and return."""
+    """Run until SIGTERM or SIGINT, then drain running activities and return; `policy` is the
+    worker's own policy file, which its activities are checked against."""
     log = structlog.get_logger("medkit.worker")
     deps = ActivityDeps.create(state_dir, database_url)
-    worker = build_worker(client, task_queue, deps)
+    worker = build_worker(client, task_queue, deps, policy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker started", task_queue=task_queue, namespace=client.namespace)
+    log.info("worker started", task_queue=task_queue, namespace=client.namespace,
+             services=[service.name for service in policy.services])
     async with worker:
         await stop.wait()
         log.info("shutting down: draining running activities",
