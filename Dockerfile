@@ -1,6 +1,8 @@
 # medkit worker image: `docker build -t medkit .` then `docker run medkit` runs `medkit worker`.
-# Configured entirely by environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, MEDKIT_TASK_QUEUE,
-# MEDKIT_STATE_DIR and the TLS / API key variables in docs/production.md.
+# Configured by environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, MEDKIT_TASK_QUEUE,
+# MEDKIT_STATE_DIR and the TLS / API key variables in docs/production.md, plus the worker's own
+# policy file, which it requires: mount it at /etc/medkit/policy.yaml (MEDKIT_CONFIG), e.g.
+# `docker run -v "$PWD/policy.yaml:/etc/medkit/policy.yaml:ro" medkit`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,7 +23,8 @@ RUN pip install . \
 ENV TEMPORAL_ADDRESS=localhost:7233 \
     TEMPORAL_NAMESPACE=default \
     MEDKIT_TASK_QUEUE=medkit \
-    MEDKIT_STATE_DIR=/var/lib/medkit
+    MEDKIT_STATE_DIR=/var/lib/medkit \
+    MEDKIT_CONFIG=/etc/medkit/policy.yaml
 
 USER medkit
 WORKDIR /var/lib/medkit

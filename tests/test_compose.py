@@ -40,6 +40,7 @@ WORKER_ENV = {
     "TEMPORAL_NAMESPACE": "default",
     "MEDKIT_TASK_QUEUE": "medkit",
     "MEDKIT_STATE_DIR": "/var/lib/medkit",
+    "MEDKIT_CONFIG": "/etc/medkit/policy.yaml",
 }
 WORKER_DRAIN_SECONDS = 30
 """How long `medkit worker` drains on SIGTERM; the stop grace period must be longer."""
@@ -218,13 +219,23 @@ def test_worker_is_built_here_and_configured_by_env(config: Config) -> None:
     assert worker["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
     assert _depends_on(worker) == {"temporal-namespace": "service_completed_successfully"}
     assert _environment(worker) == WORKER_ENV
-    mounts = [v.split(":") for v in worker["volumes"]]
+    mounts = [v.split(":") for v in worker["volumes"] if isinstance(v, str)]
     state = [m for m in mounts if m[1] == WORKER_ENV["MEDKIT_STATE_DIR"]]
     assert state and state[0][0] in config["volumes"], "state dir must be a named volume"
     replicas = worker["deploy"]["replicas"]
     assert isinstance(replicas, int) and replicas >= 1
     assert _seconds(worker["stop_grace_period"]) > WORKER_DRAIN_SECONDS
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def test_worker_gets_its_own_policy_file_read_only(config: Config) -> None:
+    """The worker refuses to start without its policy file, the authority over what it runs."""
+    worker = _service(config, "medkit-worker")
+    binds = [v for v in worker["volumes"] if isinstance(v, dict)
+             and v.get("target") == WORKER_ENV["MEDKIT_CONFIG"]]
+    assert len(binds) == 1, "the policy file must be mounted where MEDKIT_CONFIG points"
+    assert binds[0]["type"] == "bind" and binds[0]["read_only"] is True
+    assert Path(binds[0]["source"]) == REPO / "policy.yaml"  # MEDKIT_POLICY_FILE unset
 
 
 def test_every_address_names_a_service(config: Config) -> None:
@@ -249,6 +260,8 @@ def test_dockerfile_builds_the_worker() -> None:
     assert 'ENTRYPOINT ["medkit"]' in instructions
     assert 'CMD ["worker"]' in instructions
     assert "STOPSIGNAL SIGTERM" in instructions
+    assert re.search(r"\bMEDKIT_CONFIG=/etc/medkit/policy\.yaml\b", dockerfile), \
+        "the image says where the worker's policy file is mounted"
 
 
 def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
