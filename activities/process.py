@@ -1,14 +1,22 @@
-"""Restart of a supervised local process: stop it (TERM, then KILL), start its argv, wait until up."""
+"""Restart of a supervised local process: stop it (TERM, then KILL), start its argv, wait until up.
+
+Only a process proven to be the service is ever signalled (see activities/process_identity.py),
+and a worker dying at any point of a restart never leaves two copies of the service: the intent
+to start is recorded before starting, and a retry adopts what the crashed attempt started.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -16,7 +24,23 @@ from temporalio.exceptions import ApplicationError
 from activities.child_env import child_environment
 from activities.deps import ActivityDeps
 from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
-from activities.probes import check_http, check_tcp, process_alive, read_pid
+from activities.probes import check_http, check_tcp, process_alive
+from activities.process_identity import (
+    ProcessIdentity,
+    access_denied,
+    held_by_another,
+    identity_file,
+    identity_of_new,
+    listening,
+    read_identity,
+    record_identity,
+    refuse_unsafe,
+    resolve,
+    resolve_pid,
+    started_after,
+    still_running,
+    write_atomic,
+)
 from models.actions import ActionRequest, ActionResult, RestartProcessAction
 from models.probes import HttpProbe
 
@@ -28,8 +52,12 @@ class ProcessSupervisor:
         self._state_dir = state_dir
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, service: str, spec: RestartProcessAction) -> int:
-        """Start argv in its own session, record its pid in the pid file and return the pid."""
+    def spawn(self, service: str, spec: RestartProcessAction, token: str | None = None) -> int:
+        """Start argv in its own session, record its identity and pid (record_identity), return the pid.
+
+        `token` goes into the identity record, tying the process to the ledger intent that started
+        it, so a retry after a crash can tell it apart from anything else running argv.
+        """
         log_path = Path(spec.log_file) if spec.log_file else self._state_dir / f"{service}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -44,9 +72,13 @@ class ProcessSupervisor:
                 f"cannot start {spec.argv[0]!r}: {err}", type="CommandNotFound", non_retryable=True
             ) from err
         self._children[child.pid] = child
-        pid_file = Path(spec.pid_file)
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{child.pid}\n")
+        try:
+            identity = identity_of_new(psutil.Process(child.pid), spec.argv, token)
+        except psutil.NoSuchProcess:  # exited at once: no identity to record; the caller sees it gone
+            identity_file(spec.pid_file).unlink(missing_ok=True)
+            write_atomic(Path(spec.pid_file), f"{child.pid}\n")
+            return child.pid
+        record_identity(spec.pid_file, identity)
         return child.pid
 
     def reap(self) -> None:
@@ -60,19 +92,51 @@ class ProcessSupervisor:
         self.reap()
         return process_alive(pid)
 
-    async def stop(self, pid: int, grace: float, heartbeat: Callable[[], None] = lambda: None) -> str:
+    def running(self, identity: ProcessIdentity) -> bool:
+        """Whether the process identity describes still runs (reaping first, as alive does)."""
+        self.reap()
+        return still_running(identity)
+
+    def _unreaped_child(self, pid: int) -> bool:
+        """Whether pid is a child this supervisor started and has not reaped: its pid cannot have
+        been reused, so it is the very process started."""
+        child = self._children.get(pid)
+        return child is not None and child.poll() is None
+
+    def _gone(self, proc: psutil.Process) -> bool:
+        self.reap()
+        try:
+            return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    async def stop(self, pid: int, grace: float, heartbeat: Callable[[], None] = lambda: None,
+                   identity: ProcessIdentity | None = None) -> str:
         """TERM the process, KILL it if it outlives the grace period; say which it took.
 
-        `heartbeat` is called while waiting (activities pass their heartbeat).
+        Only a process proven to be the one meant is signalled: it must still match `identity`
+        or, without one, be a child this supervisor started and has not reaped; anything else is
+        left alone (and said so). Init, the worker and its ancestors raise UnsafeProcess, a
+        process the worker may not signal AccessDenied (both non-retryable). `heartbeat` is
+        called while waiting (activities pass their heartbeat).
         """
+        refuse_unsafe(pid)
+        if identity is None and not self._unreaped_child(pid):
+            return "left alone: medkit has no record of starting it"
         try:
             proc = psutil.Process(pid)
-            proc.terminate()
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return "already stopped"
+            if identity is not None and not identity.matches(proc):
+                return "left alone: it is no longer the process medkit started"
+            proc.terminate()  # psutil refuses (NoSuchProcess) if the pid was reused meanwhile
         except psutil.NoSuchProcess:
             return "already stopped"
+        except psutil.AccessDenied as err:
+            raise access_denied(pid, "signal", err) from err
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not self.alive(pid):
+            if self._gone(proc):
                 return "stopped by SIGTERM"
             heartbeat()
             await asyncio.sleep(0.05)
@@ -80,7 +144,10 @@ class ProcessSupervisor:
             proc.kill()
         except psutil.NoSuchProcess:
             return "stopped by SIGTERM"
-        while self.alive(pid):
+        except psutil.AccessDenied as err:
+            raise access_denied(pid, "signal", err) from err
+        while not self._gone(proc):
+            heartbeat()
             await asyncio.sleep(0.05)
         return f"killed after {grace:.1f}s grace"
 
@@ -92,67 +159,147 @@ class ProcessActivities:
         self._deps = deps
         self._supervisor = supervisor
 
-    async def _wait_ready(self, spec: RestartProcessAction, pid: int) -> None:
+    async def _wait_ready(self, spec: RestartProcessAction, identity: ProcessIdentity) -> None:
+        """Wait until the ready probe passes, answered by the process this restart started.
+
+        A passing probe alone proves nothing when another process holds the port (an orphan of a
+        crashed attempt, any other listener): the new process dies of EADDRINUSE while the other
+        one answers. So a local port must be held by the new pid or its children, and the pid
+        must still run after the probe passed.
+        """
+        pid = identity.pid
+        target = _probe_address(spec)
         deadline = time.monotonic() + spec.ready_timeout.total_seconds()
         while True:
-            if not self._supervisor.alive(pid):
-                raise ApplicationError(
-                    f"{spec.argv[0]} (pid {pid}) exited while starting", type="ProcessExited"
-                )
+            if not self._supervisor.running(identity):
+                held = ""
+                if target is not None and listening(*target):
+                    held = f"; {target[0]}:{target[1]} is held by another process"
+                raise ApplicationError(f"{spec.argv[0]} (pid {pid}) exited while starting{held}",
+                                       type="ProcessExited")
             if spec.ready_probe is None:
                 return
             if isinstance(spec.ready_probe, HttpProbe):
                 probe = await check_http(self._deps.http, spec.ready_probe)
             else:
                 probe = await check_tcp(spec.ready_probe)
+            detail = probe.detail
             if probe.healthy:
-                return
+                if target is not None and held_by_another(pid, *target):
+                    detail = f"{target[0]}:{target[1]} answers, but another process than pid {pid} holds it"
+                elif self._supervisor.running(identity):
+                    return
             if time.monotonic() > deadline:
                 raise ApplicationError(
                     f"pid {pid} not ready after {spec.ready_timeout.total_seconds():.0f}s: "
-                    f"{probe.detail}", type="NotReady",
+                    f"{detail}", type="NotReady",
                 )
             activity.heartbeat({"waiting_ready": pid})
             await asyncio.sleep(0.1)
 
+    def _resume(self, key: str, spec: RestartProcessAction,
+                progress: dict[str, object]) -> tuple[ProcessIdentity, str] | None:
+        """The process an earlier attempt of this step started, if it still runs.
+
+        Either the ledger names it (new_pid), or the attempt died after recording its intent
+        and before recording the pid: then the process is found by the intent's token in the
+        identity record, or, if the attempt died before writing even that, as the process
+        running argv that started after the intent. It is adopted, never started twice.
+        """
+        new_pid = progress.get("new_pid")
+        if isinstance(new_pid, int):
+            target = resolve_pid(new_pid, spec.pid_file, spec.argv)
+            if target.identity is None:
+                return None
+            return target.identity, "resumed a restart already under way"
+        token, since = progress.get("spawn_token"), progress.get("spawn_intent_at")
+        if not isinstance(token, str) or not isinstance(since, float | int):
+            return None
+        recorded = read_identity(spec.pid_file)
+        if recorded is not None and recorded.spawn_token == token and self._supervisor.running(recorded):
+            orphan = recorded
+        else:
+            found = started_after(spec.argv, float(since))
+            if found is None:
+                return None
+            orphan = dataclasses.replace(found, spawn_token=token)
+        refuse_unsafe(orphan.pid)
+        record_identity(spec.pid_file, orphan)
+        self._deps.ledger.progress(key, new_pid=orphan.pid)
+        return orphan, "adopted the process an interrupted attempt started"
+
     @activity.defn(name="restart_process")
     async def restart_process(self, request: ActionRequest) -> ActionResult:
-        """Restart the service's process exactly once for this step, however often retried."""
+        """Restart the service's process exactly once for this step, however often retried.
+
+        Only the process proven to be the service is stopped (process_identity.resolve). A pid
+        file naming anything else (a reused pid, an unrelated process) is left alone and the
+        service counts as not running under medkit, which then starts it: if the other process
+        holds the service's port the new one cannot bind, the ready check fails and the recovery
+        escalates to a person. Killing a process medkit cannot vouch for could take down
+        something unrelated; a failed restart that asks for help cannot.
+        """
         spec = request.spec
         if not isinstance(spec, RestartProcessAction):
             raise wrong_kind(request, "restart_process")
-        old_pid = read_pid(spec.pid_file)
         if request.dry_run:
+            current = resolve(spec.pid_file, spec.argv)
+            plan = (f"would stop pid {current.pid} (TERM, KILL after {spec.grace.total_seconds():.0f}s) "
+                    f"and start" if current.identity is not None
+                    else f"pid {current.pid} {current.reason}; would start")
             return ActionResult(
                 action_name=request.action_name, kind=spec.kind, ok=True, simulated=True,
-                detail=f"dry-run: would stop pid {old_pid} (TERM, KILL after "
-                       f"{spec.grace.total_seconds():.0f}s) and start {spec.argv}",
-                data={"old_pid": old_pid},
+                detail=f"dry-run: {plan} {spec.argv}", data={"old_pid": current.pid},
             )
         ledger = self._deps.ledger
         record = begin_action(ledger, request)
         if (done := replayed_result(record)) is not None:
             return done
         key = step_key()
-        progress = json.loads(record.progress_json)
-        old_pid = progress.get("old_pid", old_pid)
-        new_pid: int | None = progress.get("new_pid")
+        progress: dict[str, object] = json.loads(record.progress_json)
         started = time.monotonic()
-        how = "resumed a restart already under way"
-        if new_pid is None or not self._supervisor.alive(new_pid):
-            ledger.progress(key, old_pid=old_pid)
-            how = "was not running"
-            if old_pid is not None and self._supervisor.alive(old_pid):
-                how = await self._supervisor.stop(old_pid, spec.grace.total_seconds(),
-                                                  lambda: activity.heartbeat({"stopping": old_pid}))
-            new_pid = self._supervisor.spawn(request.service, spec)
+        resumed = self._resume(key, spec, progress)
+        if resumed is not None:
+            identity, how = resumed
+            old_pid = progress.get("old_pid")
+            stopped = f"pid {old_pid} stopped earlier; {how}"
+        else:
+            current = resolve(spec.pid_file, spec.argv)
+            old_pid = progress.get("old_pid", current.pid)
+            if "old_pid" not in progress:
+                ledger.progress(key, old_pid=old_pid)
+            how = current.reason
+            if current.identity is not None:
+                how = await self._supervisor.stop(
+                    current.identity.pid, spec.grace.total_seconds(),
+                    lambda: activity.heartbeat({"stopping": current.pid}), identity=current.identity)
+            stopped = f"pid {current.pid} {how}"
+            token = uuid.uuid4().hex
+            ledger.progress(key, spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
+            new_pid = self._supervisor.spawn(request.service, spec, token)
             ledger.progress(key, new_pid=new_pid)
-        await self._wait_ready(spec, new_pid)
+            recorded = read_identity(spec.pid_file)
+            if recorded is None or recorded.pid != new_pid:
+                raise ApplicationError(f"{spec.argv[0]} (pid {new_pid}) exited while starting",
+                                       type="ProcessExited")
+            identity = recorded
+        await self._wait_ready(spec, identity)
         result = ActionResult(
             action_name=request.action_name, kind=spec.kind, ok=True,
-            detail=f"pid {old_pid} {how}; started pid {new_pid}",
-            data={"old_pid": old_pid, "new_pid": new_pid,
+            detail=f"{stopped}; started pid {identity.pid}",
+            data={"old_pid": old_pid, "new_pid": identity.pid,
                   "restart_seconds": round(time.monotonic() - started, 3)},
         )
         ledger.finish(key, result.model_dump_json())
         return result
+
+
+def _probe_address(spec: RestartProcessAction) -> tuple[str, int] | None:
+    """The host and port the ready probe connects to, if it has one."""
+    probe = spec.ready_probe
+    if probe is None:
+        return None
+    if isinstance(probe, HttpProbe):
+        url = httpx.URL(probe.url)
+        return url.host, url.port or (443 if url.scheme == "https" else 80)
+    return probe.host, probe.port

@@ -1,4 +1,8 @@
-"""A local pool of identical processes, one per port, each with a pid file under the state dir."""
+"""A local pool of identical processes, one per port, each with a pid file under the state dir.
+
+A replica is stopped only while it is provably the process the pool started (its identity
+record, or for a pid file written before there were records, its command line), as in restarts.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.probes import read_pid
 from activities.process import ProcessSupervisor
+from activities.process_identity import ProcessIdentity, forget, held_by_another, read_identity, resolve
 from models.actions import ProcessPoolScaleAction, RestartProcessAction
 
 
@@ -42,36 +46,50 @@ class ProcessPool:
         """The ports the pool may use."""
         return range(spec.base_port, spec.base_port + spec.max_replicas)
 
-    def running(self, service: str, spec: ProcessPoolScaleAction) -> dict[int, int]:
-        """Port → pid of every live replica; stale pid files are removed."""
-        live: dict[int, int] = {}
+    def running(self, service: str, spec: ProcessPoolScaleAction) -> dict[int, ProcessIdentity]:
+        """Port → identity of every live replica; pid files naming no replica are removed.
+
+        A pid file naming a process that is not the replica (a reused pid, something else) is
+        dropped and that process left alone; init, the worker and its ancestors raise
+        UnsafeProcess.
+        """
+        live: dict[int, ProcessIdentity] = {}
+        self._supervisor.reap()
         for port in self.ports(spec):
             pid_file = self.directory(service, spec) / f"{port}.pid"
-            pid = read_pid(str(pid_file))
-            if pid is not None and self._supervisor.alive(pid):
-                live[port] = pid
+            target = resolve(pid_file, _replica_argv(spec, port))
+            if target.identity is not None:
+                live[port] = target.identity
             else:
-                pid_file.unlink(missing_ok=True)
+                forget(pid_file)
         return live
 
-    def _start(self, service: str, spec: ProcessPoolScaleAction, port: int) -> int:
+    def _start(self, service: str, spec: ProcessPoolScaleAction, port: int) -> ProcessIdentity:
         directory = self.directory(service, spec)
         replica = RestartProcessAction(
-            argv=[arg.replace("{port}", str(port)) for arg in spec.argv],
+            argv=_replica_argv(spec, port),
             pid_file=str(directory / f"{port}.pid"), log_file=str(directory / f"{port}.log"),
             cwd=spec.cwd, env=spec.env, inherit_env=spec.inherit_env,
         )
-        return self._supervisor.spawn(f"{service}-{port}", replica)
+        pid = self._supervisor.spawn(f"{service}-{port}", replica)
+        identity = read_identity(replica.pid_file)
+        if identity is None or identity.pid != pid:
+            raise ApplicationError(f"replica on port {port} (pid {pid}) exited while starting",
+                                   type="ProcessExited")
+        return identity
 
-    async def _wait_ready(self, spec: ProcessPoolScaleAction, started: dict[int, int]) -> None:
+    async def _wait_ready(self, spec: ProcessPoolScaleAction, started: dict[int, ProcessIdentity]) -> None:
+        """Wait until every started replica accepts on its port and holds that port itself."""
         deadline = time.monotonic() + spec.ready_timeout.total_seconds()
         waiting = dict(started)
         while waiting:
-            for port, pid in list(waiting.items()):
-                if not self._supervisor.alive(pid):
-                    raise ApplicationError(f"replica on port {port} (pid {pid}) exited while starting",
-                                           type="ProcessExited")
-                if await accepts(spec.host, port):
+            for port, identity in list(waiting.items()):
+                if not self._supervisor.running(identity):
+                    raise ApplicationError(
+                        f"replica on port {port} (pid {identity.pid}) exited while starting",
+                        type="ProcessExited")
+                if (await accepts(spec.host, port) and not held_by_another(identity.pid, spec.host, port)
+                        and self._supervisor.running(identity)):
                     del waiting[port]
             if not waiting:
                 return
@@ -86,14 +104,15 @@ class ProcessPool:
         live = self.running(service, spec)
         if len(live) > replicas:
             surplus = sorted(live)[replicas:]
-            await asyncio.gather(*(self._supervisor.stop(live[port], spec.grace.total_seconds())
+            await asyncio.gather(*(self._supervisor.stop(live[port].pid, spec.grace.total_seconds(),
+                                                         identity=live[port])
                                    for port in surplus))
             for port in surplus:
-                (self.directory(service, spec) / f"{port}.pid").unlink(missing_ok=True)
+                forget(self.directory(service, spec) / f"{port}.pid")
             return f"stopped replicas on ports {surplus}"
         if len(live) == replicas:
             return f"already {replicas} replicas"
-        started: dict[int, int] = {}
+        started: dict[int, ProcessIdentity] = {}
         for port in self.ports(spec):
             if len(live) + len(started) == replicas:
                 break
@@ -108,3 +127,8 @@ class ProcessPool:
             )
         await self._wait_ready(spec, started)
         return f"started replicas on ports {sorted(started)}"
+
+
+def _replica_argv(spec: ProcessPoolScaleAction, port: int) -> list[str]:
+    """The pool's argv for the replica on port."""
+    return [arg.replace("{port}", str(port)) for arg in spec.argv]
