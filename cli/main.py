@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -53,8 +54,22 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    """The console script: run the command, then exit with its code."""
-    code = run()
+    """The console script: run the command, then exit with its code.
+
+    A failure no command turned into a one-line error is a bug: its traceback is printed and the
+    exit code is 1. It still leaves through the os._exit below like every other exit: unwinding
+    into interpreter finalization is what made such failures abort (SIGABRT, exit 134)."""
+    try:
+        code = run()
+    except SystemExit as done:  # argparse after --help or a usage error, already printed
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception:
+        traceback.print_exc()
+        code = 1
     # Exit without interpreter finalization: the Temporal core's threads can outlive the event
     # loop, and finalizing under them intermittently aborts the process (SIGABRT, exit 134)
     # after the command has already done its work and printed its answer.
