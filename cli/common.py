@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from models.policy import PolicyFile
 from models.policy_yaml import PolicyError, parse_policy, read_policy_bytes
@@ -32,6 +34,37 @@ else:
 
 class CommandError(Exception):
     """A failure to report to the user as one line, with exit code 1."""
+
+
+_TERMINAL_SEQUENCE = re.compile(
+    # CSI, 7-bit (ESC [) or 8-bit: parameters, intermediates, final byte; clears, moves, colors
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    # OSC, DCS, SOS, PM, APC with their payload up to BEL or ST (or the end of the line):
+    # window titles, hyperlinks, clipboard writes
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+    # any other escape: ESC, intermediates, final byte (charset switches, ESC c full reset, ...)
+    r"|\x1b[ -/]*[0-~]?"
+)
+_LINE_BREAK = re.compile("\r\n|[\t\n\r\v\f\x85\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""C0 and C1 controls but tab and newline, DEL, the Unicode line and paragraph separators, and
+the bidi overrides and isolates that reorder the text shown."""
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """`text` with nothing a terminal would act on rather than show, safe to print.
+
+    Service names, summaries, reasons, evidence, labels and operator names come from outside
+    (detectors, alerts, HTTP callers, policy files): printed raw, an ANSI sequence in a
+    detection summary could clear, recolor or retitle an operator's terminal, and a line break
+    could forge a line of a table. Escape sequences go whole, with their parameters and
+    payloads; other C0/C1 controls, DEL and bidi overrides are dropped. Line breaks and tabs
+    become spaces, so a field stays on its line; with `multiline` (for a whole message whose
+    layout has its own lines) newlines and tabs stay and a carriage return is dropped.
+    """
+    text = _TERMINAL_SEQUENCE.sub("", text)
+    text = text.replace("\r\n", "\n") if multiline else _LINE_BREAK.sub(" ", text)
+    return _CONTROL.sub("", text)
 
 
 def add_temporal_args(parser: argparse.ArgumentParser) -> None:
@@ -81,13 +114,71 @@ def load_policy(path: Path) -> PolicyFile:
     return parse_policy(text, str(path))
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+"""How long a command waits for Temporal to answer its first calls before giving up."""
+
+START_HINT = "is the server running? (`medkit dev` starts one)"
+
+
+def unreachable_message(target: TemporalTarget, err: BaseException) -> str:
+    """Why the connection to Temporal failed, in plain words, from the SDK's error.
+
+    The SDK reports a refused connection, an unknown host or a port that is not Temporal's as
+    one long Rust debug string; the operator needs to know which, and what to try."""
+    text = str(err)
+    where = f"cannot reach Temporal at {target.address}"
+    if isinstance(err, TimeoutError):
+        return f"{where}: no answer within {CONNECT_TIMEOUT_SECONDS}s: {START_HINT}"
+    if isinstance(err, ValueError):
+        return f"invalid Temporal address {target.address!r} ({text}): expected host:port"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return f"{where}: connection refused: {START_HINT}"
+    if "dns error" in text:
+        host = target.address.rsplit(":", 1)[0]
+        return f"{where}: unknown host {host!r}"
+    if "get_system_info" in text:
+        return (f"{where}: something answers there, but not as a Temporal frontend "
+                "(wrong port, or TLS expected on one side only?)")
+    if "InvalidContentType" in text or "InvalidMessage" in text:
+        return (f"{where}: the TLS handshake failed: TLS is on (Temporal's env config, e.g. "
+                "TEMPORAL_TLS) but the server does not seem to serve TLS")
+    first = (text.strip().splitlines() or [type(err).__name__])[0]
+    return f"{where}: {first}"
+
+
+def namespace_missing(target: TemporalTarget) -> str:
+    """The one line for a namespace the server does not have."""
+    return (f"namespace {target.namespace!r} not found on the Temporal server at "
+            f"{target.address} (pass --namespace or set TEMPORAL_NAMESPACE)")
+
+
 async def connect_or_fail(target: TemporalTarget) -> Client:
-    """Connect, turning an unreachable server into a one-line error."""
+    """Connect and check the namespace exists, or fail with a one-line CommandError.
+
+    Connecting does not check the namespace: without this check a wrong one surfaces later as a
+    misleading "no recovery with id ..." or, in `medkit watch`, as detectors that run and never
+    manage to report. When the credentials may not describe namespaces the check is skipped."""
+    async def connect_and_check() -> Client:
+        client = await connect(target)
+        try:
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=target.namespace))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CommandError(namespace_missing(target)) from None
+            if err.status != RPCStatusCode.PERMISSION_DENIED:
+                raise
+        return client
+
     try:
-        return await asyncio.wait_for(connect(target), timeout=10)
-    except (RuntimeError, TimeoutError, RPCError) as err:
-        raise CommandError(f"cannot reach Temporal at {target.address} "
-                           f"(namespace {target.namespace}): {err or 'timed out'}") from None
+        return await asyncio.wait_for(connect_and_check(), timeout=CONNECT_TIMEOUT_SECONDS)
+    except (RuntimeError, TimeoutError, ValueError) as err:
+        raise CommandError(unreachable_message(target, err)) from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.UNAVAILABLE:
+            raise CommandError(unreachable_message(target, err)) from None
+        raise CommandError(f"Temporal at {target.address} refused the namespace check: "
+                           f"{err.message}") from None
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -97,32 +188,83 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+def temporal_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    """The one line for a Temporal failure no command handled itself, or None if it is not one.
+
+    Commands that connect through connect_or_fail get their one-liners there; this catches the
+    rest (a command connecting directly, as `medkit worker` does, or an RPC failing mid-command)
+    so that no Temporal failure ends in a traceback."""
+    target = target_from(args) if hasattr(args, "address") else None
+    text = str(err)
+    if isinstance(err, RPCError):
+        if target is not None and err.status == RPCStatusCode.UNAVAILABLE:
+            return unreachable_message(target, err)
+        if target is not None and _names_missing_namespace(err):
+            return namespace_missing(target)
+        return f"Temporal refused the request ({err.status.name}): {err.message}"
+    if target is None:
+        return None
+    if isinstance(err, RuntimeError) and text.startswith("Failed client connect"):
+        return unreachable_message(target, err)
+    if isinstance(err, ValueError) and text.startswith("invalid target URL"):
+        return unreachable_message(target, err)
+    if (isinstance(err, RuntimeError) and text.startswith("Worker validation failed")
+            and f"Namespace {target.namespace} " in text and "NotFound" in text):
+        return namespace_missing(target)
+    return None
+
+
+def _names_missing_namespace(err: RPCError) -> bool:
+    """Whether the server said the namespace (not a workflow) does not exist."""
+    if err.status != RPCStatusCode.NOT_FOUND:
+        return False
+    try:
+        details = err.grpc_status.details
+    except Exception:  # undecodable details: not what we look for
+        return False
+    return any(d.type_url.endswith(".NamespaceNotFoundFailure") for d in details)
+
+
 def guarded(func: Any) -> Any:
-    """Decorate a command: CommandError and PolicyError become `medkit: ...` and exit 1/2."""
+    """Decorate a command: CommandError and PolicyError become `medkit: ...` and exit 1/2, and so
+    do Temporal failures (temporal_failure); every message is made printable first."""
     def wrapper(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
             return result
         except CommandError as err:
-            print(f"medkit: {err}", file=sys.stderr)
+            fail(str(err))
             return 1
         except PolicyError as err:
-            print(f"medkit: {err}", file=sys.stderr)
+            fail(str(err))
             return 2
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:  # the reader (say `| head`) has gone; nothing left to say
             return 0
+        except (RPCError, RuntimeError, ValueError) as err:
+            message = temporal_failure(err, args)
+            if message is None:
+                raise
+            fail(message)
+            return 1
     wrapper.__doc__ = func.__doc__
     return wrapper
 
 
+def fail(message: str) -> None:
+    """Print an error as `medkit: ...` on stderr; server and file content in it is made printable."""
+    print(f"medkit: {printable(message, multiline=True)}", file=sys.stderr)
+
+
 def emit(args: argparse.Namespace, value: BaseModel | list[Any] | dict[str, Any], text: str) -> None:
-    """Print JSON (-o json) or the given human text."""
+    """Print JSON (-o json) or the given human text.
+
+    JSON is exact and plain ASCII: json.dumps escapes every control character, where pydantic's
+    own dump leaves C1 controls and DEL raw. The text is made printable once more as a whole,
+    after each formatter has made its fields printable (which keeps a field on its line)."""
     if getattr(args, "output", "text") == "json":
-        if isinstance(value, BaseModel):
-            print(value.model_dump_json(by_alias=True))
-        else:
-            print(json.dumps(value, default=str))
+        data = value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
+        print(json.dumps(data, default=str))
     else:
-        print(text)
+        print(printable(text, multiline=True))

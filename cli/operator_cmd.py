@@ -6,8 +6,8 @@ import argparse
 import uuid
 from datetime import UTC, datetime
 
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from cli.common import (
     CommandError,
@@ -20,6 +20,7 @@ from cli.common import (
     guarded,
     load_policy,
     policy_path,
+    printable,
     run,
     target_from,
 )
@@ -35,30 +36,57 @@ from workers.client import (
     send_decision,
     start_or_join_recovery,
 )
+from workflows.fleet import FleetCoordinatorWorkflow
+from workflows.recovery import RecoveryWorkflow
 
 
 def format_status(status: RecoveryStatus) -> str:
-    """A recovery's status as a person reads it at three in the morning."""
+    """A recovery's status as a person reads it at three in the morning.
+
+    Every field from outside (service, step, reasons, actors) is made printable on its line."""
+    p = printable
     lines = [
-        f"{status.workflow_id}  {status.phase.value}"
+        f"{p(status.workflow_id)}  {status.phase.value}"
         f"{'  (dry-run)' if status.dry_run else ''}",
-        f"  service {status.service}, severity {status.severity or '?'}, category "
-        f"{status.category or '?'}, attempt {status.attempts}/{status.max_attempts}, "
+        f"  service {p(status.service)}, severity {status.severity or '?'}, category "
+        f"{p(status.category or '?')}, attempt {status.attempts}/{status.max_attempts}, "
         f"{status.reports} report(s), {status.escalations} escalation(s)",
     ]
     if status.current_step:
-        lines.append(f"  step: {status.current_step}")
+        lines.append(f"  step: {p(status.current_step)}")
     if status.pending_decision:
         pending = status.pending_decision
-        lines.append(f"  WAITING FOR: {', '.join(pending.allowed)}: {pending.command}")
+        lines.append(f"  WAITING FOR: {', '.join(pending.allowed)}: {p(pending.command)}")
     if status.outcome:
         lines.append(f"  outcome: {status.outcome.value}")
     lines.append("  timeline:")
     for entry in status.timeline:
         move = (f"{entry.from_phase.value} -> {entry.to_phase.value}"
                 if entry.from_phase != entry.to_phase else f"[{entry.kind}]")
-        lines.append(f"    {entry.at:%H:%M:%S} {move}  {entry.reason}  ({entry.actor})")
+        lines.append(f"    {entry.at:%H:%M:%S} {move}  {p(entry.reason)}  ({p(entry.actor)})")
     return "\n".join(lines)
+
+
+async def require_recovery(client: Client, workflow_id: str) -> None:
+    """Fail with one line unless `workflow_id` names a recovery (running or ended).
+
+    The status query and the decision updates exist only on RecoveryWorkflow. Sent to another
+    workflow, the fleet coordinator above all (its id sits next to the recoveries in the UI and
+    in `temporal workflow list`), the query fails deep in the SDK, an update is refused with a
+    message about missing handlers, and a closed one has them wait for a worker to replay it;
+    its type, from describe(), tells at once."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CommandError(f"no recovery with id {workflow_id!r}") from None
+        raise CommandError(f"cannot look up {workflow_id!r}: {err.message}") from None
+    kind = description.workflow_type
+    if kind == FleetCoordinatorWorkflow.__name__:
+        raise CommandError(f"{workflow_id} is the fleet coordinator, not a recovery (`medkit "
+                           "list` shows the recoveries)")
+    if kind != RecoveryWorkflow.__name__:
+        raise CommandError(f"{workflow_id} is a {kind} workflow, not a recovery")
 
 
 @guarded
@@ -93,6 +121,7 @@ def status(args: argparse.Namespace) -> int:
     """Print one recovery's status and timeline."""
     async def go() -> RecoveryStatus:
         client = await connect_or_fail(target_from(args))
+        await require_recovery(client, args.id)
         try:
             return await fetch_status(client, args.id)
         except RecoveryNotFound as err:
@@ -132,9 +161,11 @@ def list_recoveries(args: argparse.Namespace) -> int:
         return rows
 
     rows = run(go())
+    p = printable  # search attributes are whatever whoever started the workflow set
     text = "\n".join(
-        f"{r['workflow_id']:<45} {r['phase'] or '-':<18} {r['severity'] or '-':<9} "
-        f"{r['outcome'] or 'running':<10} {r['started_at']}" for r in rows
+        f"{p(str(r['workflow_id'])):<45} {p(str(r['phase'] or '-')):<18} "
+        f"{p(str(r['severity'] or '-')):<9} {p(str(r['outcome'] or 'running')):<10} "
+        f"{r['started_at']}" for r in rows
     ) or "no recoveries match"
     emit(args, rows, text)
     return 0
@@ -149,6 +180,7 @@ def decide(kind: DecisionKind) -> object:
 
         async def go() -> DecisionVerdict:
             client = await connect_or_fail(target_from(args))
+            await require_recovery(client, args.id)
             try:
                 return await send_decision(client, args.id, kind, decision)
             except (DecisionRejected, RecoveryNotFound) as err:
@@ -157,7 +189,7 @@ def decide(kind: DecisionKind) -> object:
                 raise CommandError(f"{kind.value} failed: {err.message}") from None
 
         verdict = run(go())
-        emit(args, verdict, verdict.message)
+        emit(args, verdict, printable(verdict.message))
         return 0
     return command
 
