@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import SubParsers, guarded, load_policy
+from cli.common import SubParsers, guarded, load_policy, printable
 from models.phases import Severity
 
 
@@ -18,9 +18,9 @@ def check(args: argparse.Namespace) -> int:
             f"{severity.value} {len(service.ladders.for_severity(severity))} rung(s)"
             for severity in Severity
         )
-        print(f"{service.name}: {len(service.probes)} probe(s), {len(service.actions)} action(s), "
+        print(f"{printable(service.name)}: {len(service.probes)} probe(s), {len(service.actions)} action(s), "
               f"{ladders}{', dry-run' if service.dry_run else ''}")
-    print(f"{args.file}: OK ({len(policy.services)} service(s))")
+    print(f"{printable(args.file)}: OK ({len(policy.services)} service(s))")
     return 0
 
 

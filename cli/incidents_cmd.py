@@ -17,7 +17,15 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from cli.common import DEFAULT_STATE_DIR, CommandError, SubParsers, add_output_arg, emit, guarded
+from cli.common import (
+    DEFAULT_STATE_DIR,
+    CommandError,
+    SubParsers,
+    add_output_arg,
+    emit,
+    guarded,
+    printable,
+)
 from models.base import parse_duration
 from store.incidents import IncidentDetail, IncidentNotFound, IncidentRow, IncidentStore
 from store.ledger import ActionRecord, create_store_engine
@@ -119,16 +127,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def format_list(rows: list[IncidentRow], now: datetime) -> str:
-    """One line per incident, most recent first."""
+    """One line per incident, most recent first; every cell printable, so widths hold."""
     if not rows:
         return "no incidents match"
     header = ["STARTED (UTC)", "INCIDENT", "SERVICE", "SEVERITY", "OUTCOME", "DURATION", "ATTEMPTS",
               "ESCALATIONS"]
-    return table(header, [[
+    return table(header, [[printable(cell) for cell in (
         f"{row.started_at:%Y-%m-%d %H:%M}", short_id(row), row.service, row.severity or "?",
         (row.outcome or f"open: {row.phase}") + (" (dry-run)" if row.dry_run else ""),
         duration_text(row, now), f"{row.attempts}/{row.max_attempts}", str(row.escalations),
-    ] for row in rows])
+    )] for row in rows])
 
 
 def utc(moment: datetime) -> datetime:
@@ -146,14 +154,15 @@ def _action_summary(action: ActionRecord) -> str:
 
 
 def format_detail(detail: IncidentDetail, now: datetime) -> str:
-    """The whole story of one run, for a postmortem."""
+    """The whole story of one run, for a postmortem; every recorded field printable on its line."""
+    p = printable
     row = detail.incident
     ended = f", ended {row.ended_at:%Y-%m-%d %H:%M:%SZ}" if row.ended_at else ""
     lines = [
-        f"{row.workflow_id}/{row.run_id}  {row.outcome or 'open: ' + row.phase}"
+        f"{p(row.workflow_id)}/{p(row.run_id)}  {p(row.outcome or 'open: ' + row.phase)}"
         f"{'  (dry-run)' if row.dry_run else ''}",
-        f"  service {row.service}, key {row.incident_key}, severity {row.severity or '?'}, "
-        f"category {row.category or '?'}",
+        f"  service {p(row.service)}, key {p(row.incident_key)}, severity {p(row.severity or '?')}, "
+        f"category {p(row.category or '?')}",
         f"  started {row.started_at:%Y-%m-%d %H:%M:%SZ}{ended}, duration {duration_text(row, now)}",
         f"  attempt {row.attempts}/{row.max_attempts}, {row.reports} report(s), "
         f"{row.escalations} escalation(s)",
@@ -162,15 +171,15 @@ def format_detail(detail: IncidentDetail, now: datetime) -> str:
     for entry in detail.timeline:
         move = (f"{entry.from_phase} -> {entry.to_phase}" if entry.from_phase != entry.to_phase
                 else f"[{entry.kind}]")
-        lines.append(f"    {entry.at:%H:%M:%S} {move}  {entry.reason}  ({entry.actor})")
+        lines.append(f"    {entry.at:%H:%M:%S} {p(move)}  {p(entry.reason)}  ({p(entry.actor)})")
     lines.append("  decisions:" if detail.decisions else "  decisions: none")
-    lines.extend(f"    {d.at:%H:%M:%S} {d.operator}: {d.decision} ({d.via}) {d.reason}"
+    lines.extend(f"    {d.at:%H:%M:%S} {p(d.operator)}: {p(d.decision)} ({p(d.via)}) {p(d.reason)}"
                  for d in detail.decisions)
     lines.append("  notifications:" if detail.notifications else "  notifications: none")
-    lines.extend(f"    {n.at:%H:%M:%S} {n.route}: {'sent' if n.delivered else 'FAILED'} {n.detail}"
-                 for n in detail.notifications)
+    lines.extend(f"    {n.at:%H:%M:%S} {p(n.route)}: {'sent' if n.delivered else 'FAILED'} "
+                 f"{p(n.detail)}" for n in detail.notifications)
     lines.append("  actions (ledger):" if detail.actions else "  actions (ledger): none")
-    lines.extend(f"    {utc(a.started_at):%H:%M:%S} {a.activity}  {_action_summary(a)}"
+    lines.extend(f"    {utc(a.started_at):%H:%M:%S} {p(a.activity)}  {p(_action_summary(a))}"
                  for a in detail.actions)
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from cli.common import (
     guarded,
     load_policy,
     policy_path,
+    printable,
     target_from,
 )
 from detectors.watch import Watch
@@ -43,8 +44,8 @@ async def run_watch(args: argparse.Namespace) -> None:
                            "service and there is no host: or anomaly: section")
     print(f"medkit watch: policy {path}, Temporal {target.address} (namespace "
           f"{target.namespace}, task queue {target.task_queue})", file=sys.stderr)
-    for line in watch.describe():
-        print(f"  watching {line}", file=sys.stderr)
+    for line in watch.describe():  # names, paths and URLs from the policy file
+        print(f"  watching {printable(line)}", file=sys.stderr)
     sys.stderr.flush()
     log = structlog.get_logger("medkit.watch")
     stop = asyncio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -175,3 +176,40 @@ def test_every_flag_has_help() -> None:
         for action in command._actions:
             if not isinstance(action, argparse._SubParsersAction):
                 assert action.help, (command.prog, action.dest)
+
+
+def test_recorded_text_is_shown_without_terminal_controls(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A run recorded with escape sequences in its service, summary, operator and reason: the
+    text output keeps their words, each field on its own line, and the JSON has them exactly."""
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'medkit.db'}")
+    migrate(engine)
+    evil = [
+        FULL_TIMELINE[0].model_copy(update={"reason": "cli reported: \x1b[2J\x1b[31mfake\nforged"}),
+        *FULL_TIMELINE[1:5],
+        FULL_TIMELINE[5].model_copy(update={"reason": "approve (signal): \x1b]0;pwned\x07ok\x9b2J",
+                                            "actor": "\x1b[5meve\u202e"}),
+        *FULL_TIMELINE[6:],
+    ]
+    record = status(evil, workflow_id="recovery:evil\x1b[31m:health", service="evil\x1b[2J")
+    IncidentStore(engine).record(IncidentRecord(run_id="44444444-dddd", status=record), T0)
+    engine.dispose()
+    control = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+    code, listed, _ = run_cli(capsys, "incidents", "--state-dir", str(tmp_path))
+    assert code == 0 and not control.findall(listed), repr(listed)
+    assert len(listed.splitlines()) == 2 and "recovery:evil:health/44444444" in listed
+    code, shown, _ = run_cli(capsys, "incidents", "show", "44444444", "--state-dir", str(tmp_path))
+    assert code == 0 and not control.findall(shown), repr(shown)
+    assert shown.startswith("recovery:evil:health/44444444-dddd  Recovered")
+    assert "service evil," in shown and "cli reported: fake forged  (cli)" in shown
+    assert "eve: approve (signal) ok" in shown
+    lines = shown.splitlines()
+    timeline = lines[lines.index("  timeline:") + 1:lines.index("  decisions:")]
+    assert len(timeline) == len(evil)  # no field's line break forged a timeline line
+    code, exact, _ = run_cli(capsys, "incidents", "show", "44444444", "--state-dir", str(tmp_path),
+                             "-o", "json")
+    detail = json.loads(exact)
+    assert detail["incident"]["service"] == "evil\x1b[2J"
+    assert detail["timeline"][0]["reason"] == "cli reported: \x1b[2J\x1b[31mfake\nforged"
+    assert detail["decisions"][0]["operator"] == "\x1b[5meve\u202e"
