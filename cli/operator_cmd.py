@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from cli.common import (
     target_from,
 )
 from models import search_attributes as sa
+from models.base import NAME_PATTERN
 from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, incident_key_from
 from models.phases import DecisionKind, Phase, Severity
@@ -134,6 +136,14 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_name(text: str) -> str:
+    """A --service value: a policy name, so it cannot change the meaning of the list query."""
+    if re.fullmatch(NAME_PATTERN, text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)!r} is not a service name (letters, digits, '_', '.', '-'; at most 63)")
+    return text
+
+
 @guarded
 def list_recoveries(args: argparse.Namespace) -> int:
     """List recoveries, filtered by service and phase through the search attributes."""
@@ -219,7 +229,7 @@ def register(subparsers: SubParsers) -> None:
     parser.set_defaults(func=status)
 
     parser = subparsers.add_parser("list", help="list recoveries")
-    parser.add_argument("--service", help="only this service")
+    parser.add_argument("--service", type=service_name, help="only this service")
     parser.add_argument("--phase", choices=[p.value for p in Phase], help="only this phase")
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     add_temporal_args(parser)

@@ -237,3 +237,12 @@ async def test_list_prints_search_attributes_without_terminal_controls(
         assert [row["phase"] for row in exact] == [phase]
     finally:
         await handle.terminate("test finished")
+
+
+def test_list_refuses_a_service_that_would_rewrite_its_query() -> None:
+    """`--service` goes into a visibility query: a value that is no service name is refused by
+    the argument parser, before anything connects."""
+    result = medkit("list", "--service", "x' OR WorkflowType != 'y")
+    assert result.returncode == 2
+    assert "is not a service name" in result.stderr
+    assert "Traceback" not in result.stderr
