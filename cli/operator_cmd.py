@@ -51,7 +51,8 @@ def format_status(status: RecoveryStatus) -> str:
         f"{p(status.workflow_id)}  {status.phase.value}"
         f"{'  (dry-run)' if status.dry_run else ''}",
         f"  service {p(status.service)}, severity {status.severity or '?'}, category "
-        f"{p(status.category or '?')}, attempt {status.attempts}/{status.max_attempts}, "
+        f"{p(status.category or '?')}, attempt {status.attempts}/{status.max_attempts}"
+        f"{f' (operator retry {status.operator_retries})' if status.operator_retries else ''}, "
         f"{status.reports} report(s), {status.escalations} escalation(s)",
     ]
     if status.current_step:
