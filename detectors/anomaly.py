@@ -26,6 +26,14 @@ Each point is scored with only the past, in amortised O(1) per point:
 Why: this combination scored best on the NAB development data among the candidates measured
 by ``bench/detector.py`` (see docs/anomaly-detector.md), and ``update`` costs a few plain float
 operations, which keeps it cheap and dependency-light for live series.
+
+**Finite state.** Values beyond ``MAX_MAGNITUDE`` (``±inf`` included) are clamped to it, so the
+running sums of squares cannot overflow; and when a value that dominates a window's sums leaves
+it, the sums are recomputed exactly instead of subtracted, because subtracting it would cancel
+catastrophically and leave the sums wrong for good. An extreme value is scored like any spike
+and, like any spike, widens the window's spread until it leaves (``window`` points) and sets the
+novelty bar on its side for ``novelty_window`` points; after that the detector scores as if it
+had never seen it. NaN is refused (``ValueError``): it has no place to be clamped to.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ _SQRT2 = math.sqrt(2.0)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _LN10 = math.log(10.0)
 _LOG10_2 = math.log10(2.0)
+
+MAX_MAGNITUDE = 1e100
+"""Largest magnitude a value is scored and learned at; larger ones are clamped to it. No real
+metric comes near it, and a window's sum of squares stays finite (1000 x 1e200)."""
 
 
 class AnomalyDetectorConfig(BaseModel):
@@ -214,18 +226,33 @@ class DeviationChannel:
         return tail_surprise(abs(value - mean) / std) - _LOG10_2
 
     def push(self, value: float) -> None:
-        """Add a value, dropping the oldest one when the window is full."""
+        """Add a value, dropping the oldest one when the window is full.
+
+        When the value dropped holds more than half of the window's sum of squares, the sums
+        are recomputed from the window: subtracting a value that dominates them would leave
+        mostly rounding error (a 1e100 spike absorbs every ordinary value added after it).
+        That happens only when an outlier leaves, so the cost stays amortised O(1).
+        """
         self._values.append(value)
         self._sum += value
         self._sq += value * value
         self._abs_sum += abs(value)
         if len(self._values) > self.window:
             old = self._values.popleft()
-            self._sum -= old
-            self._sq -= old * old
-            self._abs_sum -= abs(old)
+            if old * old > 0.5 * self._sq:
+                self._recount()
+            else:
+                self._sum -= old
+                self._sq -= old * old
+                self._abs_sum -= abs(old)
         if self._extremes is not None:
             self._extremes.push(value)
+
+    def _recount(self) -> None:
+        """The window's sums, recomputed exactly from its values."""
+        self._sum = math.fsum(self._values)
+        self._sq = math.fsum(v * v for v in self._values)
+        self._abs_sum = math.fsum(abs(v) for v in self._values)
 
 
 class AnomalyDetector:
@@ -258,7 +285,13 @@ class AnomalyDetector:
         return self._period
 
     def update(self, timestamp: datetime, value: float) -> float:
-        """Score ``value`` observed at ``timestamp`` against the past, then learn from it."""
+        """Score ``value`` observed at ``timestamp`` against the past, then learn from it.
+
+        Values beyond ``MAX_MAGNITUDE`` are clamped to it; NaN raises ValueError and changes nothing.
+        """
+        if math.isnan(value):
+            raise ValueError("cannot score NaN: a value must be a number")
+        value = min(max(value, -MAX_MAGNITUDE), MAX_MAGNITUDE)
         cfg = self.config
         tick = self._tick(timestamp)
         phase = tick % self._period if self._period else 0
@@ -316,14 +349,20 @@ class AnomalyDetector:
         return surprise
 
     def _push(self, adjusted: float) -> None:
-        """Learn a deseasonalised value on both time scales."""
+        """Learn a deseasonalised value on both time scales (the level's running sum is
+        recomputed, like a channel's, when the value leaving it dominates it)."""
         self._point.push(adjusted)
         smooth = self.config.smooth
         if smooth > 1:
             self._recent.append(adjusted)
-            self._recent_sum += adjusted
+            before = self._recent_sum + adjusted
+            self._recent_sum = before
             if len(self._recent) > smooth:
-                self._recent_sum -= self._recent.popleft()
+                old = self._recent.popleft()
+                if abs(old) > 0.5 * abs(before):
+                    self._recent_sum = math.fsum(self._recent)
+                else:
+                    self._recent_sum -= old
             self._level.push(self._recent_sum / len(self._recent))
 
     def _refit(self) -> None:

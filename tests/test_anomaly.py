@@ -202,3 +202,48 @@ def test_sliding_extremes_match_brute_force(values: list[int], size: int) -> Non
         assert extremes.is_new_extreme(value, True) == (bool(past) and value > max(past))
         assert extremes.is_new_extreme(value, False) == (bool(past) and value < min(past))
         extremes.push(value)
+
+
+@pytest.mark.parametrize("extreme", [1.7e308, -1.7e308, math.inf, -math.inf])
+def test_one_absurd_value_does_not_blind_the_detector(extreme: float) -> None:
+    """A single ±1.7e308 (or infinite) value once drove the running sums to inf/NaN, or crashed
+    the seasonality refit, for good. It is clamped, scored as the anomaly it is, and once it has
+    left the window and the novelty range an ordinary spike fires again."""
+    rng = random.Random(5)
+    values = [50 + rng.gauss(0, 1) for _ in range(6000)]
+    values[1000] = extreme
+    values[5200] += 15  # 15 standard deviations: the same spike fires on a clean series
+    detector = AnomalyDetector()
+    scores = [detector.update(t, v) for t, v in zip(stamps(6000), values, strict=True)]
+    assert all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores)
+    assert scores[1000] >= ALARM
+    assert scores[5200] >= ALARM
+    assert max(scores[5201:]) < ALARM
+
+
+def test_nan_is_refused_and_changes_nothing() -> None:
+    points = list(zip(stamps(300), noise()[:300], strict=True))
+    seen, clean = AnomalyDetector(), AnomalyDetector()
+    for t, v in points[:150]:
+        seen.update(t, v)
+        clean.update(t, v)
+    with pytest.raises(ValueError, match="NaN"):
+        seen.update(points[150][0], math.nan)
+    assert [seen.update(t, v) for t, v in points[150:]] == [clean.update(t, v) for t, v in points[150:]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-1e9, 1e9, allow_nan=False),
+            st.sampled_from([1.7e308, -1.7e308, math.inf, -math.inf, 1e200, -1e-300]),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_scores_stay_finite_whatever_the_magnitudes(values: list[float]) -> None:
+    config = AnomalyDetectorConfig(window=20, refit_every=100, max_period=10)
+    scores = score_series(stamps(len(values)), values, config)
+    assert all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores)
