@@ -2,16 +2,33 @@
 
 Unknown fields are ignored rather than rejected, so fields added by newer Alertmanager
 releases (or by Grafana's compatible notifier) do not break ingestion.
+
+Label sets are bounded like the labels of `/v1/detections` (gateway.schemas): an alert's labels
+become its detection's labels and travel into the recovery, so an oversized alert is refused
+here with a 422 naming it (which Alertmanager does not retry) rather than reaching Temporal.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-LabelSet = dict[str, str]
+from gateway.schemas import MAX_LABEL_NAME, MAX_LABELS, Labels, UtcTime
+
+MAX_ANNOTATION_VALUE = 16_384
+"""Characters of one annotation value at most. Annotations are not forwarded (only the summary,
+cut to 2000 characters), so they may be longer than labels, but not unbounded."""
+
+LabelSet = Annotated[Labels, Field(max_length=MAX_LABELS)]
+"""An alert's (or the group's common) labels: at most 64, names and values bounded."""
+
+AnnotationSet = Annotated[
+    dict[Annotated[str, Field(max_length=MAX_LABEL_NAME)],
+         Annotated[str, Field(max_length=MAX_ANNOTATION_VALUE)]],
+    Field(max_length=MAX_LABELS),
+]
+"""An alert's annotations: at most 64, names bounded like labels, values up to 16 KiB."""
 
 
 class _Tolerant(BaseModel):
@@ -25,9 +42,9 @@ class AlertmanagerAlert(_Tolerant):
 
     status: Literal["firing", "resolved"]
     labels: LabelSet
-    annotations: LabelSet = Field(default_factory=dict)
-    starts_at: datetime = Field(alias="startsAt")
-    ends_at: datetime | None = Field(default=None, alias="endsAt")
+    annotations: AnnotationSet = Field(default_factory=dict)
+    starts_at: UtcTime = Field(alias="startsAt")
+    ends_at: UtcTime | None = Field(default=None, alias="endsAt")
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -42,6 +59,6 @@ class AlertmanagerPayload(_Tolerant):
     receiver: str
     group_labels: LabelSet = Field(default_factory=dict, alias="groupLabels")
     common_labels: LabelSet = Field(default_factory=dict, alias="commonLabels")
-    common_annotations: LabelSet = Field(default_factory=dict, alias="commonAnnotations")
+    common_annotations: AnnotationSet = Field(default_factory=dict, alias="commonAnnotations")
     external_url: str = Field(default="", alias="externalURL")
     alerts: list[AlertmanagerAlert] = Field(min_length=1)

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from gateway.alertmanager import AlertmanagerPayload
 from gateway.ingest import Ingestor
-from gateway.mapping import BatchRejected, PlannedReport, lookup_service, plan_alertmanager_batch
+from gateway.mapping import (
+    BatchRejected,
+    PlannedReport,
+    known_services,
+    lookup_service,
+    plan_alertmanager_batch,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, LatencyMiddleware, required_role
 from gateway.schemas import (
@@ -30,7 +36,12 @@ from gateway.schemas import (
 )
 from gateway.series import PushedSeries, UnknownSeries
 from gateway.settings import GatewaySettings
-from gateway.temporal import TemporalFailed, TemporalGateway, TemporalUnavailable
+from gateway.temporal import (
+    TemporalFailed,
+    TemporalGateway,
+    TemporalPayloadTooLarge,
+    TemporalUnavailable,
+)
 from models.base import NAME_PATTERN
 from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, incident_key_from
@@ -44,7 +55,8 @@ _bearer = HTTPBearer(auto_error=False, description="MEDKIT_DETECTOR_TOKEN or MED
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
     403: {"model": ErrorBody, "description": "a token of the other role"},
-    413: {"model": ErrorBody, "description": "body larger than the limit (1 MiB)"},
+    413: {"model": ErrorBody, "description": "body larger than the limit (1 MiB), or reports "
+                                              "Temporal refused as too large"},
     422: {"model": ErrorBody, "description": "malformed request or unknown service"},
     502: {"model": ErrorBody, "description": "Temporal answered with an unexpected error"},
     503: {"model": ErrorBody, "description": "Temporal unreachable: retry later"},
@@ -58,9 +70,18 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
+def _clip(part: object) -> object:
+    """A location part as shown: a label name in the location can be as long as the body."""
+    if isinstance(part, str) and len(part) > 64:
+        return part[:61] + "..."
+    return part
+
+
 def _field_errors(err: RequestValidationError | ValidationError) -> list[dict[str, Any]]:
-    """Each error's location, message and type; the offending input is not echoed back."""
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+    """Each error's location, message and type; the offending input is not echoed back (nor a
+    long label name in the location, beyond its first characters)."""
+    return [{"loc": [_clip(part) for part in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in err.errors()]
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:
@@ -113,6 +134,12 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
         response.headers["Retry-After"] = "5"
         return response
 
+    @app.exception_handler(TemporalPayloadTooLarge)
+    async def too_large(request: Request, err: TemporalPayloadTooLarge) -> JSONResponse:
+        """Not 503: Alertmanager retries 5xx forever, and the same request can never succeed."""
+        metrics.temporal_errors.labels("too_large").inc()
+        return _error(413, str(err))
+
     @app.exception_handler(TemporalFailed)
     async def failed(request: Request, err: TemporalFailed) -> JSONResponse:
         metrics.temporal_errors.labels("failed").inc()
@@ -154,9 +181,8 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
         """A detection from any detector or script; starts or joins the recovery (its id is returned)."""
         service = lookup_service(settings.policy, body.service)
         if service is None:
-            known = ", ".join(s.name for s in settings.policy.services)
-            raise BatchRejected("unknown_service",
-                                [f"unknown service {body.service!r}; the policy defines: {known}"])
+            raise BatchRejected("unknown_service", [f"unknown service {body.service!r}; the policy "
+                                                    f"defines: {known_services(settings.policy)}"])
         try:
             detection = Detection(
                 detection_id=body.detection_id or f"http-{uuid.uuid4()}", service=service.name,

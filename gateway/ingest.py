@@ -10,16 +10,43 @@ from gateway.mapping import PlannedReport
 from gateway.metrics import GatewayMetrics
 from gateway.schemas import IngestResult
 from gateway.temporal import TemporalGateway
-from models.detection import MAX_REPORTS_PER_BATCH
+from models.detection import MAX_REPORT_BATCH_BYTES, MAX_REPORTS_PER_BATCH
 
 Send = Callable[[list[PlannedReport]], Awaitable[tuple[str, bool]]]
 """Deliver reports of one recovery in one call; the recovery's id and whether the call started it."""
 
 
+Waiting = tuple[PlannedReport, asyncio.Future[tuple[str, bool]]]
+"""A report queued for its recovery's next call, and where its caller waits for the answer."""
+
+
 @dataclass
 class _Mailbox:
-    waiting: list[tuple[PlannedReport, asyncio.Future[tuple[str, bool]]]] = field(default_factory=list)
+    waiting: list[Waiting] = field(default_factory=list)
     sender: asyncio.Task[None] | None = None
+
+
+def serialized_size(report: PlannedReport) -> int:
+    """Bytes of the report's detection as Temporal's payload carries it (pydantic JSON)."""
+    return len(report.detection.model_dump_json().encode())
+
+
+def next_batch(waiting: list[Waiting]) -> list[Waiting]:
+    """The longest prefix of `waiting` one call may carry: at most MAX_REPORTS_PER_BATCH reports
+    and MAX_REPORT_BATCH_BYTES of serialized detections, and always at least one report.
+
+    Reports of many notifications pile up behind a call in flight; without the byte bound the
+    next call could exceed what Temporal accepts (it refuses requests above 4 MB), and every
+    notification in it would fail, be retried by Alertmanager, and fail again.
+    """
+    batch = waiting[:1]
+    size = serialized_size(waiting[0][0])
+    for item in waiting[1:MAX_REPORTS_PER_BATCH]:
+        size += serialized_size(item[0])
+        if size > MAX_REPORT_BATCH_BYTES:
+            break
+        batch.append(item)
+    return batch
 
 
 class ReportCoalescer:
@@ -29,7 +56,9 @@ class ReportCoalescer:
     Concurrent signal-with-starts on one workflow id contend for the same workflow lock on the
     server, and an Alertmanager group of many instances of one service, or several groups
     flushing at once, would send exactly that. Each caller still gets its own answer: the first
-    report of a call that started the recovery is "started", every other one "joined".
+    report of a call that started the recovery is "started", every other one "joined". A call
+    carries at most MAX_REPORTS_PER_BATCH reports and MAX_REPORT_BATCH_BYTES (`next_batch`);
+    the rest wait for the next call.
     """
 
     def __init__(self, send: Send) -> None:
@@ -51,11 +80,11 @@ class ReportCoalescer:
         return await asyncio.shield(answer)
 
     async def _drain(self, workflow_id: str, mailbox: _Mailbox) -> None:
-        batch: list[tuple[PlannedReport, asyncio.Future[tuple[str, bool]]]] = []
+        batch: list[Waiting] = []
         try:
             while mailbox.waiting:
-                batch = mailbox.waiting[:MAX_REPORTS_PER_BATCH]
-                del mailbox.waiting[:MAX_REPORTS_PER_BATCH]
+                batch = next_batch(mailbox.waiting)
+                del mailbox.waiting[:len(batch)]
                 try:
                     recovery, started = await self._send([report for report, _ in batch])
                 except Exception as err:

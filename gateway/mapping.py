@@ -90,6 +90,14 @@ def lookup_service(policy: PolicyFile, name: str) -> ServicePolicy | None:
     return None
 
 
+def known_services(policy: PolicyFile, shown: int = 20) -> str:
+    """The policy's service names for an error message, at most `shown` of them: a 422 for each
+    of 200 alerts must not list thousands of names each."""
+    names = [s.name for s in policy.services]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def summary_of(annotations: dict[str, str]) -> str:
     """`summary`, else `description`, cut to what a Detection holds."""
     text = annotations.get("summary") or annotations.get("description") or ""
@@ -127,7 +135,7 @@ def plan_alertmanager_batch(
     planned: list[PlannedReport] = []
     unknown: list[str] = []
     malformed: list[str] = []
-    known = ", ".join(s.name for s in policy.services)
+    known = known_services(policy)
     for index, alert in enumerate(payload.alerts):
         where = _describe(alert, index)
         name = service_name(alert.labels, service_labels)

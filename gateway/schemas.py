@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, model_validator
 
+from detectors.anomaly import MAX_MAGNITUDE
 from models.base import NAME_PATTERN
 from models.phases import Phase, Severity
 
 WORKFLOW_ID_PATTERN = r"^recovery:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}:[A-Za-z0-9_.-]{1,100}$"
 """A recovery's workflow id, `recovery:<service>:<incident key>`; nothing else is addressable."""
+
+MAX_LABELS = 64
+"""Labels of one detection (or one Alertmanager alert) at most."""
+
+MAX_LABEL_NAME = 200
+"""Characters of a label name at most."""
+
+MAX_LABEL_VALUE = 2000
+"""Characters of a label value at most. Labels travel into the recovery (its input, its signals,
+the timeline), so they are bounded here, at the edge, where the sender can be told (422) instead
+of Temporal refusing an oversized payload later."""
+
+Labels = dict[Annotated[str, Field(max_length=MAX_LABEL_NAME)],
+              Annotated[str, Field(max_length=MAX_LABEL_VALUE)]]
+"""A detection's labels: bounded names and values (the count is bounded where it is used)."""
+
+def in_utc(at: datetime) -> datetime:
+    """The same instant in UTC (a time without offset is taken as UTC); a ValueError, which is a
+    422 naming the field, for a time whose UTC form is outside the calendar (year 1 at +05:00)."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time in UTC is outside years 1-9999") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(in_utc)]
+"""A timestamp normalised to UTC at the edge, so nothing later can overflow converting it."""
+
 
 IngestOutcome = Literal["started", "joined", "resolved_reported", "no_recovery", "superseded"]
 """started: a new recovery; joined: reported to the running one; resolved_reported: a resolved
@@ -31,12 +62,11 @@ class DetectionIn(_Body):
     summary: Annotated[str, Field(max_length=2000)] = ""
     incident_key: Annotated[str, Field(min_length=1, max_length=200)] = Field(
         default="health", description="reports with the same key join one recovery")
-    labels: dict[Annotated[str, Field(max_length=200)], Annotated[str, Field(max_length=2000)]] = Field(
-        default_factory=dict, max_length=64)
+    labels: Labels = Field(default_factory=dict, max_length=MAX_LABELS)
     status: Literal["firing", "resolved"] = "firing"
     detection_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         default=None, description="set it to make retries recognisable; generated when omitted")
-    detected_at: datetime | None = Field(default=None, description="defaults to the time received")
+    detected_at: UtcTime | None = Field(default=None, description="defaults to the time received")
 
 
 class IngestResult(_Body):
@@ -80,11 +110,22 @@ class ErrorBody(_Body):
     errors: list[dict[str, object]] | None = None
 
 
+def _plausible(value: float) -> float:
+    """Refuse magnitudes beyond the detector's bound (1e100): no real metric comes near it, and
+    such a value would dominate the series' statistics for thousands of points."""
+    if abs(value) > MAX_MAGNITUDE:
+        raise ValueError(f"{value:g} is beyond the largest magnitude a series value may have "
+                         f"({MAX_MAGNITUDE:g})")
+    return value
+
+
 class PointIn(_Body):
     """One point of a pushed series."""
 
     timestamp: datetime = Field(description="ISO 8601 (UTC when no offset is given) or Unix seconds")
-    value: Annotated[float, Field(strict=True, allow_inf_nan=False, description="a finite number")]
+    value: Annotated[float, Field(strict=True, allow_inf_nan=False,
+                                  description="a finite number, at most 1e100 in magnitude"),
+                     AfterValidator(_plausible)]
 
 
 MAX_POINTS = 10_000

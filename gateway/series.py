@@ -1,10 +1,12 @@
 """Pushed metric series: points POSTed to the gateway, scored by the statistical anomaly detector.
 
 Each `source: push` series of the policy's `anomaly:` section has one `SeriesWatch` (detector,
-recent values, cool-down) in this process. A batch is applied whole or not at all: its order is
-checked against the series' last point before anything is scored, it is then scored on a copy
-of the state, its detections are delivered like any other (signal-with-start of
-`recovery:<service>:anomaly-<series>`), and only then does the copy replace the state. If
+recent values, cool-down) in this process. A batch is applied whole or not at all: its timestamps
+are checked against the gateway's clock (at most MAX_CLOCK_SKEW ahead) and its order against the
+series' last point before anything is scored (values are bounded by the request schema), it is
+then scored on a copy of the state, its detections are delivered like any other
+(signal-with-start of `recovery:<service>:anomaly-<series>`), and only then does the copy
+replace the state. If
 Temporal cannot be reached the copy is dropped, so re-sending the same batch scores it again
 from the same state and fires again.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -28,6 +30,12 @@ from models.policy import PolicyFile, ServicePolicy
 SOURCE = "anomaly"
 """The `source` label of the detections metrics for pushed series."""
 
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far ahead of the gateway's clock a point's timestamp may be. Each point must be after the
+series' last one, so a single point from far in the future (year 9999) would make every later
+point "too old" and wedge the series; a point further ahead than this is refused instead (422).
+Five minutes absorbs clock skew between a sender and the gateway."""
+
 
 class UnknownSeries(LookupError):
     """No pushed series of that name: the message says which ones exist."""
@@ -35,6 +43,15 @@ class UnknownSeries(LookupError):
 
 def _utc(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def in_the_future(points: Sequence[PointIn], now: datetime) -> list[str]:
+    """Every point more than MAX_CLOCK_SKEW ahead of `now` (the gateway's clock)."""
+    horizon = now + MAX_CLOCK_SKEW
+    return [f"points[{index}].timestamp: {_utc(point.timestamp).isoformat()} is more than "
+            f"{MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes ahead of the gateway's clock "
+            f"({now.isoformat(timespec='seconds')})"
+            for index, point in enumerate(points) if _utc(point.timestamp) > horizon]
 
 
 def out_of_order(last: datetime | None, points: Sequence[PointIn]) -> list[str]:
@@ -85,6 +102,9 @@ class PushedSeries:
         self._watch(name)
         async with self._locks[name]:
             watch = self._watch(name)
+            ahead = in_the_future(points, datetime.now(UTC))
+            if ahead:
+                raise BatchRejected("future_timestamp", ahead)
             problems = out_of_order(watch.last, points)
             if problems:
                 raise BatchRejected("out_of_order", problems)

@@ -1,8 +1,9 @@
 """The gateway's Temporal side: a lazily (re)connected client and time-bounded calls.
 
 Every call is bounded by `timeout` seconds. An unreachable server, a deadline or a
-connection failure becomes TemporalUnavailable (HTTP 503, which Alertmanager retries);
-any other server error becomes TemporalFailed (HTTP 502).
+connection failure becomes TemporalUnavailable (HTTP 503, which Alertmanager retries); a request
+Temporal refuses for its size becomes TemporalPayloadTooLarge (HTTP 413: sending it again cannot
+succeed, so it must not be retried); any other server error becomes TemporalFailed (HTTP 502).
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ class TemporalUnavailable(RuntimeError):
 
 class TemporalFailed(RuntimeError):
     """Temporal answered with an error the gateway does not map to a client error."""
+
+
+class TemporalPayloadTooLarge(RuntimeError):
+    """Temporal refused the request for its size; the same request will always be refused."""
+
+
+_TOO_LARGE = ("larger than max", "size exceeds limit", "exceeds size limit")
+"""How the server says a request is too large: gRPC's message limit (RESOURCE_EXHAUSTED,
+"received message after decompression larger than max 4194304") and Temporal's blob limit
+(INVALID_ARGUMENT, "Blob data size exceeds limit.")."""
+
+
+def too_large(err: RPCError) -> bool:
+    """Whether Temporal refused the request for its size (not for load, which is worth a retry)."""
+    message = err.message.lower()
+    return (err.status in (RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.INVALID_ARGUMENT)
+            and any(marker in message for marker in _TOO_LARGE))
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,9 @@ class TemporalGateway:
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
                                       f"{self.timeout:g}s") from None
         except RPCError as err:
+            if too_large(err):
+                raise TemporalPayloadTooLarge(f"{what}: Temporal refused the request as too "
+                                              f"large ({err.message})") from None
             if err.status in _UNAVAILABLE:
                 raise TemporalUnavailable(f"{what}: Temporal unavailable ({err.message})") from None
             raise

@@ -34,7 +34,16 @@ class Detection(MedkitModel):
 
 
 MAX_REPORTS_PER_BATCH = 100
-"""Detections one `report_batch` signal carries at most (a batch stays far below payload limits)."""
+"""Detections one `report_batch` signal carries at most."""
+
+MAX_REPORT_BATCH_BYTES = 512 * 1024
+"""Serialized detections one `report_batch` signal carries at most, unless it is a single one.
+
+Temporal refuses a payload above 2 MB and a request above 4 MB, and a signal-with-start carries
+the first detection again in the workflow input, beside the policy snapshot. 512 KiB (Temporal's
+own warning threshold for one payload) keeps a call well inside both limits. A lone detection
+may exceed it: the gateway's bounds on labels keep one under 1 MB even when every character
+needs escaping, so a call with a single report stays inside the limits as well."""
 
 
 class ReportBatch(MedkitModel):
