@@ -56,7 +56,7 @@ def crash_at(deps: ActivityDeps, point: str | None) -> None:
         def record_identity(*_: object) -> None:
             die()
 
-        activities.process.record_identity = record_identity  # type: ignore[assignment]
+        activities.process.record_identity = record_identity  # type: ignore[attr-defined,assignment]
 
 
 async def run(args: dict[str, Any]) -> dict[str, Any]:

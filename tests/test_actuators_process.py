@@ -120,14 +120,15 @@ def restart_request(port: int, pid_file: Path, log_file: Path, probe: str = "htt
     return ActionRequest.model_validate({
         "workflow_id": INFO["workflow_id"], "service": "svc", "action_name": "restart", "reason": "test",
         "spec": {"kind": "restart_process", "argv": demo_argv(port), "pid_file": str(pid_file),
-                 "log_file": str(log_file), "grace": "3s", "ready_probe": ready, "ready_timeout": "15s"},
+                 "log_file": str(log_file), "grace": "30s", "ready_probe": ready, "ready_timeout": "30s"},
     })
 
 
 async def restart(deps: ActivityDeps, supervisor: ProcessSupervisor, request: ActionRequest) -> ActionResult:
     """Run restart_process in this process as the step INFO names."""
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, activity_type="restart_process", **INFO)
+    env.info = dataclasses.replace(env.info, activity_type="restart_process", workflow_id=INFO["workflow_id"],
+                                   workflow_run_id=INFO["workflow_run_id"], activity_id=INFO["activity_id"])
     result: ActionResult = await env.run(ProcessActivities(deps, supervisor).restart_process, request)
     return result
 
@@ -177,7 +178,7 @@ async def test_decoy_pid_in_the_pid_file_is_left_alone_and_the_service_started(
     result = await restart(deps, supervisor, request)
 
     assert decoy.poll() is None, "the decoy was signalled"
-    new_pid = result.data["new_pid"]
+    new_pid = int(str(result.data["new_pid"]))
     processes.track(new_pid)
     assert result.ok and f"pid {decoy.pid} " in result.detail and "left it alone" in result.detail
     assert int(pid_file.read_text()) == new_pid and listeners(port) == {new_pid}
@@ -235,7 +236,7 @@ async def test_stop_leaves_a_pid_it_cannot_vouch_for_alone(
             == "left alone: it is no longer the process medkit started")
     assert decoy.poll() is None
     matching = ProcessIdentity.of(psutil.Process(decoy.pid))
-    assert await supervisor.stop(decoy.pid, grace=1, identity=matching) == "stopped by SIGTERM"
+    assert await supervisor.stop(decoy.pid, grace=60, identity=matching) == "stopped by SIGTERM"
     assert decoy.wait(5) is not None
 
 
