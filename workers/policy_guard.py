@@ -92,8 +92,7 @@ class _Guard(ActivityInboundInterceptor):
                 structlog.get_logger("medkit.policy").warning(
                     "activity refused: its spec is not the worker's", reason=reason,
                     activity=info.activity_type, workflow_id=info.workflow_id)
-                raise ApplicationError(f"refused by the worker: {reason}", type=POLICY_MISMATCH,
-                                       non_retryable=True)
+                raise ApplicationError(reason, type=POLICY_MISMATCH, non_retryable=True)
         return await super().execute_activity(input)
 
 
