@@ -207,8 +207,7 @@ async def test_approval_timeout_escalates_then_manual(
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
         handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
-        waiting = asyncio.ensure_future(handle.result())  # lets the server skip time
-        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION)
+        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
         handover = next(i for i, e in enumerate(status.timeline)
                         if e.to_phase == Phase.MANUAL_INTERVENTION)
         gate = [e for e in status.timeline[:handover] if e.kind == "escalation"]
@@ -217,7 +216,7 @@ async def test_approval_timeout_escalates_then_manual(
         verdict = await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE,
                                       operator("failed over by hand"))
         assert verdict.phase == Phase.RESOLVED
-        result = await waiting
+        result = await handle.result()
         await save_history(handle, "approval_timeout_manual")
     assert result.phase == Phase.RESOLVED
     assert script.actions == []

@@ -265,7 +265,7 @@ async def test_secrets_never_reach_history_or_logs(
              "hmac_secret_env": "MEDKIT_TEST_HOOK_HMAC"}
     policy = scripted_policy(webhook_receiver.url, routes={"oncall": route})
     script = Script()
-    script.probe("http", False)
+    script.probe("http", False, False)  # assessment, and the check after the approval
     quiet_noisy_loggers()  # as every medkit process does through configure_logging
     caplog.set_level(logging.DEBUG)
     async with script.worker(ts_env.client, queue, deps):
