@@ -26,11 +26,13 @@ from tests.conftest import (
     DemoService,
     WebhookReceiver,
     eventually,
+    free_port,
     policy_file,
     running,
     start_time_skipping,
 )
 from tests.scripted import Script, blocking_script, detection, scripted_policy, start, wait_for_phase
+from tests.test_policy_authority import own_service
 from tests.test_recovery_paths import operator
 from workers.client import send_decision, static_summary
 from workers.logging import quiet_noisy_loggers
@@ -330,3 +332,22 @@ async def test_asking_again_for_a_lease_gets_the_same_answer_and_takes_no_second
     assert {service: r.request_id for service, r in state.holders.items()} == {"checkout": "first"}
     assert {service: [r.request_id for r in q] for service, q in state.waiting.items()} == {
         "checkout": ["second"]}
+
+
+async def test_an_unreachable_http_action_is_a_failed_step_not_a_failed_recovery(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, tmp_path: Path,
+) -> None:
+    """http actions run as local activities, whose failures reach workflow code unwrapped: the
+    recovery must record the step as failed and hand over, never fail the whole run."""
+    closed = f"http://127.0.0.1:{free_port()}/restart"
+    ladder = [{"name": "poke", "steps": [{"action": "poke"}]}]
+    own = own_service(tmp_path, actions={"poke": {"kind": "http", "url": closed}},
+                      ladders={"minor": ladder, "major": ladder, "critical": ladder})
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(own))):
+        handle = await start(ts_env.client, queue, own, detection(service="svc"))
+        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, timeout=60)
+        await send_decision(ts_env.client, handle.id, DecisionKind.ABORT, operator("by hand"))
+        assert (await handle.result()).phase == Phase.ABORTED
+    failed = [e.reason for e in status.timeline if e.kind == "action"]
+    assert failed[0].startswith("poke failed: ") and "ConnectError" in failed[0], failed
+    assert failed[1:] == ["rung 'poke' stopped at step 1"]

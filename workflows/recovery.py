@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -717,7 +718,11 @@ class RecoveryWorkflow:
                               start_to_close_timeout: timedelta, retry_policy: RetryPolicy,
                               summary: str) -> Any:
         """Run a local activity, counted while it runs: no store write is scheduled meanwhile
-        (see _record_incident)."""
+        (see _record_incident).
+
+        A local activity's failure reaches workflow code as the bare ApplicationError or
+        TimeoutError, not wrapped as a regular activity's is; it is wrapped here so every caller
+        handles both kinds through one `except ActivityError`."""
         self._local_activities += 1
         try:
             return await workflow.execute_local_activity(
@@ -725,6 +730,11 @@ class RecoveryWorkflow:
                 start_to_close_timeout=start_to_close_timeout, retry_policy=retry_policy,
                 summary=summary,
             )
+        except (ApplicationError, ActivityTimeoutError) as err:
+            raise ActivityError(
+                f"local activity {activity} failed", scheduled_event_id=0, started_event_id=0,
+                identity="", activity_type=activity, activity_id="", retry_state=None,
+            ) from err
         finally:
             self._local_activities -= 1
 
