@@ -146,6 +146,10 @@ def utc(moment: datetime) -> datetime:
 
 def _action_summary(action: ActionRecord) -> str:
     if action.result_json is None:
+        progress: Any = json.loads(action.progress_json)
+        failed = progress.get("failed") if isinstance(progress, dict) else None
+        if isinstance(failed, dict):
+            return f"FAILED (attempt {failed.get('attempt', '?')}): {failed.get('error', '')}"
         return f"in progress {action.progress_json}"
     result: Any = json.loads(action.result_json)
     if isinstance(result, dict) and "detail" in result:

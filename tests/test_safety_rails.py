@@ -32,7 +32,8 @@ from tests.conftest import (
     start_time_skipping,
 )
 from tests.scripted import Script, blocking_script, detection, scripted_policy, start, wait_for_phase
-from tests.test_policy_authority import own_service
+from tests.test_incidents_cli import run_cli
+from tests.test_policy_authority import PY, own_service
 from tests.test_recovery_paths import operator
 from workers.client import send_decision, static_summary
 from workers.logging import quiet_noisy_loggers
@@ -351,3 +352,26 @@ async def test_an_unreachable_http_action_is_a_failed_step_not_a_failed_recovery
     failed = [e.reason for e in status.timeline if e.kind == "action"]
     assert failed[0].startswith("poke failed: ") and "ConnectError" in failed[0], failed
     assert failed[1:] == ["rung 'poke' stopped at step 1"]
+
+
+async def test_a_failed_action_shows_as_failed_in_the_incident_record(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A step whose every attempt failed reads FAILED with its reason, never 'in progress'."""
+    fail = "import sys; print('disk full'); sys.exit(3)"
+    ladder = [{"name": "fix", "steps": [{"action": "fix"}]}]
+    own = own_service(tmp_path, actions={"fix": {"kind": "command", "argv": [PY, "-c", fail]}},
+                      ladders={"minor": ladder, "major": ladder, "critical": ladder})
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(own))):
+        handle = await start(ts_env.client, queue, own, detection(service="svc"))
+        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, timeout=60)
+        await send_decision(ts_env.client, handle.id, DecisionKind.ABORT, operator("by hand"))
+        assert (await handle.result()).phase == Phase.ABORTED
+    capsys.readouterr()
+    code, shown, _ = run_cli(capsys, "incidents", "show", handle.id, "--state-dir", str(tmp_path))
+    assert code == 0
+    action_lines = [line for line in shown.splitlines() if "run_command" in line]
+    assert len(action_lines) == 1, shown
+    assert "FAILED (attempt 3): " in action_lines[0] and "exited 3: disk full" in action_lines[0]
+    assert "in progress" not in shown

@@ -16,6 +16,7 @@ from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from activities.registry import build_activities
 from models.policy import PolicyFile
+from workers.action_failures import ActionFailureInterceptor
 from workers.bytecode import ensure_workflow_bytecode
 from workers.logging import LogContextInterceptor
 from workers.policy_guard import PolicyGuardInterceptor
@@ -47,7 +48,8 @@ def build_worker(
             *build_activities(deps, supervisor or ProcessSupervisor(deps.state_dir)),
             *FleetActivities(client).activities(),
         ],
-        interceptors=[LogContextInterceptor(), PolicyGuardInterceptor(policy)],
+        interceptors=[LogContextInterceptor(), PolicyGuardInterceptor(policy),
+                      ActionFailureInterceptor(deps.ledger)],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
