@@ -10,6 +10,7 @@ import argparse
 import csv
 import math
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -21,18 +22,28 @@ class CsvInputError(ValueError):
     """The input CSV is missing or malformed; the message names the file and row."""
 
 
-def read_series(path: Path) -> tuple[list[list[str]], list[datetime], list[float]]:
-    """Read and validate a ``timestamp,value`` CSV; returns the raw rows, timestamps and values.
+@dataclass
+class CsvSeries:
+    """The rows of a CSV kept for scoring, and one warning per row skipped."""
 
-    Row numbers in errors count the header as row 1, as a spreadsheet would.
+    raw: list[list[str]] = field(default_factory=list)
+    stamps: list[datetime] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_series(path: Path) -> CsvSeries:
+    """Read and validate a ``timestamp,value`` CSV into the rows to score.
+
+    A row whose timestamp goes back before the last row kept is skipped with a warning, as the
+    live watch loop skips an out-of-order point: one stray row must not cost the whole series.
+    Row numbers count the header as row 1, as a spreadsheet would.
     """
     try:
         handle = path.open(newline="")
     except OSError as exc:
         raise CsvInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    raw: list[list[str]] = []
-    stamps: list[datetime] = []
-    values: list[float] = []
+    series = CsvSeries()
     with handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -40,12 +51,16 @@ def read_series(path: Path) -> tuple[list[list[str]], list[datetime], list[float
             raise CsvInputError(f"{path}: row 1: expected header 'timestamp,value'")
         for row_number, row in enumerate(reader, start=2):
             stamp, value = _parse_row(path, row_number, row)
-            if stamps and stamp < stamps[-1]:
-                raise CsvInputError(f"{path}: row {row_number}: timestamp goes back in time")
-            raw.append([row[0].strip(), row[1].strip()])
-            stamps.append(stamp)
-            values.append(value)
-    return raw, stamps, values
+            if series.stamps and stamp < series.stamps[-1]:
+                series.skipped.append(
+                    f"{path}: row {row_number}: timestamp {row[0].strip()} goes back in time"
+                    f" (before {series.raw[-1][0]}); row skipped"
+                )
+                continue
+            series.raw.append([row[0].strip(), row[1].strip()])
+            series.stamps.append(stamp)
+            series.values.append(value)
+    return series
 
 
 def _parse_row(path: Path, row_number: int, row: list[str]) -> tuple[datetime, float]:
@@ -65,30 +80,33 @@ def _parse_row(path: Path, row_number: int, row: list[str]) -> tuple[datetime, f
     return stamp, value
 
 
-def write_scores(
-    out: TextIO, raw: list[list[str]], stamps: list[datetime], values: list[float]
-) -> None:
+def write_scores(out: TextIO, series: CsvSeries) -> None:
     """Score the series point by point and write ``timestamp,value,anomaly_score`` rows."""
     detector = AnomalyDetector()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["timestamp", "value", "anomaly_score"])
-    for row, stamp, value in zip(raw, stamps, values, strict=True):
+    for row, stamp, value in zip(series.raw, series.stamps, series.values, strict=True):
         writer.writerow([*row, f"{detector.update(stamp, value):.6f}"])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `detect-csv`; exit code 0 on success, 2 (one line on stderr) on bad input."""
+    """Run `detect-csv`; exit code 0 on success, 2 (one line on stderr) on bad input.
+
+    Each row skipped for going back in time is one warning line on stderr.
+    """
     try:
-        raw, stamps, values = read_series(Path(args.file))
+        series = read_series(Path(args.file))
     except CsvInputError as exc:
         print(f"medkit detect-csv: {exc}", file=sys.stderr)
         return 2
+    for warning in series.skipped:
+        print(f"medkit detect-csv: warning: {warning}", file=sys.stderr)
     if args.output is None:
-        write_scores(sys.stdout, raw, stamps, values)
+        write_scores(sys.stdout, series)
         return 0
     try:
         with Path(args.output).open("w", newline="") as out:
-            write_scores(out, raw, stamps, values)
+            write_scores(out, series)
     except OSError as exc:
         print(f"medkit detect-csv: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
         return 2
