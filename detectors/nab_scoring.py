@@ -113,13 +113,39 @@ def probation_length(n_rows: int) -> float:
 
 
 @dataclass
-class _SweepRows:
-    """Per-row data of one or more files, ready for the threshold sweep."""
+class SweepRows:
+    """Per-row data of one or more files, ready for the threshold sweep.
+
+    ``weights`` and ``window_ids`` depend only on the files and their labels, ``scores`` on the
+    detector, so one layout can be rescored for many detectors (`with_scores`) and files can be
+    pooled (`extend`) without recomputing the windows: cross-validation does both many times.
+    """
 
     scores: list[float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     window_ids: list[int] = field(default_factory=list)
     n_windows: int = 0
+
+    @classmethod
+    def of_file(cls, series: LabelledSeries, anomaly_scores: Sequence[float]) -> SweepRows:
+        """The rows of one labelled file scored with ``anomaly_scores``."""
+        rows = cls()
+        _add_file(rows, series.timestamps, anomaly_scores, series.windows)
+        return rows
+
+    def with_scores(self, anomaly_scores: Sequence[float]) -> SweepRows:
+        """The same rows and windows scored by another detector (the layout is shared)."""
+        if len(anomaly_scores) != len(self.scores):
+            raise ValueError("anomaly scores and rows differ in length")
+        return SweepRows(list(anomaly_scores), self.weights, self.window_ids, self.n_windows)
+
+    def extend(self, other: SweepRows) -> None:
+        """Append another file's (or corpus') rows, renumbering its windows after ours."""
+        base = self.n_windows
+        self.scores.extend(other.scores)
+        self.weights.extend(other.weights)
+        self.window_ids.extend(w + base if w >= 0 else w for w in other.window_ids)
+        self.n_windows += other.n_windows
 
 
 def _index_windows(
@@ -135,7 +161,7 @@ def _index_windows(
 
 
 def _add_file(
-    rows: _SweepRows,
+    rows: SweepRows,
     timestamps: Sequence[datetime],
     anomaly_scores: Sequence[float],
     windows: Sequence[tuple[datetime, datetime]],
@@ -178,7 +204,7 @@ def _add_file(
             rows.window_ids.append(base_id + k if k != _OUTSIDE else _OUTSIDE)
 
 
-def sweep_thresholds(rows: _SweepRows, profile: CostProfile) -> list[ThresholdScore]:
+def sweep_thresholds(rows: SweepRows, profile: CostProfile) -> list[ThresholdScore]:
     """Corpus score at each distinct threshold, from 1.1 (nothing detected) downwards.
 
     This is NAB's ``calcScoreByThreshold``.
@@ -223,6 +249,47 @@ def sweep_thresholds(rows: _SweepRows, profile: CostProfile) -> list[ThresholdSc
     return result
 
 
+def score_at_threshold(rows: SweepRows, profile: CostProfile, threshold: float) -> ThresholdScore:
+    """Raw corpus score when detecting at ``score >= threshold``, a threshold fixed in advance.
+
+    It equals the sweep's entry for that threshold; held-out scoring needs it because the
+    threshold must come from the training files, not be optimised on the files being scored.
+    The raw score is a sum over files, so held-out files scored apart can be pooled by adding.
+    """
+    best_in_window: dict[int, float] = {}
+    fp_total = 0.0
+    tp = fp = tn = fn = 0
+    for score, weight, w in zip(rows.scores, rows.weights, rows.window_ids, strict=True):
+        if w == _PROBATION:
+            continue
+        detected = score >= threshold
+        if w == _OUTSIDE:
+            if detected:
+                fp += 1
+                fp_total += weight * profile.fp_weight
+            else:
+                tn += 1
+            continue
+        best_in_window.setdefault(w, -profile.fn_weight)
+        if detected:
+            tp += 1
+            best_in_window[w] = max(best_in_window[w], weight * profile.tp_weight)
+        else:
+            fn += 1
+    return ThresholdScore(threshold, sum(best_in_window.values()) + fp_total, tp, tn, fp, fn)
+
+
+def null_score(rows: SweepRows, profile: CostProfile) -> float:
+    """Raw score of NAB's null detector (all scores 0, threshold optimised) on these rows."""
+    return best_threshold(sweep_thresholds(rows.with_scores([0.0] * len(rows.scores)), profile)).score
+
+
+def normalize(raw: float, null: float, perfect: float) -> float:
+    """NAB's normalisation: 0 for the null detector, 100 for a perfect one (0 if they tie)."""
+    span = perfect - null
+    return 100.0 * (raw - null) / span if span else 0.0
+
+
 def best_threshold(scores: Sequence[ThresholdScore]) -> ThresholdScore:
     """The highest-scoring threshold; ties go to the higher threshold, as NAB's stable sort does."""
     best = scores[0]
@@ -232,7 +299,7 @@ def best_threshold(scores: Sequence[ThresholdScore]) -> ThresholdScore:
     return best
 
 
-def _windows_detected(rows: _SweepRows, threshold: float) -> int:
+def _windows_detected(rows: SweepRows, threshold: float) -> int:
     """How many windows hold at least one scored row at or above ``threshold``."""
     hit = {
         w
@@ -252,8 +319,8 @@ def score_corpus(
     threshold is optimised over the whole corpus, the null baseline is the optimised score of an
     all-zero detector on the same files, and perfect is one full-weight TP per labelled window.
     """
-    rows = _SweepRows()
-    null_rows = _SweepRows()
+    rows = SweepRows()
+    null_rows = SweepRows()
     n_windows = 0
     for series, scores in results:
         _add_file(rows, series.timestamps, scores, series.windows)
