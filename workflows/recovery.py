@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -127,7 +128,11 @@ class RecoveryWorkflow:
         self._stale = False
         self._acted = False
         self._paged = False
+        self._paged_routes: dict[str, str] = {}
         self._notifications = 0
+        self._why: str | None = None
+        self._handover: str | None = None
+        self._at_deadline = "escalate"
         self._source_resolved = False
         self._pending: PendingDecision | None = None
         self._decision: tuple[DecisionKind, OperatorDecision] | None = None
@@ -187,8 +192,10 @@ class RecoveryWorkflow:
         workflow.upsert_search_attributes([sa.SEVERITY.value_set(self._severity.value)])
         failed = sum(1 for r in results if not r.healthy)
         self._probes_saw_problem = failed > 0
+        self._why = f"{failed} of {len(results)} probes failing; {verdict.reason}"
         self._record(self._phase, f"severity {self._severity.value}, category {self._category}: "
-                     f"{failed} of {len(results)} probes failing; {verdict.reason}", kind="probe")
+                     f"{self._why}", kind="probe")
+        self._set_details()
         if not failed and self._policy.assessment.dismiss_when_healthy:
             raise _AlreadyHealthy(f"no probe confirms the report: all {len(results)} pass "
                                   "(assessment.dismiss_when_healthy); nothing done")
@@ -299,6 +306,9 @@ class RecoveryWorkflow:
         timeout = step.approval_timeout
         escalations = 0
         while True:
+            self._at_deadline = ("escalate" if escalations < self._policy.escalation.max_escalations
+                                 else "hand over to ManualIntervention")
+            self._set_details()
             try:
                 await workflow.wait_condition(self._decided, timeout=timeout,
                                               timeout_summary=f"approval of {label}")
@@ -312,7 +322,6 @@ class RecoveryWorkflow:
                 await self._escalate(f"approval of {label!r} still pending")
                 timeout = self._policy.escalation.after
                 self._pending.deadline = workflow.now() + timeout
-                self._set_details()
                 continue
             if self._abort is not None:
                 raise _Aborted
@@ -337,6 +346,8 @@ class RecoveryWorkflow:
             since=workflow.now(),
             command=f"medkit resolve|retry|abort {wid} --operator NAME --reason TEXT",
         )
+        self._handover = reason
+        self._at_deadline = "escalate"
         self._transition(Phase.MANUAL_INTERVENTION, reason)
         await self._notify("manual_intervention", f"{self._policy.name}: needs a human",
                            f"{reason}. Decide with: {self._pending.command}")
@@ -360,6 +371,7 @@ class RecoveryWorkflow:
                     return None
                 continue
             kind, decision = self._take_decision()
+            self._handover = None
             if kind == DecisionKind.RETRY:
                 self._operator_retries += 1
                 self._stale = True
@@ -507,10 +519,12 @@ class RecoveryWorkflow:
                 raise _NeedsHuman(f"the worker refused {action_name}: {_cause(err)}") from err
             self._acted, self._stale = True, True
             self._record(self._phase, f"{action_name} failed: {_cause(err)}", kind="action")
+            self._set_details()
             return False
         self._acted, self._stale = True, True
         mark = "[dry-run] " if result.simulated else ""
         self._record(self._phase, f"{mark}{action_name}: {result.detail}", kind="action")
+        self._set_details()
         return result.ok
 
     async def _check_budgets(self, action_name: str) -> None:
@@ -665,10 +679,15 @@ class RecoveryWorkflow:
         outcomes = await asyncio.gather(*sends, return_exceptions=True)
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, BaseException):
+                delivered = f"failed: {_cause(outcome)}"
                 self._record(self._phase, f"notification to {name} failed: {_cause(outcome)}",
                              kind="notification")
             else:
+                delivered = event
                 self._record(self._phase, f"notified {name}: {event}", kind="notification")
+            if page:
+                self._paged_routes[name] = delivered
+        self._set_details()
 
     async def _guarded(self, awaitable: Awaitable[T]) -> T:
         """Await while watching for an abort; on abort cancel the work and unwind."""
@@ -747,8 +766,55 @@ class RecoveryWorkflow:
         self._pending = None
         return decision
 
+    def _story(self) -> str:
+        """The recovery in one line, first in the current details.
+
+        The Temporal UI's summary line is the static summary set at start, from the first
+        report, and Temporal cannot change it afterwards; this line is what it would say now."""
+        parts = [f"{self._policy.name}: {self._phase.value}"]
+        if self._category is not None and self._severity is not None:
+            parts.append(f"{self._severity.value} {self._category}")
+        else:
+            parts.append("not assessed yet")
+        if self._attempts:
+            parts.append(f"attempt {self._attempts}/{self._policy.retry.max_attempts}")
+        if self._pending is not None:
+            parts.append(f"waiting for {' or '.join(self._pending.allowed)}")
+        if self._dry_run:
+            parts.append("DRY-RUN")
+        return " · ".join(parts)
+
+    def _tried(self) -> list[str]:
+        """What medkit did and how it went: every action, and every check or validation that
+        failed, from the timeline."""
+        return [
+            f"{entry.at:%H:%M:%S} {entry.reason}" for entry in self._timeline
+            if entry.kind == "action" or (entry.kind == "probe" and entry.reason.startswith(
+                ("validation failed", "check failed")))
+        ]
+
+    def _paging(self) -> str:
+        """Who was paged, and a warning when the policy gives nobody to page."""
+        routes = self._policy.escalation.routes
+        if not routes:
+            return ("**Paged:** ⚠ nobody: this service's policy has no escalation routes "
+                    "(set `escalation.routes`), so watch this page or `medkit list --open`")
+        if not self._paged_routes:
+            return f"**Paged:** nobody yet (routes: {', '.join(routes)})"
+        return "**Paged:** " + ", ".join(
+            f"{name} ({outcome})" for name, outcome in self._paged_routes.items())
+
+    def _decision_commands(self) -> list[str]:
+        """One command per decision the recovery accepts now, ready to paste into a shell."""
+        wid = shlex.quote(workflow.info().workflow_id)
+        return [f"`medkit {kind.value} {wid} --operator \"$USER\" --reason \"...\"`"
+                for kind in self._allowed()]
+
     def _set_details(self) -> None:
+        """Refresh the current details the Temporal UI shows: the one-line story first, then
+        why, what was tried, what it waits for and how to decide."""
         lines = [
+            self._story(),
             f"**Phase:** {self._phase.value} · **Severity:** "
             f"{self._severity.value if self._severity else 'assessing'} · **Attempt:** "
             f"{self._attempts}/{self._policy.retry.max_attempts}"
@@ -757,16 +823,38 @@ class RecoveryWorkflow:
             f"**Service:** {self._policy.name} · **Category:** {self._category or '?'} · "
             f"**Reports:** {self._reports} · **Escalations:** {self._escalations}",
         ]
+        if self._why is not None:
+            lines.append(f"**Why:** {self._why}")
+        if self._handover is not None and self._phase == Phase.MANUAL_INTERVENTION:
+            lines.append(f"**Why a human:** {self._handover}")
         if self._evidence:
             lines.append("**Evidence:**")
             lines.extend(f"- {line}" for line in self._evidence[:5])
+        tried = self._tried()
+        if tried:
+            earlier = f" ({len(tried) - 5} earlier not shown)" if len(tried) > 5 else ""
+            lines.append(f"**Tried:**{earlier}")
+            lines.extend(f"- {line}" for line in tried[-5:])
         if self._current_step:
             lines.append(f"**Step:** {self._current_step}")
         if self._pending is not None:
-            lines.append(f"**Decision needed** ({', '.join(self._pending.allowed)}): "
-                         f"`{self._pending.command}`")
+            pending = self._pending
+            lines.append(f"**Waiting since:** {pending.since:%Y-%m-%d %H:%M:%S} UTC"
+                         f"{f' for approval of {pending.step}' if pending.step else ''}")
+            if pending.deadline is not None:
+                lines.append(f"**Next escalation:** {pending.deadline:%Y-%m-%d %H:%M:%S} UTC "
+                             f"({self._at_deadline} if still undecided)")
+            else:
+                lines.append("**Next escalation:** none (all "
+                             f"{self._policy.escalation.max_escalations} escalations sent)")
         elif self._outcome is not None:
             lines.append(f"**Outcome:** {self._outcome.value}")
+        if not self._phase.terminal or self._paged_routes:
+            lines.append(self._paging())
+        commands = self._decision_commands()
+        if commands:
+            lines.append("**Decide:**" if self._pending is not None else "**Stop it:**")
+            lines.extend(f"- {command}" for command in commands)
         workflow.set_current_details("\n\n".join(lines))
 
     # ----- operator and detector messages --------------------------------------------------
