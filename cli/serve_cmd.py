@@ -18,11 +18,14 @@ from cli.common import (
     policy_path,
     target_from,
 )
+from cli.incidents_cmd import _add_database_args, open_store
+from detectors.health_poller import HealthPoller
 from gateway.app import create_app
 from gateway.auth import AuthConfig, AuthConfigError
 from gateway.mapping import DEFAULT_SERVICE_LABELS
 from gateway.settings import MAX_BODY_BYTES, GatewaySettings
 from gateway.temporal import TemporalGateway
+from store.incidents import IncidentStore
 from workers.logging import configure_logging
 
 DEFAULT_HOST = "127.0.0.1"
@@ -45,7 +48,14 @@ def serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings(policy=policy, auth=auth, service_labels=labels, dry_run=args.dry_run,
                                max_body_bytes=args.max_body_bytes)
     target = target_from(args)
-    app = create_app(settings, TemporalGateway(target, timeout=args.temporal_timeout))
+    incidents: IncidentStore | None = None
+    try:
+        incidents = open_store(args)
+    except CommandError as err:
+        log.warning("the dashboard shows no incidents or MTTR", reason=str(err))
+    poller = None if args.no_health_poll else HealthPoller(policy.services, report=None)
+    app = create_app(settings, TemporalGateway(target, timeout=args.temporal_timeout),
+                     poller=poller, incidents=incidents, temporal_ui=args.temporal_ui or None)
     if auth.insecure:
         log.warning("serving WITHOUT authentication (--insecure-no-auth): anyone who can reach "
                     "the port can start recoveries and send operator decisions")
@@ -65,7 +75,8 @@ def register(subparsers: SubParsers) -> None:
         "serve", help="run the HTTP gateway: Alertmanager receiver, detections, operator API",
         description="Serve POST /v1/alerts/alertmanager (an Alertmanager webhook receiver), "
         "POST /v1/detections, the operator API under /v1/recoveries, /healthz, /readyz and "
-        "/metrics; the OpenAPI spec is at /openapi.json. Bearer tokens come from "
+        "/metrics, health scores at /v1/health and the operator dashboard at /dashboard/; the "
+        "OpenAPI spec is at /openapi.json. Bearer tokens come from "
         "MEDKIT_DETECTOR_TOKEN and MEDKIT_OPERATOR_TOKEN; with neither set the gateway refuses "
         "to start unless --insecure-no-auth is given.")
     parser.add_argument("--host", default=os.environ.get("MEDKIT_GATEWAY_HOST", DEFAULT_HOST),
@@ -84,7 +95,14 @@ def register(subparsers: SubParsers) -> None:
                         help=f"larger request bodies get 413 (default: {MAX_BODY_BYTES})")
     parser.add_argument("--temporal-timeout", type=float, default=10.0,
                         help="seconds any Temporal call may take before the request fails with 503")
+    parser.add_argument("--temporal-ui", default=os.environ.get("MEDKIT_TEMPORAL_UI"),
+                        help="base URL of the Temporal UI, for the dashboard's links, e.g. "
+                        "http://127.0.0.1:8233 (default: $MEDKIT_TEMPORAL_UI; no links without it)")
+    parser.add_argument("--no-health-poll", action="store_true",
+                        help="do not probe the services for the health scores of /v1/health and "
+                        "the dashboard (they then show as unknown)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_config_arg(parser)
     add_temporal_args(parser)
+    _add_database_args(parser, inherit=False)
     parser.set_defaults(func=serve)

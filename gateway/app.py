@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
+from detectors.health_poller import HealthBoard, HealthPoller
 from gateway.alertmanager import AlertmanagerPayload
 from gateway.ingest import Ingestor
 from gateway.mapping import (
@@ -23,6 +29,7 @@ from gateway.mapping import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, LatencyMiddleware, required_role
+from gateway.overview import DashboardSnapshot, Overview
 from gateway.schemas import (
     WORKFLOW_ID_PATTERN,
     BatchResult,
@@ -45,9 +52,14 @@ from gateway.temporal import (
 from models.base import NAME_PATTERN
 from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, incident_key_from
+from models.health import FleetHealth
 from models.phases import DecisionKind, Outcome, Phase
 from models.status import RecoveryStatus
+from store.incidents import IncidentStore
 from workers.client import DecisionRejected, RecoveryNotFound
+
+DASHBOARD_DIR = FilePath(__file__).parent / "dashboard"
+"""The operator dashboard's static files (HTML, JS, CSS; no build step), served at /dashboard."""
 
 _bearer = HTTPBearer(auto_error=False, description="MEDKIT_DETECTOR_TOKEN or MEDKIT_OPERATOR_TOKEN")
 """Declares the bearer scheme in the OpenAPI spec; AuthMiddleware enforces it before the body is read."""
@@ -92,16 +104,40 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 
 
 def create_app(settings: GatewaySettings, temporal: TemporalGateway,
-               metrics: GatewayMetrics | None = None) -> FastAPI:
-    """The gateway app for one policy and one Temporal target."""
+               metrics: GatewayMetrics | None = None, *, poller: HealthPoller | None = None,
+               board: HealthBoard | None = None, incidents: IncidentStore | None = None,
+               temporal_ui: str | None = None) -> FastAPI:
+    """The gateway app for one policy and one Temporal target.
+
+    Health scores come from `poller` (run for the app's lifetime; `medkit serve` gives it a
+    score-only one) or from a `board` another poller keeps (`medkit dev`); with neither, every
+    service shows as unknown. `incidents` feeds the dashboard's incident list and MTTR, and
+    `temporal_ui` (the Temporal UI's base URL) its links.
+    """
     metrics = metrics or GatewayMetrics()
     ingestor = Ingestor(temporal, metrics, settings.dry_run, settings.send_concurrency)
     pushed = PushedSeries(settings.policy, ingestor, metrics)
+    health = poller.board if poller is not None else board or HealthBoard(settings.policy.services)
+    overview = Overview(health, temporal, pushed, incidents, temporal_ui)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """Run the score-keeping poller, if any, while the app serves."""
+        task = asyncio.create_task(poller.run()) if poller is not None else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     app = FastAPI(
         title="medkit gateway",
         version="1",
         summary="Alertmanager and detector ingest, and the operator API of medkit recoveries.",
         max_body_size=settings.max_body_bytes,
+        lifespan=lifespan,
     )
     app.state.metrics = metrics
     app.state.temporal = temporal
@@ -161,6 +197,22 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
     async def prometheus_metrics() -> Response:
         """Prometheus exposition format."""
         return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/health", response_model=FleetHealth, tags=["health"])
+    async def health_scores() -> FleetHealth:
+        """Each polled service's 0-100 health score and status, and the fleet's (its worst
+        status, its lowest score); see docs/dashboard.md for the formula."""
+        return health.fleet()
+
+    @app.get("/v1/dashboard", response_model=DashboardSnapshot, responses=_ERRORS,
+             dependencies=secured, tags=["operator"])
+    async def dashboard_snapshot() -> DashboardSnapshot:
+        """Everything the dashboard shows in one read: health, open recoveries with their pending
+        decisions, recent incidents, MTTR per service, pushed series. A source that is down
+        leaves its part empty with the reason (`recoveries_error`, `incidents_error`)."""
+        return await overview.snapshot()
+
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
 
     @app.post("/v1/alerts/alertmanager", status_code=202, response_model=BatchResult,
               responses=_ERRORS, dependencies=secured, tags=["ingest"])

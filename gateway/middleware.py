@@ -17,8 +17,10 @@ ROLE_PREFIXES: tuple[tuple[str, Role], ...] = (
     ("/v1/detections", Role.DETECTOR),
     ("/v1/series/", Role.DETECTOR),
     ("/v1/recoveries", Role.OPERATOR),
+    ("/v1/dashboard", Role.OPERATOR),
 )
-"""Which token each API path needs. Health, readiness, metrics and the OpenAPI spec are open."""
+"""Which token each API path needs. Health (and health scores), readiness, metrics, the OpenAPI
+spec and the dashboard's static page are open; the page's data comes from operator endpoints."""
 
 
 def required_role(path: str) -> Role | None:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that medkit's tests run for real (PostgreSQL, Prometheus,
-# Alertmanager, docker-compose's config check, openssl for test certificates). Skips what is already there.
+# Alertmanager, docker-compose's config check, openssl for test certificates, Chromium for the
+# dashboard's browser test, driven by playwright without downloading a browser). Skips what is
+# already there.
 set -euo pipefail
 declare -A want=(
   [/usr/lib/postgresql]=postgresql
@@ -8,6 +10,7 @@ declare -A want=(
   [/usr/bin/prometheus-alertmanager]=prometheus-alertmanager
   [/usr/bin/docker-compose]=docker-compose
   [/usr/bin/openssl]=openssl
+  [/usr/bin/chromium]=chromium
 )
 missing=()
 for path in "${!want[@]}"; do

@@ -1,0 +1,217 @@
+"""What the operator dashboard shows, gathered in one place: health scores, open recoveries with
+their pending decisions, recent incidents, MTTR per service and the pushed series' state.
+
+Each source fails on its own: with Temporal unreachable the health scores and incidents still
+show (and the snapshot says why recoveries are missing), and likewise for the incident store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from detectors.health_poller import HealthBoard
+from gateway.series import PushedSeries
+from gateway.temporal import RecoveryRow, TemporalFailed, TemporalGateway, TemporalUnavailable
+from models.health import FleetHealth
+from models.phases import Outcome
+from models.status import PendingDecision, TimelineEntry
+from store.incidents import IncidentRow, IncidentStore
+from workers.client import RecoveryNotFound
+
+OPEN_RECOVERIES_QUERY = "WorkflowType = 'RecoveryWorkflow' AND ExecutionStatus = 'Running'"
+"""Visibility query of the recoveries still running (fixed text: nothing user-supplied)."""
+
+MAX_OPEN = 100
+"""Open recoveries the dashboard lists at most (newest first), each costing one status query."""
+
+STATUS_CONCURRENCY = 10
+"""Status queries in flight at once, so a busy fleet does not flood the frontend."""
+
+RECENT_INCIDENTS = 20
+"""Incidents the dashboard lists."""
+
+MTTR_WINDOW = timedelta(days=30)
+"""Incidents whose repair time makes up the MTTR: the last 30 days."""
+
+MTTR_ROWS = 2000
+"""Incidents of the window read at most for MTTR (the newest)."""
+
+REPAIRED = {Outcome.RECOVERED.value, Outcome.RESOLVED.value}
+"""Outcomes that end an outage: medkit recovered the service, or an operator resolved it.
+Dismissed (healthy before medkit acted) and aborted runs repaired nothing, so they are not MTTR."""
+
+RECENT_TIMELINE = 5
+"""Timeline entries shown per open recovery (the latest)."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenRecovery(_Out):
+    """A running recovery as the dashboard shows it."""
+
+    workflow_id: str
+    service: str
+    incident_key: str
+    phase: str
+    severity: str | None = None
+    started_at: datetime
+    age_seconds: float
+    current_step: str | None = None
+    attempts: int
+    max_attempts: int
+    dry_run: bool
+    pending_decision: PendingDecision | None = None
+    recent: list[TimelineEntry] = Field(default_factory=list)
+    temporal_url: str | None = None
+
+
+class IncidentItem(_Out):
+    """One incident of the store (a recovery run, running or ended)."""
+
+    workflow_id: str
+    run_id: str
+    service: str
+    incident_key: str
+    severity: str | None
+    phase: str
+    outcome: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    duration_seconds: float | None
+    temporal_url: str | None = None
+
+
+class ServiceMttr(_Out):
+    """Mean time to repair of one service over the MTTR window."""
+
+    service: str
+    incidents: int = Field(description="repaired incidents (Recovered or Resolved) in the window")
+    mttr_seconds: float
+
+
+class SeriesState(_Out):
+    """A pushed anomaly series held by this gateway."""
+
+    series: str
+    service: str
+    points: int
+    last_point_at: datetime | None
+    cooling_until: datetime | None = Field(description="set after a detection, until its cool-down ends")
+    threshold: float
+
+
+class DashboardSnapshot(_Out):
+    """Everything one dashboard refresh shows."""
+
+    generated_at: datetime
+    namespace: str
+    temporal_ui: str | None
+    health: FleetHealth
+    recoveries: list[OpenRecovery]
+    recoveries_error: str | None = None
+    incidents: list[IncidentItem]
+    mttr: list[ServiceMttr]
+    incidents_error: str | None = None
+    series: list[SeriesState]
+
+
+def temporal_workflow_url(ui: str | None, namespace: str, workflow_id: str) -> str | None:
+    """The Temporal UI page of a workflow, or None when no UI address is configured."""
+    if not ui:
+        return None
+    return (f"{ui.rstrip('/')}/namespaces/{quote(namespace, safe='')}/workflows/"
+            f"{quote(workflow_id, safe='')}")
+
+
+def mean_time_to_repair(rows: list[IncidentRow]) -> list[ServiceMttr]:
+    """Per service, the mean duration of its repaired incidents (those without an end skipped)."""
+    durations: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        if row.outcome in REPAIRED and row.duration_seconds is not None:
+            durations[row.service].append(row.duration_seconds)
+    return [ServiceMttr(service=service, incidents=len(values), mttr_seconds=sum(values) / len(values))
+            for service, values in sorted(durations.items())]
+
+
+class Overview:
+    """Builds dashboard snapshots from the gateway's health board, Temporal and incident store."""
+
+    def __init__(self, board: HealthBoard, temporal: TemporalGateway, pushed: PushedSeries,
+                 incidents: IncidentStore | None, temporal_ui: str | None) -> None:
+        self.board = board
+        self.temporal = temporal
+        self.pushed = pushed
+        self.incidents = incidents
+        self.temporal_ui = temporal_ui
+
+    def _url(self, workflow_id: str) -> str | None:
+        return temporal_workflow_url(self.temporal_ui, self.temporal.target.namespace, workflow_id)
+
+    async def snapshot(self) -> DashboardSnapshot:
+        """One refresh: every source gathered concurrently."""
+        now = datetime.now(UTC)
+        (recoveries, recoveries_error), (incidents, mttr, incidents_error) = await asyncio.gather(
+            self._open_recoveries(now), self._incidents(now))
+        return DashboardSnapshot(
+            generated_at=now, namespace=self.temporal.target.namespace, temporal_ui=self.temporal_ui,
+            health=self.board.fleet(), recoveries=recoveries, recoveries_error=recoveries_error,
+            incidents=incidents, mttr=mttr, incidents_error=incidents_error, series=self._series(),
+        )
+
+    async def _open_recoveries(self, now: datetime) -> tuple[list[OpenRecovery], str | None]:
+        try:
+            rows = await self.temporal.list_recoveries(OPEN_RECOVERIES_QUERY, MAX_OPEN)
+        except (TemporalUnavailable, TemporalFailed) as err:
+            return [], str(err)
+        gate = asyncio.Semaphore(STATUS_CONCURRENCY)
+        found = await asyncio.gather(*(self._open_recovery(row, now, gate) for row in rows))
+        return sorted((r for r in found if r is not None), key=lambda r: r.started_at,
+                      reverse=True), None
+
+    async def _open_recovery(self, row: RecoveryRow, now: datetime,
+                             gate: asyncio.Semaphore) -> OpenRecovery | None:
+        """The row with its status query; None when it ended or vanished meanwhile."""
+        async with gate:
+            try:
+                status = await self.temporal.status(row.workflow_id)
+            except (RecoveryNotFound, TemporalUnavailable, TemporalFailed):
+                return None
+        return OpenRecovery(
+            workflow_id=status.workflow_id, service=status.service, incident_key=status.incident_key,
+            phase=status.phase.value, severity=status.severity.value if status.severity else None,
+            started_at=status.started_at, age_seconds=max(0.0, (now - status.started_at).total_seconds()),
+            current_step=status.current_step, attempts=status.attempts,
+            max_attempts=status.max_attempts, dry_run=status.dry_run,
+            pending_decision=status.pending_decision, recent=status.timeline[-RECENT_TIMELINE:],
+            temporal_url=self._url(status.workflow_id),
+        )
+
+    async def _incidents(self, now: datetime) -> tuple[list[IncidentItem], list[ServiceMttr], str | None]:
+        store = self.incidents
+        if store is None:
+            return [], [], "no incident store configured (medkit serve --state-dir or MEDKIT_DATABASE_URL)"
+        try:
+            rows = await asyncio.to_thread(store.recent, None, now - MTTR_WINDOW, MTTR_ROWS)
+        except Exception as err:  # any database failure only blanks this part of the dashboard
+            return [], [], f"incident store unavailable: {type(err).__name__}"
+        items = [IncidentItem(
+            workflow_id=row.workflow_id, run_id=row.run_id, service=row.service,
+            incident_key=row.incident_key, severity=row.severity, phase=row.phase,
+            outcome=row.outcome, started_at=row.started_at, ended_at=row.ended_at,
+            duration_seconds=row.duration_seconds, temporal_url=self._url(row.workflow_id),
+        ) for row in rows[:RECENT_INCIDENTS]]
+        return items, mean_time_to_repair(rows), None
+
+    def _series(self) -> list[SeriesState]:
+        return [SeriesState(series=name, service=watch.spec.service, points=watch.points,
+                            last_point_at=watch.last, threshold=watch.spec.threshold,
+                            cooling_until=watch.quiet_until if watch.quiet_until and watch.last
+                            and watch.quiet_until > watch.last else None)
+                for name, watch in sorted(self.pushed.watches.items())]
