@@ -16,6 +16,7 @@ from cli import (
     dev_cmd,
     incidents_cmd,
     operator_cmd,
+    report_cmd,
     serve_cmd,
     watch_cmd,
     worker_cmd,
@@ -28,6 +29,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     config_cmd,
     detect_cmd,
     incidents_cmd,
+    report_cmd,
     watch_cmd,
     serve_cmd,
 )

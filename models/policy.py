@@ -202,6 +202,22 @@ class HealthPollSpec(MedkitModel):
         return self
 
 
+class SloSpec(MedkitModel):
+    """The service's availability objective over a rolling window, for `medkit report`.
+
+    `availability` is a percentage below 100 (a 100% objective leaves no error budget to report
+    against); the error budget is `(100 - availability)%` of `window` (see docs/reporting.md).
+    """
+
+    availability: Annotated[float, Field(gt=0, lt=100)]
+    window: Duration = timedelta(days=30)
+
+    @model_validator(mode="after")
+    def _positive_window(self) -> SloSpec:
+        positive(self.window, "slo.window")
+        return self
+
+
 class ServicePolicy(MedkitModel):
     """Everything medkit knows about one service. Its snapshot is the workflow's policy input."""
 
@@ -220,6 +236,7 @@ class ServicePolicy(MedkitModel):
     exclusive: bool = True
     budgets: list[BudgetSpec] = Field(default_factory=list)
     fleet: FleetSpec = Field(default_factory=FleetSpec)
+    slo: SloSpec | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> ServicePolicy:
