@@ -1,0 +1,533 @@
+"""The breaker library: its state machine on an injected clock, classification, the adaptive
+slow-call threshold, the registry, every calling style, behaviour under threads, and its state
+changes reaching a real `medkit serve` as detections (a recovery on the real dev server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from breakers import (
+    BreakerConfig,
+    BreakerConfigError,
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitOpenError,
+    GatewayReporter,
+    Outcome,
+    State,
+    StateChange,
+    breaker,
+    classify,
+)
+from tests.alertmanager_fixture import DETECTOR_TOKEN, running_gateway
+from tests.conftest import eventually, free_port
+from tests.test_gateway import service_policy
+
+SECOND = 1_000_000_000
+
+
+class FakeClock:
+    """Monotonic nanoseconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * SECOND)
+
+
+class Boom(Exception):
+    """The dependency failed."""
+
+
+def make(clock: FakeClock, **options: Any) -> tuple[CircuitBreaker, list[StateChange]]:
+    """A breaker on the fake clock, with no jitter unless asked, and the changes it reports."""
+    changes: list[StateChange] = []
+    config = BreakerConfig(**{"open_jitter": 0.0, "slow_call_duration": 1.0, **options})
+    return CircuitBreaker("dep", config, clock=clock, listeners=[changes.append]), changes
+
+
+def ok(value: int = 1) -> int:
+    return value
+
+
+def fail() -> int:
+    raise Boom("down")
+
+
+def taking(clock: FakeClock, seconds: float) -> Any:
+    """A dependency call that takes `seconds` of fake time."""
+    def call() -> float:
+        clock.advance(seconds)
+        return seconds
+    return call
+
+
+def failures(b: CircuitBreaker, n: int) -> None:
+    for _ in range(n):
+        with pytest.raises(Boom):
+            b.call(fail)
+
+
+def states(changes: list[StateChange]) -> list[str]:
+    return [c.to_state.value for c in changes]
+
+
+def test_failure_rate_over_the_count_window_opens_only_after_minimum_calls() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, window_size=10, minimum_calls=6, failure_rate_threshold=0.5,
+                      consecutive_failures=0)
+    failures(b, 4)
+    assert b.state is State.CLOSED  # 4 failures but fewer than 6 calls
+    b.call(ok)
+    assert b.state is State.CLOSED  # 4/5, still below the minimum
+    b.call(ok)
+    assert b.state is State.CLOSED  # successes never open
+    failures(b, 1)  # 5/7
+    assert b.state is State.OPEN
+    assert changes[-1].reason.startswith("failure rate 5/7")
+    assert changes[-1].failure_rate == pytest.approx(5 / 7)
+
+
+def test_old_outcomes_leave_the_window() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, window_size=4, minimum_calls=4, failure_rate_threshold=0.75, consecutive_failures=0)
+    failures(b, 2)
+    for _ in range(4):
+        b.call(ok)
+    failures(b, 2)  # the first two failures have left the 4-call window: 2/4
+    assert b.state is State.CLOSED
+    assert b.snapshot().failure_rate == 0.5
+    failures(b, 1)
+    assert b.state is State.OPEN
+
+
+def test_consecutive_failures_open_before_the_rate_could() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, window_size=100, minimum_calls=100, consecutive_failures=3)
+    failures(b, 2)
+    b.call(ok)
+    failures(b, 2)
+    assert b.state is State.CLOSED
+    failures(b, 1)
+    assert b.state is State.OPEN
+    assert changes[-1].reason == "3 consecutive failures (last: exception)"
+
+
+def test_open_refuses_then_half_open_limits_trials_then_ramp_then_closed() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, consecutive_failures=2, open_duration=10.0, half_open_max_concurrent=2,
+                      half_open_successes=3, ramp_duration=4.0, ramp_start_fraction=0.25)
+    failures(b, 2)
+    ran: list[int] = []
+    with pytest.raises(CircuitOpenError) as refused:
+        b.call(ran.append, 1)
+    assert ran == []
+    assert refused.value.retry_after == pytest.approx(10.0)
+    assert refused.value.state is State.OPEN
+    clock.advance(9.9)
+    with pytest.raises(CircuitOpenError):
+        b.call(ok)
+
+    clock.advance(0.1)
+    first, second = b.guard(), b.guard()
+    first.__enter__()
+    assert b.state is State.HALF_OPEN
+    second.__enter__()
+    with pytest.raises(CircuitOpenError):  # both trial slots are taken
+        b.call(ok)
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert b.state is State.HALF_OPEN  # 2 of 3 successes
+    b.call(ok)
+    assert b.state is State.RAMPING
+
+    def admitted_of_100() -> int:
+        admitted = 0
+        for _ in range(100):
+            with contextlib.suppress(CircuitOpenError):
+                admitted += b.call(ok)
+        return admitted
+
+    at_start = admitted_of_100()
+    assert 24 <= at_start <= 26  # a quarter at the start of the ramp
+    clock.advance(2.0)
+    half_way = admitted_of_100()
+    assert 61 <= half_way <= 64  # 0.25 + 0.75 x 0.5 = 62.5 %
+    clock.advance(2.0)
+    b.call(ok)
+    assert b.state is State.CLOSED
+    assert states(changes) == ["open", "half_open", "ramping", "closed"]
+    assert b.snapshot().calls_in_window == 1  # closing starts a fresh window
+    assert b.snapshot().rejected == 2 + 1 + (100 - at_start) + (100 - half_way)
+
+
+def test_a_failed_trial_reopens_for_longer_until_the_cap_and_closing_resets_it() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, consecutive_failures=1, open_duration=1.0, open_backoff=3.0,
+                      max_open_duration=5.0, half_open_successes=1, ramp_duration=0.0)
+    failures(b, 1)
+    opened = []
+    for _ in range(3):
+        opened.append(b.snapshot().open_remaining_s)
+        clock.advance(opened[-1])
+        failures(b, 1)  # the trial fails
+    assert opened == [1.0, 3.0, 5.0]
+    assert b.snapshot().open_remaining_s == 5.0
+    assert changes[-1].reason == "trial call exception"
+    clock.advance(5.0)
+    b.call(ok)
+    assert b.state is State.CLOSED  # ramp_duration 0: straight to closed
+    failures(b, 1)
+    assert b.snapshot().open_remaining_s == 1.0
+
+
+def test_failures_while_ramping_reopen_with_backoff() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, consecutive_failures=0, minimum_calls=1, open_duration=2.0,
+                      half_open_successes=1, ramp_duration=10.0, ramp_start_fraction=1.0,
+                      ramp_minimum_calls=4, failure_rate_threshold=0.5)
+    failures(b, 1)
+    clock.advance(2.0)
+    b.call(ok)
+    assert b.state is State.RAMPING
+    b.call(ok)
+    b.call(ok)
+    failures(b, 1)
+    assert b.state is State.RAMPING  # 1/3: below the ramp's minimum calls
+    failures(b, 1)
+    assert b.state is State.OPEN
+    assert changes[-1].reason.startswith("failure rate 2/4 while ramping")
+    assert b.snapshot().open_remaining_s == 4.0
+
+
+def test_jitter_spreads_open_times_within_bounds() -> None:
+    clock = FakeClock()
+    seen = set()
+    for _ in range(20):
+        b, _ = make(clock, consecutive_failures=1, open_duration=10.0, open_jitter=0.2)
+        failures(b, 1)
+        remaining = b.snapshot().open_remaining_s
+        assert 8.0 <= remaining <= 12.0
+        seen.add(round(remaining, 3))
+    assert len(seen) > 1
+
+
+def test_classification_of_exceptions_timeouts_and_slow_calls() -> None:
+    config = BreakerConfig(record_exceptions=(OSError,), ignore_exceptions=(FileNotFoundError,))
+    assert classify(config, ConnectionError()) is Outcome.EXCEPTION
+    assert classify(config, TimeoutError()) is Outcome.TIMEOUT  # an OSError, and a timeout
+    assert classify(config, FileNotFoundError()) is Outcome.IGNORED
+    assert classify(config, ValueError()) is Outcome.SUCCESS  # the dependency answered
+    assert classify(config, asyncio.CancelledError()) is Outcome.IGNORED
+    picky = BreakerConfig(failure_predicate=lambda e: "503" in str(e))
+    assert classify(picky, RuntimeError("HTTP 503")) is Outcome.EXCEPTION
+    assert classify(picky, RuntimeError("HTTP 404")) is Outcome.SUCCESS
+
+    clock = FakeClock()
+    b, changes = make(clock, consecutive_failures=1, ignore_exceptions=(KeyError,),
+                      slow_call_duration=1.0, call_timeout=2.0, minimum_calls=1,
+                      slow_call_rate_threshold=1.0)
+    for _ in range(3):
+        with pytest.raises(KeyError):
+            b.call({}.__getitem__, "x")
+    assert b.snapshot().calls_in_window == 0  # ignored: neither success nor failure
+    assert b.call(taking(clock, 1.5)) == 1.5  # a slow success: 1 slow of 1 call reaches 1.0
+    assert b.state is State.OPEN and changes[-1].reason.startswith("slow-call rate 1/1")
+    b.reset()
+    assert b.call(taking(clock, 2.5)) == 2.5  # past the deadline: the result, but a timeout failure
+    assert b.state is State.OPEN
+    assert changes[-1].reason == "1 consecutive failures (last: timeout)"
+
+
+async def test_async_call_timeout_cancels_and_counts_as_timeout() -> None:
+    b = CircuitBreaker("slow-async", BreakerConfig(call_timeout=0.05, consecutive_failures=2))
+    cancelled: list[bool] = []
+
+    async def hangs() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await b.call_async(hangs)
+    assert cancelled == [True, True]
+    assert b.state is State.OPEN
+
+
+def test_adaptive_slow_threshold_follows_normal_latency_and_ignores_slow_calls() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, slow_call_duration=None, latency_sample_every=1, latency_samples=16,
+                      latency_warmup=16, adaptive_slow_quantile=0.9, adaptive_slow_multiplier=3.0,
+                      adaptive_slow_floor=0.001, adaptive_slow_ceiling=5.0, window_size=20,
+                      minimum_calls=10, slow_call_rate_threshold=0.5, consecutive_failures=0)
+    assert b.snapshot().slow_threshold_s == 5.0  # the ceiling until enough latencies are known
+    for _ in range(16):
+        b.call(taking(clock, 0.010))
+    assert b.snapshot().slow_threshold_s == pytest.approx(0.030)
+    for _ in range(16):
+        b.call(taking(clock, 0.020))  # twice as slow: not slow yet, and the baseline follows
+    assert b.snapshot().slow_rate == 0.0
+    assert b.snapshot().slow_threshold_s == pytest.approx(0.060)
+    for _ in range(9):
+        b.call(taking(clock, 0.500))  # 25x: slow; the threshold must not chase them
+    assert b.snapshot().slow_threshold_s == pytest.approx(0.060)
+    assert b.state is State.CLOSED  # 9/20 slow
+    b.call(taking(clock, 0.500))
+    assert b.state is State.OPEN
+    assert changes[-1].reason == "slow-call rate 10/20 above 60.0 ms"
+
+
+def test_config_errors_name_the_option() -> None:
+    with pytest.raises(BreakerConfigError, match=r"^window_size: must be 1\.\.65536 \(got 0\)"):
+        BreakerConfig(window_size=0)
+    with pytest.raises(BreakerConfigError, match=r"^minimum_calls:"):
+        BreakerConfig(window_size=5, minimum_calls=6)
+    with pytest.raises(BreakerConfigError, match=r"^latency_sample_every: must be a power of two"):
+        BreakerConfig(latency_sample_every=6)
+    with pytest.raises(BreakerConfigError, match=r"^open_jitter:"):
+        BreakerConfig(open_jitter=1.0)
+
+
+def test_registry_shares_breakers_by_name_and_reaches_later_ones_with_listeners() -> None:
+    clock = FakeClock()
+    registry = BreakerRegistry(BreakerConfig(consecutive_failures=1, open_jitter=0.0), clock=clock)
+    seen: list[str] = []
+    registry.add_listener(lambda change: seen.append(f"{change.breaker}:{change.to_state}"))
+    payments = registry.get("payments")
+    assert registry.get("payments") is payments
+    with pytest.raises(BreakerConfigError, match="already exists with other options"):
+        registry.get("payments", BreakerConfig(window_size=30))
+    search = registry.get("search", BreakerConfig(consecutive_failures=2))
+    failures(payments, 1)
+    failures(search, 2)
+    assert seen == ["payments:open", "search:open"]
+    assert "search" in registry and registry.names() == ["payments", "search"]
+    assert [s.state for s in registry.snapshots()] == [State.OPEN, State.OPEN]
+    name = f"process-wide-{uuid.uuid4().hex[:6]}"
+    assert breaker(name) is breaker(name)
+
+
+def test_decorator_and_guard_sync() -> None:
+    b = CircuitBreaker("styles", BreakerConfig(consecutive_failures=2, open_duration=60))
+    calls: list[int] = []
+
+    @b
+    def double(x: int) -> int:
+        """Doubles."""
+        calls.append(x)
+        if x < 0:
+            raise Boom(str(x))
+        return 2 * x
+
+    assert double(3) == 6 and double.__name__ == "double" and double.__doc__ == "Doubles."
+    with pytest.raises(Boom):
+        double(-1)
+    with pytest.raises(Boom), b.guard():
+        raise Boom("in the block")
+    assert b.state is State.OPEN
+    with pytest.raises(CircuitOpenError):
+        double(4)
+    with pytest.raises(CircuitOpenError), b.guard():
+        calls.append(99)
+    assert calls == [3, -1]
+    b.reset()
+    with b.guard():
+        calls.append(5)
+    assert b.snapshot().calls_in_window == 1 and b.state is State.CLOSED
+
+
+async def test_decorator_and_guard_async() -> None:
+    b = CircuitBreaker("styles-async", BreakerConfig(consecutive_failures=2, open_duration=60))
+
+    @b
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        if x < 0:
+            raise Boom(str(x))
+        return x + 1
+
+    assert await fetch(1) == 2 and fetch.__name__ == "fetch"
+    with pytest.raises(Boom):
+        await fetch(-1)
+    with pytest.raises(Boom):
+        async with b.guard():
+            raise Boom("in the block")
+    assert b.state is State.OPEN
+    with pytest.raises(CircuitOpenError):
+        await fetch(1)
+    with pytest.raises(CircuitOpenError):
+        async with b.guard():
+            pytest.fail("the body must not run while open")
+    b.reset()
+    async with b.guard():
+        await asyncio.sleep(0)
+    assert b.snapshot().calls_in_window == 1
+
+
+def test_threads_hammering_a_failing_dependency_stop_reaching_it() -> None:
+    b = CircuitBreaker("threads", BreakerConfig(consecutive_failures=5, window_size=50, minimum_calls=10,
+                                                open_duration=300))
+    reached = 0
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    @b
+    def dependency(fails: bool) -> None:
+        nonlocal reached
+        with lock:
+            reached += 1
+        if fails:
+            raise Boom("down")
+
+    start = threading.Barrier(8)
+
+    def worker(fails: bool) -> None:
+        start.wait()
+        for _ in range(500):
+            try:
+                dependency(fails)
+            except (Boom, CircuitOpenError):
+                pass
+            except BaseException as err:
+                errors.append(err)
+
+    def run(fails: bool) -> None:
+        threads = [threading.Thread(target=worker, args=(fails,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    run(False)
+    assert errors == [] and reached == 4000 and b.state is State.CLOSED
+    snapshot = b.snapshot()
+    assert snapshot.calls_in_window == 50 and snapshot.failure_rate == 0.0
+    reached = 0
+    run(True)
+    assert errors == [] and b.state is State.OPEN
+    # After the fifth failure in a row opens it, only calls already past the check can still
+    # arrive: at most one per thread.
+    assert reached <= 5 + 8
+    assert b.snapshot().rejected == 4000 - reached
+
+
+def test_threads_never_exceed_the_half_open_trial_limit() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=1, open_duration=1.0, half_open_max_concurrent=2,
+                half_open_successes=100)
+    failures(b, 1)
+    clock.advance(1.0)
+    inside = 0
+    most_inside = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def trial() -> None:
+        nonlocal inside, most_inside
+        with lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        release.wait(10)
+        with lock:
+            inside -= 1
+
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        try:
+            b.call(trial)
+            outcomes.append("ran")
+        except CircuitOpenError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=worker) for _ in range(12)]
+    for t in threads:
+        t.start()
+    while outcomes.count("refused") < 10:
+        threading.Event().wait(0.01)
+    release.set()
+    for t in threads:
+        t.join()
+    assert most_inside == 2
+    assert sorted(outcomes) == ["ran"] * 2 + ["refused"] * 10
+    assert b.state is State.HALF_OPEN
+
+
+@pytest.fixture
+def hanging_gateway() -> Iterator[str]:
+    """A port that accepts connections and never answers: the slowest gateway there is."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_reporting_never_blocks_the_breaker_even_when_the_gateway_hangs(hanging_gateway: str) -> None:
+    reporter = GatewayReporter(hanging_gateway, DETECTOR_TOKEN, "svc", queue_size=2, timeout=30, attempts=1)
+    b = CircuitBreaker("hung", BreakerConfig(consecutive_failures=1), listeners=[reporter])
+    for _ in range(10):
+        failures(b, 1)  # each failure opens ...
+        b.reset()  # ... and this closes: 20 reported changes against a queue of 2
+    assert b.state is State.CLOSED
+    assert reporter.sent == 0
+    assert reporter.dropped >= 20 - 2 - 1  # one may already be in the sender's hands
+
+
+async def test_state_changes_reach_a_real_gateway_as_detections(
+        dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    service = f"brk-{uuid.uuid4().hex[:6]}"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "services": [service_policy(service, free_port())]}))
+    address = dev_env.client.service_client.config.target_host
+    workflow_id = f"recovery:{service}:breaker-payments"
+    with running_gateway(tmp_path, policy, address, f"brk-{uuid.uuid4().hex[:8]}") as gateway:
+        reporter = GatewayReporter(gateway.url, DETECTOR_TOKEN, service)
+        b = CircuitBreaker("payments", BreakerConfig(consecutive_failures=2, labels={"team": "core"}),
+                           listeners=[reporter])
+        try:
+            failures(b, 2)
+            assert await asyncio.to_thread(reporter.flush, 30), gateway.log_tail()
+            assert (reporter.sent, reporter.failed) == (1, 0), gateway.log_tail()
+            history = await dev_env.client.get_workflow_handle(workflow_id).fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            payload = started.input.payloads[0].data.decode()
+            for fragment in ('"source":"http"', '"severity":"major"', '"status":"firing"',
+                             '"breaker":"payments"', '"breaker_state":"open"', '"team":"core"',
+                             '"category":"circuit_breaker"', "2 consecutive failures"):
+                assert fragment in payload, payload
+
+            b.reset("dependency healthy again")
+            assert await asyncio.to_thread(reporter.flush, 30)
+            assert (reporter.sent, reporter.failed) == (2, 0), gateway.log_tail()
+
+            async def resolved_reported() -> bool:
+                events = (await dev_env.client.get_workflow_handle(workflow_id).fetch_history()).events
+                signals = [e.workflow_execution_signaled_event_attributes for e in events
+                           if e.HasField("workflow_execution_signaled_event_attributes")]
+                return any('"status":"resolved"' in p.data.decode()
+                           for signal in signals for p in signal.input.payloads)
+            await eventually(resolved_reported)
+        finally:
+            reporter.close()
+            with contextlib.suppress(RPCError):
+                await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
