@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
+from activities.deps import ActivityDeps
 from cli.common import load_policy
 from cli.main import build_parser, run
 from cli.report_cmd import REPORT_FIELDS
@@ -23,6 +25,8 @@ from models.status import RecoveryStatus, TimelineEntry
 from store.incidents import IncidentStore
 from store.ledger import ActionLedger
 from store.report import Objective, RunTimes, build_report, downtime_seconds, load_runs, percentile
+from tests.conftest import WebhookReceiver
+from tests.scripted import Script, detection, scripted_policy, start
 
 pytest_plugins = ["tests.postgres_fixture"]
 
@@ -366,3 +370,35 @@ def test_every_flag_has_help() -> None:
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for action in commands.choices["report"]._actions:
         assert action.help, action.dest
+
+
+async def test_end_to_end_from_real_recoveries(
+        capsys: pytest.CaptureFixture[str], dev_env: WorkflowEnvironment, queue: str, deps: ActivityDeps,
+        tmp_path: Path, webhook_receiver: WebhookReceiver) -> None:
+    """Two real recoveries on the dev server, recorded by the worker's own record_incident: one
+    recovers after a restart, one is dismissed. The report counts them, takes MTTR and downtime
+    from the recovered run's stored duration, and MTTD is 0 as docs/reporting.md explains (the
+    first report and the move to Assessing are recorded in the same workflow task)."""
+    policy = scripted_policy(webhook_receiver.url, validation={"samples": 1, "interval": "1s"},
+                             assessment={"dismiss_when_healthy": True},
+                             slo={"availability": 99.0, "window": "1d"})
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(json.dumps({"services": [policy.model_dump(mode="json")]}))
+    script = Script()
+    script.probe("http", False)  # the first assessment fails one probe: a minor incident
+    async with script.worker(dev_env.client, queue, deps):
+        recovered = await (await start(dev_env.client, queue, policy, detection())).result()
+        dismissed = await (await start(dev_env.client, queue, policy, detection())).result()
+    assert (recovered.phase, dismissed.phase) == (Phase.RECOVERED, Phase.DISMISSED)
+    duration = (recovered.timeline[-1].at - recovered.started_at).total_seconds()
+
+    code, out, _ = run_cli(capsys, "report", "--state-dir", str(tmp_path), "--config", str(policy_path),
+                           "--service", "checkout", "-o", "json")
+    assert code == 0
+    [report] = json.loads(out)
+    assert {key: report[key] for key in ("incidents", "recovered", "dismissed", "open")} == {
+        "incidents": 2, "recovered": 1, "dismissed": 1, "open": 0}
+    assert report["mttd_seconds"] == 0
+    assert report["mttr_p50_seconds"] == report["mttr_p95_seconds"] == duration
+    assert report["downtime_seconds"] == duration
+    assert report["error_budget_left_seconds"] == pytest.approx(864 - duration, rel=1e-12)
