@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from temporalio.runtime import Runtime
+
 from cli.common import (
     DEFAULT_STATE_DIR,
     CommandError,
@@ -20,6 +22,8 @@ from models.policy import PolicyFile
 from models.policy_yaml import PolicyError
 from workers.client import connect
 from workers.logging import configure_logging
+from workers.metrics import DEFAULT_METRICS_ADDRESS, METRICS_ADDRESS_ENV, metrics_address, metrics_runtime
+from workers.metrics_server import MetricsAddressInUse
 from workers.worker import run_worker
 
 
@@ -44,13 +48,24 @@ def worker_policy(config: Path | None) -> PolicyFile:
 def worker(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT; drain running activities and exit 0."""
     policy = worker_policy(args.config)
+    try:
+        address = metrics_address(args.metrics_address)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
     configure_logging(args.log_level)
     target = target_from(args)
 
     async def go() -> None:
+        sdk_metrics = None
+        if address is not None:
+            runtime, sdk_metrics = metrics_runtime()
+            Runtime.set_default(runtime, error_if_already_set=False)  # the client below uses it
         client = await connect(target)
-        await run_worker(client, target.task_queue, args.state_dir, policy,
-                         os.environ.get("MEDKIT_DATABASE_URL"))
+        try:
+            await run_worker(client, target.task_queue, args.state_dir, policy,
+                             os.environ.get("MEDKIT_DATABASE_URL"), address, sdk_metrics)
+        except MetricsAddressInUse as err:
+            raise CommandError(str(err)) from None
 
     run(go())
     return 0
@@ -73,5 +88,8 @@ def register(subparsers: SubParsers) -> None:
                         default=Path(os.environ.get("MEDKIT_STATE_DIR", DEFAULT_STATE_DIR)),
                         help="where the action ledger and supervised-process logs live "
                         "(default: $MEDKIT_STATE_DIR or .medkit)")
+    parser.add_argument("--metrics-address", metavar="HOST:PORT",
+                        help=f"serve /metrics (Prometheus) and /healthz here, or 'off' "
+                        f"(default: ${METRICS_ADDRESS_ENV} or {DEFAULT_METRICS_ADDRESS})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=worker)
