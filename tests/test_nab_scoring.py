@@ -10,9 +10,15 @@ import pytest
 from detectors.nab_scoring import (
     PROFILES,
     LabelledSeries,
+    SweepRows,
+    best_threshold,
+    normalize,
+    null_score,
     probation_length,
     scaled_sigmoid,
+    score_at_threshold,
     score_corpus,
+    sweep_thresholds,
 )
 
 START = datetime(2024, 1, 1)
@@ -104,3 +110,39 @@ def test_threshold_is_optimised() -> None:
     assert result.threshold == 0.9
     assert result.normalized == pytest.approx(100 * (1 - 0.11 + 1) / 2)
     assert result.windows_detected == 1
+
+
+def test_score_at_a_fixed_threshold_matches_the_sweep() -> None:
+    """Scoring at a threshold fixed in advance (held-out scoring) gives the sweep's entry for
+    it, on two pooled files, at every threshold the sweep visits and between them."""
+    first = detections(20, 55, 70)
+    first[30], first[52] = 0.4, 0.7
+    second = detections(5, 40, 61, score=0.6)
+    pooled = SweepRows.of_file(series(), first)
+    pooled.extend(SweepRows.of_file(series(), second))
+    assert pooled.n_windows == 2
+    profile = PROFILES["standard"]
+    for entry in sweep_thresholds(pooled, profile):
+        for threshold in (entry.threshold, entry.threshold - 1e-9):
+            at = score_at_threshold(pooled, profile, threshold)
+            if threshold == entry.threshold:
+                assert (at.tp, at.tn, at.fp, at.fn) == (entry.tp, entry.tn, entry.fp, entry.fn)
+                assert at.score == pytest.approx(entry.score)
+            assert at.score <= best_threshold(sweep_thresholds(pooled, profile)).score + 1e-12
+    assert null_score(pooled, profile) == pytest.approx(-2.0)
+
+
+def test_pooled_rows_rescored_match_score_corpus() -> None:
+    """Rows laid out once and rescored (`with_scores`) score as `score_corpus` does."""
+    scores = detections(20, 55)
+    layout = SweepRows.of_file(series(), [0.0] * N)
+    rows = layout.with_scores(scores)
+    profile = PROFILES["standard"]
+    best = best_threshold(sweep_thresholds(rows, profile))
+    expected = score_corpus([(series(), scores)])["standard"]
+    assert best.score == pytest.approx(expected.raw_score)
+    assert normalize(best.score, null_score(rows, profile), 1.0) == pytest.approx(
+        expected.normalized
+    )
+    with pytest.raises(ValueError):
+        layout.with_scores([0.0])
