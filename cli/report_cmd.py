@@ -13,12 +13,13 @@ import json
 import sys
 from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli.common import CommandError, SubParsers, add_config_arg, guarded, load_policy, policy_path, printable
+from cli.common import CommandError, SubParsers, guarded, load_policy, policy_path, printable
 from cli.incidents_cmd import (
     _add_database_args,
     _first_line,
@@ -168,7 +169,9 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--since", type=since_arg, default=DEFAULT_SINCE, metavar="SPAN",
                         help="incidents started within this span before now, e.g. 24h, 7d, 30d "
                         "(default: 7d); also the availability window of a service without an slo")
-    add_config_arg(parser)
+    parser.add_argument("--config", type=Path, help="policy file giving each service's slo and the "
+                        "services to list (optional; default: $MEDKIT_CONFIG or .medkit/policy.yaml if that "
+                        "file exists, else no objectives)")
     _add_database_args(parser, inherit=False)
     parser.add_argument("-o", "--output", choices=["text", "json", "csv"], default="text",
                         help="output format (default: text, a table)")

@@ -316,6 +316,14 @@ def test_service_filter_and_no_policy(capsys: pytest.CaptureFixture[str], state_
     assert web["availability_window_seconds"] == 30 * 86400
 
 
+def test_the_policy_from_the_environment(capsys: pytest.CaptureFixture[str], state_dir: Path,
+                                        policy_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDKIT_CONFIG", str(policy_path))
+    code, out, _ = run_cli(capsys, "report", "--state-dir", str(state_dir), "--service", "web", "-o", "json")
+    assert code == 0
+    check_web(json.loads(out)[0], straddling=False)
+
+
 def test_a_policy_service_without_incidents_can_be_asked_for(
         capsys: pytest.CaptureFixture[str], state_dir: Path, policy_path: Path) -> None:
     code, out, _ = run_cli(capsys, "report", "--state-dir", str(state_dir), "--config", str(policy_path),
