@@ -132,11 +132,11 @@ def classify(config: BreakerConfig, exc: BaseException) -> Outcome:
 class CircuitBreaker:
     """A named circuit breaker; call through `call`/`call_async`, as a decorator, or `guard()`."""
 
-    __slots__ = ("__weakref__", "_buf", "_clock", "_closed", "_consecutive", "_latencies", "_latency_count",
+    __slots__ = ("__weakref__", "_buf", "_clock", "_closed", "_latencies", "_latency_count",
                  "_latency_fresh", "_latency_pos", "_listeners", "_lock", "_look_closer_ns", "_n",
-                 "_open_base_s", "_open_until", "_pos", "_ramp_calls", "_ramp_credit", "_ramp_failures",
-                 "_ramp_ns", "_ramp_slow", "_ramp_started", "_recompute_every", "_rejected", "_rng",
-                 "_sample_mask", "_slow_threshold_ns", "_state", "_timeout_ns", "_trial_successes",
+                 "_open_base_s", "_open_until", "_pos", "_ramp_calls", "_ramp_consecutive", "_ramp_credit",
+                 "_ramp_failures", "_ramp_ns", "_ramp_slow", "_ramp_started", "_recompute_every", "_rejected",
+                 "_rng", "_sample_mask", "_slow_threshold_ns", "_state", "_timeout_ns", "_trial_successes",
                  "_trials_in_flight", "config", "name")
 
     def __init__(self, name: str, config: BreakerConfig | None = None, *, clock: Clock = time.monotonic_ns,
@@ -150,7 +150,7 @@ class CircuitBreaker:
         self._n = config.window_size
         self._buf = bytearray(self._n)
         self._pos = 0
-        self._consecutive = 0
+        self._ramp_consecutive = 0
         self._closed = True
         self._state = State.CLOSED
         self._timeout_ns = int(config.call_timeout * _NS) if config.call_timeout else 2**63 - 1
@@ -199,7 +199,6 @@ class CircuitBreaker:
             if elapsed > self._look_closer_ns:
                 self._record_success(elapsed, _NORMAL)
                 return result
-            self._consecutive = 0
             i = self._pos
             self._buf[i] = _OK
             i += 1
@@ -227,7 +226,6 @@ class CircuitBreaker:
         if kind != _NORMAL or elapsed > self._look_closer_ns:
             self._record_success(elapsed, kind)
             return result
-        self._consecutive = 0
         i = self._pos
         self._buf[i] = _OK
         i += 1
@@ -249,6 +247,7 @@ class CircuitBreaker:
         clock = self._clock
         buf = self._buf
         size = self._n
+        sample_mask = self._sample_mask
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -264,12 +263,11 @@ class CircuitBreaker:
                 if elapsed > breaker._look_closer_ns:
                     breaker._record_success(elapsed, _NORMAL)
                     return result
-                breaker._consecutive = 0
                 i = breaker._pos
                 buf[i] = _OK
                 i += 1
                 breaker._pos = i if i < size else 0
-                if not i & breaker._sample_mask:
+                if not i & sample_mask:
                     breaker._sample_latency(elapsed)
                 return result
             return breaker._call_admitted(fn, args, kwargs)
@@ -301,7 +299,8 @@ class CircuitBreaker:
             return BreakerSnapshot(
                 name=self.name, state=self._state, calls_in_window=calls,
                 failure_rate=failures / calls if calls else 0.0, slow_rate=slow / calls if calls else 0.0,
-                consecutive_failures=self._consecutive, slow_threshold_s=self._slow_threshold_ns / _NS,
+                consecutive_failures=self._trailing_failures(),
+                slow_threshold_s=self._slow_threshold_ns / _NS,
                 rejected=self._rejected, open_remaining_s=remaining)
 
     # --- admission and recording (slow paths) ------------------------------------------------
@@ -350,7 +349,6 @@ class CircuitBreaker:
 
     def _record_fast_success(self, elapsed: int) -> None:
         """The closed fast path's bookkeeping, for callers that cannot inline it."""
-        self._consecutive = 0
         i = self._pos
         self._buf[i] = _OK
         i += 1
@@ -393,10 +391,11 @@ class CircuitBreaker:
         i = self._pos
         self._buf[i] = (_SLOW_FAIL if slow else _FAIL) if failed else (_SLOW_OK if slow else _OK)
         self._pos = i + 1 if i + 1 < self._n else 0
-        self._consecutive = self._consecutive + 1 if failed else 0
         config = self.config
-        if failed and config.consecutive_failures and self._consecutive >= config.consecutive_failures:
-            self._open(f"{self._consecutive} consecutive failures (last: {outcome.value})", backoff=False)
+        in_a_row = config.consecutive_failures
+        if failed and in_a_row and self._trailing_failures() >= in_a_row:
+            self._open(f"{config.consecutive_failures} consecutive failures (last: {outcome.value})",
+                       backoff=False)
             return
         calls, failures, slow_calls = self._window_counts()
         if calls < config.minimum_calls:
@@ -422,7 +421,7 @@ class CircuitBreaker:
                 self._ramp_started = self._clock()
                 self._ramp_credit = 0.0
                 self._ramp_calls = self._ramp_failures = self._ramp_slow = 0
-                self._consecutive = 0
+                self._ramp_consecutive = 0
                 self._transition(State.RAMPING, f"{self._trial_successes} trial calls succeeded")
 
     def _record_ramp(self, failed: bool, slow: bool, outcome: Outcome) -> None:
@@ -432,9 +431,9 @@ class CircuitBreaker:
         self._ramp_calls += 1
         self._ramp_failures += failed
         self._ramp_slow += slow
-        self._consecutive = self._consecutive + 1 if failed else 0
-        if failed and config.consecutive_failures and self._consecutive >= config.consecutive_failures:
-            self._open(f"{self._consecutive} consecutive failures while ramping", backoff=True)
+        self._ramp_consecutive = self._ramp_consecutive + 1 if failed else 0
+        if failed and config.consecutive_failures and self._ramp_consecutive >= config.consecutive_failures:
+            self._open(f"{self._ramp_consecutive} consecutive failures while ramping", backoff=True)
         elif self._ramp_calls >= config.ramp_minimum_calls:
             if self._ramp_failures / self._ramp_calls >= config.failure_rate_threshold:
                 self._open(f"failure rate {self._ramp_failures}/{self._ramp_calls} while ramping "
@@ -451,6 +450,16 @@ class CircuitBreaker:
         return (self._n - buf.count(_EMPTY), buf.count(_FAIL) + slow_failures,
                 buf.count(_SLOW_OK) + slow_failures)
 
+    def _trailing_failures(self) -> int:
+        """Failures in a row at the newest end of the window (the fast path keeps no counter)."""
+        buf, size, i, count = self._buf, self._n, self._pos, 0
+        while count < size:
+            i = i - 1 if i else size - 1
+            if buf[i] != _FAIL and buf[i] != _SLOW_FAIL:
+                break
+            count += 1
+        return count
+
     def _open(self, reason: str, *, backoff: bool) -> None:
         config = self.config
         base = min(self._open_base_s * config.open_backoff, config.max_open_duration) if backoff \
@@ -465,18 +474,19 @@ class CircuitBreaker:
     def _close(self, reason: str) -> None:
         self._buf[:] = bytes(self._n)
         self._pos = 0
-        self._consecutive = 0
         self._open_base_s = self.config.open_duration
         self._transition(State.CLOSED, reason)
 
     def _transition(self, to: State, reason: str, open_for: float | None = None) -> None:
         calls, failures, slow = self._window_counts()
+        consecutive = self._trailing_failures()
         if self._state is State.RAMPING and self._ramp_calls:
             calls, failures, slow = self._ramp_calls, self._ramp_failures, self._ramp_slow
+            consecutive = self._ramp_consecutive
         change = StateChange(
             breaker=self.name, from_state=self._state, to_state=to, reason=reason, at=datetime.now(UTC),
             failure_rate=failures / calls if calls else 0.0, slow_rate=slow / calls if calls else 0.0,
-            calls_in_window=calls, consecutive_failures=self._consecutive,
+            calls_in_window=calls, consecutive_failures=consecutive,
             slow_threshold_s=self._slow_threshold_ns / _NS, open_for_s=open_for,
             labels=dict(self.config.labels))
         self._state = to
