@@ -1,0 +1,144 @@
+"""The operator dashboard in a real headless Chromium, against a real `medkit serve`, the Temporal
+dev server, a real worker and a real demo service whose recovery waits for approval.
+
+The page must show the service's score and status, the open recovery with its pending decision,
+and approving it from the page (with the operator token typed in) must move the recovery on until
+it recovers, after which the incident and its MTTR show. The screenshot taken while the approval
+is pending is docs/img/dashboard.png, which the README shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from playwright.async_api import Page, async_playwright
+from temporalio.testing import WorkflowEnvironment
+
+from activities.deps import ActivityDeps
+from models.detection import Detection
+from models.phases import Phase, Severity
+from models.policy import PolicyFile
+from tests.alertmanager_fixture import OPERATOR_TOKEN, running_gateway
+from tests.conftest import DemoService, eventually, running
+from workers.client import fetch_status, start_or_join_recovery
+from workers.worker import build_worker
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium (scripts/system-deps.sh); playwright drives it and never downloads one."""
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+"""Headless, and nothing that reaches out to the network on its own."""
+
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "dashboard.png"
+
+TEMPORAL_UI = "http://127.0.0.1:8233"
+
+
+def shop_policy(demo: DemoService) -> dict[str, Any]:
+    """The demo service as `shop`: its critical ladder heals it through the demo's admin endpoint,
+    but only once an operator approves."""
+    rung = [{"name": "wait", "steps": [{"wait": "100ms"}]}]
+    return {"version": 1, "services": [{
+        "name": "shop",
+        "probes": [{"kind": "http", "name": "healthz", "url": f"{demo.base}/healthz", "timeout": "1s"}],
+        "actions": {"heal": {"kind": "http", "method": "POST", "url": f"{demo.base}/admin/fault",
+                             "body": {"mode": "healthy"}, "timeout": "2s"}},
+        "ladders": {"minor": rung, "major": rung, "critical": [{"name": "heal", "steps": [
+            {"action": "heal", "requires_approval": True, "approval_timeout": "10m"}]}]},
+        "validation": {"samples": 1, "interval": "200ms"},
+        "retry": {"max_attempts": 1, "initial_backoff": "100ms"},
+        "escalation": {"after": "1h", "max_escalations": 0},
+        "health_poll": {"interval": "500ms", "failure_threshold": 2},
+    }]}
+
+
+async def text_of(page: Page, selector: str) -> str:
+    """The element's visible text once it exists."""
+    locator = page.locator(selector)
+    await locator.first.wait_for()
+    return await locator.first.inner_text()
+
+
+@pytest.mark.timeout(180)
+async def test_dashboard_shows_the_fleet_and_approves_a_recovery(
+    dev_env: WorkflowEnvironment, tmp_path: Path, queue: str, demo_service: DemoService,
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: run scripts/system-deps.sh (Debian package chromium)")
+    client = dev_env.client
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump(shop_policy(demo_service)))
+    policy = PolicyFile.model_validate(shop_policy(demo_service))
+    deps = ActivityDeps.create(tmp_path)  # creates the incident database the gateway reads
+    demo_service.inject("unhealthy")
+    address = client.service_client.config.target_host
+    with running_gateway(tmp_path, policy_path, address, queue,
+                         ["--state-dir", str(tmp_path), "--temporal-ui", TEMPORAL_UI]) as gateway:
+        async with running(build_worker(client, queue, deps, policy)):
+            detection = Detection(detection_id=str(uuid.uuid4()), service="shop", source="http",
+                                  severity=Severity.CRITICAL, summary="healthz failing",
+                                  detected_at=datetime.now(UTC))
+            handle = await start_or_join_recovery(client, detection, policy.services[0], queue)
+
+            async def awaiting() -> bool:
+                status = await fetch_status(client, handle.id)
+                return status.phase == Phase.AWAITING_APPROVAL
+
+            await eventually(awaiting, timeout=60)
+
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                                           args=CHROMIUM_ARGS)
+                try:
+                    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                    await page.goto(f"{gateway.url}/dashboard/?refresh=1")
+                    service_row = '#services tr[data-service="shop"]'
+                    await page.locator(f'{service_row} .badge[data-status="unhealthy"]').wait_for()
+                    assert await text_of(page, f"{service_row} .score") == "0"  # no token needed
+                    assert "enter the operator token" in await text_of(page, "#recoveries-error")
+
+                    await page.fill("#token", OPERATOR_TOKEN)
+                    await page.fill("#operator", "alice")
+                    await page.click("#save-auth")
+                    row = f'#recoveries tr[data-workflow-id="{handle.id}"]'
+                    pending = await text_of(page, f"{row} .pending")
+                    assert pending.startswith("approval of heal") and "approve" in pending
+                    assert (await text_of(page, f"{row} .phase")).startswith("AwaitingApproval")
+                    ui_link = await page.locator(f"{row} a").first.get_attribute("href")
+                    assert ui_link == f"{TEMPORAL_UI}/namespaces/default/workflows/recovery%3Ashop%3Ahealth"
+                    assert "unhealthy" in await text_of(page, "#fleet")
+                    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+                    await page.fill("#reason", "healing it from the dashboard")
+                    await page.click(f'{row} button[data-decision="approve"]')
+                    notice = await text_of(page, "#notice:not([hidden])")
+                    assert "approve accepted" in notice, notice
+
+                    async def recovered() -> bool:
+                        status = await fetch_status(client, handle.id)
+                        return status.phase == Phase.RECOVERED
+
+                    await eventually(recovered, timeout=60)
+                    await page.locator(row).wait_for(state="detached")  # no longer open
+                    incident = f'#incidents a:text-is("{handle.id}")'
+                    await page.locator(incident).wait_for()
+                    mttr = await text_of(page, "#mttr tbody tr")
+                    assert mttr.startswith("shop") and "\t1\t" in mttr
+                    await page.locator(f'{service_row} .badge:not([data-status="unhealthy"])').wait_for()
+                finally:
+                    await browser.close()
+
+            status = await fetch_status(client, handle.id)  # a query needs the worker
+        decisions = [e for e in status.timeline if e.kind == "decision"]
+        assert decisions and decisions[0].actor == "alice"
+        assert "healing it from the dashboard" in decisions[0].reason
+        health = httpx.get(f"{gateway.url}/v1/health", timeout=5).json()
+        assert health["services"][0]["service"] == "shop"
