@@ -9,6 +9,8 @@ is pending is docs/img/dashboard.png, which the README shows.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +23,14 @@ from playwright.async_api import Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
+from gateway.auth import AuthConfig
+from gateway.embedded import dev_auth, serve_embedded
 from models.detection import Detection
 from models.phases import Phase, Severity
 from models.policy import PolicyFile
 from tests.alertmanager_fixture import OPERATOR_TOKEN, running_gateway
-from tests.conftest import DemoService, eventually, running
-from workers.client import fetch_status, start_or_join_recovery
+from tests.conftest import DemoService, eventually, free_port, running
+from workers.client import TemporalTarget, fetch_status, start_or_join_recovery
 from workers.worker import build_worker
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -142,3 +146,52 @@ async def test_dashboard_shows_the_fleet_and_approves_a_recovery(
         assert "healing it from the dashboard" in decisions[0].reason
         health = httpx.get(f"{gateway.url}/v1/health", timeout=5).json()
         assert health["services"][0]["service"] == "shop"
+
+
+def test_dev_auth_generates_one_private_operator_token(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDKIT_DETECTOR_TOKEN", raising=False)
+    monkeypatch.delenv("MEDKIT_OPERATOR_TOKEN", raising=False)
+    auth, path = dev_auth(tmp_path)
+    assert path == tmp_path / "operator-token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert auth.operator_token == path.read_text().strip() and len(auth.operator_token) >= 16
+    again, _ = dev_auth(tmp_path)
+    assert again.operator_token == auth.operator_token  # kept across restarts of medkit dev
+    monkeypatch.setenv("MEDKIT_OPERATOR_TOKEN", OPERATOR_TOKEN)
+    chosen, chosen_path = dev_auth(tmp_path)
+    assert chosen.operator_token == OPERATOR_TOKEN and chosen_path is None
+
+
+async def test_the_embedded_gateway_serves_the_dashboard_until_cancelled(
+    dev_env: WorkflowEnvironment, tmp_path: Path, queue: str, demo_service: DemoService,
+) -> None:
+    policy = PolicyFile.model_validate(shop_policy(demo_service))
+    ActivityDeps.create(tmp_path)
+    port = free_port()
+    auth = AuthConfig(operator_token=OPERATOR_TOKEN)
+    serving = asyncio.create_task(serve_embedded(
+        dev_env.client, TemporalTarget(task_queue=queue), policy, tmp_path, port, auth, TEMPORAL_UI))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            async def scored() -> dict[str, Any] | None:
+                with contextlib.suppress(httpx.TransportError):
+                    body: dict[str, Any] = (await http.get("/v1/health")).json()
+                    return body if body["services"][0]["status"] == "healthy" else None
+                return None
+
+            await eventually(scored)
+            assert "medkit dashboard" in (await http.get("/dashboard/")).text
+            snapshot = await http.get("/v1/dashboard",
+                                      headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+            assert snapshot.status_code == 200
+            body = snapshot.json()
+            assert body["temporal_ui"] == TEMPORAL_UI and body["recoveries_error"] is None
+            assert body["incidents_error"] is None
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base}/healthz", timeout=2)

@@ -1,0 +1,77 @@
+"""The gateway inside `medkit dev`: the dashboard, /v1/health and the operator API on loopback,
+in the dev stack's own event loop and Temporal client.
+
+Tokens come from MEDKIT_DETECTOR_TOKEN / MEDKIT_OPERATOR_TOKEN when set; otherwise an operator
+token is generated once into `<state dir>/operator-token` (mode 0600), so the dashboard's decision
+buttons work without setup and the token never appears in the terminal or the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from temporalio.client import Client
+
+from detectors.health_poller import HealthPoller
+from gateway.app import create_app
+from gateway.auth import AuthConfig
+from gateway.settings import GatewaySettings
+from gateway.temporal import TemporalGateway
+from models.policy import PolicyFile
+from store.incidents import IncidentStore
+from store.ledger import create_store_engine
+from workers.client import TemporalTarget
+
+TOKEN_FILE = "operator-token"  # noqa: S105 (a file name)
+"""Where `medkit dev` keeps the operator token it generated, inside its state dir."""
+
+
+def dev_auth(state_dir: Path) -> tuple[AuthConfig, Path | None]:
+    """The tokens from the environment if any is set; else the state dir's operator token
+    (generated on first use), with the file that holds it."""
+    from_env = AuthConfig(os.environ.get("MEDKIT_DETECTOR_TOKEN") or None,
+                          os.environ.get("MEDKIT_OPERATOR_TOKEN") or None)
+    if from_env.detector_token or from_env.operator_token:
+        from_env.validate()
+        return from_env, None
+    path = state_dir / TOKEN_FILE
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(24) + "\n")
+    auth = AuthConfig(operator_token=path.read_text().strip())
+    auth.validate()
+    return auth, path
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `medkit dev` handles Ctrl-C for the whole stack."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_embedded(client: Client, target: TemporalTarget, policy: PolicyFile, state_dir: Path,
+                         port: int, auth: AuthConfig, temporal_ui: str) -> None:
+    """Serve the gateway on 127.0.0.1:`port` until cancelled, with its own score-only health
+    poller and the dev worker's incident store; then shut it down cleanly."""
+    incidents = IncidentStore(create_store_engine(f"sqlite:///{state_dir / 'medkit.db'}"))
+    app = create_app(GatewaySettings(policy=policy, auth=auth), TemporalGateway(target, client=client),
+                     poller=HealthPoller(policy.services, report=None), incidents=incidents,
+                     temporal_ui=temporal_ui)
+    server = _EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                            access_log=False, timeout_graceful_shutdown=3))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise
