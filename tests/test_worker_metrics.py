@@ -8,6 +8,7 @@ against the dev server to show the flag, the endpoint and a clean SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -30,18 +31,26 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.deps import ActivityDeps
+from activities.process import ProcessSupervisor
 from activities.record import RecordActivities
 from models.incident_record import IncidentRecord
 from models.phases import DecisionKind, Outcome, Phase, Severity
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus, TimelineEntry
-from tests.conftest import eventually, free_port, policy_file, running
+from tests.conftest import eventually, free_port, policy_file, running, stop_fleet_coordinator
 from tests.scripted import detection, start, wait_for_phase
 from tests.test_policy_authority import PY, TOUCH, forged, ladders_of, own_service
 from tests.test_recovery_paths import operator
 from workers.client import send_decision
-from workers.metrics import WorkerMetrics, metrics_address, metrics_runtime
-from workers.metrics_server import MetricsServer, WorkerHealth, serving
+from workers.dev import run_worker_and_poller
+from workers.metrics import MetricsAddress, WorkerMetrics, metrics_address, metrics_runtime
+from workers.metrics_server import (
+    MetricsAddressInUse,
+    MetricsServer,
+    WorkerHealth,
+    serving,
+    worker_endpoint,
+)
 from workers.worker import build_worker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -320,3 +329,55 @@ async def test_a_bad_or_taken_metrics_address_is_a_one_line_error(
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith(
         f"medkit: cannot serve worker metrics on 127.0.0.1:{port}: ")
+
+
+async def test_a_taken_default_address_only_costs_the_endpoint(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, tmp_path: Path,
+) -> None:
+    """Several workers on one host with the default: the second runs without the endpoint; an
+    address someone asked for is never silently dropped."""
+    metrics = WorkerMetrics(deps.ledger.engine)
+    worker = build_worker(ts_env.client, queue, deps, policy_file(own_service(tmp_path)))
+    worker_health = WorkerHealth(worker, ts_env.client)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with worker_endpoint(metrics, worker_health,
+                                   MetricsAddress("127.0.0.1", port, explicit=False)) as server:
+            assert server is None
+        with pytest.raises(MetricsAddressInUse, match=f"cannot serve worker metrics on 127.0.0.1:{port}"):
+            async with worker_endpoint(metrics, worker_health,
+                                       MetricsAddress("127.0.0.1", port, explicit=True)):
+                pass
+
+
+async def test_medkit_dev_s_worker_serves_health_and_medkit_metrics(
+    ts_env: WorkflowEnvironment, queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("MEDKIT_METRICS_ADDRESS", f"127.0.0.1:{port}")
+    service = own_service(tmp_path, health_poll={"enabled": True, "interval": "1h"})
+    dev = asyncio.create_task(run_worker_and_poller(
+        ts_env.client, queue, tmp_path / "state", policy_file(service), ProcessSupervisor(tmp_path)))
+    try:
+        async def healthy() -> dict[str, Any] | None:
+            try:
+                code, facts = await health(port)
+            except httpx.TransportError:
+                return None
+            return facts if code == 200 else None
+
+        facts = await eventually(healthy, timeout=30)
+        assert facts["task_queue"] == queue
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+        families = {family.name for family in text_string_to_metric_families(text)}
+        assert {"medkit_worker_recoveries_finished", "medkit_worker_recovery_duration_seconds",
+                "medkit_worker_actions", "medkit_worker_escalations",
+                "medkit_worker_pending_decisions"} <= families
+    finally:
+        dev.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dev
+        await stop_fleet_coordinator(ts_env.client, queue)

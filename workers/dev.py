@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from models import search_attributes as sa
 from models.detection import Detection
 from models.policy import PolicyFile, ServicePolicy
 from workers.client import TemporalTarget, connect, start_or_join_recovery
+from workers.metrics import WorkerMetrics, metrics_address
+from workers.metrics_server import WorkerHealth, worker_endpoint
 from workers.worker import build_worker
 
 
@@ -102,11 +105,22 @@ def reporter(client: Client, task_queue: str) -> Reporter:
 async def run_worker_and_poller(client: Client, task_queue: str, state_dir: Path,
                                 policy: PolicyFile, supervisor: ProcessSupervisor) -> None:
     """Run the worker (checking activities against `policy`) and the health poller of every
-    service in it together until cancelled."""
+    service in it together until cancelled, serving the worker's medkit metrics and /healthz at
+    $MEDKIT_METRICS_ADDRESS or 127.0.0.1:9464 (`off` for none; a taken default is skipped)."""
     deps = ActivityDeps.create(state_dir)
-    worker = build_worker(client, task_queue, deps, policy, supervisor)
     try:
-        async with worker:
-            await run_health_poller(policy.services, reporter(client, task_queue))
+        address = metrics_address(None)
+    except ValueError as err:
+        structlog.get_logger("medkit.metrics").warning("worker metrics not served", error=str(err))
+        address = None
+    metrics = WorkerMetrics(deps.ledger.engine) if address is not None else None
+    worker = build_worker(client, task_queue, deps, policy, supervisor, metrics=metrics)
+    try:
+        async with contextlib.AsyncExitStack() as endpoint:
+            if metrics is not None and address is not None:
+                await endpoint.enter_async_context(
+                    worker_endpoint(metrics, WorkerHealth(worker, client), address))
+            async with worker:
+                await run_health_poller(policy.services, reporter(client, task_queue))
     finally:
         await deps.http.aclose()

@@ -23,7 +23,7 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from workers.metrics import WorkerMetrics
+from workers.metrics import METRICS_ADDRESS_ENV, MetricsAddress, WorkerMetrics
 
 DRAIN_INTERVAL = 1.0
 """Seconds between drains of the SDK's metric buffer when nobody scrapes."""
@@ -170,3 +170,33 @@ async def serving(metrics: WorkerMetrics, health: WorkerHealth, host: str,
         yield server
     finally:
         await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def worker_endpoint(metrics: WorkerMetrics, health: WorkerHealth,
+                          address: MetricsAddress) -> AsyncIterator[MetricsServer | None]:
+    """Serve at `address` for the duration of the block. A taken address stops the worker when
+    it was asked for (MetricsAddressInUse); a taken default is a warning, the worker runs without
+    the endpoint, and the SDK's buffer is still drained so it never overflows."""
+    server = MetricsServer(metrics, health, address.host, address.port)
+    try:
+        await server.start()
+    except MetricsAddressInUse as err:
+        if address.explicit:
+            raise
+        structlog.get_logger("medkit.metrics").warning(
+            "worker metrics not served: the default address is taken; set --metrics-address or "
+            f"{METRICS_ADDRESS_ENV}", error=str(err))
+    else:
+        try:
+            yield server
+        finally:
+            await server.stop()
+        return
+    draining = asyncio.create_task(drain_regularly(metrics))
+    try:
+        yield None
+    finally:
+        draining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining

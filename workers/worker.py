@@ -22,7 +22,7 @@ from workers.action_failures import ActionFailureInterceptor
 from workers.bytecode import ensure_workflow_bytecode
 from workers.logging import LogContextInterceptor
 from workers.metrics import MetricsAddress, MetricsInterceptor, WorkerMetrics
-from workers.metrics_server import MetricsAddressInUse, WorkerHealth, drain_regularly, serving
+from workers.metrics_server import WorkerHealth, worker_endpoint
 from workers.policy_guard import PolicyGuardInterceptor
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
@@ -85,16 +85,7 @@ async def run_worker(client: Client, task_queue: str, state_dir: Path, policy: P
              services=[service.name for service in policy.services])
     async with contextlib.AsyncExitStack() as endpoint:
         if metrics is not None and metrics_address is not None:
-            try:
-                await endpoint.enter_async_context(
-                    serving(metrics, health, metrics_address.host, metrics_address.port))
-            except MetricsAddressInUse as err:
-                if metrics_address.explicit:
-                    raise
-                log.warning("worker metrics not served: the default address is taken; set "
-                            "--metrics-address or MEDKIT_METRICS_ADDRESS", error=str(err))
-                draining = asyncio.create_task(drain_regularly(metrics))
-                endpoint.callback(draining.cancel)
+            await endpoint.enter_async_context(worker_endpoint(metrics, health, metrics_address))
         async with worker:
             await stop.wait()
             health.shutting_down = True
