@@ -40,3 +40,23 @@ def test_recovery_overhead_benchmark_quick_run_prints_its_figures(tmp_path: Path
     assert {"medkit_per_s", "baseline_per_s", "ratio", "counts"} <= set(throughput)
     assert throughput["medkit_failed"] == 0
     assert throughput["counts"].get("local probe_service", 0) >= 1  # one probe round or more
+
+
+def test_breaker_benchmark_quick_run_prints_its_figures(tmp_path: Path) -> None:
+    figures_file = tmp_path / "breaker.json"
+    run = subprocess.run([sys.executable, "-m", "bench.breaker", "--quick", "--json", str(figures_file)],
+                         cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for line in ("sync decision overhead", "async decision overhead", "goal: medkit overhead <= 200 ns",
+                 "flapping dependency:", "ratios against pybreaker"):
+        assert line in run.stdout, f"missing {line!r} in:\n{run.stdout}"
+    figures = json.loads(figures_file.read_text())
+    assert set(figures["overhead"]["sync"]) == {"bare call", "medkit breakers", "pybreaker",
+                                                "circuitbreaker", "purgatory (sync)"}
+    assert set(figures["overhead"]["async"]) == {"bare await", "medkit breakers", "aiobreaker",
+                                                 "circuitbreaker", "purgatory"}
+    flapping = figures["flapping"]
+    assert len(flapping) == 8
+    for row in flapping.values():
+        # Every breaker saw the dependency fail and let at least one failing call through.
+        assert row["calls_while_failing"] > 0 and row["wasted"] >= 1
