@@ -18,7 +18,7 @@ from pathlib import Path
 import uvicorn
 from temporalio.client import Client
 
-from detectors.health_poller import HealthPoller
+from detectors.health_poller import HealthBoard, HealthPoller
 from gateway.app import create_app
 from gateway.auth import AuthConfig
 from gateway.settings import GatewaySettings
@@ -59,13 +59,15 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 async def serve_embedded(client: Client, target: TemporalTarget, policy: PolicyFile, state_dir: Path,
-                         port: int, auth: AuthConfig, temporal_ui: str) -> None:
-    """Serve the gateway on 127.0.0.1:`port` until cancelled, with its own score-only health
-    poller and the dev worker's incident store; then shut it down cleanly."""
+                         port: int, auth: AuthConfig, temporal_ui: str,
+                         board: HealthBoard | None = None) -> None:
+    """Serve the gateway on 127.0.0.1:`port` until cancelled, with the dev worker's incident store
+    and the health scores of `board` (the dev poller's), or of a score-only poller of its own
+    without one; then shut it down cleanly."""
     incidents = IncidentStore(create_store_engine(f"sqlite:///{state_dir / 'medkit.db'}"))
+    poller = HealthPoller(policy.services, report=None) if board is None else None
     app = create_app(GatewaySettings(policy=policy, auth=auth), TemporalGateway(target, client=client),
-                     poller=HealthPoller(policy.services, report=None), incidents=incidents,
-                     temporal_ui=temporal_ui)
+                     poller=poller, board=board, incidents=incidents, temporal_ui=temporal_ui)
     server = _EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                             access_log=False, timeout_graceful_shutdown=3))
     serving = asyncio.create_task(server.serve())

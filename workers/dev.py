@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from activities.deps import ActivityDeps
 from activities.process import ProcessSupervisor
-from detectors.health_poller import Reporter, run_health_poller
+from detectors.health_poller import HealthBoard, Reporter, run_health_poller
 from models import search_attributes as sa
 from models.detection import Detection
 from models.policy import PolicyFile, ServicePolicy
@@ -103,10 +103,12 @@ def reporter(client: Client, task_queue: str) -> Reporter:
 
 
 async def run_worker_and_poller(client: Client, task_queue: str, state_dir: Path,
-                                policy: PolicyFile, supervisor: ProcessSupervisor) -> None:
+                                policy: PolicyFile, supervisor: ProcessSupervisor,
+                                board: HealthBoard | None = None) -> None:
     """Run the worker (checking activities against `policy`) and the health poller of every
     service in it together until cancelled, serving the worker's medkit metrics and /healthz at
-    $MEDKIT_METRICS_ADDRESS or 127.0.0.1:9464 (`off` for none; a taken default is skipped)."""
+    $MEDKIT_METRICS_ADDRESS or 127.0.0.1:9464 (`off` for none; a taken default is skipped).
+    The poller keeps its health scores on `board` (the embedded dashboard's) when given."""
     deps = ActivityDeps.create(state_dir)
     try:
         address = metrics_address(None)
@@ -121,6 +123,6 @@ async def run_worker_and_poller(client: Client, task_queue: str, state_dir: Path
                 await endpoint.enter_async_context(
                     worker_endpoint(metrics, WorkerHealth(worker, client), address))
             async with worker:
-                await run_health_poller(policy.services, reporter(client, task_queue))
+                await run_health_poller(policy.services, reporter(client, task_queue), board)
     finally:
         await deps.http.aclose()
