@@ -1,6 +1,7 @@
 """Cross-validated NAB score of the anomaly detector: tuned on training files, scored held out.
 
-Usage: ``nice -n 10 .venv/bin/python bench/detector_cv.py [--grid-size 16] [--k 5] [--seed 0]``
+Usage: ``nice -n 10 .venv/bin/python bench/detector_cv.py [--grid-size 16] [--k 5] [--seed 0]
+[--tune PARAMETER ...] [--likelihood]``
 
 Two strategies are compared on the same folds (see ``detectors/nab_cv.py``): the shipped
 default with only the detection threshold tuned on the training files, and a subsample of
@@ -13,9 +14,14 @@ its training files. Every candidate scores the whole corpus once (about 7 s each
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 import time
+from array import array
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +33,7 @@ from detectors.nab_cv import (  # noqa: E402
     Candidate,
     Fold,
     ScoredCorpus,
+    Scorer,
     Summary,
     cross_validate,
     detector_scorer,
@@ -34,9 +41,85 @@ from detectors.nab_cv import (  # noqa: E402
     sample_grid,
     stratified_k_fold,
 )
-from detectors.nab_scoring import load_corpus  # noqa: E402
+from detectors.nab_scoring import LabelledSeries, load_corpus  # noqa: E402
 
 SHIPPED = AnomalyDetectorConfig()
+
+
+class AnomalyLikelihood:
+    """Numenta's anomaly likelihood (nupic ``AnomalyLikelihood`` + NAB's log score), per stream.
+
+    Raw scores are averaged over the last 10; a Gaussian is fitted to those averages over the
+    last 8640 points (re-fitted every 100, skipping the first 288 while they are in the window,
+    mean at least 0.03 and variance at least 0.0003); the likelihood is one minus the tail
+    probability of the newest average, a second consecutive 'red' likelihood is lowered to
+    'yellow', and the output is ``log(1.0000000001 - L) / log(1e-10)`` in [0, 1]. The first 388
+    points output the log score of 0.5. It turns any raw score into a per-stream probability,
+    so one threshold can fit streams whose raw scores live on different scales.
+    """
+
+    LEARNING = 288
+    ESTIMATION = 100
+    HISTORY = 8640
+    REESTIMATE = 100
+    AVERAGING = 10
+    RED = 1e-5
+    YELLOW = 1e-3
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=self.AVERAGING)
+        self.averages: deque[float] = deque(maxlen=self.HISTORY)
+        self.count = 0
+        self.mean = 0.0
+        self.std = 0.0
+        self.previous = 1.0
+
+    def update(self, raw: float) -> float:
+        """The log-likelihood score of ``raw``, the newest raw score of this stream."""
+        self.recent.append(raw)
+        average = sum(self.recent) / len(self.recent)
+        if self.count <= self.LEARNING + self.ESTIMATION:
+            tail = 0.5
+        else:
+            if self.std == 0.0 or self.count % self.REESTIMATE == 0:
+                self._estimate()
+            x = average if average >= self.mean else 2.0 * self.mean - average
+            tail = 0.5 * math.erfc((x - self.mean) / self.std / math.sqrt(2.0))
+            raw_tail = tail
+            if tail <= self.RED and self.previous <= self.RED:
+                tail = self.YELLOW
+            self.previous = raw_tail
+        self.averages.append(average)
+        self.count += 1
+        return math.log(1.0000000001 - (1.0 - tail)) / math.log(1e-10)
+
+    def _estimate(self) -> None:
+        """Fit the Gaussian to the averages in the window, after the learning period."""
+        skip = min(self.count, max(0, self.LEARNING - max(0, self.count - self.HISTORY)))
+        sample = list(self.averages)[skip:]
+        mean = statistics.fmean(sample)
+        variance = statistics.pvariance(sample, mean)
+        self.mean = max(mean, 0.03)
+        self.std = math.sqrt(max(variance, 0.0003))
+
+
+LIKELIHOOD_INPUTS = {
+    "the shipped detector": SHIPPED,
+    "the ungated surprise": SHIPPED.model_copy(update={"novelty_window": 0, "refractory": 0}),
+}
+"""Raw scores the likelihood is tried on: the shipped detector's, and its plain two-scale
+surprise without novelty gate or refractory (closer to the noisy raw score Numenta feeds it)."""
+
+
+def likelihood_scorer(config: AnomalyDetectorConfig) -> Scorer:
+    """Score a file with medkit's detector of ``config``, then Numenta's anomaly likelihood."""
+    raw = detector_scorer(config)
+
+    def run(series: LabelledSeries) -> Sequence[float]:
+        likelihood = AnomalyLikelihood()
+        return array("d", (likelihood.update(score) for score in raw(series)))
+
+    return run
 
 
 def describe(config: AnomalyDetectorConfig) -> str:
@@ -71,23 +154,70 @@ def report(title: str, summary: Summary, scored: ScoredCorpus) -> None:
     print(f"  pooled per category: {cells}", flush=True)
 
 
+def ensemble_scorer(scorers: Sequence[Scorer]) -> Scorer:
+    """The larger of several detectors' scores at each row: alarms when any of them does, so
+    detectors that miss different anomalies complement each other (at the cost of the false
+    positives of both)."""
+
+    def run(series: LabelledSeries) -> Sequence[float]:
+        return array("d", map(max, *(scorer(series) for scorer in scorers)))
+
+    return run
+
+
 def main() -> int:
     """Score every candidate once, then cross-validate both strategies on both splits."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--grid-size", type=int, default=16, help="Configurations tried (>= 1).")
     parser.add_argument("--k", type=int, default=5, help="Folds of the k-fold split.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the k-fold and grid draws.")
+    parser.add_argument(
+        "--tune",
+        nargs="+",
+        default=sorted(DEFAULT_GRID),
+        metavar="PARAMETER",
+        help="Parameters of DEFAULT_GRID to tune (the others stay at their default); fewer"
+        " parameters leave less room to fit the training files.",
+    )
+    parser.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="Also cross-validate Numenta's anomaly likelihood on top of the detector's scores.",
+    )
     args = parser.parse_args()
     directory = Path(os.environ.get("MEDKIT_NAB_DIR", REPO.parent / "shared" / "nab"))
     if not (directory / "labels").is_dir():
         print(f"NAB data not found at {directory} (set MEDKIT_NAB_DIR)", file=sys.stderr)
         return 2
     corpus = load_corpus(directory)
-    configs = sample_grid(DEFAULT_GRID, args.grid_size, args.seed, SHIPPED)
+    unknown = set(args.tune) - set(DEFAULT_GRID)
+    if unknown:
+        print(f"cannot tune {', '.join(sorted(unknown))}; tunable: {', '.join(DEFAULT_GRID)}",
+              file=sys.stderr)
+        return 2
+    grid = {name: values for name, values in DEFAULT_GRID.items() if name in args.tune}
+    configs = sample_grid(grid, args.grid_size, args.seed, SHIPPED)
+    candidates = [Candidate(describe(c), detector_scorer(c)) for c in configs]
+    fixed: list[tuple[str, list[int]]] = [("shipped default, threshold tuned", [0])]
+    if len(configs) > 1:
+        fixed.append((f"configuration and threshold tuned ({len(configs)} configurations)",
+                      list(range(len(configs)))))
+    if args.likelihood:
+        for name, config in LIKELIHOOD_INPUTS.items():
+            fixed.append((f"anomaly likelihood of {name}, threshold tuned", [len(candidates)]))
+            candidates.append(Candidate(f"likelihood of {name}", likelihood_scorer(config)))
+        fixed.append(("ensemble, threshold tuned", [len(candidates)]))
+        candidates.append(Candidate(
+            "max(shipped detector, likelihood of the ungated surprise)",
+            ensemble_scorer([
+                detector_scorer(SHIPPED),
+                likelihood_scorer(LIKELIHOOD_INPUTS["the ungated surprise"]),
+            ]),
+        ))
     started = time.perf_counter()
     scored = ScoredCorpus(
         corpus,
-        [Candidate(describe(c), detector_scorer(c)) for c in configs],
+        candidates,
         progress=lambda line: print(f"  [{time.perf_counter() - started:5.0f} s] {line}",
                                     flush=True),
     )
@@ -97,11 +227,10 @@ def main() -> int:
                                                                          args.seed)),
     ]
     for split, folds in splits:
-        report(f"{split}: shipped default, threshold tuned on training files",
-               cross_validate(scored, folds, candidates=[0]), scored)
-        report(f"{split}: configuration and threshold tuned on training files"
-               f" ({len(configs)} configurations)", cross_validate(scored, folds), scored)
-    print(f"\n{len(corpus)} files, {len(configs)} configurations,"
+        for strategy, allowed in fixed:
+            report(f"{split}: {strategy} on training files",
+                   cross_validate(scored, folds, candidates=allowed), scored)
+    print(f"\n{len(corpus)} files, {len(candidates)} candidates,"
           f" {time.perf_counter() - started:.0f} s")
     return 0
 
