@@ -33,7 +33,14 @@ else:
 
 
 class CommandError(Exception):
-    """A failure to report to the user as one line, with exit code 1."""
+    """A failure to report to the user as one line, with exit code 1.
+
+    `kind` names the failure for scripts: with `-o json` the error is printed as
+    {"error": message, "type": kind}."""
+
+    def __init__(self, message: str, kind: str = "CommandError") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 _TERMINAL_SEQUENCE = re.compile(
@@ -108,9 +115,11 @@ def load_policy(path: Path) -> PolicyFile:
         text = read_policy_bytes(path)
     except FileNotFoundError:
         raise CommandError(f"policy file {path} not found (pass --config FILE or set "
-                           "MEDKIT_CONFIG; `medkit dev` writes one for the demo)") from None
+                           "MEDKIT_CONFIG; `medkit dev` writes one for the demo)",
+                           "PolicyFileNotFound") from None
     except OSError as err:
-        raise CommandError(f"cannot read policy file {path}: {err.strerror}") from None
+        raise CommandError(f"cannot read policy file {path}: {err.strerror}",
+                           "PolicyFileUnreadable") from None
     return parse_policy(text, str(path))
 
 
@@ -118,6 +127,11 @@ CONNECT_TIMEOUT_SECONDS = 10
 """How long a command waits for Temporal to answer its first calls before giving up."""
 
 START_HINT = "is the server running? (`medkit dev` starts one)"
+
+UNREACHABLE = "TemporalUnreachable"
+"""The error type (`-o json`) when Temporal cannot be reached at the address given."""
+TEMPORAL_ERROR = "TemporalError"
+"""The error type (`-o json`) when Temporal refused a request."""
 
 
 def unreachable_message(target: TemporalTarget, err: BaseException) -> str:
@@ -165,7 +179,7 @@ async def connect_or_fail(target: TemporalTarget) -> Client:
                 DescribeNamespaceRequest(namespace=target.namespace))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                raise CommandError(namespace_missing(target)) from None
+                raise CommandError(namespace_missing(target), "NamespaceNotFound") from None
             if err.status != RPCStatusCode.PERMISSION_DENIED:
                 raise
         return client
@@ -173,12 +187,12 @@ async def connect_or_fail(target: TemporalTarget) -> Client:
     try:
         return await asyncio.wait_for(connect_and_check(), timeout=CONNECT_TIMEOUT_SECONDS)
     except (RuntimeError, TimeoutError, ValueError) as err:
-        raise CommandError(unreachable_message(target, err)) from None
+        raise CommandError(unreachable_message(target, err), UNREACHABLE) from None
     except RPCError as err:
         if err.status == RPCStatusCode.UNAVAILABLE:
-            raise CommandError(unreachable_message(target, err)) from None
+            raise CommandError(unreachable_message(target, err), UNREACHABLE) from None
         raise CommandError(f"Temporal at {target.address} refused the namespace check: "
-                           f"{err.message}") from None
+                           f"{err.message}", TEMPORAL_ERROR) from None
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -188,8 +202,9 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
-def temporal_failure(err: BaseException, args: argparse.Namespace) -> str | None:
-    """The one line for a Temporal failure no command handled itself, or None if it is not one.
+def temporal_failure(err: BaseException, args: argparse.Namespace) -> CommandError | None:
+    """The one-line error for a Temporal failure no command handled itself, or None if it is
+    not one.
 
     Commands that connect through connect_or_fail get their one-liners there; this catches the
     rest (a command connecting directly, as `medkit worker` does, or an RPC failing mid-command)
@@ -198,19 +213,20 @@ def temporal_failure(err: BaseException, args: argparse.Namespace) -> str | None
     text = str(err)
     if isinstance(err, RPCError):
         if target is not None and err.status == RPCStatusCode.UNAVAILABLE:
-            return unreachable_message(target, err)
+            return CommandError(unreachable_message(target, err), UNREACHABLE)
         if target is not None and _names_missing_namespace(err):
-            return namespace_missing(target)
-        return f"Temporal refused the request ({err.status.name}): {err.message}"
+            return CommandError(namespace_missing(target), "NamespaceNotFound")
+        return CommandError(f"Temporal refused the request ({err.status.name}): {err.message}",
+                            TEMPORAL_ERROR)
     if target is None:
         return None
     if isinstance(err, RuntimeError) and text.startswith("Failed client connect"):
-        return unreachable_message(target, err)
+        return CommandError(unreachable_message(target, err), UNREACHABLE)
     if isinstance(err, ValueError) and text.startswith("invalid target URL"):
-        return unreachable_message(target, err)
+        return CommandError(unreachable_message(target, err), UNREACHABLE)
     if (isinstance(err, RuntimeError) and text.startswith("Worker validation failed")
             and f"Namespace {target.namespace} " in text and "NotFound" in text):
-        return namespace_missing(target)
+        return CommandError(namespace_missing(target), "NamespaceNotFound")
     return None
 
 
@@ -226,34 +242,40 @@ def _names_missing_namespace(err: RPCError) -> bool:
 
 
 def guarded(func: Any) -> Any:
-    """Decorate a command: CommandError and PolicyError become `medkit: ...` and exit 1/2, and so
-    do Temporal failures (temporal_failure); every message is made printable first."""
+    """Decorate a command: CommandError and PolicyError become `medkit: ...` (or, with `-o json`,
+    a JSON object) on stderr and exit 1/2, and so do Temporal failures (temporal_failure); every
+    message is made printable first."""
     def wrapper(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
             return result
         except CommandError as err:
-            fail(str(err))
+            fail(str(err), args, err.kind)
             return 1
         except PolicyError as err:
-            fail(str(err))
+            fail(str(err), args, "PolicyError")
             return 2
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:  # the reader (say `| head`) has gone; nothing left to say
             return 0
         except (RPCError, RuntimeError, ValueError) as err:
-            message = temporal_failure(err, args)
-            if message is None:
+            failure = temporal_failure(err, args)
+            if failure is None:
                 raise
-            fail(message)
+            fail(str(failure), args, failure.kind)
             return 1
     wrapper.__doc__ = func.__doc__
     return wrapper
 
 
-def fail(message: str) -> None:
-    """Print an error as `medkit: ...` on stderr; server and file content in it is made printable."""
+def fail(message: str, args: argparse.Namespace | None = None, kind: str = "CommandError") -> None:
+    """Print an error on stderr: `medkit: ...`, with server and file content in it made
+    printable, or with `-o json` one JSON object {"error": message, "type": kind}, so a script
+    reading JSON gets its errors as JSON too (json.dumps escapes every control character)."""
+    if args is not None and getattr(args, "output", "text") == "json":
+        print(json.dumps({"error": message, "type": kind}), file=sys.stderr)
+        return
     print(f"medkit: {printable(message, multiline=True)}", file=sys.stderr)
 
 

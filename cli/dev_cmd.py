@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,16 +37,28 @@ def banner(args: argparse.Namespace, policy_file: Path, demo: bool) -> str:
         f"  Policy:        {policy_file}",
         f"  State:         {args.state_dir}/ (Temporal db, action ledger, logs)",
     ]
+    base = f"http://127.0.0.1:{args.demo_port}"
     if demo:
-        base = f"http://127.0.0.1:{args.demo_port}"
+        lines.append(f"  Demo service:  {base} (name '{DEMO_SERVICE}', supervised by medkit)")
+    lines += [
+        "",
+        "Point the CLI at this stack (in another terminal):",
+        f"  export TEMPORAL_ADDRESS=127.0.0.1:{args.temporal_port} "
+        f"MEDKIT_CONFIG={shlex.quote(str(policy_file))}",
+    ]
+    if demo:
         lines += [
-            f"  Demo service:  {base} (name '{DEMO_SERVICE}', supervised by medkit)",
             "",
             "Break the demo and watch medkit recover it (in another terminal):",
             f"  curl -X POST {base}/admin/fault -d '{{\"mode\": \"unhealthy\"}}'   # health fails",
             f"  kill $(cat {args.state_dir}/demo.pid)                          # process dies",
-            "  .venv/bin/medkit list",
-            f"  .venv/bin/medkit status recovery:{DEMO_SERVICE}:health",
+            "  .venv/bin/medkit list --open",
+            f"  .venv/bin/medkit status --watch recovery:{DEMO_SERVICE}:health",
+            "",
+            "See a step wait for your approval (the critical ladder asks before restarting):",
+            f"  .venv/bin/medkit trigger --service {DEMO_SERVICE} --severity critical --key drill",
+            f"  .venv/bin/medkit approve recovery:{DEMO_SERVICE}:drill --operator \"$USER\" "
+            "--reason \"drill\"",
         ]
     lines += ["", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
+import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.common import (
+    TEMPORAL_ERROR,
     CommandError,
     SubParsers,
     add_config_arg,
@@ -70,8 +73,14 @@ def format_status(status: RecoveryStatus) -> str:
     return "\n".join(lines)
 
 
-async def require_recovery(client: Client, workflow_id: str) -> None:
-    """Fail with one line unless `workflow_id` names a recovery (running or ended).
+NOT_FOUND = "RecoveryNotFound"
+"""The error type (`-o json`) when no recovery (or no run of it) has the id given."""
+
+
+async def require_recovery(client: Client, workflow_id: str,
+                           run_id: str | None = None) -> WorkflowExecutionDescription:
+    """The description of the recovery `workflow_id` (its latest run, or run `run_id`), or a
+    one-line failure when there is none or it is another kind of workflow.
 
     The status query and the decision updates exist only on RecoveryWorkflow. Sent to another
     workflow, the fleet coordinator above all (its id sits next to the recoveries in the UI and
@@ -79,17 +88,20 @@ async def require_recovery(client: Client, workflow_id: str) -> None:
     message about missing handlers, and a closed one has them wait for a worker to replay it;
     its type, from describe(), tells at once."""
     try:
-        description = await client.get_workflow_handle(workflow_id).describe()
+        description = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise CommandError(f"no recovery with id {workflow_id!r}") from None
-        raise CommandError(f"cannot look up {workflow_id!r}: {err.message}") from None
+            which = f" and run id {run_id!r}" if run_id else ""
+            raise CommandError(f"no recovery with id {workflow_id!r}{which}", NOT_FOUND) from None
+        raise CommandError(f"cannot look up {workflow_id!r}: {err.message}",
+                           TEMPORAL_ERROR) from None
     kind = description.workflow_type
     if kind == FleetCoordinatorWorkflow.__name__:
         raise CommandError(f"{workflow_id} is the fleet coordinator, not a recovery (`medkit "
-                           "list` shows the recoveries)")
+                           "list` shows the recoveries)", "NotARecovery")
     if kind != RecoveryWorkflow.__name__:
-        raise CommandError(f"{workflow_id} is a {kind} workflow, not a recovery")
+        raise CommandError(f"{workflow_id} is a {kind} workflow, not a recovery", "NotARecovery")
+    return description
 
 
 @guarded
@@ -99,7 +111,7 @@ def trigger(args: argparse.Namespace) -> int:
     try:
         policy = policy_file.service(args.service)
     except KeyError as err:
-        raise CommandError(str(err.args[0])) from None
+        raise CommandError(str(err.args[0]), "UnknownService") from None
     detection = Detection(
         detection_id=str(uuid.uuid4()), service=args.service,
         incident_key=incident_key_from(args.key), source="cli",
@@ -119,21 +131,66 @@ def trigger(args: argparse.Namespace) -> int:
     return 0
 
 
+async def query_status(client: Client, workflow_id: str, run_id: str | None) -> RecoveryStatus:
+    """The status query, with its failures as one-line CommandErrors."""
+    try:
+        return await fetch_status(client, workflow_id, run_id)
+    except RecoveryNotFound as err:
+        raise CommandError(str(err), NOT_FOUND) from None
+    except RPCError as err:
+        raise CommandError(f"cannot query {workflow_id!r}: {err.message}", TEMPORAL_ERROR) from None
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+"""Home the cursor and clear the screen: each refresh of `status --watch` on a terminal
+replaces the last one."""
+
+
+def show_status(args: argparse.Namespace, result: RecoveryStatus, *, refresh: bool) -> None:
+    """Print a status; a refresh on a terminal clears the screen first (text output only)."""
+    if refresh and args.output == "text" and sys.stdout.isatty():
+        sys.stdout.write(CLEAR_SCREEN)
+    emit(args, result, format_status(result))
+    sys.stdout.flush()
+
+
+async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
+    """Print the status of one run whenever it changes, until the run has ended.
+
+    The run is pinned when the watch starts, so a later recovery with the same id is not
+    mistaken for this one. With `-o json` every change is one JSON line."""
+    shown: str | None = None
+    while True:
+        result = await query_status(client, args.id, run_id)
+        seen = result.model_dump_json(exclude={"timeline"}) + str(len(result.timeline))
+        if seen != shown:
+            show_status(args, result, refresh=shown is not None)
+            shown = seen
+        if result.phase.terminal:
+            return
+        await asyncio.sleep(args.interval)
+
+
 @guarded
 def status(args: argparse.Namespace) -> int:
-    """Print one recovery's status and timeline."""
-    async def go() -> RecoveryStatus:
+    """Print one recovery's status and timeline; with --watch, again at each change until it
+    ends (Ctrl-C stops watching and exits 0)."""
+    async def go() -> RecoveryStatus | None:
         client = await connect_or_fail(target_from(args))
-        await require_recovery(client, args.id)
-        try:
-            return await fetch_status(client, args.id)
-        except RecoveryNotFound as err:
-            raise CommandError(str(err)) from None
-        except RPCError as err:
-            raise CommandError(f"cannot query {args.id!r}: {err.message}") from None
+        description = await require_recovery(client, args.id, args.run_id)
+        if args.watch:
+            await watch(args, client, description.run_id)
+            return None
+        return await query_status(client, args.id, args.run_id)
 
-    result = run(go())
-    emit(args, result, format_status(result))
+    try:
+        result = run(go())
+    except KeyboardInterrupt:
+        if not args.watch:
+            raise
+        return 0
+    if result is not None:
+        emit(args, result, format_status(result))
     return 0
 
 
@@ -145,10 +202,49 @@ def service_name(text: str) -> str:
     return text
 
 
+PENDING_IN_PHASE: dict[str, list[DecisionKind]] = {
+    Phase.AWAITING_APPROVAL.value: [DecisionKind.APPROVE, DecisionKind.ABORT],
+    Phase.MANUAL_INTERVENTION.value: [DecisionKind.RESOLVE, DecisionKind.RETRY, DecisionKind.ABORT],
+}
+"""The decisions a recovery waits for in each phase that waits for one, read from MedkitPhase
+so listing needs no query (and no worker) per row."""
+
+
+def relative_age(delta: timedelta) -> str:
+    """A duration as a person glances at it: 42s, 12m, 5h, 3d."""
+    seconds = max(0, int(delta.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+LIST_HEADER = f"{'WORKFLOW ID':<45} {'PHASE':<18} {'SEVERITY':<9} {'OUTCOME':<10} {'AGE':>4}  PENDING"
+
+
+def format_list(rows: list[dict[str, object]]) -> str:
+    """The recoveries as a table with a header; fields from outside are made printable."""
+    if not rows:
+        return "no recoveries match"
+    p = printable  # search attributes are whatever whoever started the workflow set
+    lines = [LIST_HEADER]
+    for r in rows:
+        pending = r["pending_decision"]
+        wanted = "/".join(str(kind) for kind in pending) if isinstance(pending, list) else "-"
+        lines.append(
+            f"{p(str(r['workflow_id'])):<45} {p(str(r['phase'] or '-')):<18} "
+            f"{p(str(r['severity'] or '-')):<9} {p(str(r['outcome'] or r['status'])):<10} "
+            f"{r['age']:>4}  {wanted}")
+    return "\n".join(lines)
+
+
 @guarded
 def list_recoveries(args: argparse.Namespace) -> int:
-    """List recoveries, filtered by service and phase through the search attributes."""
+    """List recoveries, newest first, filtered by service and phase through the search
+    attributes (and, with --open, to the running ones)."""
     clauses = ["WorkflowType = 'RecoveryWorkflow'"]
+    if args.open:
+        clauses.append("ExecutionStatus = 'Running'")
     if args.service:
         clauses.append(f"MedkitService = '{args.service}'")
     if args.phase:
@@ -158,27 +254,30 @@ def list_recoveries(args: argparse.Namespace) -> int:
     async def go() -> list[dict[str, object]]:
         client = await connect_or_fail(target_from(args))
         rows: list[dict[str, object]] = []
+        now = datetime.now(UTC)
         async for execution in client.list_workflows(query, limit=args.limit):
             attrs = execution.typed_search_attributes
+            running = execution.status == WorkflowExecutionStatus.RUNNING
+            phase = attrs.get(sa.PHASE)
+            pending = PENDING_IN_PHASE.get(phase or "") if running else None
+            state = execution.status.name.lower() if execution.status else "unknown"
             rows.append({
                 "workflow_id": execution.id,
+                "run_id": execution.run_id,
                 "service": attrs.get(sa.SERVICE),
-                "phase": attrs.get(sa.PHASE),
+                "phase": phase,
                 "severity": attrs.get(sa.SEVERITY),
                 "outcome": attrs.get(sa.OUTCOME),
-                "running": execution.status == WorkflowExecutionStatus.RUNNING,
+                "running": running,
+                "status": state,
                 "started_at": execution.start_time.isoformat(),
+                "age": relative_age(now - execution.start_time),
+                "pending_decision": [kind.value for kind in pending] if pending else None,
             })
         return rows
 
     rows = run(go())
-    p = printable  # search attributes are whatever whoever started the workflow set
-    text = "\n".join(
-        f"{p(str(r['workflow_id'])):<45} {p(str(r['phase'] or '-')):<18} "
-        f"{p(str(r['severity'] or '-')):<9} {p(str(r['outcome'] or 'running')):<10} "
-        f"{r['started_at']}" for r in rows
-    ) or "no recoveries match"
-    emit(args, rows, text)
+    emit(args, rows, format_list(rows))
     return 0
 
 
@@ -191,18 +290,38 @@ def decide(kind: DecisionKind) -> object:
 
         async def go() -> DecisionVerdict:
             client = await connect_or_fail(target_from(args))
-            await require_recovery(client, args.id)
+            await require_recovery(client, args.id, args.run_id)
             try:
-                return await send_decision(client, args.id, kind, decision)
-            except (DecisionRejected, RecoveryNotFound) as err:
-                raise CommandError(str(err)) from None
+                return await send_decision(client, args.id, kind, decision, args.run_id)
+            except DecisionRejected as err:
+                raise CommandError(str(err), "DecisionRejected") from None
+            except RecoveryNotFound as err:
+                raise CommandError(str(err), NOT_FOUND) from None
             except RPCError as err:
-                raise CommandError(f"{kind.value} failed: {err.message}") from None
+                raise CommandError(f"{kind.value} failed: {err.message}", TEMPORAL_ERROR) from None
 
         verdict = run(go())
         emit(args, verdict, printable(verdict.message))
         return 0
     return command
+
+
+def add_run_id_arg(parser: argparse.ArgumentParser) -> None:
+    """--run-id: one run of the recovery rather than the latest with that workflow id."""
+    parser.add_argument("--run-id", help="this run of the recovery (default: the latest run "
+                        "with the id; `medkit list -o json` shows run ids)")
+
+
+def positive_seconds(text: str) -> float:
+    """A --interval value: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{printable(text)!r} is not a number of seconds "
+                                         "between 0 and 3600")
+    return seconds
 
 
 def register(subparsers: SubParsers) -> None:
@@ -225,11 +344,18 @@ def register(subparsers: SubParsers) -> None:
 
     parser = subparsers.add_parser("status", help="show a recovery's phase and timeline")
     parser.add_argument("id", help="workflow id, e.g. recovery:demo:health")
+    add_run_id_arg(parser)
+    parser.add_argument("--watch", action="store_true",
+                        help="print again at each change until the recovery ends (Ctrl-C stops)")
+    parser.add_argument("--interval", type=positive_seconds, default=1.0,
+                        help="with --watch, seconds between checks (default 1)")
     add_temporal_args(parser)
     add_output_arg(parser)
     parser.set_defaults(func=status)
 
-    parser = subparsers.add_parser("list", help="list recoveries")
+    parser = subparsers.add_parser("list", help="list recoveries, newest first")
+    parser.add_argument("--open", action="store_true",
+                        help="only recoveries still running (and what they wait for)")
     parser.add_argument("--service", type=service_name, help="only this service")
     parser.add_argument("--phase", choices=[p.value for p in Phase], help="only this phase")
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
@@ -247,6 +373,7 @@ def register(subparsers: SubParsers) -> None:
         parser = subparsers.add_parser(kind.value, help=text, description=text + ". Rejected, "
                                        "with the reason, when it does not fit the current phase.")
         parser.add_argument("id", help="workflow id")
+        add_run_id_arg(parser)
         parser.add_argument("--operator", required=True, help="who decides (recorded)")
         parser.add_argument("--reason", help="why (recorded)")
         add_temporal_args(parser)

@@ -59,7 +59,10 @@ def demo_policy(port: int, state_dir: Path, webhook_url: str | None = None) -> d
                         {"action": "breaker-open"}, {"wait": "2s"}, {"action": "restart"},
                         {"action": "breaker-trial"}]},
                 ],
-                "critical": [{"name": "emergency-restart", "steps": [{"action": "restart"}]}],
+                # A newcomer's first approval: the critical ladder asks before it restarts
+                # (`medkit trigger --service demo --severity critical`, then `medkit approve`).
+                "critical": [{"name": "emergency-restart", "steps": [
+                    {"action": "restart", "requires_approval": True, "approval_timeout": "10m"}]}],
             },
             "validation": {"samples": 3, "interval": "1s"},
             "retry": {"max_attempts": 2, "initial_backoff": "1s", "max_backoff": "10s"},

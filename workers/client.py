@@ -109,22 +109,25 @@ class DecisionRejected(ValueError):
     """The recovery refused a decision (wrong phase, already ended); the message says why."""
 
 
-async def fetch_status(client: Client, workflow_id: str) -> RecoveryStatus:
-    """The status query of a recovery, running or ended."""
-    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+async def fetch_status(client: Client, workflow_id: str, run_id: str | None = None) -> RecoveryStatus:
+    """The status query of a recovery, running or ended: its latest run, or the given one."""
+    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
         return await handle.query(RecoveryWorkflow.status)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise RecoveryNotFound(f"no recovery with id {workflow_id!r}") from None
+            which = f" and run id {run_id!r}" if run_id else ""
+            raise RecoveryNotFound(f"no recovery with id {workflow_id!r}{which}") from None
         raise
 
 
 async def send_decision(
-    client: Client, workflow_id: str, kind: DecisionKind, decision: OperatorDecision
+    client: Client, workflow_id: str, kind: DecisionKind, decision: OperatorDecision,
+    run_id: str | None = None,
 ) -> DecisionVerdict:
-    """Send a decision as an update; the verdict, or DecisionRejected saying why not."""
-    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+    """Send a decision as an update (to the latest run, or the given one); the verdict, or
+    DecisionRejected saying why not."""
+    handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
         verdict: DecisionVerdict = await handle.execute_update(
             kind.value, decision, result_type=DecisionVerdict
@@ -135,7 +138,7 @@ async def send_decision(
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-        ended = await fetch_status(client, workflow_id)  # RecoveryNotFound when there is none
+        ended = await fetch_status(client, workflow_id, run_id)  # RecoveryNotFound if none
         raise DecisionRejected(
             f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
             f"{ended.phase.value}"
