@@ -31,8 +31,7 @@ class BreakerConfig:
     failure_rate_threshold: float = 0.5
     """Open when failed calls / calls in the window reach this."""
     consecutive_failures: int = 10
-    """Open after this many failures in a row, whatever the window says; 0 disables. At most
-    `window_size`: the window itself is where the run of failures is counted."""
+    """Open after this many failures in a row, whatever the window says; 0 disables."""
     slow_call_rate_threshold: float = 0.5
     """Open when slow calls / calls in the window reach this; 1.0 only when every call is slow."""
     slow_call_duration: float | None = None
@@ -92,8 +91,8 @@ class BreakerConfig:
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
             value = getattr(self, name)
             _check(0 < value <= 1, name, "must be in (0, 1]", value)
-        _check(0 <= self.consecutive_failures <= self.window_size, "consecutive_failures",
-               "must be 0..window_size", self.consecutive_failures)
+        _check(self.consecutive_failures >= 0, "consecutive_failures", "must be >= 0",
+               self.consecutive_failures)
         _check(self.slow_call_duration is None or self.slow_call_duration > 0, "slow_call_duration",
                "must be > 0 or None", self.slow_call_duration)
         _check(0 < self.adaptive_slow_quantile < 1, "adaptive_slow_quantile", "must be in (0, 1)",

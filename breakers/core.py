@@ -1,9 +1,11 @@
 """The circuit breaker: a state machine over a count-based window of call outcomes.
 
-Closed calls take a lock-free fast path: a successful, not slow call only writes one byte of a
-preallocated ring buffer and resets the consecutive-failure count. Failures, slow calls and
-every call outside the closed state go through a lock, where rates are computed from the buffer
-itself (so racing fast-path writes can at worst lose a sample, never skew a counter).
+Every finished call takes the next number from one `itertools.count` (atomic under the GIL).
+A successful, not slow call in the closed state does nothing else: no lock, no attribute
+written. Failures and slow calls are the exceptions, so only they are stored, by call number,
+under a lock; the window is "the last `window_size` call numbers", so its call count, failure
+and slow counts, and the run of consecutive failures (failures with consecutive numbers) are
+all exact, whatever the threads do.
 States: closed -> open (fail fast for a jittered time) -> half_open (a few trial calls) ->
 ramping (an admitted fraction of calls rising to 1) -> closed. Any failure while testing reopens,
 for longer each time.
@@ -14,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import logging
 import random
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,9 +39,6 @@ Clock = Callable[[], int]
 
 _log = logging.getLogger("medkit.breakers")
 
-# Ring-buffer codes. EMPTY marks slots no call has filled yet, so the number of calls in the
-# window is the buffer's length minus its EMPTY bytes, and no counter is needed on the fast path.
-_EMPTY, _OK, _FAIL, _SLOW_OK, _SLOW_FAIL = 0, 1, 2, 3, 4
 # How a call was admitted, which decides where its outcome is recorded.
 _NORMAL, _TRIAL, _RAMP = 0, 1, 2
 _NS = 1_000_000_000
@@ -132,12 +133,13 @@ def classify(config: BreakerConfig, exc: BaseException) -> Outcome:
 class CircuitBreaker:
     """A named circuit breaker; call through `call`/`call_async`, as a decorator, or `guard()`."""
 
-    __slots__ = ("__weakref__", "_buf", "_clock", "_closed", "_latencies", "_latency_count",
-                 "_latency_fresh", "_latency_pos", "_listeners", "_lock", "_look_closer_ns", "_n",
-                 "_open_base_s", "_open_until", "_pos", "_ramp_calls", "_ramp_consecutive", "_ramp_credit",
-                 "_ramp_failures", "_ramp_ns", "_ramp_slow", "_ramp_started", "_recompute_every", "_rejected",
-                 "_rng", "_sample_mask", "_slow_threshold_ns", "_state", "_timeout_ns", "_trial_successes",
-                 "_trials_in_flight", "config", "name")
+    __slots__ = ("__weakref__", "_calls", "_clock", "_closed", "_failures", "_last_failure", "_latencies",
+                 "_latency_count", "_latency_fresh", "_latency_pos", "_listeners", "_lock",
+                 "_look_closer_ns", "_n", "_open_base_s", "_open_until", "_ramp_calls",
+                 "_ramp_consecutive", "_ramp_credit", "_ramp_failures", "_ramp_ns", "_ramp_slow",
+                 "_ramp_started", "_recompute_every", "_rejected", "_rng", "_run", "_sample_mask", "_slow",
+                 "_slow_threshold_ns", "_state", "_timeout_ns", "_trial_successes", "_trials_in_flight",
+                 "_window_start", "config", "name")
 
     def __init__(self, name: str, config: BreakerConfig | None = None, *, clock: Clock = time.monotonic_ns,
                  rng: random.Random | None = None, listeners: Iterable[Listener] = ()) -> None:
@@ -148,8 +150,12 @@ class CircuitBreaker:
         self._lock = threading.RLock()
         self._listeners: list[Listener] = list(listeners)
         self._n = config.window_size
-        self._buf = bytearray(self._n)
-        self._pos = 0
+        self._calls = itertools.count(1)
+        self._window_start = 0
+        self._failures: deque[int] = deque()
+        self._slow: deque[int] = deque()
+        self._last_failure = -2
+        self._run = 0
         self._ramp_consecutive = 0
         self._closed = True
         self._state = State.CLOSED
@@ -199,11 +205,7 @@ class CircuitBreaker:
             if elapsed > self._look_closer_ns:
                 self._record_success(elapsed, _NORMAL)
                 return result
-            i = self._pos
-            self._buf[i] = _OK
-            i += 1
-            self._pos = i if i < self._n else 0
-            if not i & self._sample_mask:
+            if not next(self._calls) & self._sample_mask:
                 self._sample_latency(elapsed)
             return result
         return self._call_admitted(fn, args, kwargs)
@@ -226,11 +228,7 @@ class CircuitBreaker:
         if kind != _NORMAL or elapsed > self._look_closer_ns:
             self._record_success(elapsed, kind)
             return result
-        i = self._pos
-        self._buf[i] = _OK
-        i += 1
-        self._pos = i if i < self._n else 0
-        if not i & self._sample_mask:
+        if not next(self._calls) & self._sample_mask:
             self._sample_latency(elapsed)
         return result
 
@@ -245,8 +243,7 @@ class CircuitBreaker:
             return cast(Callable[P, R], guarded_async)
         breaker = self
         clock = self._clock
-        buf = self._buf
-        size = self._n
+        calls = self._calls
         sample_mask = self._sample_mask
 
         @functools.wraps(fn)
@@ -263,11 +260,7 @@ class CircuitBreaker:
                 if elapsed > breaker._look_closer_ns:
                     breaker._record_success(elapsed, _NORMAL)
                     return result
-                i = breaker._pos
-                buf[i] = _OK
-                i += 1
-                breaker._pos = i if i < size else 0
-                if not i & sample_mask:
+                if not next(calls) & sample_mask:
                     breaker._sample_latency(elapsed)
                 return result
             return breaker._call_admitted(fn, args, kwargs)
@@ -292,14 +285,15 @@ class CircuitBreaker:
     def snapshot(self) -> BreakerSnapshot:
         """The counters, computed from the window under the lock."""
         with self._lock:
-            calls, failures, slow = self._window_counts()
+            now = self._last_call_number()
+            calls, failures, slow = self._window_counts(now)
             remaining = 0.0
             if self._state is State.OPEN:
                 remaining = max(0.0, (self._open_until - self._clock()) / _NS)
             return BreakerSnapshot(
                 name=self.name, state=self._state, calls_in_window=calls,
                 failure_rate=failures / calls if calls else 0.0, slow_rate=slow / calls if calls else 0.0,
-                consecutive_failures=self._trailing_failures(),
+                consecutive_failures=self._run if self._last_failure == now else 0,
                 slow_threshold_s=self._slow_threshold_ns / _NS,
                 rejected=self._rejected, open_remaining_s=remaining)
 
@@ -349,11 +343,7 @@ class CircuitBreaker:
 
     def _record_fast_success(self, elapsed: int) -> None:
         """The closed fast path's bookkeeping, for callers that cannot inline it."""
-        i = self._pos
-        self._buf[i] = _OK
-        i += 1
-        self._pos = i if i < self._n else 0
-        if not i & self._sample_mask:
+        if not next(self._calls) & self._sample_mask:
             self._sample_latency(elapsed)
 
     def _record_exception(self, exc: BaseException, elapsed: int, kind: int) -> None:
@@ -388,16 +378,20 @@ class CircuitBreaker:
     def _record_closed(self, failed: bool, slow: bool, outcome: Outcome) -> None:
         if self._state is not State.CLOSED:
             return  # admitted before the breaker opened; the outcome belongs to the old period
-        i = self._pos
-        self._buf[i] = (_SLOW_FAIL if slow else _FAIL) if failed else (_SLOW_OK if slow else _OK)
-        self._pos = i + 1 if i + 1 < self._n else 0
+        number = next(self._calls)
+        if failed:
+            self._run = self._run + 1 if number == self._last_failure + 1 else 1
+            self._last_failure = number
+            self._failures.append(number)
+        if slow:
+            self._slow.append(number)
         config = self.config
         in_a_row = config.consecutive_failures
-        if failed and in_a_row and self._trailing_failures() >= in_a_row:
+        if failed and in_a_row and self._run >= in_a_row:
             self._open(f"{config.consecutive_failures} consecutive failures (last: {outcome.value})",
                        backoff=False)
             return
-        calls, failures, slow_calls = self._window_counts()
+        calls, failures, slow_calls = self._window_counts(number)
         if calls < config.minimum_calls:
             return
         if failed and failures / calls >= config.failure_rate_threshold:
@@ -444,21 +438,18 @@ class CircuitBreaker:
 
     # --- transitions (called with the lock held) ---------------------------------------------
 
-    def _window_counts(self) -> tuple[int, int, int]:
-        buf = self._buf
-        slow_failures = buf.count(_SLOW_FAIL)
-        return (self._n - buf.count(_EMPTY), buf.count(_FAIL) + slow_failures,
-                buf.count(_SLOW_OK) + slow_failures)
+    def _last_call_number(self) -> int:
+        """The number of the latest finished call, read without taking one (count's repr is
+        `count(<next number>)`)."""
+        return int(repr(self._calls)[6:-1]) - 1
 
-    def _trailing_failures(self) -> int:
-        """Failures in a row at the newest end of the window (the fast path keeps no counter)."""
-        buf, size, i, count = self._buf, self._n, self._pos, 0
-        while count < size:
-            i = i - 1 if i else size - 1
-            if buf[i] != _FAIL and buf[i] != _SLOW_FAIL:
-                break
-            count += 1
-        return count
+    def _window_counts(self, now: int) -> tuple[int, int, int]:
+        """Calls, failures and slow calls among the last `window_size` calls up to call `now`."""
+        oldest_kept = now - self._n
+        for numbers in (self._failures, self._slow):
+            while numbers and numbers[0] <= oldest_kept:
+                numbers.popleft()
+        return min(self._n, now - self._window_start), len(self._failures), len(self._slow)
 
     def _open(self, reason: str, *, backoff: bool) -> None:
         config = self.config
@@ -472,14 +463,17 @@ class CircuitBreaker:
         self._transition(State.OPEN, reason, open_for=duration)
 
     def _close(self, reason: str) -> None:
-        self._buf[:] = bytes(self._n)
-        self._pos = 0
+        self._window_start = self._last_call_number()
+        self._failures.clear()
+        self._slow.clear()
+        self._run = 0
         self._open_base_s = self.config.open_duration
         self._transition(State.CLOSED, reason)
 
     def _transition(self, to: State, reason: str, open_for: float | None = None) -> None:
-        calls, failures, slow = self._window_counts()
-        consecutive = self._trailing_failures()
+        now = self._last_call_number()
+        calls, failures, slow = self._window_counts(now)
+        consecutive = self._run if self._last_failure == now else 0
         if self._state is State.RAMPING and self._ramp_calls:
             calls, failures, slow = self._ramp_calls, self._ramp_failures, self._ramp_slow
             consecutive = self._ramp_consecutive
