@@ -1,6 +1,8 @@
 """Benchmark of the anomaly detector: NAB scores of the candidates and points per second.
 
-Usage: ``.venv/bin/python bench/detector.py [--grid] [--robustness]``
+Usage: ``.venv/bin/python bench/detector.py [--grid] [--robustness]``; the scores here are
+in-sample (measured on the files the defaults were chosen on): ``bench/detector_cv.py`` gives
+the held-out ones.
 
 NAB data is read from ``../shared/nab`` relative to the repo root, or from ``$MEDKIT_NAB_DIR``.
 The baseline is NAB's windowed Gaussian (mean and standard deviation of the last 1000 values,
