@@ -15,6 +15,9 @@ from activities.probes import read_pid
 from activities.process import ProcessSupervisor
 from cli.common import CommandError, SubParsers, guarded, load_policy
 from demo.policy import DEMO_SERVICE, write_demo_policy
+from detectors.health_poller import HealthBoard
+from gateway.auth import AuthConfigError
+from gateway.embedded import dev_auth, serve_embedded
 from models.actions import RestartProcessAction
 from workers.client import TemporalTarget
 from workers.dev import (
@@ -27,12 +30,15 @@ from workers.dev import (
 from workers.logging import configure_logging
 
 
-def banner(args: argparse.Namespace, policy_file: Path, demo: bool) -> str:
-    """What the user sees once everything runs: where the UI is and how to break the demo."""
+def banner(args: argparse.Namespace, policy_file: Path, demo: bool,
+           dashboard: str | None = None) -> str:
+    """What the user sees once everything runs: where the UI and the dashboard are and how to
+    break the demo. `dashboard` is the dashboard line's text (its URL and where the token is)."""
     lines = [
         "",
         "medkit is running.",
         f"  Temporal UI:   http://127.0.0.1:{args.ui_port}/namespaces/default/workflows",
+        *([f"  Dashboard:     {dashboard}"] if dashboard else []),
         f"  Temporal:      127.0.0.1:{args.temporal_port} (namespace default, task queue medkit)",
         f"  Policy:        {policy_file}",
         f"  State:         {args.state_dir}/ (Temporal db, action ledger, logs)",
@@ -78,6 +84,16 @@ async def run_dev(args: argparse.Namespace) -> None:
     else:
         policy_path = Path(args.config)
     policy = load_policy(policy_path)
+    if not port_free(args.dashboard_port):
+        raise CommandError(f"dashboard port {args.dashboard_port} is in use; pass --dashboard-port")
+    try:
+        auth, token_file = dev_auth(state_dir)
+    except AuthConfigError as err:
+        raise CommandError(str(err)) from None
+    token_hint = (f"operator token in {token_file}" if token_file
+                  else "operator token: $MEDKIT_OPERATOR_TOKEN")
+    dashboard = f"http://127.0.0.1:{args.dashboard_port}/dashboard/ ({token_hint})"
+    board = HealthBoard(policy.services)
     print(f"starting the Temporal dev server (state in {state_dir}) ...", file=sys.stderr)
     server = await start_dev_server(state_dir, args.temporal_port, args.ui_port)
     try:
@@ -88,8 +104,17 @@ async def run_dev(args: argparse.Namespace) -> None:
             assert isinstance(spec, RestartProcessAction)
             demo_pid = supervisor.spawn(DEMO_SERVICE, spec)
             print(f"started the demo service (pid {demo_pid}) ...", file=sys.stderr)
-        print(banner(args, policy_path, demo), file=sys.stderr, flush=True)
-        await run_worker_and_poller(client, target.task_queue, state_dir, policy, supervisor)
+        print(banner(args, policy_path, demo, dashboard), file=sys.stderr, flush=True)
+        # A task group, not gather: on Ctrl-C it waits for the dashboard's graceful shutdown.
+        try:
+            async with asyncio.TaskGroup() as stack:
+                stack.create_task(run_worker_and_poller(client, target.task_queue, state_dir, policy,
+                                                        supervisor, board))
+                stack.create_task(serve_embedded(client, target, policy, state_dir,
+                                                 args.dashboard_port, auth,
+                                                 f"http://127.0.0.1:{args.ui_port}", board))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
     finally:
         try:
             pid = read_pid(str(state_dir / "demo.pid")) if demo else None
@@ -136,6 +161,8 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--temporal-port", type=int, default=7233, help="default 7233")
     parser.add_argument("--ui-port", type=int, default=8233, help="default 8233")
     parser.add_argument("--demo-port", type=int, default=8099, help="default 8099")
+    parser.add_argument("--dashboard-port", type=int, default=8780,
+                        help="the dashboard and operator API on 127.0.0.1 (default 8780)")
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=dev)

@@ -9,6 +9,7 @@ is pending is docs/img/dashboard.png, which the README shows.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import uuid
@@ -23,6 +24,7 @@ from playwright.async_api import Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
+from cli.dev_cmd import banner
 from gateway.auth import AuthConfig
 from gateway.embedded import dev_auth, serve_embedded
 from models.detection import Detection
@@ -195,3 +197,12 @@ async def test_the_embedded_gateway_serves_the_dashboard_until_cancelled(
             await serving
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/healthz", timeout=2)
+
+
+def test_the_dev_banner_says_where_the_dashboard_and_its_token_are(tmp_path: Path) -> None:
+    args = argparse.Namespace(ui_port=8233, temporal_port=7233, state_dir=tmp_path, demo_port=8099)
+    shown = banner(args, tmp_path / "policy.yaml", demo=True,
+                   dashboard=f"http://127.0.0.1:8780/dashboard/ (operator token in {tmp_path}/x)")
+    line = next(line for line in shown.splitlines() if "Dashboard:" in line)
+    assert "http://127.0.0.1:8780/dashboard/" in line and str(tmp_path) in line
+    assert "Dashboard:" not in banner(args, tmp_path / "policy.yaml", demo=True)
