@@ -4,7 +4,8 @@ dev server, a real worker and a real demo service whose recovery waits for appro
 The page must show the service's score and status, the open recovery with its pending decision,
 and approving it from the page (with the operator token typed in) must move the recovery on until
 it recovers, after which the incident and its MTTR show. The screenshot taken while the approval
-is pending is docs/img/dashboard.png, which the README shows.
+is pending is docs/img/dashboard.png, which the README shows: set MEDKIT_UPDATE_SCREENSHOT=1 to
+rewrite it (otherwise it goes to the test's tmp dir, so a test run leaves the tree clean).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,8 +122,10 @@ async def test_dashboard_shows_the_fleet_and_approves_a_recovery(
                     ui_link = await page.locator(f"{row} a").first.get_attribute("href")
                     assert ui_link == f"{TEMPORAL_UI}/namespaces/default/workflows/recovery%3Ashop%3Ahealth"
                     assert "unhealthy" in await text_of(page, "#fleet")
-                    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-                    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+                    shot = SCREENSHOT if os.environ.get("MEDKIT_UPDATE_SCREENSHOT") else (
+                        tmp_path / SCREENSHOT.name)
+                    await page.screenshot(path=str(shot), full_page=True)
+                    assert shot.stat().st_size > 10_000
 
                     await page.fill("#reason", "healing it from the dashboard")
                     await page.click(f'{row} button[data-decision="approve"]')
