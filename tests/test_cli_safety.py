@@ -230,7 +230,8 @@ async def test_list_prints_search_attributes_without_terminal_controls(
         shown = await run_medkit("list", "--service", "evil", env=target)
         assert shown.returncode == 0, shown.stderr
         assert_printable(shown.stdout)
-        lines = shown.stdout.splitlines()
+        header, *lines = shown.stdout.splitlines()
+        assert header.split()[:3] == ["WORKFLOW", "ID", "PHASE"]
         assert len(lines) == 1 and lines[0].split()[:3] == [workflow_id, "Recovering", "forged"]
         exact = json.loads((await run_medkit("list", "--service", "evil", "-o", "json",
                                              env=target)).stdout)
