@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+from collections.abc import Callable
 
 import structlog
 import uvicorn
@@ -48,11 +50,11 @@ def serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings(policy=policy, auth=auth, service_labels=labels, dry_run=args.dry_run,
                                max_body_bytes=args.max_body_bytes)
     target = target_from(args)
-    incidents: IncidentStore | None = None
     try:
-        incidents = open_store(args)
+        incidents: IncidentStore | Callable[[], IncidentStore] = open_store(args)
     except CommandError as err:
-        log.warning("the dashboard shows no incidents or MTTR", reason=str(err))
+        log.warning("no incident store yet; the dashboard retries on each refresh", reason=str(err))
+        incidents = functools.partial(open_store, args)
     poller = None if args.no_health_poll else HealthPoller(policy.services, report=None)
     app = create_app(settings, TemporalGateway(target, timeout=args.temporal_timeout),
                      poller=poller, incidents=incidents, temporal_ui=args.temporal_ui or None)

@@ -29,7 +29,7 @@ from gateway.mapping import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, LatencyMiddleware, required_role
-from gateway.overview import DashboardSnapshot, Overview
+from gateway.overview import DashboardSnapshot, IncidentSource, Overview
 from gateway.schemas import (
     WORKFLOW_ID_PATTERN,
     BatchResult,
@@ -55,7 +55,6 @@ from models.detection import Detection, incident_key_from
 from models.health import FleetHealth
 from models.phases import DecisionKind, Outcome, Phase
 from models.status import RecoveryStatus
-from store.incidents import IncidentStore
 from workers.client import DecisionRejected, RecoveryNotFound
 
 DASHBOARD_DIR = FilePath(__file__).parent / "dashboard"
@@ -105,14 +104,14 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 
 def create_app(settings: GatewaySettings, temporal: TemporalGateway,
                metrics: GatewayMetrics | None = None, *, poller: HealthPoller | None = None,
-               board: HealthBoard | None = None, incidents: IncidentStore | None = None,
+               board: HealthBoard | None = None, incidents: IncidentSource | None = None,
                temporal_ui: str | None = None) -> FastAPI:
     """The gateway app for one policy and one Temporal target.
 
     Health scores come from `poller` (run for the app's lifetime; `medkit serve` gives it a
     score-only one) or from a `board` another poller keeps (`medkit dev`); with neither, every
-    service shows as unknown. `incidents` feeds the dashboard's incident list and MTTR, and
-    `temporal_ui` (the Temporal UI's base URL) its links.
+    service shows as unknown. `incidents` (the store, or its opener) feeds the dashboard's incident
+    list and MTTR, and `temporal_ui` (the Temporal UI's base URL) its links.
     """
     metrics = metrics or GatewayMetrics()
     ingestor = Ingestor(temporal, metrics, settings.dry_run, settings.send_concurrency)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
@@ -140,16 +141,22 @@ def mean_time_to_repair(rows: list[IncidentRow]) -> list[ServiceMttr]:
             for service, values in sorted(durations.items())]
 
 
+IncidentSource = IncidentStore | Callable[[], IncidentStore]
+"""The incident store, or how to open it: an opener is retried on each refresh until it succeeds,
+so a gateway started before any worker created the database shows incidents once one has."""
+
+
 class Overview:
     """Builds dashboard snapshots from the gateway's health board, Temporal and incident store."""
 
     def __init__(self, board: HealthBoard, temporal: TemporalGateway, pushed: PushedSeries,
-                 incidents: IncidentStore | None, temporal_ui: str | None) -> None:
+                 incidents: IncidentSource | None, temporal_ui: str | None) -> None:
         self.board = board
         self.temporal = temporal
         self.pushed = pushed
         self.incidents = incidents
         self.temporal_ui = temporal_ui
+        self._opening = asyncio.Lock()
 
     def _url(self, workflow_id: str) -> str | None:
         return temporal_workflow_url(self.temporal_ui, self.temporal.target.namespace, workflow_id)
@@ -193,10 +200,22 @@ class Overview:
             temporal_url=self._url(status.workflow_id),
         )
 
+    async def _store(self) -> IncidentStore:
+        """The store, opening it now if only its opener is known (its error says why not)."""
+        async with self._opening:
+            source = self.incidents
+            if source is None:
+                raise LookupError("no incident store configured (medkit serve --state-dir or "
+                                  "MEDKIT_DATABASE_URL)")
+            if not isinstance(source, IncidentStore):
+                self.incidents = source = await asyncio.to_thread(source)
+            return source
+
     async def _incidents(self, now: datetime) -> tuple[list[IncidentItem], list[ServiceMttr], str | None]:
-        store = self.incidents
-        if store is None:
-            return [], [], "no incident store configured (medkit serve --state-dir or MEDKIT_DATABASE_URL)"
+        try:
+            store = await self._store()
+        except Exception as err:  # not configured, no database yet, unreachable: say so, retry later
+            return [], [], str(err) or type(err).__name__
         try:
             rows = await asyncio.to_thread(store.recent, None, now - MTTR_WINDOW, MTTR_ROWS)
         except Exception as err:  # any database failure only blanks this part of the dashboard

@@ -173,7 +173,7 @@ async def test_the_embedded_gateway_serves_the_dashboard_until_cancelled(
     dev_env: WorkflowEnvironment, tmp_path: Path, queue: str, demo_service: DemoService,
 ) -> None:
     policy = PolicyFile.model_validate(shop_policy(demo_service))
-    ActivityDeps.create(tmp_path)
+    await ActivityDeps.create(tmp_path).http.aclose()  # creates the incident database
     port = free_port()
     auth = AuthConfig(operator_token=OPERATOR_TOKEN)
     serving = asyncio.create_task(serve_embedded(

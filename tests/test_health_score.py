@@ -8,11 +8,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from activities.deps import ActivityDeps
 from detectors.health_poller import (
     HEALTHY_SCORE,
     UNHEALTHY_SCORE,
@@ -29,6 +31,8 @@ from gateway.temporal import TemporalGateway
 from models.health import HealthStatus
 from models.policy import PolicyFile, ServicePolicy
 from models.probes import ProbeResult
+from store.incidents import IncidentStore
+from store.ledger import create_store_engine
 from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN
 from tests.conftest import DemoService, eventually, free_port
 from workers.client import TemporalTarget
@@ -184,3 +188,27 @@ async def test_v1_health_is_open_and_the_dashboard_data_needs_the_operator_token
         assert snapshot["health"]["services"][0]["service"] == "shop"
         page = await http.get("/dashboard/")
         assert page.status_code == 200 and "medkit dashboard" in page.text
+
+
+async def test_the_incident_store_is_opened_on_a_refresh_once_it_exists(tmp_path: Path) -> None:
+    """A gateway started before any worker created the database says so, then shows incidents
+    once a worker has created it, without a restart."""
+    database = tmp_path / "medkit.db"
+
+    def open_when_created() -> IncidentStore:
+        if not database.exists():
+            raise LookupError(f"no incident database at {database}")
+        return IncidentStore(create_store_engine(f"sqlite:///{database}"))
+
+    settings = GatewaySettings(policy=PolicyFile(services=[service("shop")]),
+                               auth=AuthConfig(DETECTOR_TOKEN, OPERATOR_TOKEN))
+    temporal = TemporalGateway(TemporalTarget(address=f"127.0.0.1:{free_port()}"), timeout=2)
+    app = create_app(settings, temporal, incidents=open_when_created)
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://gateway") as http:
+        before = (await http.get("/v1/dashboard", headers=operator)).json()
+        assert before["incidents_error"] == f"no incident database at {database}"
+        await ActivityDeps.create(tmp_path).http.aclose()  # a worker's start: creates, migrates
+        after = (await http.get("/v1/dashboard", headers=operator)).json()
+        assert after["incidents_error"] is None and after["incidents"] == [] and after["mttr"] == []
