@@ -303,17 +303,19 @@ def summarize(trace: Trace, schedule: Schedule) -> dict[str, Any]:
 
 
 def flapping_contenders() -> dict[str, tuple[str, Any]]:
-    """Every breaker configured alike: open after 5 failures in a row, open for 1 s."""
+    """Every breaker opens after 5 failures in a row, for 1 s. "medkit like the others" also
+    closes like them (one successful trial, no jitter, backoff or ramp); "medkit defaults" keeps
+    the library's recovery defaults (open time ± 20 %, doubled after a failed trial, 3 trials,
+    a ramp, here 0.5 s from 10 %), which trade refused calls for fewer wasted ones."""
     purgatory_sync = purgatory.SyncCircuitBreakerFactory(default_threshold=5, default_ttl=1.0)
     purgatory_async = purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=1.0)
-    medkit = BreakerConfig(consecutive_failures=5, open_duration=1.0, half_open_successes=3,
-                           ramp_duration=0.5, ramp_start_fraction=0.1)
-    medkit_no_ramp = BreakerConfig(consecutive_failures=5, open_duration=1.0, half_open_successes=1,
-                                   ramp_duration=0.0)
+    alike = BreakerConfig(consecutive_failures=5, open_duration=1.0, open_jitter=0.0, open_backoff=1.0,
+                          half_open_successes=1, ramp_duration=0.0)
+    defaults = BreakerConfig(consecutive_failures=5, open_duration=1.0, ramp_duration=0.5)
     return {
-        "medkit (ramp 0.5 s)": ("sync", CircuitBreaker("flap", medkit)),
-        "medkit (no ramp)": ("sync", CircuitBreaker("flap-no-ramp", medkit_no_ramp)),
-        "medkit async": ("async", CircuitBreaker("flap-async", medkit)),
+        "medkit like others": ("sync", CircuitBreaker("flap", alike)),
+        "medkit defaults": ("sync", CircuitBreaker("flap-defaults", defaults)),
+        "medkit async alike": ("async", CircuitBreaker("flap-async", alike)),
         "pybreaker": ("sync", pybreaker.CircuitBreaker(fail_max=5, reset_timeout=1.0)),
         "circuitbreaker": ("sync", circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=1)),
         "purgatory (sync)": ("sync", purgatory_sync(circuit="flap")),
