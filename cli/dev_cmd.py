@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from temporalio.runtime import Runtime
+
 from activities.probes import read_pid
 from activities.process import ProcessSupervisor
 from cli.common import CommandError, SubParsers, guarded, load_policy
@@ -28,6 +30,7 @@ from workers.dev import (
     start_dev_server,
 )
 from workers.logging import configure_logging
+from workers.metrics import metrics_runtime
 
 
 def banner(args: argparse.Namespace, policy_file: Path, demo: bool,
@@ -98,6 +101,8 @@ async def run_dev(args: argparse.Namespace) -> None:
     server = await start_dev_server(state_dir, args.temporal_port, args.ui_port)
     try:
         target = TemporalTarget(address=f"127.0.0.1:{args.temporal_port}")
+        runtime, sdk_metrics = metrics_runtime()
+        Runtime.set_default(runtime, error_if_already_set=False)  # the client below uses it
         client = await connect_when_ready(target)
         if demo:
             spec = policy.service(DEMO_SERVICE).actions["restart"]
@@ -109,7 +114,7 @@ async def run_dev(args: argparse.Namespace) -> None:
         try:
             async with asyncio.TaskGroup() as stack:
                 stack.create_task(run_worker_and_poller(client, target.task_queue, state_dir, policy,
-                                                        supervisor, board))
+                                                        supervisor, board, sdk_metrics))
                 stack.create_task(serve_embedded(client, target, policy, state_dir,
                                                  args.dashboard_port, auth,
                                                  f"http://127.0.0.1:{args.ui_port}", board))

@@ -358,8 +358,16 @@ async def test_medkit_dev_s_worker_serves_health_and_medkit_metrics(
     port = free_port()
     monkeypatch.setenv("MEDKIT_METRICS_ADDRESS", f"127.0.0.1:{port}")
     service = own_service(tmp_path, health_poll={"enabled": True, "interval": "1h"})
-    dev = asyncio.create_task(run_worker_and_poller(
-        ts_env.client, queue, tmp_path / "state", policy_file(service), ProcessSupervisor(tmp_path)))
+    async with metered_client(ts_env) as (client, buffer, _):
+        dev = asyncio.create_task(run_worker_and_poller(
+            client, queue, tmp_path / "state", policy_file(service), ProcessSupervisor(tmp_path),
+            sdk_metrics=buffer))
+        await dev_metrics_are_served(ts_env, queue, port, dev)
+
+
+async def dev_metrics_are_served(ts_env: WorkflowEnvironment, queue: str, port: int,
+                                 dev: asyncio.Task[None]) -> None:
+    """The dev worker's /healthz and /metrics: medkit's families and the SDK's, then stop it."""
     try:
         async def healthy() -> dict[str, Any] | None:
             try:
@@ -376,6 +384,7 @@ async def test_medkit_dev_s_worker_serves_health_and_medkit_metrics(
         assert {"medkit_worker_recoveries_finished", "medkit_worker_recovery_duration_seconds",
                 "medkit_worker_actions", "medkit_worker_escalations",
                 "medkit_worker_pending_decisions"} <= families
+        assert "temporal_worker_start" in families  # the SDK's own, through the same endpoint
     finally:
         dev.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 from temporalio.client import Client
+from temporalio.runtime import MetricBuffer
 
 from activities.deps import ActivityDeps
 from activities.process import ProcessSupervisor
@@ -104,18 +105,20 @@ def reporter(client: Client, task_queue: str) -> Reporter:
 
 async def run_worker_and_poller(client: Client, task_queue: str, state_dir: Path,
                                 policy: PolicyFile, supervisor: ProcessSupervisor,
-                                board: HealthBoard | None = None) -> None:
+                                board: HealthBoard | None = None,
+                                sdk_metrics: MetricBuffer | None = None) -> None:
     """Run the worker (checking activities against `policy`) and the health poller of every
     service in it together until cancelled, serving the worker's medkit metrics and /healthz at
     $MEDKIT_METRICS_ADDRESS or 127.0.0.1:9464 (`off` for none; a taken default is skipped).
-    The poller keeps its health scores on `board` (the embedded dashboard's) when given."""
+    The poller keeps its health scores on `board` (the embedded dashboard's) when given;
+    `sdk_metrics` is the buffer of the runtime `client` was connected with, if any."""
     deps = ActivityDeps.create(state_dir)
     try:
         address = metrics_address(None)
     except ValueError as err:
         structlog.get_logger("medkit.metrics").warning("worker metrics not served", error=str(err))
         address = None
-    metrics = WorkerMetrics(deps.ledger.engine) if address is not None else None
+    metrics = WorkerMetrics(deps.ledger.engine, sdk_metrics) if address is not None else None
     worker = build_worker(client, task_queue, deps, policy, supervisor, metrics=metrics)
     try:
         async with contextlib.AsyncExitStack() as endpoint:
