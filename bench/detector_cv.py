@@ -192,46 +192,52 @@ def main() -> int:
     corpus = load_corpus(directory)
     unknown = set(args.tune) - set(DEFAULT_GRID)
     if unknown:
-        print(f"cannot tune {', '.join(sorted(unknown))}; tunable: {', '.join(DEFAULT_GRID)}",
-              file=sys.stderr)
+        print(
+            f"cannot tune {', '.join(sorted(unknown))}; tunable: {', '.join(DEFAULT_GRID)}", file=sys.stderr
+        )
         return 2
     grid = {name: values for name, values in DEFAULT_GRID.items() if name in args.tune}
     configs = sample_grid(grid, args.grid_size, args.seed, SHIPPED)
     candidates = [Candidate(describe(c), detector_scorer(c)) for c in configs]
     fixed: list[tuple[str, list[int]]] = [("shipped default, threshold tuned", [0])]
     if len(configs) > 1:
-        fixed.append((f"configuration and threshold tuned ({len(configs)} configurations)",
-                      list(range(len(configs)))))
+        fixed.append(
+            (f"configuration and threshold tuned ({len(configs)} configurations)", list(range(len(configs))))
+        )
     if args.likelihood:
         for name, config in LIKELIHOOD_INPUTS.items():
             fixed.append((f"anomaly likelihood of {name}, threshold tuned", [len(candidates)]))
             candidates.append(Candidate(f"likelihood of {name}", likelihood_scorer(config)))
         fixed.append(("ensemble, threshold tuned", [len(candidates)]))
-        candidates.append(Candidate(
-            "max(shipped detector, likelihood of the ungated surprise)",
-            ensemble_scorer([
-                detector_scorer(SHIPPED),
-                likelihood_scorer(LIKELIHOOD_INPUTS["the ungated surprise"]),
-            ]),
-        ))
+        candidates.append(
+            Candidate(
+                "max(shipped detector, likelihood of the ungated surprise)",
+                ensemble_scorer(
+                    [
+                        detector_scorer(SHIPPED),
+                        likelihood_scorer(LIKELIHOOD_INPUTS["the ungated surprise"]),
+                    ]
+                ),
+            )
+        )
     started = time.perf_counter()
     scored = ScoredCorpus(
         corpus,
         candidates,
-        progress=lambda line: print(f"  [{time.perf_counter() - started:5.0f} s] {line}",
-                                    flush=True),
+        progress=lambda line: print(f"  [{time.perf_counter() - started:5.0f} s] {line}", flush=True),
     )
     splits: list[tuple[str, list[Fold]]] = [
         ("leave one category out", leave_one_category_out(corpus)),
-        (f"stratified {args.k}-fold, seed {args.seed}", stratified_k_fold(corpus, args.k,
-                                                                         args.seed)),
+        (f"stratified {args.k}-fold, seed {args.seed}", stratified_k_fold(corpus, args.k, args.seed)),
     ]
     for split, folds in splits:
         for strategy, allowed in fixed:
-            report(f"{split}: {strategy} on training files",
-                   cross_validate(scored, folds, candidates=allowed), scored)
-    print(f"\n{len(corpus)} files, {len(candidates)} candidates,"
-          f" {time.perf_counter() - started:.0f} s")
+            report(
+                f"{split}: {strategy} on training files",
+                cross_validate(scored, folds, candidates=allowed),
+                scored,
+            )
+    print(f"\n{len(corpus)} files, {len(candidates)} candidates, {time.perf_counter() - started:.0f} s")
     return 0
 
 

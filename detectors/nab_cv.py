@@ -79,7 +79,7 @@ def stratified_k_fold(corpus: Sequence[LabelledSeries], k: int, seed: int) -> li
     """
     if not 2 <= k <= len(corpus):
         raise ValueError(f"k must be between 2 and the number of files ({len(corpus)}), got {k}")
-    rng = random.Random(seed)  # noqa: S311 - a reproducible split, not a secret
+    rng = random.Random(seed)  # noqa: S311 - reproducible, not a secret
     members: list[list[int]] = [[] for _ in range(k)]
     dealt = 0
     for category in sorted({category_of(s) for s in corpus}):
@@ -105,9 +105,10 @@ def sample_grid(
     spreading over every parameter; ``always`` (the shipped default) is first, so it wins ties.
     """
     names = sorted(grid)
-    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(
-        *(grid[name] for name in names))]
-    rng = random.Random(seed)  # noqa: S311 - a reproducible split, not a secret
+    combos = [
+        dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[name] for name in names))
+    ]
+    rng = random.Random(seed)  # noqa: S311 - reproducible, not a secret
     rng.shuffle(combos)
     configs = [always]
     for combo in combos:
@@ -138,8 +139,7 @@ def detector_scorer(config: AnomalyDetectorConfig) -> Scorer:
     def run(series: LabelledSeries) -> Sequence[float]:
         detector = AnomalyDetector(config)
         return array(
-            "d", (detector.update(t, v) for t, v in zip(series.timestamps, series.values,
-                                                         strict=True))
+            "d", (detector.update(t, v) for t, v in zip(series.timestamps, series.values, strict=True))
         )
 
     return run
@@ -235,12 +235,10 @@ def run_fold(
     perfect = test_rows.n_windows * profile.tp_weight
     own = best_threshold(sweep_thresholds(test_rows, profile)).score
     file_raw = {
-        i: score_at_threshold(scored.rows(candidate, [i]), profile, threshold).score
-        for i in fold.test
+        i: score_at_threshold(scored.rows(candidate, [i]), profile, threshold).score for i in fold.test
     }
     hit = {
-        w for s, w in zip(test_rows.scores, test_rows.window_ids, strict=True)
-        if w >= 0 and s >= threshold
+        w for s, w in zip(test_rows.scores, test_rows.window_ids, strict=True) if w >= 0 and s >= threshold
     }
     return FoldResult(
         fold=fold,
@@ -270,7 +268,9 @@ class Summary:
 
 
 def pooled_score(
-    scored: ScoredCorpus, file_raw: Mapping[int, float], files: Sequence[int],
+    scored: ScoredCorpus,
+    file_raw: Mapping[int, float],
+    files: Sequence[int],
     profile: CostProfile = STANDARD,
 ) -> float:
     """NAB-normalised score of ``files`` from their held-out raw scores (summed, since each was
@@ -301,9 +301,7 @@ def cross_validate(
     held = [r.held_out for r in results]
     categories = sorted({category_of(scored.corpus[i]) for i in tested})
     per_category = {
-        c: pooled_score(
-            scored, file_raw, [i for i in tested if category_of(scored.corpus[i]) == c], profile
-        )
+        c: pooled_score(scored, file_raw, [i for i in tested if category_of(scored.corpus[i]) == c], profile)
         for c in categories
     }
     return Summary(

@@ -57,7 +57,9 @@ def test_leave_one_category_out_holds_out_whole_categories() -> None:
     folds = leave_one_category_out(CORPUS)
     assert_partition(folds, len(CORPUS))
     assert [f.name for f in folds] == [
-        "category artificial", "category realKnownCause", "category realTraffic",
+        "category artificial",
+        "category realKnownCause",
+        "category realTraffic",
         "category realTweets",
     ]
     for fold in folds:
@@ -163,8 +165,7 @@ def test_small_cross_validation_on_nab_files() -> None:
         series.windows = labels[name]
         corpus.append(series)
     configs = [AnomalyDetectorConfig(), AnomalyDetectorConfig(alarm_level=0.6, smooth=10)]
-    scored = ScoredCorpus(corpus, [Candidate(str(i), detector_scorer(c))
-                                   for i, c in enumerate(configs)])
+    scored = ScoredCorpus(corpus, [Candidate(str(i), detector_scorer(c)) for i, c in enumerate(configs)])
     for folds in (leave_one_category_out(corpus), stratified_k_fold(corpus, 3, seed=0)):
         summary = cross_validate(scored, folds)
         assert len(summary.folds) == len(folds)
