@@ -45,10 +45,16 @@ class BreakerConfig:
     (so a dependency answering in microseconds does not make scheduler noise count as slow) ..."""
     adaptive_slow_ceiling: float = 10.0
     """... and never above this; it is also the threshold until enough latencies are known."""
+    timing_sample_every: int = 8
+    """One closed-state call in this many (a power of two) is timed, and the slow-call rate is
+    the slow share of the timed calls in the window: reading the clock is most of a breaker's
+    cost per call. Every call is timed when `call_timeout` is set, and outside the closed state.
+    1 times every call."""
     latency_samples: int = 128
     """Latencies kept for the quantile (the most recent ones)."""
     latency_sample_every: int = 64
-    """One call in this many (a power of two) contributes its latency; slow calls never do."""
+    """One call in this many (a power of two, at least `timing_sample_every`) contributes its
+    latency; slow calls never do."""
     latency_warmup: int = 16
     """Samples needed before the adaptive threshold replaces the ceiling."""
     call_timeout: float | None = None
@@ -105,6 +111,10 @@ class BreakerConfig:
         every = self.latency_sample_every
         _check(every >= 1 and every & (every - 1) == 0, "latency_sample_every",
                "must be a power of two", every)
+        timing = self.timing_sample_every
+        _check(timing >= 1 and timing & (timing - 1) == 0, "timing_sample_every", "must be a power of two",
+               timing)
+        _check(every >= timing, "latency_sample_every", "must be >= timing_sample_every", every)
         _check(1 <= self.latency_warmup <= self.latency_samples, "latency_warmup",
                "must be 1..latency_samples", self.latency_warmup)
         _check(self.call_timeout is None or self.call_timeout > 0, "call_timeout", "must be > 0 or None",

@@ -133,13 +133,13 @@ def classify(config: BreakerConfig, exc: BaseException) -> Outcome:
 class CircuitBreaker:
     """A named circuit breaker; call through `call`/`call_async`, as a decorator, or `guard()`."""
 
-    __slots__ = ("__weakref__", "_calls", "_clock", "_closed", "_failures", "_last_failure", "_latencies",
-                 "_latency_count", "_latency_fresh", "_latency_pos", "_listeners", "_lock",
+    __slots__ = ("__weakref__", "_calls", "_clock", "_closed", "_failures", "_ignored", "_last_failure",
+                 "_latencies", "_latency_count", "_latency_fresh", "_latency_pos", "_listeners", "_lock",
                  "_look_closer_ns", "_n", "_open_base_s", "_open_until", "_ramp_calls",
                  "_ramp_consecutive", "_ramp_credit", "_ramp_failures", "_ramp_ns", "_ramp_slow",
                  "_ramp_started", "_recompute_every", "_rejected", "_rng", "_run", "_sample_mask", "_slow",
-                 "_slow_threshold_ns", "_state", "_timeout_ns", "_trial_successes", "_trials_in_flight",
-                 "_window_start", "config", "name")
+                 "_slow_threshold_ns", "_state", "_timeout_ns", "_timing_mask", "_trial_successes",
+                 "_trials_in_flight", "_window_start", "config", "name")
 
     def __init__(self, name: str, config: BreakerConfig | None = None, *, clock: Clock = time.monotonic_ns,
                  rng: random.Random | None = None, listeners: Iterable[Listener] = ()) -> None:
@@ -154,6 +154,7 @@ class CircuitBreaker:
         self._window_start = 0
         self._failures: deque[int] = deque()
         self._slow: deque[int] = deque()
+        self._ignored: deque[int] = deque()
         self._last_failure = -2
         self._run = 0
         self._ramp_consecutive = 0
@@ -163,6 +164,8 @@ class CircuitBreaker:
         fixed = config.slow_call_duration
         self._slow_threshold_ns = int((fixed if fixed is not None else config.adaptive_slow_ceiling) * _NS)
         self._look_closer_ns = min(self._slow_threshold_ns, self._timeout_ns)
+        # Every call is timed when a deadline has to be checked; otherwise one in N is.
+        self._timing_mask = 0 if config.call_timeout else config.timing_sample_every - 1
         self._sample_mask = config.latency_sample_every - 1
         self._latencies = array("q", bytes(8 * config.latency_samples))
         self._latency_pos = 0
@@ -194,27 +197,38 @@ class CircuitBreaker:
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run `fn(*args, **kwargs)` through the breaker, or raise CircuitOpenError."""
         if self._closed:
+            number = next(self._calls)
+            if number & self._timing_mask:
+                try:
+                    return fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._record_exception(exc, 0, _NORMAL, number)
+                    raise
             clock = self._clock
             start = clock()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                self._record_exception(exc, clock() - start, _NORMAL)
+                self._record_exception(exc, clock() - start, _NORMAL, number)
                 raise
             elapsed = clock() - start
             if elapsed > self._look_closer_ns:
-                self._record_success(elapsed, _NORMAL)
-                return result
-            if not next(self._calls) & self._sample_mask:
+                self._record_success(elapsed, _NORMAL, number)
+            elif not number & self._sample_mask:
                 self._sample_latency(elapsed)
             return result
         return self._call_admitted(fn, args, kwargs)
 
     async def call_async(self, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
         """Await `fn(*args, **kwargs)` through the breaker, cancelled after `call_timeout` if set."""
-        kind = _NORMAL if self._closed else self._admit()
+        if self._closed:
+            kind, number = _NORMAL, next(self._calls)
+        else:
+            kind = self._admit()
+            number = next(self._calls) if kind == _NORMAL else 0
         clock = self._clock
-        start = clock()
+        timed = kind != _NORMAL or not number & self._timing_mask
+        start = clock() if timed else 0
         try:
             if self.config.call_timeout is None:
                 result = await fn(*args, **kwargs)
@@ -222,14 +236,14 @@ class CircuitBreaker:
                 async with asyncio.timeout(self.config.call_timeout):
                     result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_exception(exc, clock() - start, kind)
+            self._record_exception(exc, clock() - start if timed else 0, kind, number)
             raise
-        elapsed = clock() - start
-        if kind != _NORMAL or elapsed > self._look_closer_ns:
-            self._record_success(elapsed, kind)
-            return result
-        if not next(self._calls) & self._sample_mask:
-            self._sample_latency(elapsed)
+        if timed:
+            elapsed = clock() - start
+            if kind != _NORMAL or elapsed > self._look_closer_ns:
+                self._record_success(elapsed, kind, number)
+            elif not number & self._sample_mask:
+                self._sample_latency(elapsed)
         return result
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -244,23 +258,30 @@ class CircuitBreaker:
         breaker = self
         clock = self._clock
         calls = self._calls
+        timing_mask = self._timing_mask
         sample_mask = self._sample_mask
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             # The same fast path as `call`, inlined: one Python frame less per call.
             if breaker._closed:
+                number = next(calls)
+                if number & timing_mask:
+                    try:
+                        return fn(*args, **kwargs)
+                    except BaseException as exc:
+                        breaker._record_exception(exc, 0, _NORMAL, number)
+                        raise
                 start = clock()
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
-                    breaker._record_exception(exc, clock() - start, _NORMAL)
+                    breaker._record_exception(exc, clock() - start, _NORMAL, number)
                     raise
                 elapsed = clock() - start
                 if elapsed > breaker._look_closer_ns:
-                    breaker._record_success(elapsed, _NORMAL)
-                    return result
-                if not next(calls) & sample_mask:
+                    breaker._record_success(elapsed, _NORMAL, number)
+                elif not number & sample_mask:
                     breaker._sample_latency(elapsed)
                 return result
             return breaker._call_admitted(fn, args, kwargs)
@@ -286,13 +307,13 @@ class CircuitBreaker:
         """The counters, computed from the window under the lock."""
         with self._lock:
             now = self._last_call_number()
-            calls, failures, slow = self._window_counts(now)
+            calls, failures, slow, timed = self._window_counts(now)
             remaining = 0.0
             if self._state is State.OPEN:
                 remaining = max(0.0, (self._open_until - self._clock()) / _NS)
             return BreakerSnapshot(
                 name=self.name, state=self._state, calls_in_window=calls,
-                failure_rate=failures / calls if calls else 0.0, slow_rate=slow / calls if calls else 0.0,
+                failure_rate=failures / calls if calls else 0.0, slow_rate=slow / timed if timed else 0.0,
                 consecutive_failures=self._run if self._last_failure == now else 0,
                 slow_threshold_s=self._slow_threshold_ns / _NS,
                 rejected=self._rejected, open_remaining_s=remaining)
@@ -301,13 +322,14 @@ class CircuitBreaker:
 
     def _call_admitted(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         kind = self._admit()
+        number = next(self._calls) if kind == _NORMAL else 0
         start = self._clock()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_exception(exc, self._clock() - start, kind)
+            self._record_exception(exc, self._clock() - start, kind, number)
             raise
-        self._record_success(self._clock() - start, kind)
+        self._record_success(self._clock() - start, kind, number)
         return result
 
     def _admit(self) -> int:
@@ -341,44 +363,41 @@ class CircuitBreaker:
             self._rejected += 1
             raise CircuitOpenError(self.name, state, 0.0)
 
-    def _record_fast_success(self, elapsed: int) -> None:
-        """The closed fast path's bookkeeping, for callers that cannot inline it."""
-        if not next(self._calls) & self._sample_mask:
-            self._sample_latency(elapsed)
-
-    def _record_exception(self, exc: BaseException, elapsed: int, kind: int) -> None:
+    def _record_exception(self, exc: BaseException, elapsed: int, kind: int, number: int) -> None:
         outcome = classify(self.config, exc)
         if outcome is Outcome.IGNORED:
-            if kind == _TRIAL:
-                with self._lock:
+            with self._lock:
+                if kind == _TRIAL:
                     self._trials_in_flight -= 1
+                elif kind == _NORMAL and number > self._window_start:
+                    self._ignored.append(number)  # it took a number: take it out of the window
             return
         if outcome is Outcome.SUCCESS:
-            self._record_success(elapsed, kind)
+            self._record_success(elapsed, kind, number)
             return
-        self._record(kind, failed=True, slow=elapsed > self._slow_threshold_ns, outcome=outcome)
+        self._record(kind, number, failed=True, slow=elapsed > self._slow_threshold_ns, outcome=outcome)
 
-    def _record_success(self, elapsed: int, kind: int) -> None:
+    def _record_success(self, elapsed: int, kind: int, number: int) -> None:
         if elapsed > self._timeout_ns:
-            self._record(kind, failed=True, slow=True, outcome=Outcome.TIMEOUT)
+            self._record(kind, number, failed=True, slow=True, outcome=Outcome.TIMEOUT)
         elif elapsed > self._slow_threshold_ns:
-            self._record(kind, failed=False, slow=True, outcome=Outcome.SLOW)
-        else:
-            self._record(kind, failed=False, slow=False, outcome=Outcome.SUCCESS)
+            self._record(kind, number, failed=False, slow=True, outcome=Outcome.SLOW)
+        elif kind != _NORMAL:
+            self._record(kind, number, failed=False, slow=False, outcome=Outcome.SUCCESS)
+        # A closed-state success that is not slow needs no record: its call number is enough.
 
-    def _record(self, kind: int, *, failed: bool, slow: bool, outcome: Outcome) -> None:
+    def _record(self, kind: int, number: int, *, failed: bool, slow: bool, outcome: Outcome) -> None:
         with self._lock:
             if kind == _NORMAL:
-                self._record_closed(failed, slow, outcome)
+                self._record_closed(number, failed, slow, outcome)
             elif kind == _TRIAL:
                 self._record_trial(failed, slow, outcome)
             else:
                 self._record_ramp(failed, slow, outcome)
 
-    def _record_closed(self, failed: bool, slow: bool, outcome: Outcome) -> None:
-        if self._state is not State.CLOSED:
-            return  # admitted before the breaker opened; the outcome belongs to the old period
-        number = next(self._calls)
+    def _record_closed(self, number: int, failed: bool, slow: bool, outcome: Outcome) -> None:
+        if self._state is not State.CLOSED or number <= self._window_start:
+            return  # started before the breaker opened; the outcome belongs to the old period
         if failed:
             self._run = self._run + 1 if number == self._last_failure + 1 else 1
             self._last_failure = number
@@ -391,13 +410,13 @@ class CircuitBreaker:
             self._open(f"{config.consecutive_failures} consecutive failures (last: {outcome.value})",
                        backoff=False)
             return
-        calls, failures, slow_calls = self._window_counts(number)
+        calls, failures, slow_calls, timed = self._window_counts(self._last_call_number())
         if calls < config.minimum_calls:
             return
         if failed and failures / calls >= config.failure_rate_threshold:
             self._open(f"failure rate {failures}/{calls} (last: {outcome.value})", backoff=False)
-        elif slow and slow_calls / calls >= config.slow_call_rate_threshold:
-            self._open(f"slow-call rate {slow_calls}/{calls} above "
+        elif slow and timed and slow_calls / timed >= config.slow_call_rate_threshold:
+            self._open(f"slow-call rate {slow_calls}/{timed} timed calls above "
                        f"{self._slow_threshold_ns / 1e6:.1f} ms", backoff=False)
 
     def _record_trial(self, failed: bool, slow: bool, outcome: Outcome) -> None:
@@ -443,13 +462,18 @@ class CircuitBreaker:
         `count(<next number>)`)."""
         return int(repr(self._calls)[6:-1]) - 1
 
-    def _window_counts(self, now: int) -> tuple[int, int, int]:
-        """Calls, failures and slow calls among the last `window_size` calls up to call `now`."""
-        oldest_kept = now - self._n
-        for numbers in (self._failures, self._slow):
-            while numbers and numbers[0] <= oldest_kept:
+    def _window_counts(self, now: int) -> tuple[int, int, int, int]:
+        """Calls, failures, slow calls and timed calls among the last `window_size` calls up to
+        call `now`. Timed calls are the numbers that are multiples of `timing_sample_every`."""
+        after = max(now - self._n, self._window_start)
+        for numbers in (self._failures, self._slow, self._ignored):
+            while numbers and numbers[0] <= after:
                 numbers.popleft()
-        return min(self._n, now - self._window_start), len(self._failures), len(self._slow)
+        every = self._timing_mask + 1
+        ignored = self._ignored
+        ignored_timed = sum(1 for number in ignored if not number & self._timing_mask) if ignored else 0
+        return (now - after - len(ignored), len(self._failures), len(self._slow),
+                now // every - after // every - ignored_timed)
 
     def _open(self, reason: str, *, backoff: bool) -> None:
         config = self.config
@@ -466,20 +490,22 @@ class CircuitBreaker:
         self._window_start = self._last_call_number()
         self._failures.clear()
         self._slow.clear()
+        self._ignored.clear()
         self._run = 0
         self._open_base_s = self.config.open_duration
         self._transition(State.CLOSED, reason)
 
     def _transition(self, to: State, reason: str, open_for: float | None = None) -> None:
         now = self._last_call_number()
-        calls, failures, slow = self._window_counts(now)
+        calls, failures, slow, timed = self._window_counts(now)
         consecutive = self._run if self._last_failure == now else 0
         if self._state is State.RAMPING and self._ramp_calls:
             calls, failures, slow = self._ramp_calls, self._ramp_failures, self._ramp_slow
+            timed = calls
             consecutive = self._ramp_consecutive
         change = StateChange(
             breaker=self.name, from_state=self._state, to_state=to, reason=reason, at=datetime.now(UTC),
-            failure_rate=failures / calls if calls else 0.0, slow_rate=slow / calls if calls else 0.0,
+            failure_rate=failures / calls if calls else 0.0, slow_rate=slow / timed if timed else 0.0,
             calls_in_window=calls, consecutive_failures=consecutive,
             slow_threshold_s=self._slow_threshold_ns / _NS, open_for_s=open_for,
             labels=dict(self.config.labels))
@@ -522,30 +548,36 @@ class CircuitBreaker:
 class Guard:
     """One call through a breaker as a `with` / `async with` block (see CircuitBreaker.guard)."""
 
-    __slots__ = ("_breaker", "_kind", "_start")
+    __slots__ = ("_breaker", "_kind", "_number", "_start")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
         self._kind = _NORMAL
-        self._start = 0
+        self._number = 0
+        self._start = -1
 
     def __enter__(self) -> Guard:
         breaker = self._breaker
-        self._kind = _NORMAL if breaker._closed else breaker._admit()
-        self._start = breaker._clock()
+        if breaker._closed:
+            self._kind, self._number = _NORMAL, next(breaker._calls)
+            timed = not self._number & breaker._timing_mask
+        else:
+            self._kind = breaker._admit()
+            self._number = next(breaker._calls) if self._kind == _NORMAL else 0
+            timed = True
+        self._start = breaker._clock() if timed else -1
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        breaker = self._breaker
-        elapsed = breaker._clock() - self._start
-        if exc is None:
-            if self._kind == _NORMAL and elapsed <= breaker._look_closer_ns:
-                breaker._record_fast_success(elapsed)
-            else:
-                breaker._record_success(elapsed, self._kind)
-        else:
-            breaker._record_exception(exc, elapsed, self._kind)
+        breaker, kind, number = self._breaker, self._kind, self._number
+        elapsed = breaker._clock() - self._start if self._start >= 0 else 0
+        if exc is not None:
+            breaker._record_exception(exc, elapsed, kind, number)
+        elif kind != _NORMAL or elapsed > breaker._look_closer_ns:
+            breaker._record_success(elapsed, kind, number)
+        elif self._start >= 0 and not number & breaker._sample_mask:
+            breaker._sample_latency(elapsed)
 
     async def __aenter__(self) -> Guard:
         return self.__enter__()

@@ -57,9 +57,11 @@ class Boom(Exception):
 
 
 def make(clock: FakeClock, **options: Any) -> tuple[CircuitBreaker, list[StateChange]]:
-    """A breaker on the fake clock, with no jitter unless asked, and the changes it reports."""
+    """A breaker on the fake clock, every call timed, no jitter unless asked, and the changes it
+    reports."""
     changes: list[StateChange] = []
-    config = BreakerConfig(**{"open_jitter": 0.0, "slow_call_duration": 1.0, **options})
+    config = BreakerConfig(**{"open_jitter": 0.0, "slow_call_duration": 1.0, "timing_sample_every": 1,
+                              **options})
     return CircuitBreaker("dep", config, clock=clock, listeners=[changes.append]), changes
 
 
@@ -294,7 +296,39 @@ def test_adaptive_slow_threshold_follows_normal_latency_and_ignores_slow_calls()
     assert b.state is State.CLOSED  # 9/20 slow
     b.call(taking(clock, 0.500))
     assert b.state is State.OPEN
-    assert changes[-1].reason == "slow-call rate 10/20 above 60.0 ms"
+    assert changes[-1].reason == "slow-call rate 10/20 timed calls above 60.0 ms"
+
+
+def test_sampled_timing_reads_the_clock_for_one_call_in_n_and_still_catches_slow_calls() -> None:
+    clock = FakeClock()
+    reads = 0
+
+    def counting_clock() -> int:
+        nonlocal reads
+        reads += 1
+        return clock.now
+
+    changes: list[StateChange] = []
+    b = CircuitBreaker("sampled", BreakerConfig(timing_sample_every=4, slow_call_duration=1.0, window_size=40,
+                                                minimum_calls=20, slow_call_rate_threshold=0.5,
+                                                consecutive_failures=3),
+                       clock=counting_clock, listeners=[changes.append])
+    for _ in range(100):
+        b.call(ok)
+    assert reads == 2 * 25  # start and end of every fourth call
+    for _ in range(19):
+        b.call(taking(clock, 2.0))  # every call slow; only the timed ones are known to be
+    assert b.state is State.CLOSED
+    snapshot = b.snapshot()
+    assert snapshot.slow_rate == pytest.approx(4 / 10)  # 4 slow of the window's 10 timed calls
+    b.call(taking(clock, 2.0))
+    assert b.state is State.OPEN
+    assert changes[-1].reason == "slow-call rate 5/10 timed calls above 1000.0 ms"
+
+    b.reset()
+    failures(b, 3)  # failures are recorded whether or not their call was timed
+    assert b.state is State.OPEN
+    assert changes[-1].reason == "3 consecutive failures (last: exception)"
 
 
 def test_config_errors_name_the_option() -> None:
