@@ -385,8 +385,8 @@ async def test_end_to_end_from_real_recoveries(
         tmp_path: Path, webhook_receiver: WebhookReceiver) -> None:
     """Two real recoveries on the dev server, recorded by the worker's own record_incident: one
     recovers after a restart, one is dismissed. The report counts them, takes MTTR and downtime
-    from the recovered run's stored duration, and MTTD is 0 as docs/reporting.md explains (the
-    first report and the move to Assessing are recorded in the same workflow task)."""
+    from the recovered run's stored duration, and MTTD from each detection's own detected_at
+    (42 s before the recovery started) to the move into Assessing."""
     policy = scripted_policy(webhook_receiver.url, validation={"samples": 1, "interval": "1s"},
                              assessment={"dismiss_when_healthy": True},
                              slo={"availability": 99.0, "window": "1d"})
@@ -395,8 +395,11 @@ async def test_end_to_end_from_real_recoveries(
     script = Script()
     script.probe("http", False)  # the first assessment fails one probe: a minor incident
     async with script.worker(dev_env.client, queue, deps):
-        recovered = await (await start(dev_env.client, queue, policy, detection())).result()
-        dismissed = await (await start(dev_env.client, queue, policy, detection())).result()
+        seen = datetime.now(UTC) - timedelta(seconds=42)
+        recovered = await (await start(dev_env.client, queue, policy,
+                                       detection().model_copy(update={"detected_at": seen}))).result()
+        dismissed = await (await start(dev_env.client, queue, policy,
+                                       detection().model_copy(update={"detected_at": seen}))).result()
     assert (recovered.phase, dismissed.phase) == (Phase.RECOVERED, Phase.DISMISSED)
     duration = (recovered.timeline[-1].at - recovered.started_at).total_seconds()
 
@@ -406,7 +409,12 @@ async def test_end_to_end_from_real_recoveries(
     [report] = json.loads(out)
     assert {key: report[key] for key in ("incidents", "recovered", "dismissed", "open")} == {
         "incidents": 2, "recovered": 1, "dismissed": 1, "open": 0}
-    assert report["mttd_seconds"] == 0
+    assessing = [next(e.at for e in run.timeline if e.to_phase == Phase.ASSESSING)
+                 for run in (recovered, dismissed)]
+    assert [run.timeline[0].at for run in (recovered, dismissed)] == [seen, seen]
+    assert report["mttd_seconds"] == pytest.approx(
+        sum((at - seen).total_seconds() for at in assessing) / 2, rel=1e-9)
+    assert report["mttd_seconds"] >= 42
     assert report["mttr_p50_seconds"] == report["mttr_p95_seconds"] == duration
     assert report["downtime_seconds"] == duration
     assert report["error_budget_left_seconds"] == pytest.approx(864 - duration, rel=1e-12)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import shlex
 from collections.abc import Awaitable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -153,8 +153,11 @@ class RecoveryWorkflow:
         # The first report goes first in the timeline, before reports that joined with the start.
         detection = recovery.detection
         dry = " [dry-run: actions are simulated]" if self._dry_run else ""
+        # Stamped when the detector saw the problem (never later than now), so the store's
+        # time-to-detect runs from the detection, not from the workflow's start.
         self._record(self._phase, f"{detection.source} reported: {detection.summary or 'problem'}{dry}",
-                     actor=detection.source, kind="report")
+                     actor=detection.source, kind="report",
+                     at=_reported_at(detection.detected_at, self._started_at))
 
     @workflow.run
     async def run(self, recovery: RecoveryInput) -> RecoveryStatus:
@@ -717,9 +720,9 @@ class RecoveryWorkflow:
         self._set_details()
 
     def _record(self, to: Phase, reason: str, actor: str = "medkit",
-                kind: TimelineKind = "transition") -> None:
+                kind: TimelineKind = "transition", at: datetime | None = None) -> None:
         self._timeline.append(TimelineEntry(
-            at=workflow.now(), from_phase=self._phase, to_phase=to, reason=reason, actor=actor,
+            at=at or workflow.now(), from_phase=self._phase, to_phase=to, reason=reason, actor=actor,
             kind=kind,
         ))
         self._phase = to
@@ -1035,6 +1038,13 @@ def _refused(err: ActivityError) -> bool:
     """Whether the worker refused the activity because its own policy does not hold the spec."""
     cause = err.cause
     return isinstance(cause, ApplicationError) and cause.type == POLICY_MISMATCH
+
+
+def _reported_at(detected: datetime, started: datetime) -> datetime:
+    """When the detector saw the problem (a naive time is UTC), never later than the start."""
+    if detected.tzinfo is None:
+        detected = detected.replace(tzinfo=UTC)
+    return min(detected, started)
 
 
 def _cause(err: BaseException) -> str:
