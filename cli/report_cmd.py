@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cli.common import CommandError, SubParsers, guarded, load_policy, policy_path, printable
@@ -28,19 +27,12 @@ from cli.incidents_cmd import (
     since_arg,
     table,
 )
-from store.incidents import IncidentStore
 from store.report import Objective, ServiceReport, build_report, known_services, load_runs
 
 DEFAULT_SINCE = timedelta(days=7)
 
 REPORT_FIELDS = [field.name for field in fields(ServiceReport)]
 """The columns of `-o csv` and the keys of `-o json`, in order."""
-
-
-def _engine_of(store: IncidentStore) -> Engine:
-    """The engine `open_store` opened and checked (file, reachability, schema version), so this
-    command fails with the same one-line errors as `medkit incidents`."""
-    return store._engine
 
 
 def _objectives(args: argparse.Namespace) -> tuple[dict[str, Objective], set[str]]:
@@ -131,7 +123,7 @@ def report(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     since = now - args.since
     objectives, policy_services = _objectives(args)
-    engine = _engine_of(open_store(args))
+    engine = open_store(args).engine  # checked as `medkit incidents` checks it
     try:
         if args.service is not None and args.service not in policy_services | known_services(engine):
             raise CommandError(f"unknown service {args.service!r}: no incident of it in the store and "

@@ -186,6 +186,11 @@ class IncidentStore:
         self._engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
+    @property
+    def engine(self) -> Engine:
+        """The database this store reads and writes, for read-only reports over its tables."""
+        return self._engine
+
     def record(self, record: IncidentRecord, now: datetime) -> IncidentRecorded:
         """Upsert the run's row and add the timeline entries not stored yet, in one transaction."""
         incidents = _table(IncidentRow)
