@@ -49,9 +49,10 @@ SHIPPED = AnomalyDetectorConfig()
 class AnomalyLikelihood:
     """Numenta's anomaly likelihood (nupic ``AnomalyLikelihood`` + NAB's log score), per stream.
 
-    Raw scores are averaged over the last 10; a Gaussian is fitted to those averages over the
-    last 8640 points (re-fitted every 100, skipping the first 288 while they are in the window,
-    mean at least 0.03 and variance at least 0.0003); the likelihood is one minus the tail
+    Raw scores are averaged over the last ``averaging`` (Numenta: 10); a Gaussian is fitted to
+    those averages over the last 8640 points (re-fitted every 100, skipping the first 288 while
+    they are in the window, mean at least 0.03 and variance at least 0.0003); the likelihood is
+    one minus the tail
     probability of the newest average, a second consecutive 'red' likelihood is lowered to
     'yellow', and the output is ``log(1.0000000001 - L) / log(1e-10)`` in [0, 1]. The first 388
     points output the log score of 0.5. It turns any raw score into a per-stream probability,
@@ -62,12 +63,11 @@ class AnomalyLikelihood:
     ESTIMATION = 100
     HISTORY = 8640
     REESTIMATE = 100
-    AVERAGING = 10
     RED = 1e-5
     YELLOW = 1e-3
 
-    def __init__(self) -> None:
-        self.recent: deque[float] = deque(maxlen=self.AVERAGING)
+    def __init__(self, averaging: int = 10) -> None:
+        self.recent: deque[float] = deque(maxlen=averaging)
         self.averages: deque[float] = deque(maxlen=self.HISTORY)
         self.count = 0
         self.mean = 0.0
@@ -111,12 +111,13 @@ LIKELIHOOD_INPUTS = {
 surprise without novelty gate or refractory (closer to the noisy raw score Numenta feeds it)."""
 
 
-def likelihood_scorer(config: AnomalyDetectorConfig) -> Scorer:
-    """Score a file with medkit's detector of ``config``, then Numenta's anomaly likelihood."""
+def likelihood_scorer(config: AnomalyDetectorConfig, averaging: int = 10) -> Scorer:
+    """Score a file with medkit's detector of ``config``, then Numenta's anomaly likelihood
+    (raw scores averaged over ``averaging`` points; Numenta uses 10)."""
     raw = detector_scorer(config)
 
     def run(series: LabelledSeries) -> Sequence[float]:
-        likelihood = AnomalyLikelihood()
+        likelihood = AnomalyLikelihood(averaging)
         return array("d", (likelihood.update(score) for score in raw(series)))
 
     return run
@@ -184,6 +185,13 @@ def main() -> int:
         action="store_true",
         help="Also cross-validate Numenta's anomaly likelihood on top of the detector's scores.",
     )
+    parser.add_argument(
+        "--likelihood-averaging",
+        type=int,
+        default=10,
+        metavar="N",
+        help="Raw scores the likelihood averages (Numenta: 10; 1 reacts without delay).",
+    )
     args = parser.parse_args()
     directory = Path(os.environ.get("MEDKIT_NAB_DIR", REPO.parent / "shared" / "nab"))
     if not (directory / "labels").is_dir():
@@ -207,7 +215,9 @@ def main() -> int:
     if args.likelihood:
         for name, config in LIKELIHOOD_INPUTS.items():
             fixed.append((f"anomaly likelihood of {name}, threshold tuned", [len(candidates)]))
-            candidates.append(Candidate(f"likelihood of {name}", likelihood_scorer(config)))
+            candidates.append(
+                Candidate(f"likelihood of {name}", likelihood_scorer(config, args.likelihood_averaging))
+            )
         fixed.append(("ensemble, threshold tuned", [len(candidates)]))
         candidates.append(
             Candidate(
@@ -215,7 +225,9 @@ def main() -> int:
                 ensemble_scorer(
                     [
                         detector_scorer(SHIPPED),
-                        likelihood_scorer(LIKELIHOOD_INPUTS["the ungated surprise"]),
+                        likelihood_scorer(
+                            LIKELIHOOD_INPUTS["the ungated surprise"], args.likelihood_averaging
+                        ),
                     ]
                 ),
             )
