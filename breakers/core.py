@@ -248,18 +248,44 @@ class CircuitBreaker:
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function (sync or async) so every call goes through this breaker."""
-        if inspect.iscoroutinefunction(fn):
-            async_fn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                return await self.call_async(async_fn, *args, **kwargs)
-            return cast(Callable[P, R], guarded_async)
         breaker = self
         clock = self._clock
         calls = self._calls
         timing_mask = self._timing_mask
         sample_mask = self._sample_mask
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[..., Awaitable[Any]], fn)
+            if self.config.call_timeout is not None:
+                @functools.wraps(fn)
+                async def guarded_with_deadline(*args: Any, **kwargs: Any) -> Any:
+                    return await breaker.call_async(async_fn, *args, **kwargs)
+                return cast(Callable[P, R], guarded_with_deadline)
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                # call_async's closed fast path, inlined: no second coroutine per call.
+                if breaker._closed:
+                    number = next(calls)
+                    if number & timing_mask:
+                        try:
+                            return await async_fn(*args, **kwargs)
+                        except BaseException as exc:
+                            breaker._record_exception(exc, 0, _NORMAL, number)
+                            raise
+                    start = clock()
+                    try:
+                        result = await async_fn(*args, **kwargs)
+                    except BaseException as exc:
+                        breaker._record_exception(exc, clock() - start, _NORMAL, number)
+                        raise
+                    elapsed = clock() - start
+                    if elapsed > breaker._look_closer_ns:
+                        breaker._record_success(elapsed, _NORMAL, number)
+                    elif not number & sample_mask:
+                        breaker._sample_latency(elapsed)
+                    return result
+                return await breaker.call_async(async_fn, *args, **kwargs)
+            return cast(Callable[P, R], guarded_async)
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -269,9 +269,11 @@ async def test_async_call_timeout_cancels_and_counts_as_timeout() -> None:
             cancelled.append(True)
             raise
 
-    for _ in range(2):
-        with pytest.raises(TimeoutError):
-            await b.call_async(hangs)
+    decorated = b(hangs)
+    with pytest.raises(TimeoutError):
+        await b.call_async(hangs)
+    with pytest.raises(TimeoutError):
+        await decorated()
     assert cancelled == [True, True]
     assert b.state is State.OPEN
 
