@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from bench.detector_cv import AnomalyLikelihood
 from detectors.anomaly import AnomalyDetectorConfig
 from detectors.nab_cv import (
     DEFAULT_GRID,
@@ -22,7 +29,8 @@ from detectors.nab_cv import (
 )
 from detectors.nab_scoring import LabelledSeries, load_labels, load_series
 
-NAB_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "nab"
+REPO = Path(__file__).resolve().parent.parent
+NAB_DIR = REPO.parent / "shared" / "nab"
 START = datetime(2024, 1, 1)
 
 
@@ -180,3 +188,59 @@ def test_small_cross_validation_on_nab_files() -> None:
     for result in loco.folds:
         category = result.fold.name.removeprefix("category ")
         assert loco.per_category[category] == pytest.approx(result.held_out)
+
+
+def test_anomaly_likelihood_follows_numenta() -> None:
+    """Quiet stream, then a spike: the spike gets the top log score, and a second 'red' point
+    in a row is lowered to 'yellow' (tail 1e-3), as nupic's likelihood filter does."""
+    likelihood = AnomalyLikelihood(averaging=1)
+    quiet = [likelihood.update(0.0) for _ in range(1000)]
+    assert quiet[0] == pytest.approx(math.log(0.5 + 1e-10) / math.log(1e-10))
+    first, second = likelihood.update(1.0), likelihood.update(1.0)
+    assert first == pytest.approx(1.0, abs=1e-6)
+    assert first > max(quiet)
+    assert second == pytest.approx(math.log(1e-3 + 1e-10) / math.log(1e-10))
+
+
+@pytest.mark.skipif(not (NAB_DIR / "labels").is_dir(), reason=f"NAB dev data not at {NAB_DIR}")
+def test_cv_bench_runs_on_a_small_nab_directory(tmp_path: Path) -> None:
+    """`bench/detector_cv.py` end to end on a copy of 4 short NAB files (its figures are not
+    asserted, only that every split and strategy is reported)."""
+    names = [
+        "realAdExchange/exchange-2_cpm_results.csv",
+        "realAdExchange/exchange-4_cpc_results.csv",
+        "realTraffic/occupancy_6005.csv",
+        "realTraffic/speed_t4013.csv",
+    ]
+    labels = json.loads((NAB_DIR / "labels" / "combined_windows_dev.json").read_text())
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "combined_windows_dev.json").write_text(
+        json.dumps({name: labels[name] for name in names})
+    )
+    for name in names:
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(NAB_DIR / "data" / name, tmp_path / "data" / name)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/detector_cv.py",
+            "--grid-size",
+            "2",
+            "--tune",
+            "alarm_level",
+            "--k",
+            "2",
+            "--likelihood",
+        ],
+        cwd=REPO,
+        env={**os.environ, "MEDKIT_NAB_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert out.count("held-out over folds: mean") == 2 * 5
+    assert "leave one category out: shipped default" in out
+    assert "stratified 2-fold, seed 0: ensemble" in out
+    assert "pooled per category: realAdExchange" in out
