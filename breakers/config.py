@@ -33,7 +33,7 @@ class BreakerConfig:
     consecutive_failures: int = 10
     """Open after this many failures in a row, whatever the window says; 0 disables."""
     slow_call_rate_threshold: float = 0.5
-    """Open when slow calls / calls in the window reach this; 1.0 only when every call is slow."""
+    """Open when slow calls / timed calls in the window reach this; 1.0 only when all are slow."""
     slow_call_duration: float | None = None
     """A fixed slow-call threshold. None (default): adaptive, from the latency quantile below."""
     adaptive_slow_quantile: float = 0.99
