@@ -24,6 +24,7 @@ from workers.logging import LogContextInterceptor
 from workers.metrics import MetricsAddress, MetricsInterceptor, WorkerMetrics
 from workers.metrics_server import WorkerHealth, worker_endpoint
 from workers.policy_guard import PolicyGuardInterceptor
+from workflows.breaker import BreakerEntityWorkflow
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
@@ -44,7 +45,7 @@ def build_worker(
     its activities' outcomes are counted there; that interceptor sits outside the policy guard,
     so refused actions count too.
     """
-    workflows = [RecoveryWorkflow, FleetCoordinatorWorkflow]
+    workflows = [RecoveryWorkflow, FleetCoordinatorWorkflow, BreakerEntityWorkflow]
     ensure_workflow_bytecode(workflows)
     counting: list[Interceptor] = [MetricsInterceptor(metrics)] if metrics is not None else []
     return Worker(
