@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
@@ -169,12 +169,12 @@ def blocking_script() -> Script:
 
 def detection(service: str = "checkout", severity: Severity | None = None,
               summary: str = "checkout is failing", key: str | None = None,
-              status: str = "firing") -> Detection:
+              status: Literal["firing", "resolved"] = "firing") -> Detection:
     """A fresh detection; the incident key is unique per test unless given."""
     return Detection(
         detection_id=str(uuid.uuid4()), service=service,
         incident_key=key or f"t-{uuid.uuid4().hex[:8]}", source="cli", severity=severity,
-        summary=summary, status=status, detected_at=datetime.now(UTC),  # type: ignore[arg-type]
+        summary=summary, status=status, detected_at=datetime.now(UTC),
     )
 
 

@@ -28,6 +28,7 @@ from models import search_attributes as sa
 from models.fleet import FleetState, coordinator_workflow_id
 from models.status import RecoveryStatus
 from tests.conftest import DemoService, eventually, free_port, stop_fleet_coordinator
+from tests.test_cli import medkit
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
@@ -48,13 +49,6 @@ TEMPORAL_COMMANDS: list[list[str]] = [
 ]
 """Every subcommand that talks to Temporal (`dev` runs its own server; `incidents`, `config` and
 `detect-csv` never connect; `serve` connects per request and answers 503)."""
-
-
-def medkit(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `medkit ARGS` as a user would (its console script), capturing output."""
-    return subprocess.run([str(Path(sys.executable).parent / "medkit"), *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
 from cli.common import load_policy
-from cli.main import build_parser, run
+from cli.main import build_parser
 from cli.report_cmd import REPORT_FIELDS
 from models.incident_record import IncidentRecord
 from models.phases import Outcome, Phase
@@ -27,6 +27,7 @@ from store.ledger import ActionLedger
 from store.report import Objective, RunTimes, build_report, downtime_seconds, load_runs, percentile
 from tests.conftest import WebhookReceiver
 from tests.scripted import Script, detection, scripted_policy, start
+from tests.test_incidents_cli import run_cli
 
 pytest_plugins = ["tests.postgres_fixture"]
 
@@ -137,16 +138,6 @@ def policy_path(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     return path
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run `medkit ARGV` in-process: exit code, stdout, stderr."""
-    try:
-        code = run(list(argv))
-    except SystemExit as usage:  # argparse rejects the arguments before any command runs
-        code = int(usage.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----- the computation, at a fixed now -----------------------------------------------------------
