@@ -14,7 +14,7 @@ from pydantic import Field
 
 from models.base import Duration, MedkitModel, Name
 
-EntityState = Literal["closed", "open", "half_open"]
+EntityState = Literal["closed", "open", "half_open", "ramping"]
 
 MAX_TRANSITIONS_KEPT = 20
 """Transitions the entity remembers (the newest), so its state stays small across continue-as-new."""
@@ -29,7 +29,13 @@ class BreakerEntitySettings(MedkitModel):
     open_for: Duration = timedelta(seconds=30)
     """How long it stays open before letting trial calls through (half-open)."""
     half_open_successes: Annotated[int, Field(ge=1, le=1000)] = 3
-    """Successful trial reports that close it; one failed trial reopens it."""
+    """Successful trial reports that move it on to the ramp; one failed trial reopens it."""
+    trial_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """The share of calls followers admit as trials while it is half-open."""
+    ramp_for: Duration = timedelta(seconds=60)
+    """How long the traffic ramp after half-open lasts; 0 closes straight after the trials."""
+    ramp_steps: Annotated[int, Field(ge=1, le=100)] = 4
+    """Equal steps of the ramp, each a durable timer: 4 admits 25 %, 50 %, 75 %, 100 %, then closes."""
     reports_per_run: Annotated[int, Field(ge=1, le=100_000)] = 2000
     """Reports one run handles before continuing as new, keeping its history short."""
 
@@ -51,6 +57,13 @@ class BreakerEntityState(MedkitModel):
     consecutive_failures: int = 0
     trial_successes: int = 0
     open_until: datetime | None = None
+    ramp_step: int = 0
+    """The ramp's current step (1..ramp_steps) while ramping, else 0."""
+    next_step_at: datetime | None = None
+    """When the ramp moves to its next step (or closes after the last) while ramping."""
+    traffic_fraction: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """The share of calls to admit now: 1.0 closed, 0.0 open, `trial_fraction` half-open, the
+    ramp step's share while ramping."""
     reports: int = 0
     """Reports handled by this run (reset when continuing as new)."""
     transitions: list[BreakerTransition] = Field(default_factory=list)

@@ -1,6 +1,7 @@
 """The durable breaker entity on the time-skipping server: failures in a row open it, its open
-time is a durable timer, trials close or reopen it, operators trip and reset it, and its state
-survives continue-as-new."""
+time is a durable timer, trials start a gradual ramp (or close it) or reopen it, the ramp's steps
+are durable timers and a failure while ramping reopens it, operators trip and reset it, and its
+state survives continue-as-new."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ async def state_is(handle: WorkflowHandle[BreakerEntityWorkflow, None], wanted: 
 
 async def test_failures_open_the_timer_half_opens_and_trials_close_or_reopen(
         ts_env: WorkflowEnvironment, worker: str) -> None:
-    handle = await start(ts_env, worker, failure_threshold=3, open_for="30s", half_open_successes=2)
+    handle = await start(ts_env, worker, failure_threshold=3, open_for="30s", half_open_successes=2,
+                         ramp_for="0s")
     try:
         await report(handle, False, False, True, False, False)
         status = await handle.query(BreakerEntityWorkflow.status)
@@ -85,6 +87,66 @@ async def test_failures_open_the_timer_half_opens_and_trials_close_or_reopen(
             ("closed", "open"), ("open", "half_open"), ("half_open", "open"), ("open", "half_open"),
             ("half_open", "closed")]
         assert closed.open_until is None
+    finally:
+        await handle.terminate("test over")
+
+
+async def test_trials_start_a_ramp_whose_timed_steps_raise_traffic_until_it_closes(
+        ts_env: WorkflowEnvironment, worker: str) -> None:
+    handle = await start(ts_env, worker, failure_threshold=1, open_for="30s", half_open_successes=2,
+                         trial_fraction=0.2, ramp_for="60s", ramp_steps=4)
+    try:
+        assert (await handle.query(BreakerEntityWorkflow.status)).traffic_fraction == 1.0
+        await report(handle, False)
+        assert (await state_is(handle, "open")).traffic_fraction == 0.0
+        await ts_env.sleep(timedelta(seconds=31))
+        assert (await state_is(handle, "half_open")).traffic_fraction == 0.2
+        await report(handle, True, True)
+        ramping = await state_is(handle, "ramping")
+        assert (ramping.ramp_step, ramping.traffic_fraction) == (1, 0.25)
+        assert ramping.next_step_at is not None
+        fractions = [ramping.traffic_fraction]
+        for step in (2, 3, 4):
+            await ts_env.sleep(timedelta(seconds=15))
+
+            async def reached(wanted: int = step) -> BreakerEntityState | None:
+                status = await handle.query(BreakerEntityWorkflow.status)
+                return status if status.ramp_step == wanted else None
+            fractions.append((await eventually(reached)).traffic_fraction)
+        assert fractions == [0.25, 0.5, 0.75, 1.0]
+        await report(handle, True)  # successes while ramping change nothing
+        await ts_env.sleep(timedelta(seconds=15))
+        closed = await state_is(handle, "closed")
+        assert closed.traffic_fraction == 1.0 and closed.next_step_at is None
+        assert [(t.from_state, t.to_state) for t in closed.transitions] == [
+            ("closed", "open"), ("open", "half_open"), ("half_open", "ramping"), ("ramping", "closed")]
+        assert closed.transitions[-1].reason == "traffic ramp completed"
+    finally:
+        await handle.terminate("test over")
+
+
+async def test_a_failure_while_ramping_reopens(ts_env: WorkflowEnvironment, worker: str) -> None:
+    handle = await start(ts_env, worker, failure_threshold=1, open_for="30s", half_open_successes=1,
+                         ramp_for="1h", ramp_steps=4)
+    try:
+        await report(handle, False)
+        await state_is(handle, "open")
+        await ts_env.sleep(timedelta(seconds=31))
+        await state_is(handle, "half_open")
+        await report(handle, True)
+        await state_is(handle, "ramping")
+        await ts_env.sleep(timedelta(minutes=16))
+
+        async def second_step() -> BreakerEntityState | None:
+            status = await handle.query(BreakerEntityWorkflow.status)
+            return status if status.ramp_step == 2 else None
+        assert (await eventually(second_step)).traffic_fraction == 0.5
+        await report(handle, False)
+        reopened = await state_is(handle, "open")
+        assert reopened.transitions[-1].reason == "call failed while ramping at 50% (pod-0: HTTP 503)"
+        assert (reopened.traffic_fraction, reopened.ramp_step, reopened.next_step_at) == (0.0, 0, None)
+        await ts_env.sleep(timedelta(seconds=31))
+        assert (await state_is(handle, "half_open")).transitions[-1].reason == "open time elapsed"
     finally:
         await handle.terminate("test over")
 

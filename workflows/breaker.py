@@ -2,13 +2,14 @@
 
 Processes signal each call's outcome (`report`); operators trip or reset it (`command`, an
 update that answers with the new status); anyone reads it (`status`). Failures in a row open it,
-a durable timer moves it to half-open, trial successes close it and a failed trial reopens it.
+a durable timer moves it to half-open, trial successes start a gradual traffic ramp whose steps
+are durable timers, and the ramp's end closes it; a failed trial or ramp call reopens it.
 No I/O: the state machine only reads workflow time.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 
@@ -37,19 +38,19 @@ class BreakerEntityWorkflow:
 
     @workflow.run
     async def run(self, state: BreakerEntityState) -> None:
-        """Wait for reports and commands; while open, also for the end of the open time."""
+        """Wait for reports and commands; while open or ramping, also for the next deadline."""
         while True:
             self._changed = False
-            open_until = self._state.open_until if self._state.state == "open" else None
+            deadline, summary = self._next_deadline()
             try:
                 await workflow.wait_condition(
                     lambda: self._changed or self._should_continue_as_new(),
-                    timeout=max(open_until - workflow.now(), MIN_TIMER) if open_until else None,
-                    timeout_summary="open time of the breaker",
+                    timeout=max(deadline - workflow.now(), MIN_TIMER) if deadline else None,
+                    timeout_summary=summary,
                 )
             except TimeoutError:
-                if self._state.state == "open" and open_until == self._state.open_until:
-                    self._move("half_open", "open time elapsed")
+                if deadline == self._next_deadline()[0]:
+                    self._deadline_reached()
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self._state.reports = 0
@@ -57,7 +58,8 @@ class BreakerEntityWorkflow:
 
     @workflow.signal
     def report(self, outcome: OutcomeReport) -> None:
-        """Count one call's outcome: failures in a row open; in half-open, trials decide."""
+        """Count one call's outcome: failures in a row open; in half-open, trials decide; while
+        ramping, one failure reopens."""
         state, settings = self._state, self._state.settings
         state.reports += 1
         self._changed = True
@@ -75,7 +77,14 @@ class BreakerEntityWorkflow:
                 return
             state.trial_successes += 1
             if state.trial_successes >= settings.half_open_successes:
-                self._move("closed", f"{state.trial_successes} trial calls succeeded")
+                reason = f"{state.trial_successes} trial calls succeeded"
+                if settings.ramp_for:
+                    self._ramp_to(1, reason)
+                else:
+                    self._move("closed", reason)
+        elif state.state == "ramping" and not outcome.success:
+            self._open(f"call failed while ramping at {state.traffic_fraction:.0%} "
+                       f"({outcome.reporter}: {outcome.detail or 'failed'})")
         # While open, reports are of calls admitted before it opened: they change nothing.
 
     @workflow.update
@@ -94,6 +103,32 @@ class BreakerEntityWorkflow:
         """The current state, counters and recent transitions."""
         return self._state
 
+    def _next_deadline(self) -> tuple[datetime | None, str]:
+        """The time-driven change still due: the end of the open time, or the ramp's next step."""
+        if self._state.state == "open":
+            return self._state.open_until, "open time of the breaker"
+        if self._state.state == "ramping":
+            return self._state.next_step_at, f"ramp step {self._state.ramp_step}"
+        return None, ""
+
+    def _deadline_reached(self) -> None:
+        state = self._state
+        if state.state == "open":
+            self._move("half_open", "open time elapsed")
+        elif state.ramp_step >= state.settings.ramp_steps:
+            self._move("closed", "traffic ramp completed")
+        else:
+            self._ramp_to(state.ramp_step + 1, f"ramp step {state.ramp_step} elapsed")
+
+    def _ramp_to(self, step: int, reason: str) -> None:
+        """Admit `step / ramp_steps` of the traffic until the step's durable timer fires."""
+        settings = self._state.settings
+        if self._state.state != "ramping":
+            self._move("ramping", reason)
+        self._state.ramp_step = step
+        self._state.traffic_fraction = step / settings.ramp_steps
+        self._state.next_step_at = workflow.now() + settings.ramp_for / settings.ramp_steps
+
     def _should_continue_as_new(self) -> bool:
         return (self._state.reports >= self._state.settings.reports_per_run
                 or workflow.info().is_continue_as_new_suggested())
@@ -110,5 +145,9 @@ class BreakerEntityWorkflow:
         state.state = to
         state.consecutive_failures = 0
         state.trial_successes = 0
+        state.ramp_step = 0
+        state.next_step_at = None
         if to != "open":
             state.open_until = None
+        state.traffic_fraction = {"closed": 1.0, "open": 0.0, "half_open": state.settings.trial_fraction,
+                                  "ramping": 0.0}[to]
