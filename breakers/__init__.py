@@ -14,6 +14,7 @@ from breakers.core import (
     StateChange,
     classify,
 )
+from breakers.follower import EntityFollower
 from breakers.registry import BreakerRegistry, breaker, default_registry
 from breakers.reporter import GatewayReporter
 
@@ -24,6 +25,7 @@ __all__ = [
     "BreakerSnapshot",
     "CircuitBreaker",
     "CircuitOpenError",
+    "EntityFollower",
     "GatewayReporter",
     "Guard",
     "Outcome",

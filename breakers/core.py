@@ -39,8 +39,9 @@ Clock = Callable[[], int]
 
 _log = logging.getLogger("medkit.breakers")
 
-# How a call was admitted, which decides where its outcome is recorded.
-_NORMAL, _TRIAL, _RAMP = 0, 1, 2
+# How a call was admitted, which decides where its outcome is recorded (_HELD: while an outside
+# authority holds the breaker, its outcome goes to that authority only).
+_NORMAL, _TRIAL, _RAMP, _HELD = 0, 1, 2, 3
 _NS = 1_000_000_000
 
 
@@ -104,6 +105,8 @@ class BreakerSnapshot:
     slow_threshold_s: float
     rejected: int
     open_remaining_s: float
+    held_fraction: float | None = None
+    """The admitted share of calls an outside authority holds the breaker at (see `hold`), if any."""
 
 
 Listener = Callable[[StateChange], None]
@@ -133,7 +136,8 @@ def classify(config: BreakerConfig, exc: BaseException) -> Outcome:
 class CircuitBreaker:
     """A named circuit breaker; call through `call`/`call_async`, as a decorator, or `guard()`."""
 
-    __slots__ = ("__weakref__", "_calls", "_clock", "_closed", "_failures", "_ignored", "_last_failure",
+    __slots__ = ("__weakref__", "_calls", "_clock", "_closed", "_failures", "_held", "_held_credit",
+                 "_held_outcome", "_held_retry_after", "_ignored", "_last_failure",
                  "_latencies", "_latency_count", "_latency_fresh", "_latency_pos", "_listeners", "_lock",
                  "_look_closer_ns", "_n", "_open_base_s", "_open_until", "_ramp_calls",
                  "_ramp_consecutive", "_ramp_credit", "_ramp_failures", "_ramp_ns", "_ramp_slow",
@@ -181,6 +185,10 @@ class CircuitBreaker:
         self._ramp_credit = 0.0
         self._ramp_calls = self._ramp_failures = self._ramp_slow = 0
         self._rejected = 0
+        self._held: float | None = None
+        self._held_credit = 0.0
+        self._held_retry_after = 0.0
+        self._held_outcome: Callable[[Outcome], None] | None = None
 
     # --- public API -------------------------------------------------------------------------
 
@@ -329,6 +337,39 @@ class CircuitBreaker:
             if self._state is not State.CLOSED:
                 self._close(reason)
 
+    @property
+    def held_fraction(self) -> float | None:
+        """The share of calls admitted while an outside authority holds the breaker; None when
+        the breaker's own logic decides."""
+        return self._held
+
+    def hold(self, state: State, fraction: float, reason: str, *, retry_after: float = 0.0,
+             on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        """Obey an outside authority (a fleet's durable breaker entity) instead of the local logic:
+        show `state` and admit `fraction` of calls (evenly, by a credit counter; 0 refuses every
+        call with `retry_after`) until `release`, `reset` or `trip`. The admitted calls' outcomes
+        go to `on_outcome` only: the authority decides, not the local window."""
+        if state is State.CLOSED:
+            raise ValueError("hold: a closed breaker is not held; call release()")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"hold: fraction must be 0..1 (got {fraction})")
+        with self._lock:
+            if self._held is None:
+                self._held_credit = 0.0
+            self._held = fraction
+            self._held_retry_after = max(0.0, retry_after)
+            self._held_outcome = on_outcome
+            if state is State.OPEN:
+                self._open_until = self._clock() + int(self._held_retry_after * _NS)
+            if self._state is not state:
+                self._transition(state, reason)
+
+    def release(self, reason: str) -> None:
+        """End a `hold`: close with an empty window, and let the local logic decide again."""
+        with self._lock:
+            if self._held is not None:
+                self._close(reason)
+
     def snapshot(self) -> BreakerSnapshot:
         """The counters, computed from the window under the lock."""
         with self._lock:
@@ -342,7 +383,7 @@ class CircuitBreaker:
                 failure_rate=failures / calls if calls else 0.0, slow_rate=slow / timed if timed else 0.0,
                 consecutive_failures=self._run if self._last_failure == now else 0,
                 slow_threshold_s=self._slow_threshold_ns / _NS,
-                rejected=self._rejected, open_remaining_s=remaining)
+                rejected=self._rejected, open_remaining_s=remaining, held_fraction=self._held)
 
     # --- admission and recording (slow paths) ------------------------------------------------
 
@@ -364,6 +405,13 @@ class CircuitBreaker:
             state = self._state
             if state is State.CLOSED:
                 return _NORMAL
+            if self._held is not None:
+                self._held_credit += self._held
+                if self._held_credit >= 1:
+                    self._held_credit -= 1
+                    return _HELD
+                self._rejected += 1
+                raise CircuitOpenError(self.name, state, self._held_retry_after if not self._held else 0.0)
             now = self._clock()
             if state is State.OPEN:
                 if now < self._open_until:
@@ -413,6 +461,14 @@ class CircuitBreaker:
         # A closed-state success that is not slow needs no record: its call number is enough.
 
     def _record(self, kind: int, number: int, *, failed: bool, slow: bool, outcome: Outcome) -> None:
+        if kind == _HELD:
+            report = self._held_outcome
+            if report is not None:
+                try:
+                    report(outcome)
+                except Exception:
+                    _log.exception("breaker %s: held-outcome callback failed", self.name)
+            return
         with self._lock:
             if kind == _NORMAL:
                 self._record_closed(number, failed, slow, outcome)
@@ -447,7 +503,7 @@ class CircuitBreaker:
 
     def _record_trial(self, failed: bool, slow: bool, outcome: Outcome) -> None:
         self._trials_in_flight -= 1
-        if self._state is not State.HALF_OPEN:
+        if self._state is not State.HALF_OPEN or self._held is not None:
             return
         if failed or slow:
             self._open(f"trial call {outcome.value}", backoff=True)
@@ -464,7 +520,7 @@ class CircuitBreaker:
                 self._transition(State.RAMPING, f"{self._trial_successes} trial calls succeeded")
 
     def _record_ramp(self, failed: bool, slow: bool, outcome: Outcome) -> None:
-        if self._state is not State.RAMPING:
+        if self._state is not State.RAMPING or self._held is not None:
             return
         config = self.config
         self._ramp_calls += 1
@@ -510,6 +566,7 @@ class CircuitBreaker:
         self._open_until = self._clock() + int(duration * _NS)
         self._trials_in_flight = 0
         self._trial_successes = 0
+        self._held = None
         self._transition(State.OPEN, reason, open_for=duration)
 
     def _close(self, reason: str) -> None:
@@ -519,6 +576,7 @@ class CircuitBreaker:
         self._ignored.clear()
         self._run = 0
         self._open_base_s = self.config.open_duration
+        self._held = None
         self._transition(State.CLOSED, reason)
 
     def _transition(self, to: State, reason: str, open_for: float | None = None) -> None:

@@ -33,6 +33,7 @@ from gateway.overview import DashboardSnapshot, IncidentSource, Overview
 from gateway.schemas import (
     WORKFLOW_ID_PATTERN,
     BatchResult,
+    BreakerReportResult,
     DecisionIn,
     DetectionIn,
     ErrorBody,
@@ -50,11 +51,13 @@ from gateway.temporal import (
     TemporalUnavailable,
 )
 from models.base import NAME_PATTERN
+from models.breaker_entity import BreakerCommand, BreakerEntityState, OutcomeReport
 from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, incident_key_from
 from models.health import FleetHealth
 from models.phases import DecisionKind, Outcome, Phase
 from models.status import RecoveryStatus
+from workers.breaker_entities import BreakerEntityNotFound
 from workers.client import DecisionRejected, RecoveryNotFound
 
 DASHBOARD_DIR = FilePath(__file__).parent / "dashboard"
@@ -75,6 +78,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 WorkflowId = Annotated[str, Path(pattern=WORKFLOW_ID_PATTERN, max_length=200,
                                  description="e.g. recovery:demo:health")]
+BreakerName = Annotated[str, Path(pattern=NAME_PATTERN, description="the breaker entity's name, "
+                                  "e.g. payments (its workflow id is breaker:payments)")]
 
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -312,5 +317,35 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
             raise HTTPException(404, str(err)) from None
         raise HTTPException(409, f"{decision.value} rejected: the recovery already ended as "
                             f"{ended.phase.value}")
+
+    @app.get("/v1/breakers/{name}", response_model=BreakerEntityState,
+             responses={**_ERRORS, 404: {"model": ErrorBody, "description": "no such breaker entity"}},
+             dependencies=secured, tags=["breakers"])
+    async def breaker_status(name: BreakerName) -> BreakerEntityState:
+        """The durable breaker entity's status: state, `traffic_fraction`, counters, transitions.
+        Detector (the library's follower) or operator token."""
+        try:
+            return await temporal.breaker_status(name)
+        except BreakerEntityNotFound as err:
+            raise HTTPException(404, str(err)) from None
+
+    @app.post("/v1/breakers/{name}/report", status_code=202, response_model=BreakerReportResult,
+              responses=_ERRORS, dependencies=secured, tags=["breakers"])
+    async def breaker_report(name: BreakerName, body: OutcomeReport) -> BreakerReportResult:
+        """One call outcome (or a process's aggregate) for the entity; starts the entity with the
+        default settings if none is running. Detector token."""
+        workflow_id, started = await temporal.breaker_report(name, body)
+        return BreakerReportResult(workflow_id=workflow_id, started=started)
+
+    @app.post("/v1/breakers/{name}/command", response_model=BreakerEntityState,
+              responses={**_ERRORS, 404: {"model": ErrorBody, "description": "no such breaker entity"}},
+              dependencies=secured, tags=["breakers"])
+    async def breaker_command(name: BreakerName, body: BreakerCommand) -> BreakerEntityState:
+        """Trip (open for `open_for`) or reset (close) the entity now; answers its new status.
+        Operator token."""
+        try:
+            return await temporal.breaker_command(name, body)
+        except BreakerEntityNotFound as err:
+            raise HTTPException(404, str(err)) from None
 
     return app

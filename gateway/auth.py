@@ -66,8 +66,9 @@ class AuthConfig:
     def _token(self, role: Role) -> str | None:
         return self.detector_token if role == Role.DETECTOR else self.operator_token
 
-    def authorize(self, presented: str | None, required: Role) -> None:
-        """Raise 401 or 403 unless `presented` is the token of the required role."""
+    def authorize(self, presented: str | None, required: Role, *also: Role) -> None:
+        """Raise 401 or 403 unless `presented` is the token of the required role (or of one of
+        the roles in `also`, for endpoints both roles may call)."""
         if self.insecure:
             return
         if not presented:
@@ -81,7 +82,7 @@ class AuthConfig:
                 holder = role
         if holder is None:
             raise _unauthorized("invalid bearer token")
-        if holder != required:
+        if holder != required and holder not in also:
             if self._token(required) is None:
                 raise HTTPException(status.HTTP_403_FORBIDDEN, f"the {required.value} API is disabled: "
                                     f"{_TOKEN_ENV[required]} is not set on the gateway")

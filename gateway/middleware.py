@@ -18,17 +18,33 @@ ROLE_PREFIXES: tuple[tuple[str, Role], ...] = (
     ("/v1/series/", Role.DETECTOR),
     ("/v1/recoveries", Role.OPERATOR),
     ("/v1/dashboard", Role.OPERATOR),
+    ("/v1/breakers/", Role.DETECTOR),
 )
 """Which token each API path needs. Health (and health scores), readiness, metrics, the OpenAPI
-spec and the dashboard's static page are open; the page's data comes from operator endpoints."""
+spec and the dashboard's static page are open; the page's data comes from operator endpoints.
+Breaker entities are the exception by method and suffix (see `accepted_roles`): reading one
+takes either token, commanding one (`.../command`) the operator's."""
 
 
 def required_role(path: str) -> Role | None:
     """The role a path needs, or None for the open endpoints."""
+    if path.startswith("/v1/breakers/") and path.endswith("/command"):
+        return Role.OPERATOR
     for prefix, role in ROLE_PREFIXES:
         if path.startswith(prefix):
             return role
     return None
+
+
+def accepted_roles(method: str, path: str) -> tuple[Role, ...]:
+    """Every role whose token may call the path with the method; empty for the open endpoints.
+    A breaker entity's status is read by the library (detector token) and by operators."""
+    role = required_role(path)
+    if role is None:
+        return ()
+    if method == "GET" and path.startswith("/v1/breakers/"):
+        return (Role.DETECTOR, Role.OPERATOR)
+    return (role,)
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -50,10 +66,11 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            role = required_role(scope["path"])
-            if role is not None:
+            roles = accepted_roles(scope["method"], scope["path"])
+            if roles:
+                role = roles[0]
                 try:
-                    self.auth.authorize(bearer_token(scope), role)
+                    self.auth.authorize(bearer_token(scope), *roles)
                 except HTTPException as err:
                     reason = "unauthorized" if err.status_code == 401 else "forbidden"
                     self.metrics.rejected.labels(role.value, reason).inc()

@@ -103,6 +103,13 @@ class RecoveryListItem(_Body):
     started_at: str
 
 
+class BreakerReportResult(_Body):
+    """Where an outcome report went: the entity's workflow id, and whether the report started it."""
+
+    workflow_id: str
+    started: bool
+
+
 class ErrorBody(_Body):
     """Every error: one precise line, plus per-field errors for a malformed body."""
 

@@ -12,18 +12,20 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from models import search_attributes as sa
+from models.breaker_entity import BreakerCommand, BreakerEntityState, OutcomeReport
 from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import Detection, ReportBatch, recovery_workflow_id
 from models.phases import DecisionKind
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus
+from workers.breaker_entities import command_entity, entity_status, report_outcome
 from workers.client import (
     TemporalTarget,
     connect,
@@ -78,7 +80,7 @@ class RecoveryRow:
     started_at: str
 
 
-def started_new(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus]) -> bool:
+def started_new(handle: WorkflowHandle[Any, Any]) -> bool:
     """Whether signal-with-start started a new run (True) or joined the running one (False).
 
     The server says so in `SignalWithStartWorkflowExecutionResponse.started`. The SDK keeps
@@ -187,6 +189,32 @@ class TemporalGateway:
                                        f"{kind.value} update")
         except RPCError as err:
             raise TemporalFailed(f"{kind.value} failed: {err.message}") from None
+
+    async def breaker_status(self, name: str) -> BreakerEntityState:
+        """The breaker entity's status query (raises BreakerEntityNotFound)."""
+        client = await self.client()
+        try:
+            return await self._bounded(entity_status(client, name), "breaker status query")
+        except RPCError as err:
+            raise TemporalFailed(f"breaker status query failed: {err.message}") from None
+
+    async def breaker_report(self, name: str, report: OutcomeReport) -> tuple[str, bool]:
+        """Signal-with-start the entity with one outcome; its id and whether this call started it."""
+        client = await self.client()
+        try:
+            handle = await self._bounded(
+                report_outcome(client, name, report, self.target.task_queue), "breaker report")
+        except RPCError as err:
+            raise TemporalFailed(f"Temporal refused the breaker report: {err.message}") from None
+        return handle.id, started_new(handle)
+
+    async def breaker_command(self, name: str, command: BreakerCommand) -> BreakerEntityState:
+        """Trip or reset the entity by its update (raises BreakerEntityNotFound)."""
+        client = await self.client()
+        try:
+            return await self._bounded(command_entity(client, name, command), "breaker command")
+        except RPCError as err:
+            raise TemporalFailed(f"breaker command failed: {err.message}") from None
 
     async def list_recoveries(self, query: str, limit: int) -> list[RecoveryRow]:
         """Recoveries matching a visibility query built by the caller from validated values."""

@@ -219,6 +219,42 @@ def test_failures_while_ramping_reopen_with_backoff() -> None:
     assert b.snapshot().open_remaining_s == 4.0
 
 
+def test_a_hold_overrides_the_local_logic_until_released_or_tripped() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, consecutive_failures=2, open_duration=10)
+    seen: list[Outcome] = []
+    b.hold(State.OPEN, 0.0, "fleet says open", retry_after=7.5, on_outcome=seen.append)
+    with pytest.raises(CircuitOpenError) as refused:
+        b.call(ok)
+    assert (refused.value.state, refused.value.retry_after) == (State.OPEN, 7.5)
+    clock.advance(3600)  # a held open time does not end by itself
+    with pytest.raises(CircuitOpenError):
+        b.call(ok)
+
+    b.hold(State.RAMPING, 0.25, "fleet ramps at 25%", on_outcome=seen.append)
+    admitted = 0
+    for n in range(8):
+        with contextlib.suppress(CircuitOpenError):
+            b.call(ok if n % 4 else fail)
+            admitted += 1
+    assert admitted == 2 and seen == [Outcome.SUCCESS, Outcome.SUCCESS]
+    b.hold(State.RAMPING, 1.0, "fleet ramps at 100%", on_outcome=seen.append)
+    failures(b, 3)  # held: the local window does not open it, the outcomes go to the holder
+    assert b.state is State.RAMPING and seen[-3:] == [Outcome.EXCEPTION] * 3
+    assert b.snapshot().held_fraction == 1.0
+
+    b.release("fleet closed")
+    assert (b.state, b.snapshot().held_fraction) == (State.CLOSED, None)
+    failures(b, 2)
+    assert b.state is State.OPEN  # the local logic decides again
+    b.hold(State.HALF_OPEN, 0.5, "fleet half-open")
+    b.trip("operator on this host")
+    assert b.snapshot().held_fraction is None  # a local trip ends the hold
+    assert states(changes) == ["open", "ramping", "closed", "open", "half_open", "open"]
+    with pytest.raises(ValueError, match="release"):
+        b.hold(State.CLOSED, 1.0, "closed is not held")
+
+
 def test_jitter_spreads_open_times_within_bounds() -> None:
     clock = FakeClock()
     seen = set()

@@ -73,6 +73,11 @@ def test_no_input_produces_a_5xx_or_starts_a_workflow(dev_env: WorkflowEnvironme
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 8
         for operation in operations:
+            if operation.path == "/v1/breakers/{name}/report":
+                # Starting a breaker entity is that route's purpose; with no worker here, reads
+                # of an entity it started would wait on Temporal. tests/test_breaker_entity_gateway.py
+                # covers it with a worker.
+                continue
             role = required_role(operation.path)
             token = OPERATOR_TOKEN if role and role.value == "operator" else DETECTOR_TOKEN
             headers = {"Authorization": f"Bearer {token}"}
