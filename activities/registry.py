@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from activities.breaker import BreakerActivities
+from activities.breaker_entity import BreakerEntityActivities
 from activities.command import CommandActivities
 from activities.deps import ActivityDeps
 from activities.docker import DockerActivities
@@ -31,6 +32,7 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
     kubernetes = KubernetesActivities(deps)
     http_action = HttpActionActivities(deps)
     breaker = BreakerActivities(deps)
+    breaker_entity = BreakerEntityActivities(deps)
     scale = ScaleActivities(deps, ProcessPool(deps.state_dir, supervisor))
     record = RecordActivities(deps)
     return [
@@ -43,6 +45,7 @@ def build_activities(deps: ActivityDeps, supervisor: ProcessSupervisor) -> list[
         kubernetes.restart_kubernetes,
         http_action.http_action,
         breaker.set_breaker,
+        breaker_entity.command_breaker_entity,
         scale.scale_process_pool,
         scale.scale_kubernetes,
         scale.scale_command,

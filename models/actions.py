@@ -204,6 +204,22 @@ class BreakerAction(MedkitModel):
         return self.timeout * 3 + (probe + self.trial_interval) * self.trials
 
 
+class BreakerEntityAction(MedkitModel):
+    """Trip or reset a fleet's durable breaker entity (`breaker:<name>`) through its `command`
+    update, so every process following it stops (or resumes) calling the dependency."""
+
+    activity: ClassVar[str] = "command_breaker_entity"
+    kind: Literal["breaker_entity"] = "breaker_entity"
+    name: Name
+    command: Literal["trip", "reset"]
+    if_missing: Literal["fail", "start"] = "fail"
+    timeout: Duration = timedelta(seconds=10)
+
+    def time_budget(self) -> timedelta:
+        """One update (with the start of the entity, for `if_missing: start`)."""
+        return self.timeout
+
+
 class ProcessPoolScaleAction(MedkitModel):
     """Run `replicas` local copies of argv, one per port from base_port; `{port}` is substituted."""
 
@@ -298,7 +314,7 @@ SCALE_KINDS = ("scale_pool", "kubernetes_scale", "scale_command", "scale_http")
 
 ActionSpec = Annotated[
     RestartProcessAction | CommandAction | NotifyAction | SystemdRestartAction | DockerRestartAction
-    | KubernetesRestartAction | HttpAction | BreakerAction | ProcessPoolScaleAction
+    | KubernetesRestartAction | HttpAction | BreakerAction | BreakerEntityAction | ProcessPoolScaleAction
     | KubernetesScaleAction | CommandScaleAction | HttpScaleAction,
     Field(discriminator="kind"),
 ]

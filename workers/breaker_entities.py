@@ -6,7 +6,7 @@ both find, create and command an entity the same way.
 
 from __future__ import annotations
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -54,11 +54,23 @@ async def report_outcome(client: Client, name: str, report: OutcomeReport,
     )
 
 
-async def command_entity(client: Client, name: str, command: BreakerCommand) -> BreakerEntityState:
-    """Trip or reset the running entity through its `command` update; answers its new status
-    (raises BreakerEntityNotFound)."""
-    handle = client.get_workflow_handle_for(BreakerEntityWorkflow.run, breaker_workflow_id(name))
+async def command_entity(client: Client, name: str, command: BreakerCommand, *,
+                         update_id: str | None = None,
+                         start_on_task_queue: str | None = None) -> BreakerEntityState:
+    """Trip or reset the entity through its `command` update; answers its new status. A retry
+    with the same `update_id` is answered, not applied twice. With `start_on_task_queue`, an
+    entity that is not running is started there (default settings) with the update; without
+    it, a missing entity raises BreakerEntityNotFound."""
+    workflow_id = breaker_workflow_id(name)
+    if start_on_task_queue is not None:
+        start = WithStartWorkflowOperation(
+            BreakerEntityWorkflow.run, BreakerEntityState(settings=BreakerEntitySettings(name=name)),
+            id=workflow_id, task_queue=start_on_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+        return await client.execute_update_with_start_workflow(
+            BreakerEntityWorkflow.command, command, start_workflow_operation=start, id=update_id)
+    handle = client.get_workflow_handle_for(BreakerEntityWorkflow.run, workflow_id)
     try:
-        return await handle.execute_update(BreakerEntityWorkflow.command, command)
+        return await handle.execute_update(BreakerEntityWorkflow.command, command, id=update_id)
     except RPCError as err:
         raise _not_found(err, name) or err from None
