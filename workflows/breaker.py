@@ -23,6 +23,9 @@ with workflow.unsafe.imports_passed_through():
         OutcomeReport,
     )
 
+RAMP_PATCH = "breaker-entity-ramp"
+"""Histories recorded before the ramp existed closed straight after the trials; they replay so."""
+
 MIN_TIMER = timedelta(milliseconds=1)
 """An open time already over still waits on a timer, and a timer needs a positive duration."""
 
@@ -78,7 +81,7 @@ class BreakerEntityWorkflow:
             state.trial_successes += 1
             if state.trial_successes >= settings.half_open_successes:
                 reason = f"{state.trial_successes} trial calls succeeded"
-                if settings.ramp_for:
+                if settings.ramp_for and workflow.patched(RAMP_PATCH):
                     self._ramp_to(1, reason)
                 else:
                     self._move("closed", reason)
