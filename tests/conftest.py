@@ -92,9 +92,11 @@ async def start_time_skipping() -> WorkflowEnvironment:
     return env
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """One time-skipping server shared by the tests of a session."""
+    """A time-skipping server of the test's own. Its clock is global: one workflow another test
+    left with work and no worker (a timer that fired, an activity scheduled) stops it skipping
+    for every later test, so no test shares one (a start costs about a second)."""
     env = await start_time_skipping()
     yield env
     await env.shutdown()
