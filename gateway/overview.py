@@ -20,7 +20,7 @@ from gateway.series import PushedSeries
 from gateway.temporal import RecoveryRow, TemporalFailed, TemporalGateway, TemporalUnavailable
 from models.health import FleetHealth
 from models.phases import Outcome
-from models.status import PendingDecision, TimelineEntry
+from models.status import PendingDecision, RecoveryStatus, TimelineEntry
 from store.incidents import IncidentRow, IncidentStore
 from workers.client import RecoveryNotFound
 
@@ -32,6 +32,11 @@ MAX_OPEN = 100
 
 STATUS_CONCURRENCY = 10
 """Status queries in flight at once, so a busy fleet does not flood the frontend."""
+
+STATUS_BUDGET = 3.0
+"""Seconds one refresh waits for the recoveries' status queries. A query is answered by a worker
+of the recovery's task queue, so with that worker down it would hang until the Temporal timeout;
+past the budget the recovery is shown from its search attributes instead, saying why."""
 
 RECENT_INCIDENTS = 20
 """Incidents the dashboard lists."""
@@ -65,12 +70,15 @@ class OpenRecovery(_Out):
     started_at: datetime
     age_seconds: float
     current_step: str | None = None
-    attempts: int
-    max_attempts: int
-    dry_run: bool
+    attempts: int = 0
+    max_attempts: int = 0
+    dry_run: bool = False
     pending_decision: PendingDecision | None = None
     recent: list[TimelineEntry] = Field(default_factory=list)
     temporal_url: str | None = None
+    status_error: str | None = Field(
+        default=None, description="set when no worker answered the status query: the row then comes "
+                                  "from the recovery's search attributes only")
 
 
 class IncidentItem(_Out):
@@ -178,18 +186,35 @@ class Overview:
         except (TemporalUnavailable, TemporalFailed) as err:
             return [], str(err)
         gate = asyncio.Semaphore(STATUS_CONCURRENCY)
-        found = await asyncio.gather(*(self._open_recovery(row, now, gate) for row in rows))
-        return sorted((r for r in found if r is not None), key=lambda r: r.started_at,
-                      reverse=True), None
+        queries = [asyncio.create_task(self._status(row, gate)) for row in rows]
+        if queries:
+            await asyncio.wait(queries, timeout=STATUS_BUDGET)
+        found: list[OpenRecovery] = []
+        for row, query in zip(rows, queries, strict=True):
+            if not query.done():
+                query.cancel()
+                found.append(self._from_row(row, now, f"no worker answered the status query within "
+                                                      f"{STATUS_BUDGET:g}s (is a worker polling the "
+                                                      f"recovery's task queue?)"))
+                continue
+            outcome = query.result()
+            if isinstance(outcome, RecoveryStatus):
+                found.append(self._from_status(outcome, now))
+            elif outcome is not None:
+                found.append(self._from_row(row, now, outcome))
+        return sorted(found, key=lambda r: r.started_at, reverse=True), None
 
-    async def _open_recovery(self, row: RecoveryRow, now: datetime,
-                             gate: asyncio.Semaphore) -> OpenRecovery | None:
-        """The row with its status query; None when it ended or vanished meanwhile."""
+    async def _status(self, row: RecoveryRow, gate: asyncio.Semaphore) -> RecoveryStatus | str | None:
+        """The recovery's status; None when it ended or vanished meanwhile; else why it has none."""
         async with gate:
             try:
-                status = await self.temporal.status(row.workflow_id)
-            except (RecoveryNotFound, TemporalUnavailable, TemporalFailed):
+                return await self.temporal.status(row.workflow_id)
+            except RecoveryNotFound:
                 return None
+            except (TemporalUnavailable, TemporalFailed) as err:
+                return str(err)
+
+    def _from_status(self, status: RecoveryStatus, now: datetime) -> OpenRecovery:
         return OpenRecovery(
             workflow_id=status.workflow_id, service=status.service, incident_key=status.incident_key,
             phase=status.phase.value, severity=status.severity.value if status.severity else None,
@@ -198,6 +223,18 @@ class Overview:
             max_attempts=status.max_attempts, dry_run=status.dry_run,
             pending_decision=status.pending_decision, recent=status.timeline[-RECENT_TIMELINE:],
             temporal_url=self._url(status.workflow_id),
+        )
+
+    def _from_row(self, row: RecoveryRow, now: datetime, why: str) -> OpenRecovery:
+        """The recovery as its search attributes and workflow id tell it, when its status is missing."""
+        _, _, rest = row.workflow_id.partition(":")
+        id_service, _, incident_key = rest.partition(":")
+        started_at = datetime.fromisoformat(row.started_at)
+        return OpenRecovery(
+            workflow_id=row.workflow_id, service=row.service or id_service or "?",
+            incident_key=incident_key or "?", phase=row.phase or "unknown", severity=row.severity,
+            started_at=started_at, age_seconds=max(0.0, (now - started_at).total_seconds()),
+            temporal_url=self._url(row.workflow_id), status_error=why,
         )
 
     async def _store(self) -> IncidentStore:

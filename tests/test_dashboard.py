@@ -180,7 +180,7 @@ async def test_the_embedded_gateway_serves_the_dashboard_until_cancelled(
         dev_env.client, TemporalTarget(task_queue=queue), policy, tmp_path, port, auth, TEMPORAL_UI))
     base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             async def scored() -> dict[str, Any] | None:
                 with contextlib.suppress(httpx.TransportError):
                     body: dict[str, Any] = (await http.get("/v1/health")).json()
@@ -201,6 +201,44 @@ async def test_the_embedded_gateway_serves_the_dashboard_until_cancelled(
             await serving
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/healthz", timeout=2)
+
+
+async def test_a_recovery_no_worker_answers_for_is_shown_from_its_search_attributes(
+    dev_env: WorkflowEnvironment, tmp_path: Path, queue: str, demo_service: DemoService,
+) -> None:
+    """With the recovery's worker down, its status query would hang; the dashboard still lists it,
+    from visibility, and says why the details are missing, instead of timing out or hiding it."""
+    policy = PolicyFile.model_validate(shop_policy(demo_service))
+    await ActivityDeps.create(tmp_path).http.aclose()
+    detection = Detection(detection_id=str(uuid.uuid4()), service="shop", source="cli",
+                          incident_key=f"orphan-{uuid.uuid4().hex[:8]}",
+                          severity=Severity.CRITICAL, summary="nobody works this queue",
+                          detected_at=datetime.now(UTC))
+    handle = await start_or_join_recovery(dev_env.client, detection, policy.services[0],
+                                          f"{queue}-no-worker")
+    port = free_port()
+    serving = asyncio.create_task(serve_embedded(
+        dev_env.client, TemporalTarget(task_queue=queue), policy, tmp_path, port,
+        AuthConfig(operator_token=OPERATOR_TOKEN), TEMPORAL_UI))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            async def listed() -> dict[str, Any] | None:
+                with contextlib.suppress(httpx.TransportError):
+                    body: dict[str, Any] = (await http.get(
+                        "/v1/dashboard", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})).json()
+                    rows = [r for r in body["recoveries"] if r["workflow_id"] == handle.id]
+                    return rows[0] if rows else None
+                return None
+
+            row = await eventually(listed, timeout=60)
+            assert row["service"] == "shop" and row["incident_key"] == detection.incident_key
+            assert "no worker answered the status query" in row["status_error"]
+            assert row["temporal_url"].endswith(handle.id.replace(":", "%3A"))
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await handle.terminate("test over")
 
 
 def test_the_dev_banner_says_where_the_dashboard_and_its_token_are(tmp_path: Path) -> None:

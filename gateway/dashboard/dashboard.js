@@ -144,8 +144,9 @@ function renderRecoveries(snapshot) {
     cell(tr, r.phase + (r.current_step ? " (" + r.current_step + ")" : ""), "phase");
     cell(tr, span(r.age_seconds));
     const pending = r.pending_decision;
-    cell(tr, pending ? pending.kind + (pending.step ? " of " + pending.step : "") + ": " + pending.allowed.join(", ")
-                     : "none", "pending");
+    cell(tr, r.status_error ? "unknown: " + r.status_error
+      : pending ? pending.kind + (pending.step ? " of " + pending.step : "") + ": " + pending.allowed.join(", ")
+                : "none", "pending");
     cell(tr, pending && pending.deadline
       ? when(pending.deadline) + " (in " + span((new Date(pending.deadline) - Date.now()) / 1000) + ")" : "");
     const recent = el("ul", null, "timeline");
