@@ -90,6 +90,9 @@ class StateChange:
     slow_threshold_s: float
     open_for_s: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    imposed: bool = False
+    """Made by an outside authority (`hold`/`release`, e.g. the fleet's breaker entity), not by
+    this breaker's own logic or a local `trip`/`reset`: the authority already knows of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,13 +365,13 @@ class CircuitBreaker:
             if state is State.OPEN:
                 self._open_until = self._clock() + int(self._held_retry_after * _NS)
             if self._state is not state:
-                self._transition(state, reason)
+                self._transition(state, reason, imposed=True)
 
     def release(self, reason: str) -> None:
         """End a `hold`: close with an empty window, and let the local logic decide again."""
         with self._lock:
             if self._held is not None:
-                self._close(reason)
+                self._close(reason, imposed=True)
 
     def snapshot(self) -> BreakerSnapshot:
         """The counters, computed from the window under the lock."""
@@ -569,7 +572,7 @@ class CircuitBreaker:
         self._held = None
         self._transition(State.OPEN, reason, open_for=duration)
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, imposed: bool = False) -> None:
         self._window_start = self._last_call_number()
         self._failures.clear()
         self._slow.clear()
@@ -577,9 +580,10 @@ class CircuitBreaker:
         self._run = 0
         self._open_base_s = self.config.open_duration
         self._held = None
-        self._transition(State.CLOSED, reason)
+        self._transition(State.CLOSED, reason, imposed=imposed)
 
-    def _transition(self, to: State, reason: str, open_for: float | None = None) -> None:
+    def _transition(self, to: State, reason: str, open_for: float | None = None, *,
+                    imposed: bool = False) -> None:
         now = self._last_call_number()
         calls, failures, slow, timed = self._window_counts(now)
         consecutive = self._run if self._last_failure == now else 0
@@ -592,7 +596,7 @@ class CircuitBreaker:
             failure_rate=failures / calls if calls else 0.0, slow_rate=slow / timed if timed else 0.0,
             calls_in_window=calls, consecutive_failures=consecutive,
             slow_threshold_s=self._slow_threshold_ns / _NS, open_for_s=open_for,
-            labels=dict(self.config.labels))
+            labels=dict(self.config.labels), imposed=imposed)
         self._state = to
         self._closed = to is State.CLOSED
         for listener in self._listeners:

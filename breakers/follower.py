@@ -136,8 +136,8 @@ class EntityFollower:
 
     def _local_change(self, change: StateChange) -> None:
         """The local logic opened or closed the breaker: one failure or success for the fleet.
-        Changes the follower made itself (on its own thread) are the entity's, not news to it."""
-        if not self.report_outcomes or threading.get_ident() == self._thread.ident:
+        Changes the follower imposed itself (`hold`/`release`) are the entity's, not news to it."""
+        if not self.report_outcomes or change.imposed:
             return
         if change.to_state is State.OPEN:
             self._enqueue({"reporter": self.reporter, "success": False,

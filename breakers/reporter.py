@@ -35,7 +35,7 @@ class GatewayReporter:
     def __init__(self, url: str, token: str | None, service: str, *, incident_key_prefix: str = "breaker",
                  states: Iterable[State] = (State.OPEN, State.CLOSED), severity: str | None = "major",
                  queue_size: int = 1000, timeout: float = 5.0, attempts: int = 3,
-                 retry_backoff: float = 0.5) -> None:
+                 retry_backoff: float = 0.5, report_imposed: bool = False) -> None:
         self.endpoint = url.rstrip("/") + "/v1/detections"
         self.service = service
         self.incident_key_prefix = incident_key_prefix
@@ -43,6 +43,7 @@ class GatewayReporter:
         self.severity = severity
         self.attempts = attempts
         self.retry_backoff = retry_backoff
+        self.report_imposed = report_imposed
         self.sent = 0
         self.failed = 0
         self.dropped = 0
@@ -53,8 +54,11 @@ class GatewayReporter:
         self._thread.start()
 
     def __call__(self, change: StateChange) -> None:
-        """Enqueue the change if its state is reported; never blocks."""
-        if change.to_state not in self.states:
+        """Enqueue the change if its state is reported; never blocks. Changes an outside authority
+        imposed (the fleet's breaker entity, through `EntityFollower`) are skipped unless
+        `report_imposed`: a recovery that trips the entity must not hear back its own action as a
+        new detection, nor take the entity's reset for the dependency's recovery."""
+        if change.to_state not in self.states or (change.imposed and not self.report_imposed):
             return
         try:
             self._queue.put_nowait(change)

@@ -33,7 +33,7 @@ from breakers import (
     classify,
 )
 from tests.alertmanager_fixture import DETECTOR_TOKEN, running_gateway
-from tests.conftest import eventually, free_port
+from tests.conftest import WebhookReceiver, eventually, free_port
 from tests.test_gateway import service_policy
 
 SECOND = 1_000_000_000
@@ -563,6 +563,32 @@ def test_reporting_never_blocks_the_breaker_even_when_the_gateway_hangs(hanging_
     assert b.state is State.CLOSED
     assert reporter.sent == 0
     assert reporter.dropped >= 20 - 2 - 1  # one may already be in the sender's hands
+
+
+def test_changes_an_entity_imposed_are_not_reported_back(webhook_receiver: WebhookReceiver) -> None:
+    """A hold and release (the fleet entity's doing) reach no reporter; a local opening does."""
+    reporter = GatewayReporter(f"http://127.0.0.1:{webhook_receiver.port}", DETECTOR_TOKEN, "svc")
+    b = CircuitBreaker("fleet-held", BreakerConfig(consecutive_failures=1), listeners=[reporter])
+    try:
+        b.hold(State.OPEN, 0.0, "fleet breaker fleet-held is open", retry_after=30)
+        assert b.state is State.OPEN
+        b.release("fleet breaker fleet-held is closed")
+        assert b.state is State.CLOSED
+        failures(b, 1)  # the local logic opens it: news for the fleet
+        assert reporter.flush(30)
+        assert reporter.sent == 1 and len(webhook_receiver.received) == 1
+        assert webhook_receiver.received[0]["labels"]["breaker_state"] == "open"
+        assert "1 consecutive failure" in webhook_receiver.received[0]["summary"]
+    finally:
+        reporter.close()
+    loud = GatewayReporter(f"http://127.0.0.1:{webhook_receiver.port}", DETECTOR_TOKEN, "svc",
+                           report_imposed=True)
+    held = CircuitBreaker("fleet-held-loud", BreakerConfig(), listeners=[loud])
+    try:
+        held.hold(State.OPEN, 0.0, "fleet breaker is open")
+        assert loud.flush(30) and loud.sent == 1
+    finally:
+        loud.close()
 
 
 async def test_state_changes_reach_a_real_gateway_as_detections(
