@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.http_action import auth_headers, raise_for_action_status, send
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.probes import check_http, check_tcp
 from models.actions import ActionRequest, ActionResult, BreakerAction
 from models.probes import HttpProbe, ProbeResult
@@ -61,52 +61,42 @@ class BreakerActivities:
     @activity.defn(name="set_breaker")
     async def set_breaker(self, request: ActionRequest) -> ActionResult:
         """Set the breaker; for a half-open with trials, close it if all pass, else re-open and fail."""
-        spec = request.spec
-        if not isinstance(spec, BreakerAction):
-            raise wrong_kind(request, "breaker")
+        spec = action_spec(request, BreakerAction)
         what = f"breaker of {request.service!r} at {spec.url}"
-        if request.dry_run:
+
+        def dry_run() -> DryRun:
             staged = (f", run {spec.trials} trial probe(s) {spec.trial_probe.name!r}, then close it "
                       f"if all pass or re-open it" if spec.trial_probe is not None else "")
-            return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                                simulated=True,
-                                detail=f"dry-run: would set the {what} to {spec.state}{staged}")
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        try:
-            await self._set(spec, spec.state, what)
-        except ApplicationError as err:
-            if err.type in ("Unreachable", "HttpActionUnknownOutcome") and spec.if_unreachable == "skip":
-                result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                                      detail=f"{what} unreachable; skipped (if_unreachable: skip)",
-                                      data={"state": None})
-                ledger.finish(key, result.model_dump_json())
-                return result
-            raise
-        ledger.progress(key, state=spec.state)
-        if not spec.trials:
-            result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                                  detail=f"{what} set to {spec.state}", data={"state": spec.state})
-            ledger.finish(key, result.model_dump_json())
-            return result
-        trials = await self._run_trials(spec)
-        passed = sum(1 for t in trials if t.healthy)
-        ledger.progress(key, trials=[t.evidence() for t in trials])
-        if passed == spec.trials:
-            await self._set(spec, "closed", what)
-            result = ActionResult(
-                action_name=request.action_name, kind=spec.kind, ok=True,
-                detail=f"{what}: {passed}/{spec.trials} half-open trials passed; closed",
-                data={"state": "closed", "trials_passed": passed, "trials": spec.trials},
+            return DryRun(f"would set the {what} to {spec.state}{staged}")
+
+        async def perform(step: ActionStep) -> ActionResult:
+            try:
+                await self._set(spec, spec.state, what)
+            except ApplicationError as err:
+                if err.type in ("Unreachable", "HttpActionUnknownOutcome") and spec.if_unreachable == "skip":
+                    return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                                        detail=f"{what} unreachable; skipped (if_unreachable: skip)",
+                                        data={"state": None})
+                raise
+            step.record(state=spec.state)
+            if not spec.trials:
+                return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
+                                    detail=f"{what} set to {spec.state}", data={"state": spec.state})
+            trials = await self._run_trials(spec)
+            passed = sum(1 for t in trials if t.healthy)
+            step.record(trials=[t.evidence() for t in trials])
+            if passed == spec.trials:
+                await self._set(spec, "closed", what)
+                return ActionResult(
+                    action_name=request.action_name, kind=spec.kind, ok=True,
+                    detail=f"{what}: {passed}/{spec.trials} half-open trials passed; closed",
+                    data={"state": "closed", "trials_passed": passed, "trials": spec.trials},
+                )
+            await self._set(spec, "open", what)
+            step.record(state="open")
+            raise ApplicationError(
+                f"{what}: trial {len(trials)}/{spec.trials} failed ({trials[-1].detail}); re-opened",
+                json.dumps({"trials_passed": passed}), type="BreakerTrialFailed", non_retryable=True,
             )
-            ledger.finish(key, result.model_dump_json())
-            return result
-        await self._set(spec, "open", what)
-        ledger.progress(key, state="open")
-        raise ApplicationError(
-            f"{what}: trial {len(trials)}/{spec.trials} failed ({trials[-1].detail}); re-opened",
-            json.dumps({"trials_passed": passed}), type="BreakerTrialFailed", non_retryable=True,
-        )
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)

@@ -9,14 +9,13 @@ programs through `run_argv` too.
 from __future__ import annotations
 
 import asyncio
-import json
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment, redact
 from activities.deps import ActivityDeps
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, CommandAction
 
 OUTPUT_LIMIT = 4000
@@ -67,32 +66,28 @@ class CommandActivities:
     @activity.defn(name="run_command")
     async def run_command(self, request: ActionRequest) -> ActionResult:
         """Run the command once for this step; a retry after a crash mid-run does not run it again."""
-        spec = request.spec
-        if not isinstance(spec, CommandAction):
-            raise wrong_kind(request, "command")
-        if request.dry_run:
+        spec = action_spec(request, CommandAction)
+
+        def dry_run() -> DryRun:
+            return DryRun(f"would run {spec.argv}")
+
+        async def perform(step: ActionStep) -> ActionResult:
+            if step.progress.get("running"):
+                raise ApplicationError(
+                    f"a previous attempt started {spec.argv[0]} and its outcome was not recorded; "
+                    "medkit does not run it twice", type="OutcomeUnknown", non_retryable=True,
+                )
+            step.record(running=True)
+            try:
+                code, output = await run_argv(spec)
+            finally:
+                step.record(running=False)
+            if code not in spec.ok_exit_codes:
+                raise ApplicationError(
+                    f"{spec.argv[0]} exited {code}: {output[-500:]}", type="CommandFailed"
+                )
             return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                                simulated=True, detail=f"dry-run: would run {spec.argv}")
-        record = begin_action(self._deps.ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        if json.loads(record.progress_json).get("running"):
-            raise ApplicationError(
-                f"a previous attempt started {spec.argv[0]} and its outcome was not recorded; "
-                "medkit does not run it twice", type="OutcomeUnknown", non_retryable=True,
-            )
-        self._deps.ledger.progress(key, running=True)
-        try:
-            code, output = await run_argv(spec)
-        finally:
-            self._deps.ledger.progress(key, running=False)
-        if code not in spec.ok_exit_codes:
-            raise ApplicationError(
-                f"{spec.argv[0]} exited {code}: {output[-500:]}", type="CommandFailed"
-            )
-        result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                              detail=f"{spec.argv[0]} exited {code}",
-                              data={"exit_code": code, "output": output})
-        self._deps.ledger.finish(key, result.model_dump_json())
-        return result
+                                detail=f"{spec.argv[0]} exited {code}",
+                                data={"exit_code": code, "output": output})
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)

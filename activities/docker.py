@@ -8,7 +8,6 @@ already happened and does not restart again.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, DockerRestartAction
 
 
@@ -71,39 +70,31 @@ class DockerActivities:
     @activity.defn(name="restart_docker")
     async def restart_docker(self, request: ActionRequest) -> ActionResult:
         """Restart the container once for this step."""
-        spec = request.spec
-        if not isinstance(spec, DockerRestartAction):
-            raise wrong_kind(request, "docker")
+        spec = action_spec(request, DockerRestartAction)
         stop = int(spec.stop_timeout.total_seconds())
-        if request.dry_run:
-            return ActionResult(
-                action_name=request.action_name, kind=spec.kind, ok=True, simulated=True,
-                detail=f"dry-run: would POST /containers/{spec.container}/restart?t={stop} "
-                       f"on {spec.socket}",
-            )
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        before: str | None = json.loads(record.progress_json).get("started_at_before")
-        async with engine_client(spec) as client:
-            now = await started_at(client, spec)
-            if before is not None and now != before:
-                how = "restart by an earlier attempt confirmed"
-            else:
-                before = now
-                ledger.progress(key, started_at_before=before)
-                response = await call(client, "POST", f"/containers/{spec.container}/restart",
-                                      spec.timeout.total_seconds(), params={"t": stop})
-                if response.status_code != 204:
-                    raise engine_error(response, f"restart {spec.container}")
-                how = "restarted"
+
+        def dry_run() -> DryRun:
+            return DryRun(f"would POST /containers/{spec.container}/restart?t={stop} on {spec.socket}")
+
+        async def perform(step: ActionStep) -> ActionResult:
+            before: str | None = step.progress.get("started_at_before")
+            async with engine_client(spec) as client:
                 now = await started_at(client, spec)
-        result = ActionResult(
-            action_name=request.action_name, kind=spec.kind, ok=True,
-            detail=f"container {spec.container} {how}; started at {now}",
-            data={"container": spec.container, "started_at_before": before, "started_at": now},
-        )
-        ledger.finish(key, result.model_dump_json())
-        return result
+                if before is not None and now != before:
+                    how = "restart by an earlier attempt confirmed"
+                else:
+                    before = now
+                    step.record(started_at_before=before)
+                    response = await call(client, "POST", f"/containers/{spec.container}/restart",
+                                          spec.timeout.total_seconds(), params={"t": stop})
+                    if response.status_code != 204:
+                        raise engine_error(response, f"restart {spec.container}")
+                    how = "restarted"
+                    now = await started_at(client, spec)
+            return ActionResult(
+                action_name=request.action_name, kind=spec.kind, ok=True,
+                detail=f"container {spec.container} {how}; started at {now}",
+                data={"container": spec.container, "started_at_before": before, "started_at": now},
+            )
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)

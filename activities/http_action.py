@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from activities.child_env import redact
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, HttpAction
 
 BODY_LIMIT = 2000
@@ -79,41 +79,34 @@ class HttpActionActivities:
     @activity.defn(name="http_action")
     async def http_action(self, request: ActionRequest) -> ActionResult:
         """Send the request once for this step; an unknown outcome is resent only if resend-safe."""
-        spec = request.spec
-        if not isinstance(spec, HttpAction):
-            raise wrong_kind(request, "http")
+        spec = action_spec(request, HttpAction)
         target = f"{spec.method} {spec.url}"
-        if request.dry_run:
+
+        def dry_run() -> DryRun:
             body = "" if spec.body is None else f" with body {json.dumps(spec.body)}"
+            return DryRun(f"would send {target}{body}, expecting {spec.expect_status}")
+
+        async def perform(step: ActionStep) -> ActionResult:
+            if step.progress.get("sent") and not spec.resend_safe():
+                raise ApplicationError(
+                    f"a previous attempt sent {target} and its outcome was not recorded; {spec.method} "
+                    "is not resent unless the action sets idempotent: true", type="OutcomeUnknown",
+                    non_retryable=True,
+                )
+            headers = {**spec.headers, "Idempotency-Key": step.key,
+                       **auth_headers(spec.bearer_token_env, f"action {request.action_name!r} token")}
+            step.record(sent=True)
+            try:
+                response = await send(self._deps.http, spec.method, spec.url, body=spec.body,
+                                      timeout=spec.timeout.total_seconds(), headers=headers,
+                                      what=f"action {request.action_name!r}")
+            except ApplicationError as err:
+                if err.type == "Unreachable":
+                    step.record(sent=False)
+                raise
+            raise_for_action_status(response, spec.expect_status, f"{target}")
             return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                                simulated=True,
-                                detail=f"dry-run: would send {target}{body}, expecting "
-                                       f"{spec.expect_status}")
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        if json.loads(record.progress_json).get("sent") and not spec.resend_safe():
-            raise ApplicationError(
-                f"a previous attempt sent {target} and its outcome was not recorded; {spec.method} "
-                "is not resent unless the action sets idempotent: true", type="OutcomeUnknown",
-                non_retryable=True,
-            )
-        headers = {**spec.headers, "Idempotency-Key": key,
-                   **auth_headers(spec.bearer_token_env, f"action {request.action_name!r} token")}
-        ledger.progress(key, sent=True)
-        try:
-            response = await send(self._deps.http, spec.method, spec.url, body=spec.body,
-                                  timeout=spec.timeout.total_seconds(), headers=headers,
-                                  what=f"action {request.action_name!r}")
-        except ApplicationError as err:
-            if err.type == "Unreachable":
-                ledger.progress(key, sent=False)
-            raise
-        raise_for_action_status(response, spec.expect_status, f"{target}")
-        result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                              detail=f"{target} answered HTTP {response.status_code}",
-                              data=response_data(response))
-        ledger.finish(key, result.model_dump_json())
-        return result
+                                detail=f"{target} answered HTTP {response.status_code}",
+                                data=response_data(response))
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)

@@ -1,12 +1,25 @@
-"""Keys that make a side effect happen once per workflow step, however often it is retried."""
+"""Keys that make a side effect happen once per workflow step, however often it is retried.
+
+`action_spec` and `perform_once` hold the opening every actuator shares (the kind check, the
+dry-run short-circuit, the ledger record and the recorded result of a finished step), so that
+safety logic is written once rather than in each activity.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from models.actions import ActionRequest, ActionResult
+from models.base import MedkitModel
 from store.ledger import ActionLedger, ActionRecord
+
+SpecT = TypeVar("SpecT", bound=MedkitModel)
 
 
 def step_key() -> str:
@@ -31,9 +44,58 @@ def replayed_result(record: ActionRecord) -> ActionResult | None:
     return result.model_copy(update={"replayed": True})
 
 
-def wrong_kind(request: ActionRequest, expected: str) -> ApplicationError:
-    """The non-retryable error for an action routed to the wrong activity."""
-    return ApplicationError(
-        f"action {request.action_name!r} has kind {request.spec.kind!r}, not {expected!r}",
-        type="WrongActionKind", non_retryable=True,
-    )
+def action_spec(request: ActionRequest, spec_type: type[SpecT]) -> SpecT:
+    """The request's spec as the activity's own kind; any other kind was routed to the wrong
+    activity, which no retry can fix, so it fails non-retryably."""
+    spec = request.spec
+    if not isinstance(spec, spec_type):
+        expected = spec_type.model_fields["kind"].default
+        raise ApplicationError(
+            f"action {request.action_name!r} has kind {spec.kind!r}, not {expected!r}",
+            type="WrongActionKind", non_retryable=True,
+        )
+    return spec
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a dry run reports it would do (`detail`, which the result prefixes with "dry-run: "),
+    and any data for the result."""
+
+    detail: str
+    data: dict[str, float | int | str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActionStep:
+    """One action step being performed: its ledger key and what earlier attempts recorded."""
+
+    key: str
+    progress: dict[str, Any]
+    ledger: ActionLedger
+
+    def record(self, **values: Any) -> None:
+        """Record how far this step got, for a retry to resume from."""
+        self.ledger.progress(self.key, **values)
+
+
+async def perform_once(
+    ledger: ActionLedger, request: ActionRequest, dry_run: Callable[[], DryRun],
+    perform: Callable[[ActionStep], Awaitable[ActionResult]],
+) -> ActionResult:
+    """Run an action step at most once, however often its activity is retried.
+
+    A dry run returns the simulated plan without touching the ledger or the target; a step the
+    ledger has already finished returns its recorded result, marked replayed; otherwise `perform`
+    runs and its result is recorded. An error from `perform` leaves the step open for a retry.
+    """
+    if request.dry_run:
+        plan = dry_run()
+        return ActionResult(action_name=request.action_name, kind=request.spec.kind, ok=True,
+                            simulated=True, detail=f"dry-run: {plan.detail}", data=plan.data)
+    record = begin_action(ledger, request)
+    if (done := replayed_result(record)) is not None:
+        return done
+    result = await perform(ActionStep(record.key, json.loads(record.progress_json), ledger))
+    ledger.finish(record.key, result.model_dump_json())
+    return result

@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, KubernetesRestartAction, KubernetesTarget
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -201,38 +201,31 @@ class KubernetesActivities:
     @activity.defn(name="restart_kubernetes")
     async def restart_kubernetes(self, request: ActionRequest) -> ActionResult:
         """Rollout-restart the workload; the annotation value is fixed per step, so a retry is a no-op."""
-        spec = request.spec
-        if not isinstance(spec, KubernetesRestartAction):
-            raise wrong_kind(request, "kubernetes_restart")
+        spec = action_spec(request, KubernetesRestartAction)
         credentials = load_credentials(spec)
         namespace = spec.namespace or credentials.namespace
         path = workload_path(spec, namespace)
-        if request.dry_run:
+
+        def dry_run() -> DryRun:
+            return DryRun(f"would PATCH {credentials.server}{path} ({STRATEGIC_MERGE}) "
+                          f"setting pod-template annotation {RESTARTED_AT}")
+
+        async def perform(step: ActionStep) -> ActionResult:
+            restarted_at = step.progress.get("restarted_at")
+            if restarted_at is None:
+                restarted_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+                step.record(restarted_at=restarted_at)
+            async with KubeApi(credentials, spec.timeout.total_seconds()) as api:
+                patched = await api.request(
+                    "PATCH", path, f"rollout restart of {spec.workload} {namespace}/{spec.name}",
+                    body=restart_patch(restarted_at, step.key), content_type=STRATEGIC_MERGE,
+                    params={"fieldManager": "medkit"},
+                )
+            generation = patched.get("metadata", {}).get("generation")
             return ActionResult(
-                action_name=request.action_name, kind=spec.kind, ok=True, simulated=True,
-                detail=f"dry-run: would PATCH {credentials.server}{path} ({STRATEGIC_MERGE}) "
-                       f"setting pod-template annotation {RESTARTED_AT}",
+                action_name=request.action_name, kind=spec.kind, ok=True,
+                detail=f"{spec.workload} {namespace}/{spec.name} rollout restarted at {restarted_at}",
+                data={"restarted_at": restarted_at, "generation": generation, "namespace": namespace},
             )
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        restarted_at = json.loads(record.progress_json).get("restarted_at")
-        if restarted_at is None:
-            restarted_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-            ledger.progress(key, restarted_at=restarted_at)
-        async with KubeApi(credentials, spec.timeout.total_seconds()) as api:
-            patched = await api.request(
-                "PATCH", path, f"rollout restart of {spec.workload} {namespace}/{spec.name}",
-                body=restart_patch(restarted_at, key), content_type=STRATEGIC_MERGE,
-                params={"fieldManager": "medkit"},
-            )
-        generation = patched.get("metadata", {}).get("generation")
-        result = ActionResult(
-            action_name=request.action_name, kind=spec.kind, ok=True,
-            detail=f"{spec.workload} {namespace}/{spec.name} rollout restarted at {restarted_at}",
-            data={"restarted_at": restarted_at, "generation": generation, "namespace": namespace},
-        )
-        ledger.finish(key, result.model_dump_json())
-        return result
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import subprocess
 import time
 import uuid
@@ -23,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment
 from activities.deps import ActivityDeps
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.probes import check_http, check_tcp, process_alive
 from activities.process_identity import (
     ProcessIdentity,
@@ -197,8 +196,7 @@ class ProcessActivities:
             activity.heartbeat({"waiting_ready": pid})
             await asyncio.sleep(0.1)
 
-    def _resume(self, key: str, spec: RestartProcessAction,
-                progress: dict[str, object]) -> tuple[ProcessIdentity, str] | None:
+    def _resume(self, step: ActionStep, spec: RestartProcessAction) -> tuple[ProcessIdentity, str] | None:
         """The process an earlier attempt of this step started, if it still runs.
 
         Either the ledger names it (new_pid), or the attempt died after recording its intent
@@ -206,13 +204,13 @@ class ProcessActivities:
         identity record, or, if the attempt died before writing even that, as the process
         running argv that started after the intent. It is adopted, never started twice.
         """
-        new_pid = progress.get("new_pid")
+        new_pid = step.progress.get("new_pid")
         if isinstance(new_pid, int):
             target = resolve_pid(new_pid, spec.pid_file, spec.argv)
             if target.identity is None:
                 return None
             return target.identity, "resumed a restart already under way"
-        token, since = progress.get("spawn_token"), progress.get("spawn_intent_at")
+        token, since = step.progress.get("spawn_token"), step.progress.get("spawn_intent_at")
         if not isinstance(token, str) or not isinstance(since, float | int):
             return None
         recorded = read_identity(spec.pid_file)
@@ -225,7 +223,7 @@ class ProcessActivities:
             orphan = dataclasses.replace(found, spawn_token=token)
         refuse_unsafe(orphan.pid)
         record_identity(spec.pid_file, orphan)
-        self._deps.ledger.progress(key, new_pid=orphan.pid)
+        step.record(new_pid=orphan.pid)
         return orphan, "adopted the process an interrupted attempt started"
 
     @activity.defn(name="restart_process")
@@ -239,59 +237,51 @@ class ProcessActivities:
         escalates to a person. Killing a process medkit cannot vouch for could take down
         something unrelated; a failed restart that asks for help cannot.
         """
-        spec = request.spec
-        if not isinstance(spec, RestartProcessAction):
-            raise wrong_kind(request, "restart_process")
-        if request.dry_run:
+        spec = action_spec(request, RestartProcessAction)
+
+        def dry_run() -> DryRun:
             current = resolve(spec.pid_file, spec.argv)
             plan = (f"would stop pid {current.pid} (TERM, KILL after {spec.grace.total_seconds():.0f}s) "
                     f"and start" if current.identity is not None
                     else f"pid {current.pid} {current.reason}; would start")
+            return DryRun(f"{plan} {spec.argv}", data={"old_pid": current.pid})
+
+        async def perform(step: ActionStep) -> ActionResult:
+            started = time.monotonic()
+            resumed = self._resume(step, spec)
+            if resumed is not None:
+                identity, how = resumed
+                old_pid = step.progress.get("old_pid")
+                stopped = f"pid {old_pid} stopped earlier; {how}"
+            else:
+                current = resolve(spec.pid_file, spec.argv)
+                old_pid = step.progress.get("old_pid", current.pid)
+                if "old_pid" not in step.progress:
+                    step.record(old_pid=old_pid)
+                how = current.reason
+                if current.identity is not None:
+                    how = await self._supervisor.stop(
+                        current.identity.pid, spec.grace.total_seconds(),
+                        lambda: activity.heartbeat({"stopping": current.pid}), identity=current.identity)
+                stopped = f"pid {current.pid} {how}"
+                token = uuid.uuid4().hex
+                step.record(spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
+                new_pid = self._supervisor.spawn(request.service, spec, token)
+                step.record(new_pid=new_pid)
+                recorded = read_identity(spec.pid_file)
+                if recorded is None or recorded.pid != new_pid:
+                    raise ApplicationError(f"{spec.argv[0]} (pid {new_pid}) exited while starting",
+                                           type="ProcessExited")
+                identity = recorded
+            await self._wait_ready(spec, identity)
             return ActionResult(
-                action_name=request.action_name, kind=spec.kind, ok=True, simulated=True,
-                detail=f"dry-run: {plan} {spec.argv}", data={"old_pid": current.pid},
+                action_name=request.action_name, kind=spec.kind, ok=True,
+                detail=f"{stopped}; started pid {identity.pid}",
+                data={"old_pid": old_pid, "new_pid": identity.pid,
+                      "restart_seconds": round(time.monotonic() - started, 3)},
             )
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        progress: dict[str, object] = json.loads(record.progress_json)
-        started = time.monotonic()
-        resumed = self._resume(key, spec, progress)
-        if resumed is not None:
-            identity, how = resumed
-            old_pid = progress.get("old_pid")
-            stopped = f"pid {old_pid} stopped earlier; {how}"
-        else:
-            current = resolve(spec.pid_file, spec.argv)
-            old_pid = progress.get("old_pid", current.pid)
-            if "old_pid" not in progress:
-                ledger.progress(key, old_pid=old_pid)
-            how = current.reason
-            if current.identity is not None:
-                how = await self._supervisor.stop(
-                    current.identity.pid, spec.grace.total_seconds(),
-                    lambda: activity.heartbeat({"stopping": current.pid}), identity=current.identity)
-            stopped = f"pid {current.pid} {how}"
-            token = uuid.uuid4().hex
-            ledger.progress(key, spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
-            new_pid = self._supervisor.spawn(request.service, spec, token)
-            ledger.progress(key, new_pid=new_pid)
-            recorded = read_identity(spec.pid_file)
-            if recorded is None or recorded.pid != new_pid:
-                raise ApplicationError(f"{spec.argv[0]} (pid {new_pid}) exited while starting",
-                                       type="ProcessExited")
-            identity = recorded
-        await self._wait_ready(spec, identity)
-        result = ActionResult(
-            action_name=request.action_name, kind=spec.kind, ok=True,
-            detail=f"{stopped}; started pid {identity.pid}",
-            data={"old_pid": old_pid, "new_pid": identity.pid,
-                  "restart_seconds": round(time.monotonic() - started, 3)},
-        )
-        ledger.finish(key, result.model_dump_json())
-        return result
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)
 
 
 def _probe_address(spec: RestartProcessAction) -> tuple[str, int] | None:

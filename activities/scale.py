@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.command import run_argv
 from activities.deps import ActivityDeps
 from activities.http_action import auth_headers, raise_for_action_status, response_data, send
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.kubernetes import MERGE_PATCH, KubeApi, load_credentials, workload_path
 from activities.process_pool import ProcessPool
 from models.actions import (
@@ -101,38 +101,32 @@ class ScaleActivities:
         kind = request.spec.kind
         desired = self._desired(request, replicas, target)
         restore = " (restoring the count before the last scale)" if replicas == "previous" else ""
-        if request.dry_run:
-            return ActionResult(action_name=request.action_name, kind=kind, ok=True, simulated=True,
-                                detail=f"dry-run: would scale {target} to {desired}{restore}",
-                                data={"replicas": desired, "target": target})
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        progress = json.loads(record.progress_json)
-        if "replicas" in progress:
-            desired, previous = int(progress["replicas"]), progress.get("previous_replicas")
-        else:
-            previous = await current()
-            ledger.progress(key, target=target, restore=replicas == "previous",
-                            previous_replicas=previous, replicas=desired)
-        how = await apply(desired)
-        result = ActionResult(
-            action_name=request.action_name, kind=kind, ok=True,
-            detail=f"scaled {target} from {previous if previous is not None else 'unknown'} to "
-                   f"{desired}{restore}: {how}",
-            data={"previous_replicas": previous, "replicas": desired, "target": target},
-        )
-        ledger.finish(key, result.model_dump_json())
-        return result
+
+        def dry_run() -> DryRun:
+            return DryRun(f"would scale {target} to {desired}{restore}",
+                          data={"replicas": desired, "target": target})
+
+        async def perform(step: ActionStep) -> ActionResult:
+            if "replicas" in step.progress:
+                applied, previous = int(step.progress["replicas"]), step.progress.get("previous_replicas")
+            else:
+                applied, previous = desired, await current()
+                step.record(target=target, restore=replicas == "previous",
+                            previous_replicas=previous, replicas=applied)
+            how = await apply(applied)
+            return ActionResult(
+                action_name=request.action_name, kind=kind, ok=True,
+                detail=f"scaled {target} from {previous if previous is not None else 'unknown'} to "
+                       f"{applied}{restore}: {how}",
+                data={"previous_replicas": previous, "replicas": applied, "target": target},
+            )
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)
 
     @activity.defn(name="scale_process_pool")
     async def scale_process_pool(self, request: ActionRequest) -> ActionResult:
         """Converge a local process pool on the replica count."""
-        spec = request.spec
-        if not isinstance(spec, ProcessPoolScaleAction):
-            raise wrong_kind(request, "scale_pool")
+        spec = action_spec(request, ProcessPoolScaleAction)
         target = f"pool {spec.pool or request.service}"
 
         async def current() -> int:
@@ -146,9 +140,7 @@ class ScaleActivities:
     @activity.defn(name="scale_kubernetes")
     async def scale_kubernetes(self, request: ActionRequest) -> ActionResult:
         """GET the scale subresource, then merge-patch spec.replicas."""
-        spec = request.spec
-        if not isinstance(spec, KubernetesScaleAction):
-            raise wrong_kind(request, "kubernetes_scale")
+        spec = action_spec(request, KubernetesScaleAction)
         credentials = load_credentials(spec)
         namespace = spec.namespace or credentials.namespace
         path = workload_path(spec, namespace) + "/scale"
@@ -172,9 +164,7 @@ class ScaleActivities:
     @activity.defn(name="scale_command")
     async def scale_command(self, request: ActionRequest) -> ActionResult:
         """Run the scale command with `{replicas}` substituted (converging, so safe to repeat)."""
-        spec = request.spec
-        if not isinstance(spec, CommandScaleAction):
-            raise wrong_kind(request, "scale_command")
+        spec = action_spec(request, CommandScaleAction)
         target = f"command {spec.argv[0]}"
 
         async def run(argv: list[str]) -> str:
@@ -206,9 +196,7 @@ class ScaleActivities:
     @activity.defn(name="scale_http")
     async def scale_http(self, request: ActionRequest) -> ActionResult:
         """Read the count from current_url (optional), then send the scale request."""
-        spec = request.spec
-        if not isinstance(spec, HttpScaleAction):
-            raise wrong_kind(request, "scale_http")
+        spec = action_spec(request, HttpScaleAction)
         what = f"scale endpoint of {request.service!r}"
         timeout = spec.timeout.total_seconds()
 

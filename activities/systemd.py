@@ -7,7 +7,6 @@ privilege, 5 unit not found (not installed), 6 not configured: retrying cannot h
 
 from __future__ import annotations
 
-import json
 import os
 
 from temporalio import activity
@@ -15,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.command import run_argv
 from activities.deps import ActivityDeps
-from activities.idempotency import begin_action, replayed_result, step_key, wrong_kind
+from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, CommandAction, SystemdRestartAction
 
 PERMANENT_EXIT: dict[int, tuple[str, str]] = {
@@ -53,38 +52,33 @@ class SystemdActivities:
     @activity.defn(name="restart_systemd")
     async def restart_systemd(self, request: ActionRequest) -> ActionResult:
         """Restart the unit once for this step; a crash mid-restart is not silently repeated."""
-        spec = request.spec
-        if not isinstance(spec, SystemdRestartAction):
-            raise wrong_kind(request, "systemd")
+        spec = action_spec(request, SystemdRestartAction)
         argv = systemctl_argv(spec)
-        if request.dry_run:
+
+        def dry_run() -> DryRun:
+            return DryRun(f"would run {argv}")
+
+        async def perform(step: ActionStep) -> ActionResult:
+            if step.progress.get("running"):
+                raise ApplicationError(
+                    f"a previous attempt ran systemctl restart {spec.unit} and its outcome was not "
+                    "recorded; medkit does not restart it twice", type="OutcomeUnknown", non_retryable=True,
+                )
+            step.record(running=True)
+            try:
+                code, output = await run_argv(CommandAction(argv=argv, timeout=spec.timeout),
+                                              inherit=bus_variables(spec))
+            finally:
+                step.record(running=False)
+            if code in PERMANENT_EXIT:
+                kind, meaning = PERMANENT_EXIT[code]
+                raise ApplicationError(f"systemctl restart {spec.unit} exited {code} ({meaning}): "
+                                       f"{output[-300:].strip()}", type=kind, non_retryable=True)
+            if code != 0:
+                raise ApplicationError(f"systemctl restart {spec.unit} exited {code}: "
+                                       f"{output[-300:].strip()}", type="SystemdRestartFailed")
             return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                                simulated=True, detail=f"dry-run: would run {argv}")
-        ledger = self._deps.ledger
-        record = begin_action(ledger, request)
-        if (done := replayed_result(record)) is not None:
-            return done
-        key = step_key()
-        if json.loads(record.progress_json).get("running"):
-            raise ApplicationError(
-                f"a previous attempt ran systemctl restart {spec.unit} and its outcome was not "
-                "recorded; medkit does not restart it twice", type="OutcomeUnknown", non_retryable=True,
-            )
-        ledger.progress(key, running=True)
-        try:
-            code, output = await run_argv(CommandAction(argv=argv, timeout=spec.timeout),
-                                          inherit=bus_variables(spec))
-        finally:
-            ledger.progress(key, running=False)
-        if code in PERMANENT_EXIT:
-            kind, meaning = PERMANENT_EXIT[code]
-            raise ApplicationError(f"systemctl restart {spec.unit} exited {code} ({meaning}): "
-                                   f"{output[-300:].strip()}", type=kind, non_retryable=True)
-        if code != 0:
-            raise ApplicationError(f"systemctl restart {spec.unit} exited {code}: "
-                                   f"{output[-300:].strip()}", type="SystemdRestartFailed")
-        result = ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
-                              detail=f"systemctl restart {spec.unit} succeeded",
-                              data={"exit_code": code, "unit": spec.unit})
-        ledger.finish(key, result.model_dump_json())
-        return result
+                                detail=f"systemctl restart {spec.unit} succeeded",
+                                data={"exit_code": code, "unit": spec.unit})
+
+        return await perform_once(self._deps.ledger, request, dry_run, perform)
