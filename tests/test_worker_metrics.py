@@ -73,13 +73,28 @@ def matching(samples: Samples, name: str, **labels: str) -> list[float]:
     return [v for (sample, have), v in samples.items() if sample == name and wanted <= have]
 
 
-async def scrape(port: int) -> Samples:
-    """GET /metrics and parse it."""
+MEDKIT_FAMILIES = {"medkit_worker_recoveries_finished", "medkit_worker_recovery_duration_seconds",
+                   "medkit_worker_actions", "medkit_worker_escalations", "medkit_worker_pending_decisions"}
+"""The metric families every worker's endpoint serves from the start, before any recovery."""
+
+
+async def exposition(port: int) -> str:
+    """GET /metrics: the text exposition, checked to be served as Prometheus text."""
     async with httpx.AsyncClient() as http:
         response = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    return parse(response.text)
+    return response.text
+
+
+async def scrape(port: int) -> Samples:
+    """GET /metrics and parse it."""
+    return parse(await exposition(port))
+
+
+async def scrape_families(port: int) -> set[str]:
+    """GET /metrics: the names of the metric families it serves (with or without samples)."""
+    return {family.name for family in text_string_to_metric_families(await exposition(port))}
 
 
 async def health(port: int) -> tuple[int, dict[str, Any]]:
@@ -87,6 +102,15 @@ async def health(port: int) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient() as http:
         response = await http.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
     return response.status_code, response.json()
+
+
+async def healthy_facts(port: int) -> dict[str, Any] | None:
+    """/healthz's facts once it answers 200; None while the endpoint is not up or not healthy yet."""
+    try:
+        code, facts = await health(port)
+    except httpx.TransportError:
+        return None
+    return facts if code == 200 else None
 
 
 @asynccontextmanager
@@ -237,11 +261,8 @@ async def test_healthz_follows_the_worker_from_start_to_shutdown(
         code, facts = await health(server.port)
         assert code == 503 and facts["worker_running"] is False  # not polling yet
         async with running(worker):
-            async def ok() -> dict[str, Any] | None:
-                code, facts = await health(server.port)  # a loaded host can miss one 2 s check
-                return facts if code == 200 else None
-
-            facts = await eventually(ok, timeout=30)
+            # a loaded host can miss one 2 s connectivity check, so wait for the first 200
+            facts = await eventually(lambda: healthy_facts(server.port), timeout=30)
             assert facts == {"status": "ok", "worker_running": True, "shutting_down": False,
                              "connected": True, "task_queue": queue,
                              "namespace": ts_env.client.namespace}
@@ -282,14 +303,7 @@ async def test_medkit_worker_serves_metrics_and_exits_cleanly_on_sigterm(
     worker = subprocess.Popen(argv, env={**os.environ}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
-        async def healthy() -> dict[str, Any] | None:
-            try:
-                code, facts = await health(port)
-            except httpx.TransportError:
-                return None
-            return facts if code == 200 else None
-
-        facts = await eventually(healthy, timeout=60)
+        facts = await eventually(lambda: healthy_facts(port), timeout=60)
         assert facts["task_queue"] == queue and facts["connected"] is True
 
         async def polling() -> Samples | None:
@@ -298,6 +312,7 @@ async def test_medkit_worker_serves_metrics_and_exits_cleanly_on_sigterm(
 
         samples = await eventually(polling, timeout=30)
         assert matching(samples, "temporal_worker_start_total", task_queue=queue) == [1.0]
+        assert await scrape_families(port) >= MEDKIT_FAMILIES
         worker.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.to_thread(worker.communicate, timeout=60)
         assert worker.returncode == 0, stderr
@@ -372,21 +387,10 @@ async def dev_metrics_are_served(ts_env: WorkflowEnvironment, queue: str, port: 
                                  dev: asyncio.Task[None]) -> None:
     """The dev worker's /healthz and /metrics: medkit's families and the SDK's, then stop it."""
     try:
-        async def healthy() -> dict[str, Any] | None:
-            try:
-                code, facts = await health(port)
-            except httpx.TransportError:
-                return None
-            return facts if code == 200 else None
-
-        facts = await eventually(healthy, timeout=30)
+        facts = await eventually(lambda: healthy_facts(port), timeout=30)
         assert facts["task_queue"] == queue
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
-        families = {family.name for family in text_string_to_metric_families(text)}
-        assert {"medkit_worker_recoveries_finished", "medkit_worker_recovery_duration_seconds",
-                "medkit_worker_actions", "medkit_worker_escalations",
-                "medkit_worker_pending_decisions"} <= families
+        families = await scrape_families(port)
+        assert families >= MEDKIT_FAMILIES
         assert "temporal_worker_start" in families  # the SDK's own, through the same endpoint
     finally:
         dev.cancel()
