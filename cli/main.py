@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from cli import (
     config_cmd,
@@ -21,6 +22,7 @@ from cli import (
     watch_cmd,
     worker_cmd,
 )
+from cli.common import fail
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     dev_cmd,
@@ -36,9 +38,40 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
 """Each module has `register(subparsers)` which adds its subcommands with a `func` default."""
 
 
+class UsageError(Exception):
+    """Arguments argparse refused (an unknown flag, a missing argument): exit code 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(f"{parser.prog}: {message}")
+        self.parser = parser
+        self.message = message
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse's parser, raising its usage errors instead of printing them and exiting, so `run`
+    can print them as the command line asked: JSON under `-o json`, argparse's text otherwise.
+    Its subparsers are of this class too (argparse makes them of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the usage error for `run` to print."""
+        raise UsageError(self, message)
+
+
+def json_output_requested(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for `-o json`, read on its own: the full parser has just
+    refused the command line, so it gives no namespace to ask."""
+    probe = CommandLineParser(add_help=False)
+    probe.add_argument("-o", "--output")
+    try:
+        requested, _ = probe.parse_known_args(argv)
+    except UsageError:  # `-o` without a value
+        return False
+    return bool(requested.output == "json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command group registered."""
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="medkit",
         description="medkit: durable, workflow-orchestrated incident recovery on Temporal.",
     )
@@ -49,8 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments and run the chosen command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    """Parse arguments and run the chosen command; return its exit code (2 for a usage error,
+    printed as a JSON error object under `-o json` like every other error there)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        if json_output_requested(sys.argv[1:] if argv is None else argv):
+            fail(str(err), argparse.Namespace(output="json"), "UsageError")
+        else:
+            err.parser.print_usage(sys.stderr)
+            print(f"{err.parser.prog}: error: {err.message}", file=sys.stderr)
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 
@@ -63,7 +105,7 @@ def main() -> None:
     into interpreter finalization is what made such failures abort (SIGABRT, exit 134)."""
     try:
         code = run()
-    except SystemExit as done:  # argparse after --help or a usage error, already printed
+    except SystemExit as done:  # argparse after --help, already printed
         code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
         if isinstance(done.code, str):
             print(done.code, file=sys.stderr)

@@ -196,6 +196,27 @@ def test_errors_are_json_objects_with_the_same_exit_codes(
     assert text.stderr.strip() == "medkit: no recovery with id 'recovery:nope:health'"
 
 
+def test_usage_errors_follow_the_output_format() -> None:
+    """argparse's refusals (exit 2) are JSON error objects under `-o json`, argparse's text otherwise."""
+    unknown = medkit("status", "recovery:nope:health", "--bogus", "-o", "json")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert json_error(unknown) == {"error": "medkit: unrecognized arguments: --bogus",
+                                   "type": "UsageError"}
+    missing = medkit("status", "--output=json")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert json_error(missing) == {"error": "medkit status: the following arguments are required: id",
+                                   "type": "UsageError"}
+    no_value = medkit("incidents", "show", "-o", "json", "--state-dir")
+    assert no_value.returncode == 2
+    assert json_error(no_value) == {"error": "medkit incidents show: argument --state-dir: expected one "
+                                             "argument", "type": "UsageError"}
+    text = medkit("status", "--bogus")
+    assert text.returncode == 2 and text.stdout == ""
+    assert text.stderr.startswith("usage: medkit status ")
+    assert text.stderr.strip().splitlines()[-1] == (
+        "medkit status: error: the following arguments are required: id")
+
+
 def test_dev_banner_exports_the_address_and_policy_for_the_cli(tmp_path: Path) -> None:
     """The banner's export line, pasted into a shell, points the CLI at the stack, even when
     the policy's path has a space in it."""
