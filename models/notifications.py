@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name, positive
 from models.phases import Phase, Severity
@@ -14,6 +14,14 @@ EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")]
 """A bare mailbox address, `local@domain`."""
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+def _positive_timeout(value: timedelta) -> timedelta:
+    return positive(value, "timeout")
+
+
+DeliveryTimeout = Annotated[Duration, AfterValidator(_positive_timeout)]
+"""How long one delivery attempt to a route may take: a duration greater than zero."""
 
 
 class WebhookRoute(MedkitModel):
@@ -53,12 +61,7 @@ class SlackRoute(MedkitModel):
 
     kind: Literal["slack"] = "slack"
     webhook_url_env: EnvName
-    timeout: Duration = timedelta(seconds=5)
-
-    @field_validator("timeout")
-    @classmethod
-    def _positive_timeout(cls, value: timedelta) -> timedelta:
-        return positive(value, "timeout")
+    timeout: DeliveryTimeout = timedelta(seconds=5)
 
 
 class PagerDutyRoute(MedkitModel):
@@ -72,12 +75,7 @@ class PagerDutyRoute(MedkitModel):
     routing_key_env: EnvName
     events_url: Annotated[str, Field(pattern=r"^https?://")] = PAGERDUTY_EVENTS_URL
     source: str | None = None
-    timeout: Duration = timedelta(seconds=10)
-
-    @field_validator("timeout")
-    @classmethod
-    def _positive_timeout(cls, value: timedelta) -> timedelta:
-        return positive(value, "timeout")
+    timeout: DeliveryTimeout = timedelta(seconds=10)
 
 
 class EmailRoute(MedkitModel):
@@ -96,12 +94,7 @@ class EmailRoute(MedkitModel):
     password_env: EnvName | None = None
     sender: EmailAddress = Field(alias="from")
     to: Annotated[list[EmailAddress], Field(min_length=1)]
-    timeout: Duration = timedelta(seconds=10)
-
-    @field_validator("timeout")
-    @classmethod
-    def _positive_timeout(cls, value: timedelta) -> timedelta:
-        return positive(value, "timeout")
+    timeout: DeliveryTimeout = timedelta(seconds=10)
 
     @model_validator(mode="after")
     def _credentials(self) -> EmailRoute:
