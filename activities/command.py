@@ -57,6 +57,20 @@ async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = ()) -> tuple[
     return proc.returncode if proc.returncode is not None else -1, text[-OUTPUT_LIMIT:]
 
 
+async def run_at_most_once(step: ActionStep, spec: CommandAction, refusal: str,
+                           inherit: tuple[str, ...] = ()) -> tuple[int, str]:
+    """`run_argv` for an action step, never twice: the step records that the program is running,
+    so an attempt after a crash mid-run (which cannot know whether the program did its work)
+    fails with `refusal`, non-retryably, instead of running it again."""
+    if step.progress.get("running"):
+        raise ApplicationError(refusal, type="OutcomeUnknown", non_retryable=True)
+    step.record(running=True)
+    try:
+        return await run_argv(spec, inherit)
+    finally:
+        step.record(running=False)
+
+
 class CommandActivities:
     """The command action activity."""
 
@@ -72,16 +86,9 @@ class CommandActivities:
             return DryRun(f"would run {spec.argv}")
 
         async def perform(step: ActionStep) -> ActionResult:
-            if step.progress.get("running"):
-                raise ApplicationError(
-                    f"a previous attempt started {spec.argv[0]} and its outcome was not recorded; "
-                    "medkit does not run it twice", type="OutcomeUnknown", non_retryable=True,
-                )
-            step.record(running=True)
-            try:
-                code, output = await run_argv(spec)
-            finally:
-                step.record(running=False)
+            code, output = await run_at_most_once(
+                step, spec, f"a previous attempt started {spec.argv[0]} and its outcome was not "
+                "recorded; medkit does not run it twice")
             if code not in spec.ok_exit_codes:
                 raise ApplicationError(
                     f"{spec.argv[0]} exited {code}: {output[-500:]}", type="CommandFailed"

@@ -12,7 +12,7 @@ import os
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.command import run_argv
+from activities.command import run_at_most_once
 from activities.deps import ActivityDeps
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, CommandAction, SystemdRestartAction
@@ -59,17 +59,10 @@ class SystemdActivities:
             return DryRun(f"would run {argv}")
 
         async def perform(step: ActionStep) -> ActionResult:
-            if step.progress.get("running"):
-                raise ApplicationError(
-                    f"a previous attempt ran systemctl restart {spec.unit} and its outcome was not "
-                    "recorded; medkit does not restart it twice", type="OutcomeUnknown", non_retryable=True,
-                )
-            step.record(running=True)
-            try:
-                code, output = await run_argv(CommandAction(argv=argv, timeout=spec.timeout),
-                                              inherit=bus_variables(spec))
-            finally:
-                step.record(running=False)
+            code, output = await run_at_most_once(
+                step, CommandAction(argv=argv, timeout=spec.timeout),
+                f"a previous attempt ran systemctl restart {spec.unit} and its outcome was not "
+                "recorded; medkit does not restart it twice", inherit=bus_variables(spec))
             if code in PERMANENT_EXIT:
                 kind, meaning = PERMANENT_EXIT[code]
                 raise ApplicationError(f"systemctl restart {spec.unit} exited {code} ({meaning}): "
