@@ -44,7 +44,7 @@ class WebhookRoute(MedkitModel):
     url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     url_env: EnvName | None = None
     hmac_secret_env: EnvName | None = None
-    timeout: Duration = timedelta(seconds=5)
+    timeout: DeliveryTimeout = timedelta(seconds=5)
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookRoute:

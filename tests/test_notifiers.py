@@ -757,6 +757,11 @@ def test_routes_parse_by_kind_and_reject_unsafe_email_credentials() -> None:
             "from": "a@example.org", "to": ["b@example.org"]})
     with pytest.raises(ValidationError):
         TypeAdapter(NotificationRoute).validate_python({"kind": "slack", "webhook_url_env": "https://x"})
+    for route in ({"kind": "webhook", "url": "https://example.org/x"},
+                  {"kind": "slack", "webhook_url_env": "SLACK_URL"},
+                  {"kind": "pagerduty", "routing_key_env": "PD_KEY"}):
+        with pytest.raises(ValidationError, match="timeout must be greater than zero"):
+            TypeAdapter(NotificationRoute).validate_python({**route, "timeout": "0s"})
 
 
 def test_documented_example_routes_parse() -> None:
