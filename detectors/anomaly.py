@@ -1,5 +1,9 @@
 """Streaming statistical anomaly detector for metric series.
 
+Licence: medkit is MIT. No code translated or derived from AGPL sources (NAB's CAD OSE,
+ARTime/ARTimeNAB.jl, nupic's anomaly likelihood) may enter this module or anything medkit
+ships; such detectors may only be measured outside the repository.
+
 Each point is scored with only the past, in amortised O(1) per point:
 
 1. **Baseline (seasonality).** Every ``refit_every`` points, statsmodels' classical
