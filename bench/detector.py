@@ -158,7 +158,7 @@ def main() -> int:
     print(f"NAB dev corpus: {len(corpus)} files, {points} points, from {directory}", flush=True)
     seasonal_strength([0.0, 1.0] * 10, 2)  # import statsmodels before any timing
     default = AnomalyDetectorConfig()
-    plain = {"smooth": 0, "novelty_window": 0, "alarm_level": 0.6}
+    plain = {"smooth": 0, "slow": 0, "novelty_window": 0, "alarm_level": 0.6}
     candidates: list[tuple[str, Scorer]] = [
         ("baseline: windowed Gaussian (NAB)", baseline_scores),
         (
@@ -167,23 +167,30 @@ def main() -> int:
         ),
         ("B: A + alarm refractory", medkit_scorer(AnomalyDetectorConfig(seasonal=False, **plain))),
         ("C: A + season removal", medkit_scorer(AnomalyDetectorConfig(refractory=0, **plain))),
-        ("D: A + season + refractory (previous)", medkit_scorer(AnomalyDetectorConfig(**plain))),
+        ("D: A + season + refractory (first default)", medkit_scorer(AnomalyDetectorConfig(**plain))),
         (
             "E: D + novelty gate",
-            medkit_scorer(AnomalyDetectorConfig(smooth=0, novelty_window=4000, alarm_level=0.5)),
+            medkit_scorer(
+                AnomalyDetectorConfig(smooth=0, slow=0, novelty_window=4000, alarm_level=0.5)
+            ),
         ),
         (
             "F: D + level time scale (no gate)",
-            medkit_scorer(AnomalyDetectorConfig(novelty_window=0, alarm_level=0.5)),
+            medkit_scorer(AnomalyDetectorConfig(slow=0, novelty_window=0, alarm_level=0.5)),
         ),
         ("G: default without refractory", medkit_scorer(AnomalyDetectorConfig(refractory=0))),
         ("H: default without season", medkit_scorer(AnomalyDetectorConfig(seasonal=False))),
+        (
+            "I: E + F, gated (previous default)",
+            medkit_scorer(AnomalyDetectorConfig(slow=0)),
+        ),
     ]
     if args.grid:
         grid: list[tuple[str, float]] = [
             *(("alarm_level", v) for v in (0.4, 0.45, 0.6)),
             *(("refractory", v) for v in (100, 300, 500)),
             *(("smooth", v) for v in (10, 50, 100)),
+            *(("slow", v) for v in (50, 200, 400)),
             *(("novelty_window", v) for v in (1000, 2000, 8000)),
             *(("window", v) for v in (500, 2000)),
         ]
@@ -197,7 +204,7 @@ def main() -> int:
     print("NAB scores (null=0, perfect=100), threshold optimised per profile:", flush=True)
     for name, scorer in candidates:
         evaluate(name, scorer, corpus)
-    scores = evaluate("medkit: E + F (default)", medkit_scorer(default), corpus)
+    scores = evaluate("medkit: I + slow scale (default)", medkit_scorer(default), corpus)
     if args.robustness:
         print("Default detector per category and per half of the files:", flush=True)
         robustness(corpus, scores)

@@ -11,16 +11,18 @@ Each point is scored with only the past, in amortised O(1) per point:
    season, ``1 - Var(residual) / Var(seasonal + residual)``; the strongest one above
    ``min_strength`` is removed from each new value using a per-phase profile that is then
    kept up to date by exponential smoothing. The refit is the only non-O(1) step (amortised).
-2. **Deviation, on two time scales.** The deseasonalised value, and the mean of the last
-   ``smooth`` deseasonalised values (a level that reveals shifts and drifts a single point
-   hides), are each compared with the mean and standard deviation of their own last ``window``
-   values (running sums in a ring buffer), giving a two-sided Gaussian surprise
-   ``s = -log10(q)``.
+2. **Deviation, on three time scales.** The deseasonalised value, the mean of the last
+   ``smooth`` deseasonalised values (a level that reveals shifts a single point hides), and on
+   the slow scale of ``slow`` points both their mean (slow drifts) and their mean absolute change
+   from one point to the next (volatility: noise or spikes growing denser, or a metric that
+   stops moving, which no level shows) are each compared with the mean and standard deviation
+   of their own last ``window`` values (running sums in a ring buffer), giving a two-sided
+   Gaussian surprise ``s = -log10(q)``.
 3. **Novelty gate.** A time scale only counts when its value is a new extreme on its side of
    the mean: above every one of its last ``novelty_window`` values, or below every one. A spike
    that recurs daily, or noise in a heavy-tailed series, is rare for a Gaussian but not new;
    a real incident usually is. The extremes are sliding maxima and minima (monotonic deques,
-   amortised O(1)). The score is ``s / (s + 5)`` of the larger surviving surprise: it lies in
+   amortised O(1)). The score is ``s / (s + 5)`` of the largest surviving surprise: it lies in
    [0, 1), is 0.5 at ``q = 1e-5`` and never saturates, so extreme points stay ranked above rare
    ones.
 4. **Adaptive alarm.** A score above ``alarm_level`` opens a refractory period of
@@ -74,6 +76,13 @@ class AnomalyDetectorConfig(BaseModel):
         ge=0,
         description="Points averaged for the level time scale, which catches shifts and drifts"
         " (0 or 1: points only).",
+    )
+    slow: int = Field(
+        100,
+        ge=0,
+        description="Points of the slow time scale (0 or 1: none): their mean reveals slow"
+        " drifts, and their mean absolute change from one point to the next reveals a change of"
+        " noise or of spike rate that no single point or level shows.",
     )
     novelty_window: int = Field(
         4000,
@@ -194,6 +203,47 @@ class SlidingExtremes:
             self._min.popleft()
 
 
+class RunningMean:
+    """Mean of the last ``size`` values pushed (a running sum over a ring buffer).
+
+    When the value leaving holds more than half of the sum, the sum is recomputed from the
+    window instead of subtracted, for the reason `DeviationChannel.push` gives.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: deque[float] = deque()
+        self._sum = 0.0
+
+    @property
+    def full(self) -> bool:
+        """Whether the window holds ``size`` values."""
+        return len(self._values) >= self.size
+
+    def mean_with(self, value: float) -> float:
+        """The mean the window would have after pushing ``value`` (nothing is pushed)."""
+        count = len(self._values)
+        total = self._sum + value
+        if count == self.size:
+            total -= self._values[0]
+        else:
+            count += 1
+        return total / count
+
+    def push(self, value: float) -> float:
+        """Add a value, dropping the oldest one when the window is full; the new mean."""
+        self._values.append(value)
+        before = self._sum + value
+        self._sum = before
+        if len(self._values) > self.size:
+            old = self._values.popleft()
+            if abs(old) > 0.5 * abs(before):
+                self._sum = math.fsum(self._values)
+            else:
+                self._sum -= old
+        return self._sum / len(self._values)
+
+
 class DeviationChannel:
     """One time scale: Gaussian surprise of a value against its recent past, gated by novelty.
 
@@ -208,6 +258,11 @@ class DeviationChannel:
         self._sq = 0.0
         self._abs_sum = 0.0
         self._extremes = SlidingExtremes(novelty_window) if novelty_window else None
+
+    @property
+    def count(self) -> int:
+        """Values in the window."""
+        return len(self._values)
 
     @property
     def mean(self) -> float:
@@ -332,42 +387,52 @@ class AnomalyDetector:
         return round(seconds / self._step) if self._step > 0.0 else self._n
 
     def _reset_channels(self) -> None:
-        """Forget the past of both time scales (at start, and when the season changes)."""
+        """Forget the past of every time scale (at start, and when the season changes)."""
         cfg = self.config
         self._point = DeviationChannel(cfg.window, cfg.novelty_window)
         self._level = DeviationChannel(cfg.window, cfg.novelty_window)
-        self._recent: deque[float] = deque()
-        self._recent_sum = 0.0
+        self._recent = RunningMean(cfg.smooth)
+        self._slow_level = DeviationChannel(cfg.window, cfg.novelty_window)
+        self._volatility = DeviationChannel(cfg.window, cfg.novelty_window)
+        self._slow_mean = RunningMean(cfg.slow)
+        self._slow_change = RunningMean(cfg.slow)
+        self._previous: float | None = None
 
     def _surprise(self, adjusted: float) -> float:
-        """Larger surprise of the two time scales for a new deseasonalised value."""
+        """Largest surprise of the time scales for a new deseasonalised value.
+
+        The slow scale only counts once each of its channels holds ``window`` values: its
+        values overlap (each shares all but one point with the next), so a spread measured on
+        fewer is too narrow, and a series' first hours would raise false alarms.
+        """
         surprise = self._point.surprise(adjusted)
         if self.config.smooth > 1:
-            count = len(self._recent)
-            total = self._recent_sum + adjusted
-            if count == self.config.smooth:
-                total -= self._recent[0]
-            else:
-                count += 1
-            surprise = max(surprise, self._level.surprise(total / count))
+            surprise = max(surprise, self._level.surprise(self._recent.mean_with(adjusted)))
+        if self.config.slow > 1:
+            window = self.config.window
+            if self._slow_level.count >= window:
+                mean = self._slow_mean.mean_with(adjusted)
+                surprise = max(surprise, self._slow_level.surprise(mean))
+            if self._volatility.count >= window and self._previous is not None:
+                change = self._slow_change.mean_with(abs(adjusted - self._previous))
+                surprise = max(surprise, self._volatility.surprise(change))
         return surprise
 
     def _push(self, adjusted: float) -> None:
-        """Learn a deseasonalised value on both time scales (the level's running sum is
-        recomputed, like a channel's, when the value leaving it dominates it)."""
+        """Learn a deseasonalised value on every time scale."""
         self._point.push(adjusted)
-        smooth = self.config.smooth
-        if smooth > 1:
-            self._recent.append(adjusted)
-            before = self._recent_sum + adjusted
-            self._recent_sum = before
-            if len(self._recent) > smooth:
-                old = self._recent.popleft()
-                if abs(old) > 0.5 * abs(before):
-                    self._recent_sum = math.fsum(self._recent)
-                else:
-                    self._recent_sum -= old
-            self._level.push(self._recent_sum / len(self._recent))
+        cfg = self.config
+        if cfg.smooth > 1:
+            self._level.push(self._recent.push(adjusted))
+        if cfg.slow > 1:
+            slow_mean = self._slow_mean.push(adjusted)
+            if self._slow_mean.full:
+                self._slow_level.push(slow_mean)
+            if self._previous is not None:
+                change = self._slow_change.push(abs(adjusted - self._previous))
+                if self._slow_change.full:
+                    self._volatility.push(change)
+            self._previous = adjusted
 
     def _refit(self) -> None:
         """Re-decide the season from the recent history (amortised: every ``refit_every``)."""
