@@ -327,7 +327,7 @@ class AnomalySeriesSpec(MedkitModel):
                                                                            validate_default=True)
     query: Annotated[str, Field(min_length=1)] | None = Field(default=None, validate_default=True)
     interval: Duration = timedelta(seconds=15)
-    warmup: Duration = timedelta(hours=1)
+    warmup: Duration = timedelta(hours=6)
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6
     cooldown: Duration = timedelta(minutes=15)
     timeout: Duration = timedelta(seconds=5)
