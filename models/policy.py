@@ -328,7 +328,7 @@ class AnomalySeriesSpec(MedkitModel):
     query: Annotated[str, Field(min_length=1)] | None = Field(default=None, validate_default=True)
     interval: Duration = timedelta(seconds=15)
     warmup: Duration = timedelta(hours=6)
-    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     cooldown: Duration = timedelta(minutes=15)
     timeout: Duration = timedelta(seconds=5)
     evidence_points: Annotated[int, Field(ge=1, le=100)] = 10

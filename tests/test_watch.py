@@ -22,10 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
 from demo.policy import DEMO_SERVICE, demo_policy
+from detectors.anomaly import AnomalyDetectorConfig
 from detectors.anomaly_watch import AnomalyWatcher
 from detectors.watch import Watch
 from models.detection import Detection
-from models.policy import AnomalyWatchSpec, PolicyFile, ServicePolicy
+from models.policy import AnomalySeriesSpec, AnomalyWatchSpec, PolicyFile, ServicePolicy
 from models.policy_yaml import parse_policy
 from models.status import RecoveryStatus
 from tests.conftest import DemoService, eventually
@@ -72,9 +73,15 @@ def test_watch_describes_what_it_watches(demo_service: DemoService, tmp_path: Pa
     lines = Watch(policy, Recorder()).describe()
     assert lines[0].startswith("health: demo every 0.2s, 3 probe(s); fires after 2 failed rounds")
     assert lines[1].startswith("host: cpu>95%, memory>90%, disk />90% (forecast) every 30s")
-    assert lines[2] == "anomaly: errors (http://127.0.0.1:1 every 15s), threshold 0.6 -> service demo"
+    assert lines[2] == "anomaly: errors (http://127.0.0.1:1 every 15s), threshold 0.5 -> service demo"
     assert lines[3] == ("anomaly: latency is pushed, so not here: medkit serve scores it "
                         "(POST /v1/series/latency/points) -> service demo")
+
+
+def test_a_series_fires_by_default_at_the_detectors_own_alarm_level() -> None:
+    """The level the NAB figures were measured at; 0.6 (the first detector's level) loses 14 points."""
+    spec = AnomalySeriesSpec.model_validate({"name": "x", "service": DEMO_SERVICE})
+    assert spec.threshold == AnomalyDetectorConfig().alarm_level
 
 
 def steady(count: int, seed: int = 3) -> Iterator[tuple[datetime, float]]:
