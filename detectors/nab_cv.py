@@ -1,7 +1,7 @@
 """Cross-validation of the anomaly detector on NAB: tune on training files, score held-out ones.
 
-Scoring a detector on the files its parameters were chosen on overstates it (the shipped
-defaults scored 69.2 on the NAB dev half they were picked on, about 9 points above unseen data).
+Scoring a detector on the files its parameters were chosen on overstates it (an earlier default
+scored 69.2 on the NAB dev half it was picked on, about 9 points above unseen data).
 Here every fold chooses the detector configuration *and* the NAB detection threshold on its
 training files only, then scores its test files at that fixed threshold, with NAB's standard
 profile. Two splits, both at file level so no file is ever in the training and test side of the
