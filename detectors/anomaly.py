@@ -265,6 +265,11 @@ class DeviationChannel:
         return len(self._values)
 
     @property
+    def last(self) -> float | None:
+        """The value pushed last (None when empty)."""
+        return self._values[-1] if self._values else None
+
+    @property
     def mean(self) -> float:
         """Mean of the window (0 when empty)."""
         return self._sum / len(self._values) if self._values else 0.0
@@ -396,7 +401,6 @@ class AnomalyDetector:
         self._volatility = DeviationChannel(cfg.window, cfg.novelty_window)
         self._slow_mean = RunningMean(cfg.slow)
         self._slow_change = RunningMean(cfg.slow)
-        self._previous: float | None = None
 
     def _surprise(self, adjusted: float) -> float:
         """Largest surprise of the time scales for a new deseasonalised value.
@@ -413,13 +417,15 @@ class AnomalyDetector:
             if self._slow_level.count >= window:
                 mean = self._slow_mean.mean_with(adjusted)
                 surprise = max(surprise, self._slow_level.surprise(mean))
-            if self._volatility.count >= window and self._previous is not None:
-                change = self._slow_change.mean_with(abs(adjusted - self._previous))
+            previous = self._point.last
+            if self._volatility.count >= window and previous is not None:
+                change = self._slow_change.mean_with(abs(adjusted - previous))
                 surprise = max(surprise, self._volatility.surprise(change))
         return surprise
 
     def _push(self, adjusted: float) -> None:
         """Learn a deseasonalised value on every time scale."""
+        previous = self._point.last
         self._point.push(adjusted)
         cfg = self.config
         if cfg.smooth > 1:
@@ -428,11 +434,10 @@ class AnomalyDetector:
             slow_mean = self._slow_mean.push(adjusted)
             if self._slow_mean.full:
                 self._slow_level.push(slow_mean)
-            if self._previous is not None:
-                change = self._slow_change.push(abs(adjusted - self._previous))
+            if previous is not None:
+                change = self._slow_change.push(abs(adjusted - previous))
                 if self._slow_change.full:
                     self._volatility.push(change)
-            self._previous = adjusted
 
     def _refit(self) -> None:
         """Re-decide the season from the recent history (amortised: every ``refit_every``)."""
