@@ -12,11 +12,12 @@ import os
 import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from temporalio import activity
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -184,27 +185,42 @@ async def start(client: Client, task_queue: str, policy: ServicePolicy,
     return await start_or_join_recovery(client, found, policy, task_queue)
 
 
+SKIP_STEP = timedelta(seconds=10)
+"""Virtual time `wait_for_phase` skips between two status queries."""
+
+
+async def skip_virtual_time(client: Client, duration: timedelta) -> None:
+    """Fast-forward the time-skipping server by exactly `duration`, firing the timers due.
+
+    Unlike unlocking time until a result arrives, this cannot run past the phase being waited
+    for: unlocked, the server jumped from a recovery idle in ManualIntervention straight to the
+    workflow's execution timeout before the test could lock it again, and the recovery timed out
+    under the test (its decisions were then answered NOT_FOUND).
+    """
+    request = SleepRequest()
+    request.duration.FromTimedelta(duration)
+    await client.test_service.unlock_time_skipping_with_sleep(request)
+
+
 async def wait_for_phase(handle: WorkflowHandle[Any, Any], phase: Phase, timeout: float = 30.0,
                          skip_time: bool = False) -> RecoveryStatus:
     """Poll the status query until the recovery is in `phase`.
 
-    With skip_time, a result() call runs meanwhile so the time-skipping server fast-forwards
-    timers (backoffs, validation intervals); without it, timers run in real time.
+    With skip_time (time-skipping server only), each poll that finds another phase skips
+    `SKIP_STEP` of virtual time, so backoffs and escalation timers fire without running past
+    `phase` by more than one step; without it, timers run in real time.
     """
-    skipping = asyncio.ensure_future(handle.result()) if skip_time else None
+    client: Client = handle._client  # the handle's own (time-skipping) client
     deadline = asyncio.get_running_loop().time() + timeout
     status: RecoveryStatus | None = None
-    try:
-        while asyncio.get_running_loop().time() < deadline:
-            status = await handle.query(RecoveryWorkflow.status)
-            if status.phase == phase:
-                return status
+    while asyncio.get_running_loop().time() < deadline:
+        status = await handle.query(RecoveryWorkflow.status)
+        if status.phase == phase:
+            return status
+        if skip_time:
+            await skip_virtual_time(client, SKIP_STEP)
+        else:
             await asyncio.sleep(0.05)
-    finally:
-        if skipping is not None and not skipping.done():
-            skipping.cancel()
-            with contextlib.suppress(BaseException):
-                await skipping
     raise AssertionError(f"never reached {phase}; last status phase: "
                          f"{status.phase if status else None}")
 
