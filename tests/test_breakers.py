@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import threading
 import uuid
@@ -629,3 +630,67 @@ async def test_state_changes_reach_a_real_gateway_as_detections(
             reporter.close()
             with contextlib.suppress(RPCError):
                 await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
+
+
+def test_the_decorator_takes_the_functions_own_parameters_on_every_path() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=2, open_duration=1.0)
+    shared: list[int] = []
+    seen: list[tuple[Any, ...]] = []
+
+    def plain(first: int, /, second: int, third: int = 3, bucket: list[int] = shared) -> int:
+        seen.append((first, second, third, bucket is shared))
+        return first + second + third
+
+    guarded = b(plain)
+    assert inspect.signature(guarded) == inspect.signature(plain)
+    assert guarded(1, 2) == 6 and guarded(1, second=2, third=4) == 7 and guarded(1, third=0, second=1) == 2
+    with pytest.raises(TypeError, match="plain"):
+        guarded(first=1, second=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="plain"):
+        guarded(1)  # type: ignore[call-arg]
+    assert b.snapshot().calls_in_window == 3  # a wrong call never reached the breaker
+    b.trip()
+    with pytest.raises(CircuitOpenError):
+        guarded(1, 2)
+    clock.advance(2)  # past the open time: the next call is a half-open trial, admitted
+    assert guarded(5, 5, 5) == 15 and b.state is not State.OPEN
+    assert seen == [(1, 2, 3, True), (1, 2, 4, True), (1, 1, 0, True), (5, 5, 5, True)]
+
+
+async def test_the_async_decorator_takes_the_functions_own_parameters_on_every_path() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=2, open_duration=1.0)
+
+    async def plain(first: int, second: int = 10) -> int:
+        await asyncio.sleep(0)
+        return first + second
+
+    guarded = b(plain)
+    assert inspect.signature(guarded) == inspect.signature(plain)
+    assert await guarded(1) == 11 and await guarded(second=2, first=1) == 3
+    b.trip()
+    with pytest.raises(CircuitOpenError):
+        await guarded(1)
+    clock.advance(2)
+    assert await guarded(2, second=3) == 5 and b.state is not State.OPEN
+
+
+def test_other_signatures_and_callables_get_a_generic_wrapper_that_forwards_everything() -> None:
+    b = CircuitBreaker("generic", BreakerConfig())
+
+    def variadic(*args: int, scale: int = 1, **extra: int) -> int:
+        return scale * sum(args) + sum(extra.values())
+
+    def clashing(_mk_fn: int) -> int:
+        return _mk_fn
+
+    class Doubler:
+        def __call__(self, x: int) -> int:
+            return 2 * x
+
+    assert b(variadic)(1, 2, scale=3, more=4) == 13
+    assert b(clashing)(_mk_fn=7) == 7
+    assert b(Doubler())(4) == 8
+    assert b(lambda: 9)() == 9
+    assert b.snapshot().calls_in_window == 4
