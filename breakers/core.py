@@ -586,24 +586,24 @@ class CircuitBreaker:
 
 # The closed-state fast path of `CircuitBreaker.call` and `call_async`, inlined into the
 # decorator's wrapper (one Python frame less per call) and generated for the wrapped function's
-# own parameters. Every local name starts with `_mk_`; a function with such a parameter gets the
-# generic wrapper.
+# own parameters. Every name it uses, builtins included, starts with `_mk_`, so no parameter can
+# shadow one; a function with a parameter named so gets the generic wrapper.
 _WRAPPER_SOURCE = """
 def _mk_build(_mk_breaker, _mk_fn, _mk_calls, _mk_clock, _mk_timing_mask, _mk_sample_mask,
-              _mk_normal{default_names}):
+              _mk_normal, _mk_next, _mk_base_exception{default_names}):
     {async_}def guarded({parameters}):
         if _mk_breaker._closed:
-            _mk_number = next(_mk_calls)
+            _mk_number = _mk_next(_mk_calls)
             if _mk_number & _mk_timing_mask:
                 try:
                     return {await_}_mk_fn({arguments})
-                except BaseException as _mk_exc:
+                except _mk_base_exception as _mk_exc:
                     _mk_breaker._record_exception(_mk_exc, 0, _mk_normal, _mk_number)
                     raise
             _mk_start = _mk_clock()
             try:
                 _mk_result = {await_}_mk_fn({arguments})
-            except BaseException as _mk_exc:
+            except _mk_base_exception as _mk_exc:
                 _mk_breaker._record_exception(_mk_exc, _mk_clock() - _mk_start, _mk_normal, _mk_number)
                 raise
             _mk_elapsed = _mk_clock() - _mk_start
@@ -670,7 +670,7 @@ def _guarded_wrapper(breaker: CircuitBreaker, fn: Callable[..., Any], is_async: 
     exec(source, {}, namespace)  # noqa: S102 - our own template; names come from a real signature
     build = cast(Callable[..., Callable[..., Any]], namespace["_mk_build"])
     return build(breaker, fn, breaker._calls, breaker._clock, breaker._timing_mask, breaker._sample_mask,
-                 _NORMAL, *defaults)
+                 _NORMAL, next, BaseException, *defaults)
 
 
 class Guard:

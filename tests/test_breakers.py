@@ -644,12 +644,14 @@ def test_the_decorator_takes_the_functions_own_parameters_on_every_path() -> Non
 
     guarded = b(plain)
     assert inspect.signature(guarded) == inspect.signature(plain)
+    # Parameters named like the builtins the wrapper itself calls do not shadow them.
+    assert b(lambda next, BaseException: next + BaseException)(1, BaseException=2) == 3
     assert guarded(1, 2) == 6 and guarded(1, second=2, third=4) == 7 and guarded(1, third=0, second=1) == 2
     with pytest.raises(TypeError, match="plain"):
         guarded(first=1, second=2)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="plain"):
         guarded(1)  # type: ignore[call-arg]
-    assert b.snapshot().calls_in_window == 3  # a wrong call never reached the breaker
+    assert b.snapshot().calls_in_window == 4  # a wrong call never reached the breaker
     b.trip()
     with pytest.raises(CircuitOpenError):
         guarded(1, 2)
