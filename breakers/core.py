@@ -667,7 +667,8 @@ def _guarded_wrapper(breaker: CircuitBreaker, fn: Callable[..., Any], is_async: 
         admitted=admitted,
     )
     namespace: dict[str, Any] = {}
-    exec(source, {}, namespace)  # noqa: S102 - our own template; names come from a real signature
+    code = compile(source, "<breakers: decorator wrapper>", "exec")  # named so in tracebacks
+    exec(code, {}, namespace)  # noqa: S102 - our own template; names come from a real signature
     build = cast(Callable[..., Callable[..., Any]], namespace["_mk_build"])
     return build(breaker, fn, breaker._calls, breaker._clock, breaker._timing_mask, breaker._sample_mask,
                  _NORMAL, next, BaseException, *defaults)
