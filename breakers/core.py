@@ -205,7 +205,7 @@ class CircuitBreaker:
         with self._lock:
             self._listeners.append(listener)
 
-    def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run `fn(*args, **kwargs)` through the breaker, or raise CircuitOpenError."""
         if self._closed:
             number = next(self._calls)
@@ -230,7 +230,7 @@ class CircuitBreaker:
             return result
         return self._call_admitted(fn, args, kwargs)
 
-    async def call_async(self, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
+    async def call_async(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await `fn(*args, **kwargs)` through the breaker, cancelled after `call_timeout` if set."""
         if self._closed:
             kind, number = _NORMAL, next(self._calls)

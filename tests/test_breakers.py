@@ -283,9 +283,10 @@ def test_classification_of_exceptions_timeouts_and_slow_calls() -> None:
     b, changes = make(clock, consecutive_failures=1, ignore_exceptions=(KeyError,),
                       slow_call_duration=1.0, call_timeout=2.0, minimum_calls=1,
                       slow_call_rate_threshold=1.0)
+    empty: dict[str, int] = {}
     for _ in range(3):
         with pytest.raises(KeyError):
-            b.call({}.__getitem__, "x")
+            b.call(empty.__getitem__, "x")
     assert b.snapshot().calls_in_window == 0  # ignored: neither success nor failure
     assert b.call(taking(clock, 1.5)) == 1.5  # a slow success: 1 slow of 1 call reaches 1.0
     assert b.state is State.OPEN and changes[-1].reason.startswith("slow-call rate 1/1")
