@@ -54,11 +54,16 @@ def slow_fix_policy(demo: DemoService, tmp_path: Path) -> Path:
 
 
 def start_worker(target: dict[str, str], state_dir: Path, policy: Path) -> subprocess.Popen[str]:
-    """`medkit worker` as a service would run it, with its own policy file in MEDKIT_CONFIG."""
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir", str(state_dir)],
-        env={**os.environ, **target, "MEDKIT_CONFIG": str(policy)}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+    """`medkit worker` as a service would run it, with its own policy file in MEDKIT_CONFIG.
+
+    Its log goes to a file beside the state dir, not to a pipe: nobody reads the pipe, so once
+    its 64 KB buffer is full the worker blocks on its next log line and stops answering."""
+    log = state_dir.parent / f"{state_dir.name}-worker.log"
+    with log.open("a") as stderr:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir", str(state_dir)],
+            env={**os.environ, **target, "MEDKIT_CONFIG": str(policy)}, stdout=subprocess.DEVNULL,
+            stderr=stderr, text=True)
 
 
 def test_config_check_reports_every_problem_with_line(tmp_path: Path) -> None:
