@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +55,35 @@ def slow_fix_policy(demo: DemoService, tmp_path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def interruptible_children() -> Iterator[None]:
+    """Processes started inside get SIGINT's default action, as from a terminal, even when this
+    test run itself was started with SIGINT ignored (a background job of a non-interactive shell
+    is). An ignored signal is inherited across exec, and a Python started so rightly stays deaf
+    to it, so a Ctrl-C test would wait forever."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def worker_log(state_dir: Path) -> Path:
+    """Where `start_worker` writes the log of the worker with state in `state_dir`."""
+    return state_dir.parent / f"{state_dir.name}-worker.log"
+
+
 def start_worker(target: dict[str, str], state_dir: Path, policy: Path) -> subprocess.Popen[str]:
     """`medkit worker` as a service would run it, with its own policy file in MEDKIT_CONFIG.
 
     Its log goes to a file beside the state dir, not to a pipe: nobody reads the pipe, so once
-    its 64 KB buffer is full the worker blocks on its next log line and stops answering."""
-    log = state_dir.parent / f"{state_dir.name}-worker.log"
-    with log.open("a") as stderr:
+    its 64 KB buffer is full the worker blocks on its next log line and stops answering. Its
+    metrics endpoint is off: on the default port it would fail to start whenever another worker
+    (a running `medkit dev`, another test's) holds that port."""
+    with worker_log(state_dir).open("a") as stderr:
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir", str(state_dir)],
+            [str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir", str(state_dir),
+             "--metrics-address", "off"],
             env={**os.environ, **target, "MEDKIT_CONFIG": str(policy)}, stdout=subprocess.DEVNULL,
             stderr=stderr, text=True)
 
@@ -151,8 +173,7 @@ async def test_sigterm_drains_the_running_action_and_the_recovery_survives(
         time.sleep(0.5)  # let the command start
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0
-        _, err = first.communicate()
-        assert "shutting down: draining running activities" in err
+        assert "shutting down: draining running activities" in worker_log(state).read_text()
         history = await handle.fetch_history()  # no worker runs now: read the server's record
         scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
                      for e in history.events if e.HasField("activity_task_scheduled_event_attributes")}
@@ -317,9 +338,10 @@ async def test_ctrl_c_stops_status_watch_cleanly(
         started = medkit("trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                          f"k{uuid.uuid4().hex[:6]}", "-o", "json", env=env)
         workflow_id = json.loads(started.stdout)["workflow_id"]
-        watch = subprocess.Popen([str(Path(sys.executable).parent / "medkit"), "status",
-                                  workflow_id, "--watch"], env={**os.environ, **env},
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with interruptible_children():
+            watch = subprocess.Popen([str(Path(sys.executable).parent / "medkit"), "status",
+                                      workflow_id, "--watch"], env={**os.environ, **env},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert watch.stdout is not None
             first = await asyncio.to_thread(watch.stdout.readline)

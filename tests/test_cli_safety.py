@@ -163,8 +163,8 @@ async def test_status_and_decisions_print_outside_text_without_terminal_controls
     policy.write_text(yaml.safe_dump(data))
     env = {**target, "MEDKIT_CONFIG": str(policy)}
     worker = subprocess.Popen([str(Path(sys.executable).parent / "medkit"), "worker", "--state-dir",
-                               str(tmp_path / "state")], env={**os.environ, **env},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(tmp_path / "state"), "--metrics-address", "off"],
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         started = await run_medkit("trigger", "--service", "demo", "--config", str(policy),
                                    "--severity", "minor", "--key", f"k{uuid.uuid4().hex[:6]}",
