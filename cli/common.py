@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -243,8 +243,8 @@ def _names_missing_namespace(err: RPCError) -> bool:
 
 def guarded(func: Any) -> Any:
     """Decorate a command: CommandError and PolicyError become `medkit: ...` (or, with `-o json`,
-    a JSON object) on stderr and exit 1/2, and so do Temporal failures (temporal_failure); every
-    message is made printable first."""
+    a JSON object) on stderr and exit 1/2, and so do arguments a model refuses (exit 2) and
+    Temporal failures (temporal_failure); every message is made printable first."""
     def wrapper(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
@@ -259,6 +259,9 @@ def guarded(func: Any) -> Any:
             return 130
         except BrokenPipeError:  # the reader (say `| head`) has gone; nothing left to say
             return 0
+        except ValidationError as err:
+            fail(invalid_input_message(err, args), args, "InvalidInput")
+            return 2
         except (RPCError, RuntimeError, ValueError) as err:
             failure = temporal_failure(err, args)
             if failure is None:
@@ -267,6 +270,20 @@ def guarded(func: Any) -> Any:
             return 1
     wrapper.__doc__ = func.__doc__
     return wrapper
+
+
+def invalid_input_message(err: ValidationError, args: argparse.Namespace) -> str:
+    """What a command's arguments broke, one problem per `; `: a field the command line set is
+    named by its flag (`--operator: String should have at least 1 character`), so an empty
+    `--operator "$USER"` says which flag to fix instead of ending in a traceback."""
+    problems = []
+    for error in err.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        top = str(error["loc"][0]) if error["loc"] else ""
+        if top and hasattr(args, top):
+            field = "--" + field.replace("_", "-")
+        problems.append(f"{field}: {error['msg']}" if field else error["msg"])
+    return "; ".join(problems)
 
 
 def fail(message: str, args: argparse.Namespace | None = None, kind: str = "CommandError") -> None:

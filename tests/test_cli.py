@@ -243,6 +243,21 @@ def test_usage_errors_follow_the_output_format() -> None:
         "medkit status: error: the following arguments are required: id")
 
 
+def test_arguments_a_model_refuses_name_their_flag_and_exit_2() -> None:
+    """An empty `--operator` (as `"$USER"` gives where USER is unset) or a reason over the
+    model's limit is a one-line error naming the flag, exit 2, not a traceback; it is refused
+    before any connection, so no server is needed."""
+    empty = medkit("approve", "recovery:demo:drill", "--operator", "")
+    assert empty.returncode == 2 and empty.stdout == ""
+    assert empty.stderr.strip() == "medkit: --operator: String should have at least 1 character"
+    both = medkit("abort", "recovery:demo:drill", "--operator", "", "--reason", "x" * 2001,
+                  "-o", "json")
+    assert both.returncode == 2
+    assert json_error(both) == {
+        "error": "--operator: String should have at least 1 character; --reason: String should "
+                 "have at most 2000 characters", "type": "InvalidInput"}
+
+
 def test_dev_banner_exports_the_address_and_policy_for_the_cli(tmp_path: Path) -> None:
     """The banner's export line, pasted into a shell, points the CLI at the stack, even when
     the policy's path has a space in it."""
