@@ -16,6 +16,32 @@ def _check(condition: bool, name: str, rule: str, value: object) -> None:
         raise BreakerConfigError(f"{name}: {rule} (got {value!r})")
 
 
+_INTEGERS = ("window_size", "minimum_calls", "consecutive_failures", "timing_sample_every",
+             "latency_samples", "latency_sample_every", "latency_warmup", "half_open_max_concurrent",
+             "half_open_successes", "ramp_minimum_calls")
+_NUMBERS = ("failure_rate_threshold", "slow_call_rate_threshold", "adaptive_slow_quantile",
+            "adaptive_slow_multiplier", "adaptive_slow_floor", "adaptive_slow_ceiling", "open_duration",
+            "open_jitter", "open_backoff", "max_open_duration", "ramp_duration", "ramp_start_fraction")
+_OPTIONAL_NUMBERS = ("slow_call_duration", "call_timeout")
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _exception_classes(name: str, value: object) -> tuple[type[BaseException], ...]:
+    """`value` as a tuple of exception classes (one class, or a list, set or tuple of them)."""
+    classes = (value,) if isinstance(value, type) else value
+    if isinstance(classes, tuple | list | set | frozenset) and all(
+            isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+        return tuple(classes)
+    raise BreakerConfigError(f"{name}: must be a tuple of exception classes (got {value!r})")
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """Every option of a circuit breaker. Durations are seconds; rates are fractions in (0, 1].
@@ -61,7 +87,7 @@ class BreakerConfig:
     """Async calls are cancelled after this (TimeoutError); a sync call that took longer still
     returns its result but is recorded as a timeout failure. None: no deadline."""
     record_exceptions: tuple[type[BaseException], ...] = (Exception,)
-    """Exceptions that count as failures."""
+    """Exceptions that count as failures (one class, or a tuple, list or set of them)."""
     ignore_exceptions: tuple[type[BaseException], ...] = ()
     """Exceptions that propagate without being recorded at all (a 404, a validation error);
     checked before `record_exceptions`. Exceptions in neither list count as successes."""
@@ -75,7 +101,7 @@ class BreakerConfig:
     open_backoff: float = 2.0
     """A failed half-open or ramp phase reopens for the previous open time times this ..."""
     max_open_duration: float = 300.0
-    """... up to this."""
+    """... up to this, jitter included."""
     half_open_max_concurrent: int = 1
     """Trial calls let through at the same time while half-open; the others are refused."""
     half_open_successes: int = 3
@@ -91,6 +117,22 @@ class BreakerConfig:
     """Free-form labels carried on every state-change event (and so onto detections)."""
 
     def __post_init__(self) -> None:
+        for name in _INTEGERS:
+            _check(_is_integer(getattr(self, name)), name, "must be an integer", getattr(self, name))
+        for name in _NUMBERS:
+            _check(_is_finite_number(getattr(self, name)), name, "must be a finite number",
+                   getattr(self, name))
+        for name in _OPTIONAL_NUMBERS:
+            value = getattr(self, name)
+            _check(value is None or _is_finite_number(value), name, "must be a finite number or None",
+                   value)
+        for name in ("record_exceptions", "ignore_exceptions"):
+            object.__setattr__(self, name, _exception_classes(name, getattr(self, name)))
+        _check(self.failure_predicate is None or callable(self.failure_predicate), "failure_predicate",
+               "must be a function of the exception, or None", self.failure_predicate)
+        _check(isinstance(self.labels, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()),
+            "labels", "must be a dict of strings to strings", self.labels)
         _check(1 <= self.window_size <= 65_536, "window_size", "must be 1..65536", self.window_size)
         _check(1 <= self.minimum_calls <= self.window_size, "minimum_calls",
                "must be 1..window_size", self.minimum_calls)

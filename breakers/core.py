@@ -1,11 +1,12 @@
 """The circuit breaker: a state machine over a count-based window of call outcomes.
 
-Every finished call takes the next number from one `itertools.count` (atomic under the GIL).
-A successful, not slow call in the closed state does nothing else: no lock, no attribute
-written. Failures and slow calls are the exceptions, so only they are stored, by call number,
-under a lock; the window is "the last `window_size` call numbers", so its call count, failure
-and slow counts, and the run of consecutive failures (failures with consecutive numbers) are
-all exact, whatever the threads do.
+Every call takes the next number from one `itertools.count` (atomic under the GIL) when it
+starts. A successful, not slow call in the closed state does nothing else: no lock, no attribute
+written. Failures and slow calls are the exceptions, so only they are stored, in number order
+whatever order the calls finish in, under a lock. A finished call is judged on the window of
+the `window_size` numbers up to its own, so calls started after it (perhaps still running)
+do not dilute its rates; the run of consecutive failures is the failures with consecutive
+numbers.
 States: closed -> open (fail fast for a jittered time) -> half_open (a few trial calls) ->
 ramping (an admitted fraction of calls rising to 1) -> closed. Any failure while testing reopens,
 for longer each time.
@@ -14,6 +15,7 @@ for longer each time.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import inspect
 import itertools
@@ -140,11 +142,11 @@ class CircuitBreaker:
     """A named circuit breaker; call through `call`/`call_async`, as a decorator, or `guard()`."""
 
     __slots__ = ("__weakref__", "_calls", "_clock", "_closed", "_failures", "_held", "_held_credit",
-                 "_held_outcome", "_held_retry_after", "_ignored", "_last_failure",
+                 "_held_outcome", "_held_retry_after", "_ignored",
                  "_latencies", "_latency_count", "_latency_fresh", "_latency_pos", "_listeners", "_lock",
                  "_look_closer_ns", "_n", "_open_base_s", "_open_until", "_ramp_calls",
                  "_ramp_consecutive", "_ramp_credit", "_ramp_failures", "_ramp_ns", "_ramp_slow",
-                 "_ramp_started", "_recompute_every", "_rejected", "_rng", "_run", "_sample_mask", "_slow",
+                 "_ramp_started", "_recompute_every", "_rejected", "_rng", "_sample_mask", "_slow",
                  "_slow_threshold_ns", "_state", "_timeout_ns", "_timing_mask", "_trial_successes",
                  "_trials_in_flight", "_window_start", "config", "name")
 
@@ -162,8 +164,6 @@ class CircuitBreaker:
         self._failures: deque[int] = deque()
         self._slow: deque[int] = deque()
         self._ignored: deque[int] = deque()
-        self._last_failure = -2
-        self._run = 0
         self._ramp_consecutive = 0
         self._closed = True
         self._state = State.CLOSED
@@ -240,14 +240,21 @@ class CircuitBreaker:
         clock = self._clock
         timed = kind != _NORMAL or not number & self._timing_mask
         start = clock() if timed else 0
+        deadline: asyncio.Timeout | None = None
         try:
             if self.config.call_timeout is None:
                 result = await fn(*args, **kwargs)
             else:
-                async with asyncio.timeout(self.config.call_timeout):
+                async with asyncio.timeout(self.config.call_timeout) as deadline:
                     result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_exception(exc, clock() - start if timed else 0, kind, number)
+            elapsed = clock() - start if timed else 0
+            if deadline is not None and deadline.expired():
+                # Our own deadline cancelled it: a timeout, even if `ignore_exceptions` covers
+                # TimeoutError (an OSError) or the predicate would say otherwise.
+                self._record(kind, number, failed=True, slow=True, outcome=Outcome.TIMEOUT)
+            else:
+                self._record_exception(exc, elapsed, kind, number)
             raise
         if timed:
             elapsed = clock() - start
@@ -335,7 +342,7 @@ class CircuitBreaker:
             return BreakerSnapshot(
                 name=self.name, state=self._state, calls_in_window=calls,
                 failure_rate=failures / calls if calls else 0.0, slow_rate=slow / timed if timed else 0.0,
-                consecutive_failures=self._run if self._last_failure == now else 0,
+                consecutive_failures=self._run_ending_at(now),
                 slow_threshold_s=self._slow_threshold_ns / _NS,
                 rejected=self._rejected, open_remaining_s=remaining, held_fraction=self._held)
 
@@ -398,7 +405,7 @@ class CircuitBreaker:
                 if kind == _TRIAL:
                     self._trials_in_flight -= 1
                 elif kind == _NORMAL and number > self._window_start:
-                    self._ignored.append(number)  # it took a number: take it out of the window
+                    _insert_in_order(self._ignored, number)  # it took a number: not a call
             return
         if outcome is Outcome.SUCCESS:
             self._record_success(elapsed, kind, number)
@@ -435,18 +442,16 @@ class CircuitBreaker:
         if self._state is not State.CLOSED or number <= self._window_start:
             return  # started before the breaker opened; the outcome belongs to the old period
         if failed:
-            self._run = self._run + 1 if number == self._last_failure + 1 else 1
-            self._last_failure = number
-            self._failures.append(number)
+            _insert_in_order(self._failures, number)
         if slow:
-            self._slow.append(number)
+            _insert_in_order(self._slow, number)
         config = self.config
         in_a_row = config.consecutive_failures
-        if failed and in_a_row and self._run >= in_a_row:
+        if failed and in_a_row and self._run_through(number, in_a_row) >= in_a_row:
             self._open(f"{config.consecutive_failures} consecutive failures (last: {outcome.value})",
                        backoff=False)
             return
-        calls, failures, slow_calls, timed = self._window_counts(self._last_call_number())
+        calls, failures, slow_calls, timed = self._window_counts(number)
         if calls < config.minimum_calls:
             return
         if failed and failures / calls >= config.failure_rate_threshold:
@@ -499,26 +504,59 @@ class CircuitBreaker:
         return int(repr(self._calls)[6:-1]) - 1
 
     def _window_counts(self, now: int) -> tuple[int, int, int, int]:
-        """Calls, failures, slow calls and timed calls among the last `window_size` calls up to
-        call `now`. Timed calls are the numbers that are multiples of `timing_sample_every`."""
-        after = max(now - self._n, self._window_start)
+        """Calls, failures, slow calls and timed calls among the `window_size` call numbers up
+        to `now` (the call being judged, or the latest for a snapshot). Timed calls are the
+        numbers that are multiples of `timing_sample_every`."""
+        latest = self._last_call_number()
+        forget = max(latest - self._n, self._window_start)
         for numbers in (self._failures, self._slow, self._ignored):
-            while numbers and numbers[0] <= after:
+            while numbers and numbers[0] <= forget:
                 numbers.popleft()
-        every = self._timing_mask + 1
+        after = max(now - self._n, self._window_start)
         ignored = self._ignored
-        ignored_timed = sum(1 for number in ignored if not number & self._timing_mask) if ignored else 0
-        return (now - after - len(ignored), len(self._failures), len(self._slow),
-                now // every - after // every - ignored_timed)
+        ignored_calls = ignored_timed = 0
+        if ignored:
+            ignored_calls = _count_between(ignored, after, now)
+            ignored_timed = sum(1 for number in ignored if after < number <= now
+                                and not number & self._timing_mask)
+        every = self._timing_mask + 1
+        return (now - after - ignored_calls, _count_between(self._failures, after, now),
+                _count_between(self._slow, after, now), now // every - after // every - ignored_timed)
+
+    def _run_through(self, number: int, cap: int) -> int:
+        """Length (up to `cap`) of the run of failures with consecutive numbers that holds the
+        failure `number`; calls finishing out of order still make one run."""
+        failures = self._failures
+        index = bisect.bisect_left(failures, number)
+        run, low, high = 1, index, index
+        while run < cap and low > 0 and failures[low - 1] == failures[low] - 1:
+            low -= 1
+            run += 1
+        last = len(failures) - 1
+        while run < cap and high < last and failures[high + 1] == failures[high] + 1:
+            high += 1
+            run += 1
+        return run
+
+    def _run_ending_at(self, now: int) -> int:
+        """Failures in a row up to call `now` (0 when call `now` did not fail)."""
+        failures = self._failures
+        if not failures or failures[-1] != now:
+            return 0
+        return self._run_through(now, len(failures))
 
     def _open(self, reason: str, *, backoff: bool) -> None:
+        """Open for a jittered time. Trials still running keep their slots until they finish,
+        so the next half-open phase never runs more than `half_open_max_concurrent` at once."""
         config = self.config
         base = min(self._open_base_s * config.open_backoff, config.max_open_duration) if backoff \
             else config.open_duration
         self._open_base_s = base
-        duration = base * (1 + self._rng.uniform(-config.open_jitter, config.open_jitter))
+        spread = base * config.open_jitter
+        # Jitter keeps its width at the cap: drawn below `max_open_duration`, never above it.
+        high = min(base + spread, config.max_open_duration)
+        duration = self._rng.uniform(max(high - 2 * spread, base - spread), high)
         self._open_until = self._clock() + int(duration * _NS)
-        self._trials_in_flight = 0
         self._trial_successes = 0
         self._held = None
         self._transition(State.OPEN, reason, open_for=duration)
@@ -528,7 +566,6 @@ class CircuitBreaker:
         self._failures.clear()
         self._slow.clear()
         self._ignored.clear()
-        self._run = 0
         self._open_base_s = self.config.open_duration
         self._held = None
         self._transition(State.CLOSED, reason, imposed=imposed)
@@ -537,7 +574,7 @@ class CircuitBreaker:
                     imposed: bool = False) -> None:
         now = self._last_call_number()
         calls, failures, slow, timed = self._window_counts(now)
-        consecutive = self._run if self._last_failure == now else 0
+        consecutive = self._run_ending_at(now)
         if self._state is State.RAMPING and self._ramp_calls:
             calls, failures, slow = self._ramp_calls, self._ramp_failures, self._ramp_slow
             timed = calls
@@ -582,6 +619,21 @@ class CircuitBreaker:
         threshold = max(config.adaptive_slow_floor * _NS, min(threshold, config.adaptive_slow_ceiling * _NS))
         self._slow_threshold_ns = int(threshold)
         self._look_closer_ns = min(self._slow_threshold_ns, self._timeout_ns)
+
+
+def _insert_in_order(numbers: deque[int], number: int) -> None:
+    """Store a call number keeping the queue sorted (calls may finish out of order)."""
+    if not numbers or number > numbers[-1]:
+        numbers.append(number)
+    else:
+        bisect.insort(numbers, number)
+
+
+def _count_between(numbers: deque[int], after: int, up_to: int) -> int:
+    """How many of the sorted `numbers` lie in (after, up_to]."""
+    if not numbers or (numbers[0] > after and numbers[-1] <= up_to):
+        return len(numbers)
+    return bisect.bisect_right(numbers, up_to) - bisect.bisect_right(numbers, after)
 
 
 # The closed-state fast path of `CircuitBreaker.call` and `call_async`, inlined into the

@@ -101,7 +101,7 @@ class EntityFollower:
                 self.poll_errors += 1
                 _log.debug("breaker follower %s: HTTP %d: %s", self.entity, response.status_code,
                            response.text[:300])
-        except (httpx.HTTPError, ValueError) as err:
+        except (httpx.HTTPError, ValueError) as err:  # ValueError: a body that is not a status
             self.poll_errors += 1
             _log.debug("breaker follower %s: status read failed: %s", self.entity, err)
         if self.breaker.held_fraction is not None and time.monotonic() - self._last_read > self.stale_after:
@@ -111,21 +111,30 @@ class EntityFollower:
             self.polls += 1
             self._polled.notify_all()
 
-    def _apply(self, status: dict[str, Any]) -> None:
-        state = str(status["state"])
-        self.entity_state = state
-        transitions = status.get("transitions") or [{}]
-        why = transitions[-1].get("reason", "")
-        reason = f"fleet breaker {self.entity} is {state}" + (f" ({why})" if why else "")
+    def _apply(self, status: object) -> None:
+        """Hold the breaker to a status body; ValueError (nothing changed) when it is not one."""
+        if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+            raise ValueError(f"not a breaker status (no 'state'): {str(status)[:200]}")
+        state: str = status["state"]
         held = _HELD_STATES.get(state)
+        fraction, retry_after = 0.0, self.interval
+        try:
+            if held is not None and held is not State.OPEN:
+                fraction = float(status["traffic_fraction"])
+                if not 0.0 <= fraction <= 1.0:
+                    raise ValueError(f"traffic_fraction {fraction} is not in 0..1")
+            if state == "open" and status.get("open_until"):
+                open_until = datetime.fromisoformat(str(status["open_until"]))
+                retry_after = max(0.0, (open_until - datetime.now(UTC)).total_seconds())
+            transitions = status.get("transitions") or [{}]
+            why = str(transitions[-1].get("reason", ""))
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"malformed breaker status: {type(err).__name__}: {err}") from err
+        self.entity_state = state
+        reason = f"fleet breaker {self.entity} is {state}" + (f" ({why})" if why else "")
         if held is None:
             self.breaker.release(reason)
             return
-        retry_after = self.interval
-        if state == "open" and status.get("open_until"):
-            open_until = datetime.fromisoformat(str(status["open_until"]))
-            retry_after = max(0.0, (open_until - datetime.now(UTC)).total_seconds())
-        fraction = 0.0 if held is State.OPEN else float(status["traffic_fraction"])
         self.breaker.hold(held, fraction, reason, retry_after=retry_after, on_outcome=self._held_outcome)
 
     def _held_outcome(self, outcome: Outcome) -> None:
@@ -156,7 +165,11 @@ class EntityFollower:
         next_poll = 0.0
         while True:
             if time.monotonic() >= next_poll:
-                self.poll_once()
+                try:
+                    self.poll_once()
+                except Exception:  # the thread must outlive any surprise, or the hold never ends
+                    self.poll_errors += 1
+                    _log.exception("breaker follower %s: poll failed", self.entity)
                 next_poll = time.monotonic() + self.interval
             try:
                 item = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
