@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, event, func
+from sqlalchemy import Engine, and_, event, func, or_
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -140,14 +140,17 @@ class ActionLedger:
                 session.commit()
 
     def count_actions(self, service: str, activities: list[str], since: datetime) -> int:
-        """How many of these activities finished for `service` since then, across its incidents."""
+        """How many of these activities acted on `service` since then, across its incidents:
+        finished since then, or started since then and not finished (failed attempts never
+        finish their row, and a failed restart still stopped the process)."""
         if not activities:
             return 0
+        since = since.astimezone(UTC)
+        finished_at = col(ActionRecord.finished_at)
         query = select(func.count()).select_from(ActionRecord).where(
             ActionRecord.service == service,
             col(ActionRecord.activity).in_(activities),
-            col(ActionRecord.finished_at).is_not(None),
-            col(ActionRecord.finished_at) >= since.astimezone(UTC),
+            or_(finished_at >= since, and_(finished_at.is_(None), col(ActionRecord.started_at) >= since)),
         )
         with Session(self._engine) as session:
             return int(session.exec(query).one())

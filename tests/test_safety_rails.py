@@ -39,7 +39,7 @@ from workers.client import send_decision, static_summary
 from workers.logging import quiet_noisy_loggers
 from workers.worker import build_worker
 from workflows.fleet import FleetCoordinatorWorkflow
-from workflows.recovery import RecoveryWorkflow
+from workflows.recovery import ACTION_RETRY, RecoveryWorkflow
 
 
 def two_services(webhook_url: str, fleet: dict[str, Any] | None = None) -> list[ServicePolicy]:
@@ -70,6 +70,37 @@ async def test_budget_exhausted_hands_over_instead_of_restarting_again(
         assert demo_service.pid() == restarted_pid  # not restarted a second time
         await send_decision(ts_env.client, second.id, DecisionKind.RESOLVE, operator())
         assert (await second.result()).phase == Phase.RESOLVED
+
+
+async def test_failed_actions_count_against_the_budget(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, tmp_path: Path,
+) -> None:
+    """An action whose attempts all fail still acted, so it uses the budget: with a budget of
+    one, the second rung hands over instead of running the command again (it ran 9 times, 3
+    rungs of 3 attempts, when only finished actions counted)."""
+    runs = tmp_path / "runs"
+    fixed = tmp_path / "fixed"
+    ladder = [{"name": "fix", "steps": [{"action": "fix"}]}]
+    policy = PolicyFile.model_validate({"services": [{
+        "name": "svc",
+        "probes": [{"kind": "command", "name": "fixed", "argv": [
+            PY, "-c", "import os, sys; sys.exit(0 if os.path.exists(sys.argv[1]) else 1)", str(fixed)]}],
+        "actions": {"fix": {"kind": "command", "argv": [
+            PY, "-c", "import sys; open(sys.argv[1], 'a').write('x'); sys.exit(1)", str(runs)]}},
+        "ladders": {"minor": ladder, "major": ladder, "critical": ladder},
+        "validation": {"samples": 1},
+        "retry": {"max_attempts": 3, "initial_backoff": "1s"},
+        "escalation": {"max_escalations": 0},
+        "budgets": [{"actions": ["fix"], "max_actions": 1, "window": "1h"}],
+        "health_poll": {"enabled": False},
+    }]}).services[0]
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(policy))):
+        handle = await start(ts_env.client, queue, policy, detection(service="svc"))
+        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, timeout=120, skip_time=True)
+        assert "budget exhausted: 1 of 1 fix actions used on svc" in status.timeline[-1].reason
+        await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE, operator())
+        await handle.result()
+    assert len(runs.read_text()) == ACTION_RETRY.maximum_attempts  # one step, its attempts only
 
 
 async def test_second_incident_on_a_service_queues_behind_the_first(

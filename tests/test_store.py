@@ -187,23 +187,32 @@ def finished_action(ledger: ActionLedger, key: str, service: str, activity: str,
         session.commit()
 
 
-def test_count_actions_counts_finished_actions_of_the_service_in_the_window(ledger: ActionLedger) -> None:
+def test_count_actions_counts_actions_of_the_service_in_the_window(ledger: ActionLedger) -> None:
+    """Finished actions count from when they finished; one whose attempts failed (its row never
+    finishes) or that is still running counts from when it started, since it acted."""
     now = datetime.now(UTC)
     finished_action(ledger, "a/1/1", "web", "restart_process", now - timedelta(minutes=5))
     finished_action(ledger, "b/1/1", "web", "restart_process", now - timedelta(minutes=50))
     finished_action(ledger, "c/1/1", "web", "run_command", now - timedelta(minutes=1))
     finished_action(ledger, "d/1/1", "web", "notify", now - timedelta(minutes=1))
     finished_action(ledger, "e/1/1", "web", "restart_process", now - timedelta(hours=3))
-    finished_action(ledger, "f/1/1", "web", "restart_process", None)
+    finished_action(ledger, "f/1/1", "web", "restart_process", None)  # failed or running, started now
+    finished_action(ledger, "h/1/1", "web", "restart_process", None)
+    with Session(ledger.engine) as session:  # a failed one from long ago: outside the window
+        record = session.get(ActionRecord, "h/1/1")
+        assert record is not None
+        record.started_at = now - timedelta(hours=2)
+        session.add(record)
+        session.commit()
     finished_action(ledger, "g/1/1", "api", "restart_process", now - timedelta(minutes=1))
     since = now - timedelta(hours=1)
-    assert ledger.count_actions("web", ["restart_process"], since) == 2
-    assert ledger.count_actions("web", ["restart_process", "run_command"], since) == 3
-    assert ledger.count_actions("web", ["restart_process"], now - timedelta(minutes=10)) == 1
+    assert ledger.count_actions("web", ["restart_process"], since) == 3
+    assert ledger.count_actions("web", ["restart_process", "run_command"], since) == 4
+    assert ledger.count_actions("web", ["restart_process"], now - timedelta(minutes=10)) == 2
     assert ledger.count_actions("api", ["restart_process"], since) == 1
     assert ledger.count_actions("web", [], since) == 0
     local = since.astimezone(timezone(timedelta(hours=-5)))
-    assert ledger.count_actions("web", ["restart_process"], local) == 2
+    assert ledger.count_actions("web", ["restart_process"], local) == 3
 
 
 def test_concurrent_writers_from_many_workers_never_duplicate(database_url: str) -> None:
