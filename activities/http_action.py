@@ -10,7 +10,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.child_env import redact
+from activities.child_env import REDACTED, redact
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
@@ -35,12 +35,28 @@ def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def body_text(response: httpx.Response) -> str:
+    """The response body with secrets redacted: the worker's secret-looking variables, and the
+    credential this very request carried (an endpoint that echoes it, as many 401 pages do,
+    must not put it in an error, the history or a log line, whatever its variable is named)."""
+    text = redact(response.text)
+    try:
+        authorization = response.request.headers.get("Authorization", "")
+    except RuntimeError:  # a response built without a request
+        return text
+    credential = authorization.partition(" ")[2] or authorization
+    for secret in sorted({authorization, credential}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def raise_for_action_status(response: httpx.Response, expected: list[int], what: str) -> None:
     """Accept `expected`; retry 408, 409, 429 and 5xx; any other status is permanent."""
     code = response.status_code
     if code in expected:
         return
-    message = f"{what} answered HTTP {code}: {response.text[:300]}"
+    message = f"{what} answered HTTP {code}: {body_text(response)[:300]}"
     if code in (408, 409, 429) or code >= 500:
         raise ApplicationError(message, type="HttpActionRetryable")
     kind = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(code, "HttpActionRejected")
@@ -67,7 +83,7 @@ async def send(
 
 def response_data(response: httpx.Response) -> dict[str, float | int | str | None]:
     """The status and (truncated) body of a response, for ActionResult.data."""
-    return {"status": response.status_code, "body": redact(response.text)[:BODY_LIMIT]}
+    return {"status": response.status_code, "body": body_text(response)[:BODY_LIMIT]}
 
 
 class HttpActionActivities:

@@ -310,3 +310,38 @@ async def test_an_http_action_response_echoing_the_token_is_redacted(
     assert result.ok
     assert secret not in result.model_dump_json()
     assert f"Bearer {REDACTED}" in str(result.data["body"])
+
+
+@pytest.mark.parametrize("variable", [SECRET_NAME, "MEDKIT_ADMIN_BEARER"])
+async def test_an_http_action_rejection_echoing_the_token_keeps_it_out_of_the_error(
+    deps: ActivityDeps, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """A 401 page that echoes the credential it refused cannot put it into the error, and so
+    into the history, the timeline and the worker's log line, even when the variable holding it
+    has a name that does not look secret (MEDKIT_ADMIN_BEARER)."""
+    token = f"tok-{uuid.uuid4().hex}"
+    monkeypatch.setenv(variable, token)
+
+    class Refuses(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = f"invalid credential: {self.headers.get('Authorization')}".encode()
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Refuses)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        err = await fails(HttpActionActivities(deps).http_action, {
+            "kind": "http", "url": f"http://127.0.0.1:{server.server_port}/admin",
+            "bearer_token_env": variable,
+        })
+    finally:
+        server.shutdown()
+    assert err.type == "Unauthorized" and err.non_retryable
+    assert token not in str(err)
+    assert f"invalid credential: {REDACTED}" in str(err) or f"Bearer {REDACTED}" in str(err)
