@@ -191,6 +191,8 @@ class WebhookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     status: int = 200
+    delays: dict[str, float] = field(default_factory=dict)
+    """Seconds to wait before answering a notification, by its `event` (a slow receiver)."""
 
     @property
     def url(self) -> str:
@@ -213,8 +215,10 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            receiver.received.append(json.loads(self.rfile.read(length)))
+            body = json.loads(self.rfile.read(length))
+            receiver.received.append(body)
             receiver.headers.append(dict(self.headers))
+            time.sleep(receiver.delays.get(str(body.get("event")), 0.0))
             self.send_response(receiver.status)
             self.end_headers()
 

@@ -35,7 +35,7 @@ from tests.scripted import (
     wait_for_phase,
 )
 from workers.client import DecisionRejected, send_decision
-from workflows.recovery import RecoveryWorkflow
+from workflows.recovery import PROBE_FRESHNESS, RecoveryWorkflow
 
 
 async def _notified(handle: WorkflowHandle[Any, Any], event: str) -> RecoveryStatus | None:
@@ -172,6 +172,49 @@ async def test_healthy_again_before_the_next_rung_validates_instead_of_acting(
     assert phases(result)[-3:] == ["GradualRecovery", "Validating", "Recovered"]
     assert any("healthy again before page: not acting" in e.reason for e in result.timeline)
     assert webhook_receiver.events() == []
+
+
+async def test_healthy_after_a_slow_emergency_page_is_dismissed_without_acting(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """The critical path pages first; the page took longer than PROBE_FRESHNESS, so the
+    assessment's probe round is too old to act on: medkit probes again, finds the service
+    healthy and acts on nothing (it restarted a healthy service before)."""
+    webhook_receiver.delays["emergency"] = PROBE_FRESHNESS.total_seconds() + 1
+    script = Script()
+    script.probe("http", False)  # the assessment sees the failure; healthy from then on
+    restart = [{"name": "restart", "steps": [{"action": "restart"}]}]
+    policy = scripted_policy(webhook_receiver.url,
+                             ladders={"minor": restart, "major": restart, "critical": restart})
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        result = await handle.result()
+        await save_history(handle, "dismissed_after_slow_page")
+    assert result.phase == Phase.DISMISSED
+    assert script.actions == []
+    assert "healthy again before restart" in next(
+        e.reason for e in result.timeline if e.to_phase == Phase.DISMISSED)
+    assert webhook_receiver.events()[0] == "emergency"
+
+
+async def test_a_notify_step_is_not_the_rungs_first_action_on_the_service(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """In a rung [page, failover] the page does not touch the service: when it took long, the
+    failover is checked against a fresh probe round like a rung's first action."""
+    webhook_receiver.delays["action"] = PROBE_FRESHNESS.total_seconds() + 1
+    script = Script()
+    script.probe("http", False)
+    rung = [{"name": "failover", "steps": [{"action": "page"}, {"action": "failover"}]}]
+    policy = scripted_policy(webhook_receiver.url, ladders={"minor": rung, "major": rung, "critical": rung})
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        result = await handle.result()
+    assert result.phase == Phase.DISMISSED
+    assert script.actions == []
+    assert webhook_receiver.events() == ["action"]  # the page went out; the failover did not run
+    assert "healthy again before failover" in next(
+        e.reason for e in result.timeline if e.to_phase == Phase.DISMISSED)
 
 
 async def test_critical_with_approval_granted(

@@ -78,6 +78,13 @@ ACTION_HEARTBEAT = timedelta(seconds=30)
 see workers.worker, so an abort still reaches a running action within a second or two)."""
 MAX_REPORTS_IN_TIMELINE = 100
 """Duplicate reports are always counted; only the first hundred are listed in the timeline."""
+PROBE_FRESHNESS = timedelta(seconds=2)
+"""How long a probe round is trusted before acting: any wait longer than this (an emergency page
+that retried, a slow lease answer, a notify step) makes medkit probe again first, so it never acts
+on a service that became healthy meanwhile."""
+FRESH_PROBES_PATCH = "probe-again-when-stale-by-time"
+"""Marks runs that re-probe by age and before a rung's first real action even after a notify
+step; runs recorded before it replay with the older rule (only named waits made probes stale)."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -126,6 +133,7 @@ class RecoveryWorkflow:
         self._probes_saw_problem = False
         self._last_round_healthy = False
         self._stale = False
+        self._probed_at: datetime | None = None
         self._acted = False
         self._paged = False
         self._paged_routes: dict[str, str] = {}
@@ -265,9 +273,10 @@ class RecoveryWorkflow:
     async def _run_rung(self, rung: RungSpec, phase: Phase) -> None:
         """Run the rung's steps in order; a failed step ends the rung and validation decides.
 
-        Before the rung's first action, and after an approval, the service is probed again if
-        anything waited since the last probe round: a service that is healthy by then is not
-        acted on (see _still_needed)."""
+        Before the rung's first action on the service (a notify step is not one), and after an
+        approval, the service is probed again if the last probe round is stale (a wait, or more
+        than PROBE_FRESHNESS ago): a service that is healthy by then is not acted on (see
+        _still_needed)."""
         acted = False
         for index, step in enumerate(rung.steps, start=1):
             self._current_step = f"{rung.name} step {index}/{len(rung.steps)}: {step.label()}"
@@ -277,7 +286,10 @@ class RecoveryWorkflow:
             if step.action is not None:
                 if (not acted or step.requires_approval) and not await self._still_needed(step.label()):
                     return
-                acted = True
+                # A notify step does not touch the service: the first real action after it is
+                # still the rung's first, and is checked again (runs before the patch: it was not).
+                notifies = self._policy.actions[step.action].kind == "notify"
+                acted = acted or not notifies or not workflow.patched(FRESH_PROBES_PATCH)
                 ok = await self._act(step.action)
             elif step.check:
                 results = (await self._probe_all(f"check after {rung.name} step {index}")).results
@@ -461,8 +473,19 @@ class RecoveryWorkflow:
                             detail=f"probe failed: {_cause(err)}", at=workflow.now())
                 for spec in probes])
         self._stale = False
+        self._probed_at = workflow.now()
         self._last_round_healthy = all(result.healthy for result in round_.results)
         return round_
+
+    def _probes_stale(self) -> bool:
+        """Whether the last probe round is too old to act on: a wait medkit knows of (a backoff,
+        an approval, a queued lease, an action) or, in runs with FRESH_PROBES_PATCH, any time
+        longer than PROBE_FRESHNESS since that round."""
+        if self._stale:
+            return True
+        if not workflow.patched(FRESH_PROBES_PATCH):
+            return False
+        return self._probed_at is None or workflow.now() - self._probed_at > PROBE_FRESHNESS
 
     async def _still_needed(self, step: str) -> bool:
         """Whether the service still needs acting on before `step`; probes again first when
@@ -474,7 +497,7 @@ class RecoveryWorkflow:
         rest of the rung, and validation decides."""
         if not self._probes_saw_problem:
             return True
-        if self._stale:
+        if self._probes_stale():
             round_ = await self._probe_all(f"verify before {step}")
             failing = [r.evidence() for r in round_.results if not r.healthy]
             if failing:
