@@ -15,6 +15,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
+from gateway.temporal import started_new
 from models import search_attributes as sa
 from models.decisions import OperatorDecision
 from models.detection import ReportBatch
@@ -215,6 +216,37 @@ async def test_a_notify_step_is_not_the_rungs_first_action_on_the_service(
     assert webhook_receiver.events() == ["action"]  # the page went out; the failover did not run
     assert "healthy again before failover" in next(
         e.reason for e in result.timeline if e.to_phase == Phase.DISMISSED)
+
+
+async def test_a_report_arriving_while_the_recovery_ends_starts_the_next_one(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """The service fails again while the recovery announces that it recovered: the new report
+    joins the run that is ending (signal-with-start), so that run continues as a new recovery
+    with it instead of recording it as ignored and losing it."""
+    webhook_receiver.delays["recovered"] = 3.0
+    script = Script()
+    script.probe("http", False)
+    restart = [{"name": "restart", "steps": [{"action": "restart"}]}]
+    policy = scripted_policy(webhook_receiver.url, validation={"samples": 1},
+                             ladders={"minor": restart, "major": restart, "critical": restart})
+    first = detection(severity=Severity.CRITICAL)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, first)
+        first_run = handle.result_run_id
+        await eventually(lambda: asyncio.sleep(0.02, "recovered" in webhook_receiver.events()))
+        again = detection(severity=Severity.CRITICAL, key=first.incident_key, summary="broken again")
+        joined = await start(ts_env.client, queue, policy, again)
+        assert joined.id == handle.id and not started_new(joined)
+        result = await handle.result()  # follows the run it continued as
+        ended = await ts_env.client.get_workflow_handle(handle.id, run_id=first_run).query(
+            RecoveryWorkflow.status)
+    assert ended.phase == Phase.RECOVERED
+    assert any("a new recovery starts with it" in e.reason for e in ended.timeline)
+    assert not any(e.kind == "ignored" for e in ended.timeline)
+    assert result.phase == Phase.RECOVERED
+    assert "broken again" in result.timeline[0].reason
+    assert script.actions == ["restart", "restart"]
 
 
 async def test_critical_with_approval_granted(

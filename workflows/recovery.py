@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 from temporalio.workflow import ActivityCancellationType
@@ -85,6 +90,9 @@ on a service that became healthy meanwhile."""
 FRESH_PROBES_PATCH = "probe-again-when-stale-by-time"
 """Marks runs that re-probe by age and before a rung's first real action even after a notify
 step; runs recorded before it replay with the older rule (only named waits made probes stale)."""
+LATE_REPORT_PATCH = "late-report-continues-as-new"
+"""Marks runs in which a new report that arrives while the recovery is ending starts the next
+recovery (continue-as-new) instead of being recorded as ignored and lost."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -158,6 +166,7 @@ class RecoveryWorkflow:
         self._closing = False
         self._local_activities = 0
         self._releasing: asyncio.Task[None] | None = None
+        self._late_report: Detection | None = None
         # The first report goes first in the timeline, before reports that joined with the start.
         detection = recovery.detection
         dry = " [dry-run: actions are simulated]" if self._dry_run else ""
@@ -187,6 +196,15 @@ class RecoveryWorkflow:
         await recorder
         if self._releasing is not None:
             await self._releasing
+        if self._late_report is not None:
+            # The service failed again while this recovery was closing: the signal-with-start
+            # that carried the report joined this run, so the next recovery starts from here.
+            workflow.continue_as_new(
+                RecoveryInput(detection=self._late_report, policy=self._policy,
+                              dry_run=self._input.dry_run),
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(sa.SERVICE, self._policy.name)]),
+            )
         return self.status()
 
     # ----- state machine -------------------------------------------------------------------
@@ -956,6 +974,14 @@ class RecoveryWorkflow:
         if detection.detection_id in self._report_ids:
             return False
         if self._phase.terminal:
+            if (detection.status == "firing" and self._late_report is None
+                    and workflow.patched(LATE_REPORT_PATCH)):
+                self._late_report = detection
+                self._report_ids.add(detection.detection_id)
+                self._record(self._phase, f"report from {detection.source} arrived while the "
+                             f"recovery was ending: {detection.summary or 'problem'}; a new "
+                             "recovery starts with it", actor=detection.source, kind="report")
+                return True
             self._record(self._phase, f"ignored report from {detection.source}: recovery ended",
                          actor=detection.source, kind="ignored")
             return False
