@@ -330,6 +330,9 @@ class ActionRequest(MedkitModel):
     spec: ActionSpec
     reason: str
     dry_run: bool = False
+    policy_digest: str = ""
+    """`models.policy_safety.safety_digest` of the recovery's policy snapshot; the worker
+    refuses the action unless it is the digest of its own policy file's service."""
 
 
 class ActionResult(MedkitModel):

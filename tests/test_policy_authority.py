@@ -235,3 +235,46 @@ def test_medkit_worker_needs_its_policy_file(tmp_path: Path) -> None:
     assert invalid.returncode != 0
     assert len(invalid.stderr.strip().splitlines()) == 1, invalid.stderr
     assert invalid.stderr.startswith(f"medkit: policy file {bad} is invalid: line 2: services[0]")
+
+
+@pytest.mark.parametrize("forgery", ["approval dropped", "budget dropped", "more attempts"])
+async def test_a_snapshot_that_loosens_the_safety_rules_runs_no_action(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, tmp_path: Path, forgery: str,
+) -> None:
+    """Every action spec is the worker's own, but the snapshot drops the approval its critical
+    ladder requires, drops its budget, or allows more attempts: the worker compares the
+    snapshot's safety digest (ladders, assessment, retry, budgets, exclusive, fleet) with its
+    own and refuses, so the action never runs."""
+    gated = [{"name": "fix", "steps": [{"action": "fix", "requires_approval": True}]}]
+    own = own_service(tmp_path, ladders={**ladders_of("fix"), "critical": gated},
+                      budgets=[{"actions": ["fix"], "max_actions": 1, "window": "1h"}])
+    changes: dict[str, Any] = {
+        "approval dropped": {"ladders": ladders_of("fix")},
+        "budget dropped": {"budgets": []},
+        "more attempts": {"retry": {"max_attempts": 5}},
+    }[forgery]
+    evil = forged(own, **changes)
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(own))):
+        severity = Severity.CRITICAL if forgery == "approval dropped" else None
+        handle = await start(ts_env.client, queue, evil, detection(service="svc", severity=severity))
+        reason = await handed_to_a_human(ts_env.client, handle)
+    assert not (tmp_path / "fixed").exists(), "the action ran under a loosened snapshot"
+    assert reason.startswith("the worker refused fix: PolicyMismatch: action 'fix' of service 'svc': "
+                             "the recovery's policy snapshot differs from the worker's policy file")
+
+
+async def test_a_lease_request_with_other_fleet_limits_is_refused(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, tmp_path: Path,
+) -> None:
+    """The fleet coordinator adopts the limits a lease request carries: a snapshot that lifts
+    the blast-radius cap never reaches it, and nothing runs."""
+    own = PolicyFile.model_validate({
+        "services": [own_service(tmp_path).model_dump(mode="json", by_alias=True, exclude={"fleet"})],
+        "fleet": {"max_services": 1, "fleet_size": 10},
+    }).services[0]
+    evil = own.model_copy(update={"fleet": own.fleet.model_copy(update={"max_services": 10})})
+    async with running(build_worker(ts_env.client, queue, deps, policy_file(own))):
+        handle = await start(ts_env.client, queue, evil, detection(service="svc"))
+        reason = await refused_locally(ts_env.client, handle)
+    assert not (tmp_path / "fixed").exists()
+    assert "fleet limits in the lease request for 'svc' differ from the worker's policy file" in reason

@@ -17,8 +17,10 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from models.actions import ActionRequest
 from models.base import MedkitModel
+from models.fleet import LeaseRequest
 from models.notifications import NotifyRequest
 from models.policy import PolicyFile, ServicePolicy, spec_digest
+from models.policy_safety import SAFETY_FIELDS, safety_digest
 from models.probes import ProbeRoundRequest
 
 POLICY_MISMATCH = "PolicyMismatch"
@@ -39,6 +41,8 @@ class PolicyAuthority:
                         for s in policy.services for probe in s.probes}
         self._routes = {(s.name, name): spec_digest(route)
                         for s in policy.services for name, route in s.routes.items()}
+        self._safety = {s.name: safety_digest(s) for s in policy.services}
+        self._fleet = {s.name: spec_digest(s.fleet) for s in policy.services}
 
     def refusal(self, arg: object) -> str | None:
         """Why the worker must not run an activity with this argument, or None when it may."""
@@ -53,13 +57,30 @@ class PolicyAuthority:
         if isinstance(arg, NotifyRequest):
             return self._compare(self._routes, arg.notification.service, "route", arg.route_name,
                                  arg.route)
-        return None  # store writes, budget counts, fleet leases: nothing to run
+        if isinstance(arg, LeaseRequest):
+            return self._lease_refusal(arg)
+        return None  # store writes, budget counts: nothing to run
+
+    def _lease_refusal(self, request: LeaseRequest) -> str | None:
+        """The coordinator adopts the fleet limits a lease request carries, so they must be the
+        worker's own: a forged or outdated snapshot must not lift the blast-radius cap."""
+        if request.service not in self._services:
+            return f"service {request.service!r} is unknown to the worker's policy file"
+        if spec_digest(request.limits) != self._fleet[request.service]:
+            return (f"the fleet limits in the lease request for {request.service!r} differ from "
+                    "the worker's policy file")
+        return None
 
     def _action_refusal(self, request: ActionRequest) -> str | None:
         reason = self._compare(self._actions, request.service, "action", request.action_name,
                                request.spec)
         if reason is not None:
             return reason
+        if request.policy_digest != self._safety[request.service]:
+            return (f"action {request.action_name!r} of service {request.service!r}: the recovery's "
+                    f"policy snapshot differs from the worker's policy file in "
+                    f"{', '.join(sorted(SAFETY_FIELDS))} (started before a policy change, or "
+                    "forged); not acting on it")
         if self._services[request.service].dry_run and not request.dry_run:
             return (f"action {request.action_name!r} of service {request.service!r} was requested "
                     "for real, but the worker's policy file puts the service in dry-run")

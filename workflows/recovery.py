@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
     from models.phases import PHASE_FOR_SEVERITY, DecisionKind, Outcome, Phase, Severity
     from models.policy import RungSpec, StepSpec
+    from models.policy_safety import safety_digest
     from models.probes import ProbeResult, ProbeRound, ProbeRoundRequest
     from models.status import PendingDecision, RecoveryStatus, TimelineEntry, TimelineKind
     from workflows.assessment import assess
@@ -127,6 +128,7 @@ class RecoveryWorkflow:
     def __init__(self, recovery: RecoveryInput) -> None:
         self._input = recovery
         self._policy = recovery.policy
+        self._policy_digest = safety_digest(recovery.policy)
         self._dry_run = recovery.dry_run or recovery.policy.dry_run
         self._phase = Phase.DETECTED
         self._severity: Severity | None = recovery.detection.severity
@@ -539,6 +541,7 @@ class RecoveryWorkflow:
         request = ActionRequest(
             workflow_id=workflow.info().workflow_id, service=self._policy.name,
             action_name=action_name, spec=spec, dry_run=self._dry_run,
+            policy_digest=self._policy_digest,
             reason=f"{self._phase.value}: {self._current_step}",
         )
         summary = f"{action_name} ({spec.kind}){' [dry-run]' if self._dry_run else ''}"
@@ -618,7 +621,12 @@ class RecoveryWorkflow:
         if request is None or self._lease_granted:
             return
         assert answer is not None, "a lease request that is neither granted nor answered"
-        decision = await self._guarded(answer)
+        try:
+            decision = await self._guarded(answer)
+        except ActivityError as err:
+            self._lease, self._lease_answer = None, None  # the coordinator never saw it
+            raise _NeedsHuman(f"the worker refused to ask for the fleet lease on "
+                              f"{self._policy.name}: {_cause(err)}; holding instead of acting") from err
         self._lease_answer = None
         queued = False
         while decision.verdict == "queued":
