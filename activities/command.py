@@ -4,12 +4,24 @@ The program gets a scrubbed environment (`child_environment`) and its output is 
 secret values (`redact`) before it goes anywhere: the output is kept in the result and in error
 messages, both of which end up in the workflow history. systemd and scale_command run their
 programs through `run_argv` too.
+
+The program runs in a session (and so a process group) of its own, and whatever ends it early
+ends the whole group: a timeout KILLs it, a cancellation (the recovery was aborted) TERMs it and
+KILLs what is left after `CANCEL_GRACE`. Its output goes to an unnamed temporary file rather
+than a pipe, so a grandchild that keeps the output open never keeps medkit waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import IO, TypeVar
 
+import psutil
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -18,57 +30,208 @@ from activities.deps import ActivityDeps
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, CommandAction
 
+T = TypeVar("T")
+
 OUTPUT_LIMIT = 4000
 """How much of a command's output is kept in the result and the history."""
 
+OUTPUT_READ = 64 * 1024
+"""How many bytes of the output's end are read: enough for OUTPUT_LIMIT characters after
+redaction, without reading a chatty program's whole output into memory."""
 
-async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = ()) -> tuple[int, str]:
-    """Run the command, heartbeating while it runs; return its exit code and tail of its output.
+CANCEL_GRACE = 5.0
+"""Seconds a cancelled program's group gets between SIGTERM and SIGKILL."""
 
-    The output is redacted of secret values, those of the spec's `inherit_env` included.
-    `inherit` adds worker variables the caller itself needs passed (systemctl's bus address).
+KILL_WAIT = 10.0
+"""Seconds to wait for a KILLed group to be gone before saying it may still run."""
+
+POLL = 0.05
+"""Seconds between checks whether the program's group is gone."""
+
+HEARTBEAT_EVERY = 1.0
+"""Seconds between heartbeats while a program runs or is being stopped."""
+
+
+async def uninterrupted(awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` to its end even when cancelled meanwhile, then re-raise the cancellation.
+
+    For work that must not stop halfway: a signalled process group must be waited for, a
+    service already stopped must be started again. An error of the work itself wins over the
+    cancellation, since it says what state the work was left in.
     """
-    env = child_environment(spec.env, [*spec.inherit_env, *inherit])
+    task = asyncio.ensure_future(awaitable)
+    interrupted: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError as err:
+            if task.cancelled():
+                raise
+            interrupted = err
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send `sig` to every process of the group; a group already gone is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether any process (a zombie included) is still in the group."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *spec.argv, cwd=spec.cwd, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the group's live processes (zombies have ended; they only wait to be reaped)."""
+    if not _group_exists(pgid):
+        return []
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+    return members
+
+
+async def _group_gone(pgid: int, within: float) -> bool:
+    """Wait up to `within` seconds for the group to have no live process; whether it has none."""
+    deadline = asyncio.get_running_loop().time() + within
+    last_beat = 0.0
+    while _group_members(pgid):
+        now = asyncio.get_running_loop().time()
+        if now >= deadline:
+            return False
+        if now - last_beat >= HEARTBEAT_EVERY:
+            activity.heartbeat({"stopping": pgid})
+            last_beat = now
+        await asyncio.sleep(POLL)
+    return True
+
+
+async def stop_group(proc: asyncio.subprocess.Process, grace: float) -> bool:
+    """End the program's whole process group: TERM, then KILL after `grace` (at once if 0).
+
+    Waits for the program itself to be reaped and for the rest of its group to end; returns
+    whether the group is gone (a process stuck in uninterruptible sleep can outlive SIGKILL; one
+    that left the group with setsid is beyond reach, as it chose).
+    """
+    pgid = proc.pid
+    if grace > 0:
+        _signal_group(pgid, signal.SIGTERM)
+        if await _group_gone(pgid, grace):
+            await proc.wait()
+            return True
+    _signal_group(pgid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_WAIT)
+    return proc.returncode is not None and await _group_gone(pgid, KILL_WAIT)
+
+
+async def _start(spec: CommandAction, env: dict[str, str], output: IO[bytes]) -> asyncio.subprocess.Process:
+    """Start the program in a new session, so its whole process group can be stopped."""
+    try:
+        return await asyncio.create_subprocess_exec(
+            *spec.argv, cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=output, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
         raise ApplicationError(
             f"cannot run {spec.argv[0]!r}: {err}", type="CommandNotFound", non_retryable=True
         ) from err
-    communicate = asyncio.ensure_future(proc.communicate())
-    deadline = asyncio.get_running_loop().time() + spec.timeout.total_seconds()
-    while not communicate.done():
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            proc.kill()
-            await communicate
+
+
+async def _exited_in_time(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    """Wait for the program to exit, heartbeating; False if `timeout` seconds passed first."""
+    waiter = asyncio.ensure_future(proc.wait())
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while not waiter.done():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait({waiter}, timeout=min(remaining, HEARTBEAT_EVERY))
+            activity.heartbeat({"pid": proc.pid})
+        return True
+    finally:
+        waiter.cancel()
+
+
+def _tail(output: IO[bytes], inherit_env: list[str]) -> str:
+    """The end of what the program wrote, redacted of secret values, at most OUTPUT_LIMIT long."""
+    output.seek(0, os.SEEK_END)
+    output.seek(max(0, output.tell() - OUTPUT_READ))
+    text = redact(output.read().decode(errors="replace"), inherit_env)
+    return text[-OUTPUT_LIMIT:]
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float, stopped: Callable[[], None]) -> bool:
+    """`stop_group`, calling `stopped` if the group is gone; whether it is."""
+    gone = await stop_group(proc, grace)
+    if gone:
+        stopped()
+    return gone
+
+
+async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = (),
+                   stopped: Callable[[], None] = lambda: None) -> tuple[int, str]:
+    """Run the command, heartbeating while it runs; return its exit code and tail of its output.
+
+    The output is redacted of secret values, those of the spec's `inherit_env` included.
+    `inherit` adds worker variables the caller itself needs passed (systemctl's bus address).
+    `stopped` is called once the program no longer runs (it exited, never started, or its
+    group was stopped and is gone), so a caller records that only when it is true; what the
+    program left running in the background after exiting on its own is its business.
+    A timeout KILLs the group and fails with CommandTimeout; a cancellation stops the group
+    (TERM, KILL after CANCEL_GRACE), waits for it to be gone and is then re-raised.
+    """
+    with tempfile.TemporaryFile() as output:
+        try:
+            env = child_environment(spec.env, [*spec.inherit_env, *inherit])
+            proc = await _start(spec, env, output)
+        except ApplicationError:
+            stopped()
+            raise
+        try:
+            exited = await _exited_in_time(proc, spec.timeout.total_seconds())
+        except asyncio.CancelledError:
+            await uninterrupted(_stop(proc, CANCEL_GRACE, stopped))
+            raise
+        if not exited:
+            gone = await uninterrupted(_stop(proc, 0, stopped))
+            tail = _tail(output, spec.inherit_env)[-300:].strip()
             raise ApplicationError(
-                f"{spec.argv[0]} timed out after {spec.timeout.total_seconds():.0f}s",
+                f"{spec.argv[0]} timed out after {spec.timeout.total_seconds():.0f}s"
+                f"{'' if gone else '; part of it may still run after SIGKILL'}"
+                f"{f': {tail}' if tail else ''}",
                 type="CommandTimeout",
             )
-        await asyncio.wait({communicate}, timeout=min(remaining, 1.0))
-        activity.heartbeat({"pid": proc.pid})
-    stdout, _ = communicate.result()
-    text = redact(stdout.decode(errors="replace"), spec.inherit_env)
-    return proc.returncode if proc.returncode is not None else -1, text[-OUTPUT_LIMIT:]
+        stopped()
+        code = proc.returncode if proc.returncode is not None else -1
+        return code, _tail(output, spec.inherit_env)
 
 
 async def run_at_most_once(step: ActionStep, spec: CommandAction, refusal: str,
                            inherit: tuple[str, ...] = ()) -> tuple[int, str]:
     """`run_argv` for an action step, never twice: the step records that the program is running,
     so an attempt after a crash mid-run (which cannot know whether the program did its work)
-    fails with `refusal`, non-retryably, instead of running it again."""
+    fails with `refusal`, non-retryably, instead of running it again.
+
+    `running` goes back to false only once the program has really stopped: a group that a
+    cancellation or timeout could not be sure to end keeps the step marked running."""
     if step.progress.get("running"):
         raise ApplicationError(refusal, type="OutcomeUnknown", non_retryable=True)
     step.record(running=True)
-    try:
-        return await run_argv(spec, inherit)
-    finally:
-        step.record(running=False)
+    return await run_argv(spec, inherit, stopped=lambda: step.record(running=False))
 
 
 class CommandActivities:

@@ -21,11 +21,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment
+from activities.command import uninterrupted
 from activities.deps import ActivityDeps
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.probes import check_http, check_tcp, process_alive
 from activities.process_identity import (
     ProcessIdentity,
+    Target,
     access_denied,
     held_by_another,
     identity_file,
@@ -226,6 +228,31 @@ class ProcessActivities:
         step.record(new_pid=orphan.pid)
         return orphan, "adopted the process an interrupted attempt started"
 
+    async def _replace(self, service: str, spec: RestartProcessAction, step: ActionStep,
+                       current: Target) -> tuple[str, ProcessIdentity]:
+        """Stop the service's process (if medkit can vouch for it) and start argv; say how it
+        stopped and who was started.
+
+        The caller runs this `uninterrupted`: once TERM is sent, an abort must not leave the
+        service stopped with nothing to start it again, so a cancellation during the grace
+        period lets the stop and the start finish (the new pid recorded in the ledger) and only
+        then ends the step, without waiting for the ready probe.
+        """
+        how = current.reason
+        if current.identity is not None:
+            how = await self._supervisor.stop(
+                current.identity.pid, spec.grace.total_seconds(),
+                lambda: activity.heartbeat({"stopping": current.pid}), identity=current.identity)
+        token = uuid.uuid4().hex
+        step.record(spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
+        new_pid = self._supervisor.spawn(service, spec, token)
+        step.record(new_pid=new_pid)
+        recorded = read_identity(spec.pid_file)
+        if recorded is None or recorded.pid != new_pid:
+            raise ApplicationError(f"{spec.argv[0]} (pid {new_pid}) exited while starting",
+                                   type="ProcessExited")
+        return f"pid {current.pid} {how}", recorded
+
     @activity.defn(name="restart_process")
     async def restart_process(self, request: ActionRequest) -> ActionResult:
         """Restart the service's process exactly once for this step, however often retried.
@@ -258,21 +285,8 @@ class ProcessActivities:
                 old_pid = step.progress.get("old_pid", current.pid)
                 if "old_pid" not in step.progress:
                     step.record(old_pid=old_pid)
-                how = current.reason
-                if current.identity is not None:
-                    how = await self._supervisor.stop(
-                        current.identity.pid, spec.grace.total_seconds(),
-                        lambda: activity.heartbeat({"stopping": current.pid}), identity=current.identity)
-                stopped = f"pid {current.pid} {how}"
-                token = uuid.uuid4().hex
-                step.record(spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
-                new_pid = self._supervisor.spawn(request.service, spec, token)
-                step.record(new_pid=new_pid)
-                recorded = read_identity(spec.pid_file)
-                if recorded is None or recorded.pid != new_pid:
-                    raise ApplicationError(f"{spec.argv[0]} (pid {new_pid}) exited while starting",
-                                           type="ProcessExited")
-                identity = recorded
+                stopped, identity = await uninterrupted(
+                    self._replace(request.service, spec, step, current))
             await self._wait_ready(spec, identity)
             return ActionResult(
                 action_name=request.action_name, kind=spec.kind, ok=True,

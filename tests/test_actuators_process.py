@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -321,6 +322,64 @@ async def test_restart_whose_new_process_cannot_bind_is_not_ready(
     assert f"127.0.0.1:{port} is held by another process" in str(error)
     assert other.poll() is None and listeners(port) == {other.pid}
     assert "Address already in use" in log_file.read_text()
+
+
+# ----- abort: a restart that stopped the service starts it again ---------------------------
+
+STUBBORN = """
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+time.sleep(600)
+"""
+"""A service that ignores SIGTERM, so its restart has to wait out the grace period and KILL it."""
+
+
+async def test_abort_while_the_old_process_is_stopping_still_starts_the_service(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """The abort arrives after TERM was sent, while the restart waits out the grace period: the
+    restart KILLs the old process, starts the new one and records it, and only then ends
+    cancelled, instead of leaving the service stopped with nothing to start it again."""
+    port = free_port()
+    argv = [sys.executable, "-c", STUBBORN, str(port)]
+    old = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    processes.track(old.pid)
+    await asyncio.to_thread(wait_for_port, port)
+    pid_file = tmp_path / "svc.pid"
+    pid_file.write_text(f"{old.pid}\n")
+    request = ActionRequest.model_validate({
+        "workflow_id": INFO["workflow_id"], "service": "svc", "action_name": "restart", "reason": "test",
+        "spec": {"kind": "restart_process", "argv": argv, "pid_file": str(pid_file),
+                 "log_file": str(tmp_path / "svc.log"), "grace": "1s",
+                 "ready_probe": {"kind": "tcp", "port": port}, "ready_timeout": "30s"},
+    })
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, activity_type="restart_process", workflow_id=INFO["workflow_id"],
+                                   workflow_run_id=INFO["workflow_run_id"], activity_id=INFO["activity_id"])
+
+    def heartbeat(*details: Any) -> None:
+        if details and isinstance(details[0], dict) and "stopping" in details[0]:
+            env.cancel()  # the operator aborts while the old process ignores its TERM
+
+    env.on_heartbeat = heartbeat
+    with pytest.raises(asyncio.CancelledError):
+        await env.run(ProcessActivities(deps, supervisor).restart_process, request)
+
+    assert old.wait(timeout=10) == -signal.SIGKILL
+    progress = json.loads(deps.ledger.begin(
+        f"{INFO['workflow_id']}/{INFO['workflow_run_id']}/{INFO['activity_id']}",
+        workflow_id=INFO["workflow_id"], service="svc", activity="restart_process").progress_json)
+    new_pid = progress["new_pid"]
+    new = processes.track(new_pid)
+    assert progress["old_pid"] == old.pid != new_pid
+    assert new.cmdline() == argv and pid_file.read_text().strip() == str(new_pid)
+    await asyncio.to_thread(wait_for_port, port)
+    assert listeners(port) == {new_pid}
 
 
 # ----- process pools -------------------------------------------------------------------------
