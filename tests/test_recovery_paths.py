@@ -259,7 +259,10 @@ async def test_critical_with_approval_granted(
         handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
         status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
         assert status.pending_decision is not None
-        assert status.pending_decision.command.startswith(f"medkit approve {handle.id}")
+        # The command names this run: a late approval copied from an old page cannot approve a
+        # step of a newer run with the same workflow id.
+        assert status.pending_decision.command.startswith(
+            f"medkit approve {handle.id} --run-id {handle.result_run_id} ")
         assert script.actions == []  # nothing runs before the approval
         verdict = await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
         assert verdict.accepted and verdict.phase == Phase.EMERGENCY_RECOVERY
@@ -443,6 +446,10 @@ async def test_source_resolved_in_manual_revalidates_and_closes(
         script.probe("tcp", then=True)
         resolved = detection(key=first.incident_key, status="resolved", summary="alert cleared")
         await start(ts_env.client, queue, policy, resolved)
+        await wait_for_phase(handle, Phase.VALIDATING)
+        with pytest.raises(DecisionRejected, match="cannot retry while the recovery is in Validating; "
+                                                   "accepted now: abort"):
+            await send_decision(ts_env.client, handle.id, DecisionKind.RETRY, operator())
         result = await handle.result()
         await save_history(handle, "source_resolved")
     assert result.phase == Phase.RECOVERED

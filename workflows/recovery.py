@@ -94,6 +94,9 @@ step; runs recorded before it replay with the older rule (only named waits made 
 LATE_REPORT_PATCH = "late-report-continues-as-new"
 """Marks runs in which a new report that arrives while the recovery is ending starts the next
 recovery (continue-as-new) instead of being recorded as ignored and lost."""
+HOLD_DECISIONS_PATCH = "no-decisions-while-revalidating"
+"""Marks runs in which ManualIntervention's decisions are not taken while a resolved report is
+validated (they were accepted, then dropped when validation passed)."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -333,7 +336,8 @@ class RecoveryWorkflow:
         self._pending = PendingDecision(
             kind="approval", allowed=[DecisionKind.APPROVE, DecisionKind.ABORT], step=label,
             since=now, deadline=now + step.approval_timeout,
-            command=f"medkit approve {wid} --operator NAME --reason TEXT",
+            command=f"medkit approve {wid} --run-id {workflow.info().run_id} --operator NAME "
+                    "--reason TEXT",
         )
         self._transition(Phase.AWAITING_APPROVAL, f"step {label!r} requires approval")
         await self._notify("approval_needed", f"{self._policy.name}: approval needed for {label}",
@@ -379,7 +383,8 @@ class RecoveryWorkflow:
         self._pending = PendingDecision(
             kind="manual", allowed=[DecisionKind.RESOLVE, DecisionKind.RETRY, DecisionKind.ABORT],
             since=workflow.now(),
-            command=f"medkit resolve|retry|abort {wid} --operator NAME --reason TEXT",
+            command=f"medkit resolve|retry|abort {wid} --run-id {workflow.info().run_id} "
+                    "--operator NAME --reason TEXT",
         )
         self._handover = reason
         self._at_deadline = "escalate"
@@ -416,6 +421,8 @@ class RecoveryWorkflow:
         """The detector says the problem is gone: check with medkit's own probes before closing."""
         self._source_resolved = False
         pending = self._pending
+        if workflow.patched(HOLD_DECISIONS_PATCH):
+            self._pending = None  # only abort while validating; the decision waits for the verdict
         self._transition(Phase.VALIDATING, "source reports resolved; validating before closing")
         try:
             healthy, why = await self._validate()
