@@ -138,13 +138,22 @@ def test_detect_csv_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ("timestamp,value\nyesterday,1\n", "row 2: bad timestamp"),
         ("timestamp,value\n2024-01-01 00:00:00,1,9\n", "row 2: expected 2 fields"),
         ("time,v\n2024-01-01 00:00:00,1\n", "row 1: expected header"),
+        ("timestamp,value\n1704067200,1\n", "row 2: bad timestamp '1704067200': expected ISO 8601"),
+        ("timestamp,value,host\n2024-01-01 00:00:00,1,a\n",
+         "row 1: expected header 'timestamp,value' (exactly two columns), got 'timestamp,value,host'"),
+        ("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01T00:05:00+00:00,2\n",
+         "row 3: timestamp '2024-01-01T00:05:00+00:00' has a UTC offset, unlike row 2's"),
+        ("timestamp,value\n2024-01-01T00:00:00Z,1\n2024-01-01 00:05:00,2\n",
+         "row 3: timestamp '2024-01-01 00:05:00' has no UTC offset, unlike row 2's"),
+        (b"timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:05:00,\xff\n",
+         "row 3: not UTF-8 text (byte 0xff)"),
     ],
 )
 def test_detect_csv_rejects_malformed_csv(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | bytes, expected: str
 ) -> None:
     source = tmp_path / "bad.csv"
-    source.write_text(content)
+    source.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert run_cli(str(source)) == 2
     err = capsys.readouterr().err
     assert expected in err
@@ -164,12 +173,61 @@ def test_detect_csv_skips_a_row_that_goes_back_in_time(
     clean.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
     out, expected = tmp_path / "out.csv", tmp_path / "expected.csv"
     assert run_cli(str(source), "-o", str(out)) == 0
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "warning" in err and "row 102" in err and "goes back in time" in err
+    warning, summary = capsys.readouterr().err.splitlines()
+    assert "warning" in warning and "row 102" in warning and "goes back in time" in warning
+    assert summary == "medkit detect-csv: 1 row skipped, 300 scored"
     assert run_cli(str(clean), "-o", str(expected)) == 0
     assert capsys.readouterr().err == ""
     assert out.read_text() == expected.read_text()
+
+
+def test_detect_csv_skips_a_repeated_timestamp_as_the_live_loop_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The live loop scores only a point after the last one, so a repeat is skipped here too."""
+    source = tmp_path / "in.csv"
+    source.write_text("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:00:00,2\n"
+                      "2024-01-01 00:05:00,3\n")
+    assert run_cli(str(source)) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1:] == ["2024-01-01 00:00:00,1,0.000000",
+                                             "2024-01-01 00:05:00,3,0.000000"]
+    warning, summary = captured.err.splitlines()
+    assert "row 3: timestamp 2024-01-01 00:00:00 repeats" in warning and "row skipped" in warning
+    assert summary == "medkit detect-csv: 1 row skipped, 2 scored"
+
+
+def test_detect_csv_ignores_blank_lines_and_a_byte_order_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Spreadsheets save a BOM and editors leave blank lines; neither changes a score."""
+    rows = [f"{t.isoformat(sep=' ')},{v}" for t, v in zip(stamps(50), noise()[:50], strict=True)]
+    clean, messy = tmp_path / "clean.csv", tmp_path / "messy.csv"
+    clean.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    messy.write_bytes(("\ufefftimestamp,value\n\n" + "\n".join(rows[:20]) + "\n\n \n"
+                       + "\r\n".join(rows[20:]) + "\n\n\n").encode())
+    assert run_cli(str(clean)) == 0
+    expected = capsys.readouterr().out
+    assert run_cli(str(messy)) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected and captured.err == ""
+
+
+def test_detect_csv_stops_quietly_when_the_reader_goes_away(tmp_path: Path) -> None:
+    """`medkit detect-csv big.csv | head` must end like a Unix tool: no traceback."""
+    source = tmp_path / "big.csv"
+    rows = (f"{t.isoformat(sep=' ')},{i % 7}" for i, t in enumerate(stamps(30_000)))
+    source.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    medkit = Path(sys.executable).parent / "medkit"
+    with subprocess.Popen([str(medkit), "detect-csv", str(source)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"timestamp,value,anomaly_score\n"
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait()
+    assert err == b""
+    assert code == detect_cmd.EXIT_BROKEN_PIPE
 
 
 def test_detect_csv_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
