@@ -30,6 +30,20 @@ from models.probes import (
     PrometheusProbe,
     TcpProbe,
 )
+from models.urls import redact_url
+
+URL_ERRORS = (httpx.InvalidURL, OverflowError, ValueError)
+"""What httpx raises for a URL it cannot request at all (bad port, brackets, host), before any I/O."""
+
+
+def url_error(err: Exception) -> Exception | None:
+    """The URL error in `err` (itself, or inside the ExceptionGroup anyio's connect raises)."""
+    if isinstance(err, URL_ERRORS):
+        return err
+    if isinstance(err, ExceptionGroup):
+        found = err.subgroup(URL_ERRORS)
+        return found.exceptions[0] if found is not None else None
+    return None
 
 
 def _result(spec: HttpProbe | TcpProbe | ProcessProbe, **fields: object) -> ProbeResult:
@@ -58,15 +72,22 @@ def process_alive(pid: int | None) -> bool:
 
 async def check_http(http: httpx.AsyncClient, spec: HttpProbe) -> ProbeResult:
     """One HTTP request judged by status, latency and body."""
+    shown = redact_url(spec.url)  # the detail goes into history: never the URL's credentials
     started = time.perf_counter()
     try:
         response = await http.request(spec.method, spec.url, timeout=spec.timeout.total_seconds())
     except httpx.TimeoutException:
         return _result(spec, healthy=False, failure="slow",
-                       detail=f"no response from {spec.url} within {spec.timeout.total_seconds()}s")
+                       detail=f"no response from {shown} within {spec.timeout.total_seconds()}s")
     except httpx.HTTPError as err:
         return _result(spec, healthy=False, failure="unreachable",
-                       detail=f"{spec.url} unreachable: {type(err).__name__}")
+                       detail=f"{shown} unreachable: {type(err).__name__}")
+    except Exception as err:  # a URL policy validation let through: a failing probe, not a crash
+        cause = url_error(err)
+        if cause is None:
+            raise
+        return _result(spec, healthy=False, failure="error",
+                       detail=f"cannot request {shown}: {cause}")
     latency_ms = (time.perf_counter() - started) * 1000
     observed: dict[str, float | int | str | None] = {"status": response.status_code}
     if response.status_code not in spec.expect_status:
@@ -176,8 +197,8 @@ PROBE_GRACE = 1.0
 async def bounded_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult:
     """Run one probe, turning an overrun of its timeout or a probe error into an unhealthy result.
 
-    A misconfigured probe (ApplicationError, e.g. a bad PromQL query) must not stop a poller or a
-    probe round: it counts as failing, with the reason as evidence.
+    A misconfigured probe (ApplicationError, e.g. a bad PromQL query, or a URL httpx cannot
+    request) must not stop a poller or a probe round: it counts as failing, with the reason.
     """
     limit = spec.timeout.total_seconds() + PROBE_GRACE
     try:
@@ -188,3 +209,10 @@ async def bounded_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult
     except ApplicationError as err:
         return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
                            detail=f"probe failed: {err.message}", at=datetime.now(UTC))
+    except Exception as err:
+        cause = url_error(err)
+        if cause is None:
+            raise
+        return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
+                           detail=f"probe failed: cannot request its URL: {cause}",
+                           at=datetime.now(UTC))

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
+import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,35 +35,63 @@ class CsvSeries:
     skipped: list[str] = field(default_factory=list)
 
 
+def _decode(path: Path) -> str:
+    """The file's text: UTF-8, a leading byte-order mark dropped; CsvInputError if unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CsvInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data.count(b"\n", 0, exc.start) + 1
+        raise CsvInputError(f"{path}: row {row}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                            "save the file as UTF-8") from None
+
+
+def _check_header(path: Path, header: list[str] | None) -> None:
+    """Refuse anything but exactly the two columns ``timestamp,value`` (any case, spaces around)."""
+    if header is None or [h.strip().lower() for h in header] != ["timestamp", "value"]:
+        got = ",".join(header)[:80] if header else "nothing"
+        raise CsvInputError(f"{path}: row 1: expected header 'timestamp,value' (exactly two "
+                            f"columns), got {got!r}")
+
+
 def read_series(path: Path) -> CsvSeries:
     """Read and validate a ``timestamp,value`` CSV into the rows to score.
 
-    A row whose timestamp goes back before the last row kept is skipped with a warning, as the
-    live watch loop skips an out-of-order point: one stray row must not cost the whole series.
-    Row numbers count the header as row 1, as a spreadsheet would.
+    A row whose timestamp is not after the last row kept (earlier, or the same) is skipped with
+    a warning, as the live watch loop skips such a point: one stray row must not cost the whole
+    series. Blank lines are ignored. Row numbers count the header as row 1, as a spreadsheet would.
     """
-    try:
-        handle = path.open(newline="")
-    except OSError as exc:
-        raise CsvInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    reader = csv.reader(io.StringIO(_decode(path), newline=""))
     series = CsvSeries()
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header[:2]] != ["timestamp", "value"]:
-            raise CsvInputError(f"{path}: row 1: expected header 'timestamp,value'")
-        for row_number, row in enumerate(reader, start=2):
-            stamp, value = _parse_row(path, row_number, row)
-            if series.stamps and stamp < series.stamps[-1]:
-                series.skipped.append(
-                    f"{path}: row {row_number}: timestamp {row[0].strip()} goes back in time"
-                    f" (before {series.raw[-1][0]}); row skipped"
-                )
+    _check_header(path, next(reader, None))
+    for row_number, row in enumerate(reader, start=2):
+        if not "".join(row).strip():
+            continue
+        stamp, value = _parse_row(path, row_number, row)
+        if series.stamps:
+            _check_same_kind(path, row_number, row[0], stamp, series.stamps[0])
+            if stamp <= series.stamps[-1]:
+                how = "goes back in time (before " if stamp < series.stamps[-1] else "repeats ("
+                series.skipped.append(f"{path}: row {row_number}: timestamp {row[0].strip()} "
+                                      f"{how}{series.raw[-1][0]}, the last row kept); row skipped")
                 continue
-            series.raw.append([row[0].strip(), row[1].strip()])
-            series.stamps.append(stamp)
-            series.values.append(value)
+        series.raw.append([row[0].strip(), row[1].strip()])
+        series.stamps.append(stamp)
+        series.values.append(value)
     return series
+
+
+def _check_same_kind(path: Path, row_number: int, text: str, stamp: datetime,
+                     first: datetime) -> None:
+    """Refuse a timestamp with a UTC offset among ones without (or the reverse): they cannot be
+    ordered, and guessing the missing offset could misorder the series."""
+    if (stamp.tzinfo is None) != (first.tzinfo is None):
+        has = "has no UTC offset" if stamp.tzinfo is None else "has a UTC offset"
+        raise CsvInputError(f"{path}: row {row_number}: timestamp {text.strip()!r} {has}, unlike "
+                            "row 2's; give every timestamp an offset (e.g. Z) or none")
 
 
 def _parse_row(path: Path, row_number: int, row: list[str]) -> tuple[datetime, float]:
@@ -70,7 +101,8 @@ def _parse_row(path: Path, row_number: int, row: list[str]) -> tuple[datetime, f
     try:
         stamp = datetime.fromisoformat(row[0].strip())
     except ValueError as exc:
-        raise CsvInputError(f"{path}: row {row_number}: bad timestamp {row[0]!r}") from exc
+        raise CsvInputError(f"{path}: row {row_number}: bad timestamp {row[0]!r}: expected ISO "
+                            "8601, e.g. 2024-01-01T00:00:00Z or 2024-01-01 00:00:00") from exc
     try:
         value = float(row[1])
     except ValueError as exc:
@@ -89,10 +121,29 @@ def write_scores(out: TextIO, series: CsvSeries) -> None:
         writer.writerow([*row, f"{detector.update(stamp, value):.6f}"])
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Exit code when the reader of stdout went away (`| head`): what a Unix tool killed by SIGPIPE
+returns, without Python's traceback."""
+
+
+def _write_stdout(series: CsvSeries) -> int:
+    """Write the scores to stdout; stop quietly if the reader closes the pipe early."""
+    try:
+        write_scores(sys.stdout, series)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `detect-csv`; exit code 0 on success, 2 (one line on stderr) on bad input.
 
-    Each row skipped for going back in time is one warning line on stderr.
+    Each row skipped (its timestamp not after the last row kept) is one warning line on stderr,
+    followed by one line counting them.
     """
     try:
         series = read_series(Path(args.file))
@@ -101,9 +152,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for warning in series.skipped:
         print(f"medkit detect-csv: warning: {warning}", file=sys.stderr)
+    if series.skipped:
+        count = len(series.skipped)
+        print(f"medkit detect-csv: {count} row{'s' if count > 1 else ''} skipped, "
+              f"{len(series.raw)} scored", file=sys.stderr)
     if args.output is None:
-        write_scores(sys.stdout, series)
-        return 0
+        return _write_stdout(series)
     try:
         with Path(args.output).open("w", newline="") as out:
             write_scores(out, series)
@@ -121,6 +175,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Write timestamp,value,anomaly_score (score in [0,1], using only the past)"
         " for each row of FILE.",
     )
-    parser.add_argument("file", metavar="FILE", help="CSV with a 'timestamp,value' header.")
+    parser.add_argument("file", metavar="FILE", help="UTF-8 CSV with a 'timestamp,value' header"
+                        " and ISO 8601 timestamps.")
     parser.add_argument("-o", "--output", metavar="OUT", help="Write here instead of stdout.")
     parser.set_defaults(func=run)

@@ -40,8 +40,7 @@ async def run_watch(args: argparse.Namespace) -> None:
     client = await connect_or_fail(target)
     watch = Watch(policy, reporter(client, target.task_queue))
     if watch.empty:
-        raise CommandError(f"nothing to watch in {path}: health polling is disabled for every "
-                           "service and there is no host: or anomaly: section")
+        raise CommandError(f"nothing to watch in {path}: {printable(watch.why_empty())}")
     print(f"medkit watch: policy {path}, Temporal {target.address} (namespace "
           f"{target.namespace}, task queue {target.task_queue})", file=sys.stderr)
     for line in watch.describe():  # names, paths and URLs from the policy file

@@ -63,10 +63,17 @@ MAX_MAGNITUDE = 1e100
 metric comes near it, and a window's sum of squares stays finite (1000 x 1e200)."""
 
 
+MIN_HISTORY = 30
+"""Default number of values a time scale needs before it scores. Measured on 200 seeded N(100, 5)
+series of 300 points: 69 alarm (score > 0.5) when scoring starts at 2 values, almost all at the
+second point; 4 at 10, 2 at 20, 1 at 30 (its first alarm at point 62, where a longer minimum
+changes nothing). NAB's figures are unchanged (see docs/anomaly-detector.md)."""
+
+
 class AnomalyDetectorConfig(BaseModel):
     """Settings of `AnomalyDetector`; the defaults are the ones measured on NAB."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     window: int = Field(
         1000, ge=10, description="Past points whose mean and spread define 'normal'."
@@ -89,6 +96,13 @@ class AnomalyDetectorConfig(BaseModel):
         ge=0,
         description="Past values a time scale must exceed (or undercut) to be scored: only new"
         " extremes raise alarms (0: no gate).",
+    )
+    min_history: int = Field(
+        MIN_HISTORY,
+        ge=2,
+        description="Values a time scale must hold before it scores (or all of `window`, if"
+        " shorter): a spread measured on fewer is too noisy, and a new series would alarm on its"
+        " first points.",
     )
     seasonal: bool = Field(True, description="Remove a daily/weekly season when one is detected.")
     season_gamma: float = Field(0.1, gt=0, le=1, description="Smoothing of the seasonal profile.")
@@ -248,11 +262,13 @@ class DeviationChannel:
     """One time scale: Gaussian surprise of a value against its recent past, gated by novelty.
 
     Keeps the mean and spread of the last ``window`` values (running sums in a ring buffer) and,
-    when ``novelty_window`` is positive, their extremes over that many values.
+    when ``novelty_window`` is positive, their extremes over that many values. It scores nothing
+    until it holds ``min_count`` values (at most ``window``, at least 2).
     """
 
-    def __init__(self, window: int, novelty_window: int) -> None:
+    def __init__(self, window: int, novelty_window: int, min_count: int = 2) -> None:
         self.window = window
+        self.min_count = max(2, min(min_count, window))
         self._values: deque[float] = deque()
         self._sum = 0.0
         self._sq = 0.0
@@ -275,9 +291,14 @@ class DeviationChannel:
         return self._sum / len(self._values) if self._values else 0.0
 
     def surprise(self, value: float) -> float:
-        """``-log10`` of the two-sided Gaussian tail of ``value``; 0 unless it is a new extreme."""
+        """``-log10`` of the two-sided Gaussian tail of ``value``; 0 unless it is a new extreme.
+
+        The spread has a floor of ``1e-3`` times the window's mean absolute value, plus ``1e-9``,
+        so a constant window does not divide by zero; after an all-zero window the floor is
+        ``1e-9``, and any non-zero value is an extreme surprise (it is new: the metric moved).
+        """
         count = len(self._values)
-        if count < 2:
+        if count < self.min_count:
             return 0.0
         mean = self._sum / count
         if self._extremes is not None and not self._extremes.is_new_extreme(
@@ -394,8 +415,8 @@ class AnomalyDetector:
     def _reset_channels(self) -> None:
         """Forget the past of every time scale (at start, and when the season changes)."""
         cfg = self.config
-        self._point = DeviationChannel(cfg.window, cfg.novelty_window)
-        self._level = DeviationChannel(cfg.window, cfg.novelty_window)
+        self._point = DeviationChannel(cfg.window, cfg.novelty_window, cfg.min_history)
+        self._level = DeviationChannel(cfg.window, cfg.novelty_window, cfg.min_history)
         self._recent = RunningMean(cfg.smooth)
         self._slow_level = DeviationChannel(cfg.window, cfg.novelty_window)
         self._volatility = DeviationChannel(cfg.window, cfg.novelty_window)

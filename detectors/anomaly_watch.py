@@ -6,6 +6,9 @@ batches on a `SeriesWatch.copy()` so that a batch is applied whole or not at all
 Each series has its own `AnomalyDetector`; a score above the series' threshold fires a detection
 for its service, with the score and the recent values as evidence, then stays quiet for
 `cooldown` (measured on the points' timestamps, so pushed history behaves like live data).
+A detection that could not be reported (Temporal unreachable) stays pending and is reported again
+on each later tick or point until it is delivered: the detector has already opened its
+refractory period, so the points that follow would not fire it again.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from typing import Any
 import httpx
 import structlog
 
+from activities.probes import url_error
 from detectors.anomaly import AnomalyDetector
 from detectors.health_poller import Reporter
 from models.detection import Detection, incident_key_from
 from models.policy import AnomalySeriesSpec, AnomalyWatchSpec, ServicePolicy
+from models.urls import redact_url
 
 MAX_RANGE_POINTS = 11_000
 """Prometheus refuses a query_range of more points than this; the warm-up is clamped to it."""
@@ -38,45 +43,85 @@ class PrometheusError(Exception):
 
 
 def _sample(pair: Any) -> Point | None:
-    """A `[unix_time, "value"]` pair as a point; None for NaN/Inf (stale or undefined)."""
+    """A `[unix_time, "value"]` pair as a point; None for NaN/Inf (stale or undefined).
+
+    Raises PrometheusError for anything else, so a malformed answer is one failed pull.
+    """
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        raise PrometheusError(f"malformed sample {str(pair)[:80]!r}: expected [time, \"value\"]")
     stamp, text = pair
-    value = float(text)
+    try:
+        value = float(text)
+        at = datetime.fromtimestamp(float(stamp), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise PrometheusError(f"malformed sample {str(pair)[:80]!r}: time and value must be "
+                              "numbers") from None
     if not math.isfinite(value):
         return None
-    return datetime.fromtimestamp(float(stamp), UTC), value
+    return at, value
+
+
+_RESULT_TYPES = {"values": "matrix", "value": "vector"}
+"""The result type each kind of query must answer: a range query a matrix, an instant one a vector."""
 
 
 def _single_series(body: Any, key: str) -> list[Any]:
-    """The samples of the one series a query returned (none for an empty result)."""
+    """The samples of the one series a query returned (none for an empty result).
+
+    Raises PrometheusError when the answer is not a successful Prometheus API response of the
+    expected shape (a matrix for `query_range`, a vector or scalar for an instant query).
+    """
     if not isinstance(body, dict) or body.get("status") != "success":
         error = body.get("error") if isinstance(body, dict) else None
-        raise PrometheusError(f"query failed: {error or 'not a Prometheus API response'}")
-    data = body["data"]
-    if data["resultType"] == "scalar":
-        return [data["result"]]
-    result = data["result"]
+        reason = str(error)[:200] if error else "not a Prometheus API response"
+        raise PrometheusError(f"query failed: {reason}")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise PrometheusError("malformed answer: no 'data' object")
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar" and key == "value":
+        return [result]
+    if kind != _RESULT_TYPES[key]:
+        expected = "a matrix" if key == "values" else "a vector or scalar"
+        raise PrometheusError(f"malformed answer: resultType {str(kind)[:40]!r}, expected {expected}")
+    if not isinstance(result, list):
+        raise PrometheusError(f"malformed answer: result is {type(result).__name__}, not a list")
     if len(result) > 1:
         raise PrometheusError(f"query returned {len(result)} series; it must return one "
                               "(aggregate it, e.g. with sum())")
     if not result:
         return []
-    return list(result[0]["values"]) if key == "values" else [result[0]["value"]]
+    series = result[0]
+    samples = series.get(key) if isinstance(series, dict) else None
+    if samples is None:
+        raise PrometheusError(f"malformed answer: the series has no {key!r}")
+    if key == "value":
+        return [samples]
+    if not isinstance(samples, list):
+        raise PrometheusError("malformed answer: the series' 'values' is not a list")
+    return list(samples)
 
 
 async def _get(http: httpx.AsyncClient, spec: AnomalySeriesSpec, path: str,
                params: dict[str, str]) -> Any:
     assert spec.prometheus is not None
     url = spec.prometheus.rstrip("/") + path
+    shown = redact_url(url)  # the message is logged: never the credentials a URL may carry
     try:
         response = await http.get(url, params=params, timeout=spec.timeout.total_seconds())
     except httpx.HTTPError as err:
-        raise PrometheusError(f"{url} unreachable: {type(err).__name__}") from None
+        raise PrometheusError(f"{shown} unreachable: {type(err).__name__}") from None
+    except Exception as err:
+        cause = url_error(err)
+        if cause is None:
+            raise
+        raise PrometheusError(f"{shown} cannot be requested: {cause}") from None
     if response.status_code >= 500 and response.status_code != 503:
-        raise PrometheusError(f"{url} answered HTTP {response.status_code}")
+        raise PrometheusError(f"{shown} answered HTTP {response.status_code}")
     try:
         return response.json()
     except ValueError:
-        raise PrometheusError(f"{url} answered HTTP {response.status_code} without JSON") from None
+        raise PrometheusError(f"{shown} answered HTTP {response.status_code} without JSON") from None
 
 
 async def query_range(http: httpx.AsyncClient, spec: AnomalySeriesSpec, start: datetime,
@@ -110,6 +155,8 @@ class SeriesWatch:
         self.last: datetime | None = None
         self.quiet_until: datetime | None = None
         self.points = 0
+        self.pending: Detection | None = None
+        """The last detection fired and not yet delivered, retried until it is."""
 
     def learn(self, at: datetime, value: float) -> float:
         """Score and learn a point without firing (warm-up history); returns its score."""
@@ -134,7 +181,8 @@ class SeriesWatch:
         """The detection for an anomalous point, with the score and recent values as evidence."""
         spec = self.spec
         recent = ", ".join(f"{v:.6g}" for _, v in self.recent)
-        source = f"{spec.query} on {spec.prometheus}" if spec.query else "pushed points"
+        source = (f"{spec.query} on {redact_url(spec.prometheus)}"
+                  if spec.query and spec.prometheus else "pushed points")
         return Detection(
             detection_id=str(uuid.uuid4()), service=spec.service,
             incident_key=incident_key_from(f"anomaly-{spec.name}"), source="anomaly",
@@ -153,11 +201,8 @@ class SeriesWatch:
         clone.detector = copy.deepcopy(self.detector)
         clone.recent = deque(self.recent, maxlen=self.recent.maxlen)
         clone.last, clone.quiet_until, clone.points = self.last, self.quiet_until, self.points
+        clone.pending = self.pending
         return clone
-
-    def cancel_cooldown(self) -> None:
-        """The detection was not delivered: let the next anomalous point fire again."""
-        self.quiet_until = None
 
 
 @dataclass(frozen=True)
@@ -194,16 +239,27 @@ class AnomalyWatcher:
             timestamp = timestamp.replace(tzinfo=UTC)
         score, detection = watch.update(timestamp, value)
         if detection is not None:
-            await self._report(watch, detection)
+            self._fired(watch, detection)
+        await self._deliver(watch)
         return Scored(series_name, score, detection is not None)
 
-    async def _report(self, watch: SeriesWatch, detection: Detection) -> None:
+    def _fired(self, watch: SeriesWatch, detection: Detection) -> None:
+        """Make a new detection the series' pending one (a newer one replaces an undelivered one)."""
         self.log.warning("anomaly, reporting", series=watch.spec.name, summary=detection.summary)
+        watch.pending = detection
+
+    async def _deliver(self, watch: SeriesWatch) -> None:
+        """Report the series' pending detection, if any; keep it pending if reporting fails."""
+        detection = watch.pending
+        if detection is None:
+            return
         try:
             await asyncio.wait_for(self.report(detection, self.policies[watch.spec.service]), 15.0)
-        except Exception as err:  # the next anomalous point reports again
-            self.log.error("report failed", series=watch.spec.name, error=str(err) or type(err).__name__)
-            watch.cancel_cooldown()
+        except Exception as err:  # the detector is refractory now: retry this one, on the next tick
+            self.log.error("report failed; retrying on the next point", series=watch.spec.name,
+                           detection_id=detection.detection_id, error=str(err) or type(err).__name__)
+            return
+        watch.pending = None
 
     async def run(self) -> None:
         """Warm up and pull every Prometheus series on its interval, until cancelled."""
@@ -242,5 +298,6 @@ class AnomalyWatcher:
                 score, detection = watch.update(*point)
                 self.log.debug("scored", series=watch.spec.name, value=point[1], score=round(score, 4))
                 if detection is not None:
-                    await self._report(watch, detection)
+                    self._fired(watch, detection)
+            await self._deliver(watch)
             tick = max(tick + 1, int((loop.time() - start) // interval) + 1)

@@ -14,6 +14,7 @@ from detectors.anomaly_watch import AnomalyWatcher
 from detectors.health_poller import HealthPoller, Reporter, Round
 from detectors.host_forecaster import Sampler, run_host_forecaster
 from models.policy import AnomalySeriesSpec, AnomalyWatchSpec, PolicyFile
+from models.urls import redact_url
 
 
 class Watch:
@@ -38,6 +39,15 @@ class Watch:
         """Whether the policy gives this watch nothing to do."""
         return not self.poller.policies and self.policy.host is None and self.anomaly is None
 
+    def why_empty(self) -> str:
+        """Why the policy gives this watch nothing to do, naming what it does have (pushed series)."""
+        reason = "health polling is disabled for every service and there is no host: section"
+        if not self.pushed:
+            return f"{reason} or anomaly: section"
+        names = ", ".join(s.name for s in self.pushed)
+        return (f"{reason}, and every anomaly: series is pushed ({names}): medkit serve scores "
+                "pushed series, not medkit watch")
+
     def describe(self) -> list[str]:
         """One progress line per thing watched, for the start-up banner."""
         lines = []
@@ -60,7 +70,8 @@ class Watch:
         if self.anomaly is not None:
             for watch in self.anomaly.series.values():
                 s = watch.spec
-                origin = f"{s.prometheus} every {s.interval.total_seconds():g}s" if s.query else "pushed"
+                origin = (f"{redact_url(s.prometheus)} every {s.interval.total_seconds():g}s"
+                          if s.query and s.prometheus else "pushed")
                 lines.append(f"anomaly: {s.name} ({origin}), threshold {s.threshold:g} "
                              f"-> service {s.service}")
         for s in self.pushed:

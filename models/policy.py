@@ -21,6 +21,7 @@ from models.fleet import BudgetSpec, FleetSpec
 from models.notifications import NotificationRoute
 from models.phases import Severity
 from models.probes import Comparison, ProbeSpec
+from models.urls import RequestUrl
 
 
 def spec_digest(spec: MedkitModel) -> str:
@@ -323,7 +324,7 @@ class AnomalySeriesSpec(MedkitModel):
     name: Name
     service: Name
     source: Literal["prometheus", "push"] | None = None
-    prometheus: Annotated[str, Field(pattern=r"^https?://")] | None = Field(default=None,
+    prometheus: RequestUrl | None = Field(default=None,
                                                                            validate_default=True)
     query: Annotated[str, Field(min_length=1)] | None = Field(default=None, validate_default=True)
     interval: Duration = timedelta(seconds=15)

@@ -1,0 +1,63 @@
+"""URLs in a policy: refused when they cannot be requested, and redacted wherever they are shown.
+
+A URL may carry credentials (`http://user:password@host`, `?token=...`); logs, the start-up
+banner, probe evidence and detection labels (which go into Temporal history) show it redacted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import AfterValidator, Field
+
+REDACTED = "***"
+"""What a secret part of a URL is replaced with."""
+
+SECRET_KEY = re.compile(r"token|key|secret|pass|pwd|auth|sig|credential|session", re.IGNORECASE)
+"""Query-string keys whose values are redacted (access_token, api_key, password, X-Amz-Signature...)."""
+
+_USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
+
+
+def _requestable_url(value: str) -> str:
+    """Refuse an http(s) URL that would fail before any request: bad host, port or brackets."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"not a valid URL ({err})") from None
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    if port == 0:
+        raise ValueError("port 0 cannot be requested; the port must be 1-65535")
+    if any(c.isspace() for c in value):
+        raise ValueError("a URL cannot contain spaces")
+    return value
+
+
+RequestUrl = Annotated[str, Field(pattern=r"^https?://"), AfterValidator(_requestable_url)]
+"""An http:// or https:// URL that can be requested: a host, and a port (if any) in 1-65535, so
+a typo is refused when the policy is checked instead of failing every request at run time."""
+
+
+def _redact_query(query: str) -> str:
+    """The query string with the values of secret-looking keys replaced."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(SECRET_KEY.search(key) for key, _ in pairs):
+        return query
+    return urlencode([(k, REDACTED if SECRET_KEY.search(k) else v) for k, v in pairs], safe="*")
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be shown: userinfo and secret-looking query values replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+        return urlunsplit(SplitResult(parts.scheme, netloc, parts.path,
+                                      _redact_query(parts.query), parts.fragment))
+    except ValueError:  # not parseable: still never show what looks like userinfo
+        return _USERINFO.sub(f"{REDACTED}@", url).split("?", 1)[0]
