@@ -51,6 +51,7 @@ class ServiceWatch:
         self.successes = 0
         self.fired = False
         self.quiet_until: float | None = None
+        self.last_report: float | None = None
         self.suppressed = 0
 
     def observe(self, healthy: bool, now: float) -> bool:
@@ -63,12 +64,26 @@ class ServiceWatch:
             return False
         self.successes = 0
         self.failures += 1
-        if self.fired or self.failures < self.spec.failure_threshold:
+        if self.fired:
+            return self._repeat_due(now)
+        if self.failures < self.spec.failure_threshold:
             return False
         if self.quiet_until is not None and now < self.quiet_until:
             self.suppressed += 1
             return False
         self.fired = True
+        self.quiet_until = now + self.spec.cooldown.total_seconds()
+        self.last_report = now
+        return True
+
+    def _repeat_due(self, now: float) -> bool:
+        """Whether a service that fired and never recovered is due to be reported again: the
+        report joins its recovery if one still runs, and starts one if the last ended (resolved,
+        aborted) with the service still down, which would otherwise go unwatched."""
+        every = self.spec.repeat_every.total_seconds()
+        if every <= 0 or self.last_report is None or now - self.last_report < every:
+            return False
+        self.last_report = now
         self.quiet_until = now + self.spec.cooldown.total_seconds()
         return True
 

@@ -187,7 +187,9 @@ class HealthPollSpec(MedkitModel):
 
     It fires after `failure_threshold` failing rounds in a row, then stays quiet until
     `recovery_threshold` healthy rounds in a row clear it (hysteresis, so a flapping service fires
-    once), and never fires twice within `cooldown`.
+    once), and never fires twice within `cooldown`; a service still failing `repeat_every` after
+    it fired is reported again, so a recovery that ended with the service down is followed by a
+    new one.
     """
 
     enabled: bool = True
@@ -195,6 +197,7 @@ class HealthPollSpec(MedkitModel):
     failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
     recovery_threshold: Annotated[int, Field(ge=1, le=100)] = 3
     cooldown: Duration = timedelta(minutes=1)
+    repeat_every: Duration = timedelta(minutes=5)
     severity: Severity | None = None
 
     @model_validator(mode="after")

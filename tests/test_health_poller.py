@@ -226,3 +226,25 @@ async def test_a_slow_service_does_not_delay_the_others() -> None:
         assert ticks == sorted(set(ticks))
         assert all(r.healthy for r in rounds if r.service == policy.name)
     assert report.detections == []
+
+
+async def test_a_service_still_down_after_its_recovery_ended_is_reported_again(
+    demo_service: DemoService, http: httpx.AsyncClient
+) -> None:
+    """The service fired and never recovered (its recovery was resolved or aborted with the
+    service still down): every `repeat_every` it is reported again, instead of never."""
+    policy = demo_policy(demo_service, failure_threshold=2, recovery_threshold=2, cooldown="60s")
+    assert policy.health_poll.repeat_every.total_seconds() == 300
+    watch = ServiceWatch(policy.health_poll)
+    demo_service.inject("unhealthy")
+    clock = 0.0
+    fired = []
+    for _ in range(8):  # rounds 1 s apart, then one long after: all failing, probed for real
+        results = [await run_probe(http, spec) for spec in policy.probes]
+        clock += 1.0 if len(fired) < 7 else 300.0
+        fired.append(watch.observe(all(r.healthy for r in results), clock))
+    assert fired == [False, True, False, False, False, False, False, True]
+    assert watch.state == "fired"
+    quiet = demo_policy(demo_service, failure_threshold=2, repeat_every="0s")
+    never = ServiceWatch(quiet.health_poll)
+    assert [never.observe(False, t) for t in (1.0, 2.0, 1000.0, 5000.0)] == [False, True, False, False]
