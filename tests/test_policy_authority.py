@@ -60,7 +60,9 @@ def forged(service: ServicePolicy, **changes: Any) -> ServicePolicy:
     """The same service as a forger would write it into a workflow input: fields replaced."""
     data = service.model_dump(mode="json", by_alias=True, exclude={"fleet"})
     data.update(changes)
-    return PolicyFile.model_validate({"services": [data]}).services[0]
+    forgery = PolicyFile.model_validate({"services": [data]}).services[0]
+    # The fleet limits as the worker's file stamps them (a one-service file would say size 1).
+    return forgery if "fleet" in changes else forgery.model_copy(update={"fleet": service.fleet})
 
 
 def ladders_of(action: str) -> dict[str, Any]:

@@ -156,10 +156,12 @@ async def test_real_recoveries_show_in_the_worker_s_metrics(
 ) -> None:
     for own in ("gate", "broken"):  # each service's probe looks at its own marker
         (tmp_path / own).mkdir()
-    svc, gate, bad = own_service(tmp_path), gated(tmp_path / "gate"), broken(tmp_path / "broken")
+    own = policy_file(own_service(tmp_path), gated(tmp_path / "gate"), broken(tmp_path / "broken"))
+    # The snapshots are the worker file's own services: a file stamps its fleet size on each.
+    svc, gate, bad = own.service("svc"), own.service("gate"), own.service("broken")
     async with metered_client(ts_env) as (client, buffer, _runtime):
         metrics = WorkerMetrics(deps.ledger.engine, buffer)
-        worker = build_worker(client, queue, deps, policy_file(svc, gate, bad), metrics=metrics)
+        worker = build_worker(client, queue, deps, own, metrics=metrics)
         async with serving(metrics, WorkerHealth(worker, client), "127.0.0.1", 0) as server, \
                 running(worker):
             fixed = await start(ts_env.client, queue, svc, detection(service="svc"))
