@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 import uuid
@@ -35,11 +36,14 @@ from models.detection import Detection, incident_key_from
 from models.phases import DecisionKind, Phase, Severity
 from models.status import RecoveryStatus
 from workers.client import (
+    ANSWER_TIMEOUT_SECONDS,
     DecisionRejected,
+    NoWorkerAnswered,
     RecoveryNotFound,
     fetch_status,
     send_decision,
     start_or_join_recovery,
+    workflow_pollers,
 )
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
@@ -124,6 +128,10 @@ def trigger(args: argparse.Namespace) -> int:
         client = await connect_or_fail(target)
         handle = await start_or_join_recovery(client, detection, policy, target.task_queue,
                                               dry_run=args.dry_run)
+        if await workflow_pollers(client, target.task_queue) == 0:
+            warn(args, f"no worker polls task queue {target.task_queue!r}: the recovery waits "
+                 "until `medkit worker` runs there (or pass the workers' --task-queue)",
+                 NO_WORKER)
         return handle.id
 
     workflow_id = run(go())
@@ -131,12 +139,30 @@ def trigger(args: argparse.Namespace) -> int:
     return 0
 
 
-async def query_status(client: Client, workflow_id: str, run_id: str | None) -> RecoveryStatus:
-    """The status query, with its failures as one-line CommandErrors."""
+NO_WORKER = "NoWorkerAnswered"
+"""The error type (`-o json`) when no worker answered a query or decision in time, and the
+warning type of `trigger` when no worker polls the task queue."""
+
+
+def warn(args: argparse.Namespace, message: str, kind: str) -> None:
+    """A warning on stderr that does not fail the command: `medkit: warning: ...`, or with
+    `-o json` one JSON object {"warning": message, "type": kind}."""
+    if args.output == "json":
+        print(json.dumps({"warning": message, "type": kind}), file=sys.stderr)
+    else:
+        print(f"medkit: warning: {printable(message)}", file=sys.stderr)
+
+
+async def query_status(client: Client, workflow_id: str, run_id: str | None,
+                       timeout: float) -> RecoveryStatus:
+    """The status query, bounded by `timeout` seconds, with its failures as one-line
+    CommandErrors."""
     try:
-        return await fetch_status(client, workflow_id, run_id)
+        return await fetch_status(client, workflow_id, run_id, timeout)
     except RecoveryNotFound as err:
         raise CommandError(str(err), NOT_FOUND) from None
+    except NoWorkerAnswered as err:
+        raise CommandError(str(err), NO_WORKER) from None
     except RPCError as err:
         raise CommandError(f"cannot query {workflow_id!r}: {err.message}", TEMPORAL_ERROR) from None
 
@@ -161,7 +187,7 @@ async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
     mistaken for this one. With `-o json` every change is one JSON line."""
     shown: str | None = None
     while True:
-        result = await query_status(client, args.id, run_id)
+        result = await query_status(client, args.id, run_id, args.timeout)
         seen = result.model_dump_json(exclude={"timeline"}) + str(len(result.timeline))
         if seen != shown:
             show_status(args, result, refresh=shown is not None)
@@ -181,7 +207,7 @@ def status(args: argparse.Namespace) -> int:
         if args.watch:
             await watch(args, client, description.run_id)
             return None
-        return await query_status(client, args.id, args.run_id)
+        return await query_status(client, args.id, args.run_id, args.timeout)
 
     try:
         result = run(go())
@@ -292,7 +318,10 @@ def decide(kind: DecisionKind) -> object:
             client = await connect_or_fail(target_from(args))
             await require_recovery(client, args.id, args.run_id)
             try:
-                return await send_decision(client, args.id, kind, decision, args.run_id)
+                return await send_decision(client, args.id, kind, decision, args.run_id,
+                                           args.timeout)
+            except NoWorkerAnswered as err:
+                raise CommandError(str(err), NO_WORKER) from None
             except DecisionRejected as err:
                 raise CommandError(str(err), "DecisionRejected") from None
             except RecoveryNotFound as err:
@@ -313,7 +342,7 @@ def add_run_id_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def positive_seconds(text: str) -> float:
-    """A --interval value: a positive number of seconds."""
+    """An --interval or --timeout value: a positive number of seconds, at most an hour."""
     try:
         seconds = float(text)
     except ValueError:
@@ -322,6 +351,14 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{printable(text)!r} is not a number of seconds "
                                          "between 0 and 3600")
     return seconds
+
+
+def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
+    """--timeout: how long to wait for a worker to answer, so a recovery no worker runs gives a
+    one-line error instead of a wait without end."""
+    parser.add_argument("--timeout", type=positive_seconds, default=ANSWER_TIMEOUT_SECONDS,
+                        metavar="SECONDS", help="how long to wait for a worker to answer "
+                        f"(default {ANSWER_TIMEOUT_SECONDS:g})")
 
 
 def register(subparsers: SubParsers) -> None:
@@ -349,6 +386,7 @@ def register(subparsers: SubParsers) -> None:
                         help="print again at each change until the recovery ends (Ctrl-C stops)")
     parser.add_argument("--interval", type=positive_seconds, default=1.0,
                         help="with --watch, seconds between checks (default 1)")
+    add_timeout_arg(parser)
     add_temporal_args(parser)
     add_output_arg(parser)
     parser.set_defaults(func=status)
@@ -376,6 +414,7 @@ def register(subparsers: SubParsers) -> None:
         add_run_id_arg(parser)
         parser.add_argument("--operator", required=True, help="who decides (recorded)")
         parser.add_argument("--reason", help="why (recorded)")
+        add_timeout_arg(parser)
         add_temporal_args(parser)
         add_output_arg(parser)
         parser.set_defaults(func=decide(kind))

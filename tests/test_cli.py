@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from temporalio.client import Client
@@ -374,3 +375,92 @@ async def test_ctrl_c_stops_status_watch_cleanly(
         worker.terminate()
         worker.wait(timeout=60)
         await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
+
+
+async def test_decisions_and_status_no_worker_answers_fail_in_time_and_say_why(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """With no worker on the recovery's task queue, `trigger` warns, and `status` and a decision
+    give up after --timeout with a one-line error naming the queue (an update used to wait
+    forever). The decision is held by Temporal, not lost: a worker started later applies it."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    queue = target["MEDKIT_TASK_QUEUE"]
+    started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                     env=env)
+    assert started.returncode == 0, started.stderr
+    workflow_id = started.stdout.strip()
+    assert started.stderr == (f"medkit: warning: no worker polls task queue {queue!r}: the "
+                              "recovery waits until `medkit worker` runs there (or pass the "
+                              "workers' --task-queue)\n")
+    worker = None
+    try:
+        aborted = medkit("abort", workflow_id, "--operator", "alice", "--timeout", "2", env=env)
+        assert aborted.returncode == 1
+        assert aborted.stderr.startswith(
+            f"medkit: abort: no worker answered within 2s on task queue {queue!r} (no worker "
+            "polls it: is `medkit worker` running with that --task-queue?); the abort is not "
+            "applied yet, but Temporal keeps it pending"), aborted.stderr
+        assert len(aborted.stderr.strip().splitlines()) == 1
+        shown = medkit("status", workflow_id, "--timeout", "2", "-o", "json", env=env)
+        assert shown.returncode == 1
+        assert json_error(shown)["type"] == "NoWorkerAnswered"
+        assert "status query: no worker answered within 2s" in json_error(shown)["error"]
+
+        worker = start_worker(target, tmp_path / "state", policy)
+
+        async def ended() -> RecoveryStatus | None:
+            status: RecoveryStatus = await dev_env.client.get_workflow_handle_for(
+                RecoveryWorkflow.run, workflow_id).query(RecoveryWorkflow.status)
+            return status if status.phase.terminal else None
+
+        status = await eventually(ended, timeout=60)
+        assert status.phase.value == "Aborted"
+        assert any(e.actor == "alice" and e.kind == "decision" for e in status.timeline)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+        with contextlib.suppress(Exception):
+            await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
+        await stop_fleet_coordinator(dev_env.client, queue)
+
+
+async def connected(pid: int, address: str) -> bool:
+    """Whether process `pid` has a TCP connection open to `address` (host:port)."""
+    port = int(address.rsplit(":", 1)[1])
+    return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+               for c in psutil.Process(pid).net_connections(kind="tcp"))
+
+
+async def test_ctrl_c_during_a_decision_no_worker_answers_exits_130_quietly(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                     "-o", "json", env=env)
+    workflow_id = json.loads(started.stdout)["workflow_id"]
+    try:
+        with interruptible_children():
+            approve = subprocess.Popen([str(Path(sys.executable).parent / "medkit"), "approve",
+                                        workflow_id, "--operator", "alice"],
+                                       env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+        try:
+            # connected, the command is in asyncio, where Ctrl-C cancels: soon in the update
+            await eventually(lambda: connected(approve.pid, target["TEMPORAL_ADDRESS"]),
+                             timeout=30)
+            await asyncio.sleep(2)
+            approve.send_signal(signal.SIGINT)
+            out, err = await asyncio.to_thread(approve.communicate, timeout=60)
+        finally:
+            if approve.poll() is None:
+                approve.kill()
+                approve.wait(timeout=30)
+        assert (approve.returncode, out, err) == (130, "", "")
+    finally:
+        with contextlib.suppress(Exception):
+            await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
