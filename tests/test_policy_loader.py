@@ -232,3 +232,25 @@ def test_thousands_of_anomaly_series_report_exact_duplicates() -> None:
     assert problem.path == "anomaly"
     assert problem.message == ("Value error, anomaly series names must be unique; repeated: "
                                "['s17', 's4999']")
+
+
+def test_fleet_limits_in_a_service_are_refused_at_their_line_not_dropped() -> None:
+    """A service's own `fleet` used to validate and then be replaced by the file's: a
+    blast-radius cap the operator wrote, silently gone."""
+    [problem] = problems(policy(service("web", ", fleet: {max_services: 1}")))
+    assert (problem.path, problem.line) == ("services[0].fleet", 3)
+    assert "set them in the top-level `fleet` section, not in a service" in problem.message
+
+
+def test_a_fleet_size_in_the_file_is_refused_at_its_line_not_replaced() -> None:
+    [problem] = problems(policy(service(), extra="fleet:\n  max_percent: 50\n  fleet_size: 100\n"))
+    assert (problem.path, problem.line) == ("fleet.fleet_size", 6)
+    assert problem.message.startswith("Value error, fleet_size is set by medkit from the number "
+                                      "of services in the file")
+
+
+def test_top_level_fleet_limits_reach_every_service_with_the_fleet_size() -> None:
+    text = policy(service("a"), service("b"), extra="fleet: {max_services: 1, max_percent: 50}\n")
+    services = parse_policy(text).services
+    assert [(s.fleet.max_services, s.fleet.max_percent, s.fleet.fleet_size)
+            for s in services] == [(1, 50.0, 2), (1, 50.0, 2)]
