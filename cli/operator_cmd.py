@@ -23,8 +23,10 @@ from cli.common import (
     connect_or_fail,
     emit,
     guarded,
+    int_between,
     load_policy,
     policy_path,
+    positive_seconds,
     printable,
     run,
     target_from,
@@ -341,24 +343,16 @@ def add_run_id_arg(parser: argparse.ArgumentParser) -> None:
                         "with the id; `medkit list -o json` shows run ids)")
 
 
-def positive_seconds(text: str) -> float:
-    """An --interval or --timeout value: a positive number of seconds, at most an hour."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{printable(text)!r} is not a number of seconds "
-                                         "between 0 and 3600")
-    return seconds
-
-
 def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
     """--timeout: how long to wait for a worker to answer, so a recovery no worker runs gives a
     one-line error instead of a wait without end."""
     parser.add_argument("--timeout", type=positive_seconds, default=ANSWER_TIMEOUT_SECONDS,
                         metavar="SECONDS", help="how long to wait for a worker to answer "
                         f"(default {ANSWER_TIMEOUT_SECONDS:g})")
+
+
+LIST_LIMIT = 10_000
+"""The most recoveries `list --limit` asks for (the HTTP API's is 500)."""
 
 
 def register(subparsers: SubParsers) -> None:
@@ -396,7 +390,8 @@ def register(subparsers: SubParsers) -> None:
                         help="only recoveries still running (and what they wait for)")
     parser.add_argument("--service", type=service_name, help="only this service")
     parser.add_argument("--phase", choices=[p.value for p in Phase], help="only this phase")
-    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    parser.add_argument("--limit", type=int_between(1, LIST_LIMIT), default=50,
+                        help=f"at most this many, 1 to {LIST_LIMIT} (default 50)")
     add_temporal_args(parser)
     add_output_arg(parser)
     parser.set_defaults(func=list_recoveries)

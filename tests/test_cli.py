@@ -23,6 +23,7 @@ import yaml
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from cli import main as cli_main
 from cli.dev_cmd import banner
 from demo.policy import DEMO_SERVICE, demo_policy, write_demo_policy
 from models.status import RecoveryStatus
@@ -464,3 +465,32 @@ async def test_ctrl_c_during_a_decision_no_worker_answers_exits_130_quietly(
     finally:
         with contextlib.suppress(Exception):
             await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["serve", "--port", "99999"], "argument --port: '99999' is not an integer from 1 to 65535"),
+    (["serve", "--port", "-1"], "argument --port: '-1' is not an integer from 1 to 65535"),
+    (["dev", "--ui-port", "0"], "argument --ui-port: '0' is not an integer from 1 to 65535"),
+    (["serve", "--max-body-bytes", "-1"], "argument --max-body-bytes: '-1' is not an integer "
+                                          "from 1024 to 1073741824"),
+    (["serve", "--max-body-bytes", "0"], "argument --max-body-bytes: '0' is not an integer"),
+    (["serve", "--temporal-timeout", "-3"], "argument --temporal-timeout: '-3' is not a number "
+                                            "of seconds above 0 and at most 3600"),
+    (["serve", "--temporal-timeout", "0"], "argument --temporal-timeout: '0' is not a number"),
+    (["serve", "--temporal-timeout", "nan"], "argument --temporal-timeout: 'nan' is not a number"),
+    (["list", "--limit", "0"], "argument --limit: '0' is not an integer from 1 to 10000"),
+    (["list", "--limit", "-1"], "argument --limit: '-1' is not an integer from 1 to 10000"),
+    (["incidents", "--limit", "0"], "argument --limit: '0' is not an integer from 1 to 10000"),
+    (["incidents", "--limit", "-3"], "argument --limit: '-3' is not an integer from 1 to 10000"),
+    (["status", "x", "--timeout", "0"], "argument --timeout: '0' is not a number of seconds"),
+    (["approve", "x", "--operator", "a", "--timeout", "nan"], "argument --timeout: 'nan' is not"),
+])
+def test_out_of_range_numbers_are_usage_errors_not_tracebacks_or_silent_misbehaviour(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A port beyond 65535 or a negative body limit ended in a traceback (OverflowError,
+    ValueError); a zero or NaN timeout, a zero body limit or a --limit of 0 were taken and then
+    misbehaved (Temporal "unreachable", every POST 413, a wrong listing)."""
+    assert cli_main.run(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err, err
+    assert err.startswith(f"usage: medkit {argv[0]}")

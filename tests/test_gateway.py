@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import uuid
@@ -379,6 +380,18 @@ async def test_not_json_and_too_large_bodies(offline: Gateway) -> None:
     huge["commonAnnotations"] = {"blob": "x" * (1 << 20)}
     response = await offline.http.post("/v1/alerts/alertmanager", json=huge, headers=DETECTOR)
     assert response.status_code == 413
+    assert response.json()["detail"].endswith("is larger than the limit of 1048576 bytes")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        """The same body without a Content-Length, as a chunked upload sends it."""
+        body = json.dumps(huge).encode()
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+    response = await offline.http.post("/v1/detections", content=chunks(), headers={
+        **DETECTOR, "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body sent in chunks is larger than the limit "
+                                         "of 1048576 bytes"}
 
 
 async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> None:
