@@ -125,6 +125,22 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        """Compose a mapping, refusing a key written twice: YAML loaders keep the last one, so
+        `dry_run: true` followed by `dry_run: false`, or a second `services:`, would silently
+        replace the first. Merge keys (`<<: *base`) are not keys of the mapping."""
+        node = super().compose_mapping_node(anchor)  # anchor: the name, or None (the stub errs)
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                raise _Refused(f"duplicate key {_clip(key)} (lines {first.start_mark.line + 1} "
+                               f"and {key.start_mark.line + 1}): remove one; YAML would keep only "
+                               "the last", key.start_mark)
+        return node
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """Construct a value; a scalar Python cannot represent (an integer of thousands of
         digits, a date like 2024-02-30) becomes a YAML error at its line, not a ValueError."""

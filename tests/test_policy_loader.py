@@ -254,3 +254,26 @@ def test_top_level_fleet_limits_reach_every_service_with_the_fleet_size() -> Non
     services = parse_policy(text).services
     assert [(s.fleet.max_services, s.fleet.max_percent, s.fleet.fleet_size)
             for s in services] == [(1, 50.0, 2), (1, 50.0, 2)]
+
+
+@pytest.mark.parametrize(("text", "key", "lines", "line"), [
+    (policy(service("web", ", retry: {max_attempts: 1}, retry: {max_attempts: 5}")),
+     "retry", (3, 3), 3),
+    ("version: 1\nservices:\n  - name: web\n    dry_run: true\n    dry_run: false\n",
+     "dry_run", (4, 5), 5),
+    (policy(service("a")) + "services:\n  - " + service("b") + "\n", "services", (2, 4), 4),
+])
+def test_a_key_written_twice_is_refused_naming_both_lines(
+        text: str, key: str, lines: tuple[int, int], line: int) -> None:
+    """YAML keeps the last of two equal keys: a second `services:` dropped every service above
+    it, and `dry_run: false` after `dry_run: true` turned a dry run into a real one."""
+    [problem] = problems(text)
+    assert (problem.path, problem.line) == ("", line)
+    assert problem.message == (f"duplicate key {key!r} (lines {lines[0]} and {lines[1]}): remove "
+                               "one; YAML would keep only the last")
+
+
+def test_merge_keys_may_override_what_they_merge() -> None:
+    """`<<: *base` then `name: ...` is not a duplicate: the explicit key wins by design."""
+    text = policy("&base " + service("a"), "{<<: *base, name: b, description: x}")
+    assert [s.name for s in parse_policy(text).services] == ["a", "b"]
