@@ -253,12 +253,58 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> PolicyFile:
     if not isinstance(data, dict):
         raise PolicyError(source, [PolicyProblem("", 1, "expected a mapping with 'services'")])
     try:
-        return PolicyFile.model_validate(data)
+        coerced = _coerced_scalars(node, data)
+        policy = PolicyFile.model_validate(data)
     except ValidationError as err:
-        problems = []
-        for error in err.errors():
-            path, line = _locate(node, tuple(error["loc"]))
-            problems.append(PolicyProblem(path, line, error["msg"]))
-        raise PolicyError(source, problems) from err
+        problems = [_problem(node, error) for error in err.errors()]
+        raise PolicyError(source, _merged(problems, coerced)) from err
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
         raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
+    if coerced:
+        raise PolicyError(source, coerced)
+    return policy
+
+
+_STRICT_TYPES = {"int_type", "bool_type", "float_type"}
+"""The errors of pydantic's strict mode kept by `_coerced_scalars`: a number or a boolean
+written as another type. Its other strict errors (a string for an enum, say) are lax on purpose."""
+
+
+def _problem(node: yaml.Node | None, error: Any) -> PolicyProblem:
+    """A pydantic error as a problem at its field and line."""
+    path, line = _locate(node, tuple(error["loc"]))
+    return PolicyProblem(path, line, error["msg"])
+
+
+def _coerced_scalars(node: yaml.Node | None, data: Any) -> list[PolicyProblem]:
+    """Scalars in the file that lax validation would convert to a number or a boolean: `samples:
+    true` (read as 1), `max_attempts: '3'`, `dry_run: 'yes'` (dry-run on). Found by validating
+    in strict mode and keeping its type errors at values written in the file (not values a
+    validator derived, such as a probe's threshold parsed from `unhealthy_when: '> 0.05'`)."""
+    try:
+        PolicyFile.model_validate(data, strict=True)
+    except ValidationError as err:
+        return [_problem(node, error) for error in err.errors()
+                if error["type"] in _STRICT_TYPES and _written(node, tuple(error["loc"]))]
+    return []
+
+
+def _written(root: yaml.Node | None, loc: tuple[int | str, ...]) -> bool:
+    """Whether `loc` reaches a scalar written in the file (a union's tag skipped)."""
+    node = root
+    for part in loc:
+        if _is_tag(node, part):
+            continue
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return False
+    return isinstance(node, yaml.ScalarNode)
+
+
+def _merged(problems: list[PolicyProblem], more: list[PolicyProblem]) -> list[PolicyProblem]:
+    """`problems`, then those of `more` at a field none of them names."""
+    named = {problem.path for problem in problems}
+    return problems + [problem for problem in more if problem.path not in named]

@@ -277,3 +277,36 @@ def test_merge_keys_may_override_what_they_merge() -> None:
     """`<<: *base` then `name: ...` is not a duplicate: the explicit key wins by design."""
     text = policy("&base " + service("a"), "{<<: *base, name: b, description: x}")
     assert [s.name for s in parse_policy(text).services] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("fields", "path", "message"), [
+    (", validation: {samples: true}", "services[0].validation.samples",
+     "Input should be a valid integer"),
+    (", retry: {max_attempts: '3'}", "services[0].retry.max_attempts",
+     "Input should be a valid integer"),
+    (", dry_run: 'yes'", "services[0].dry_run", "Input should be a valid boolean"),
+    (", health_poll: {enabled: 'false'}", "services[0].health_poll.enabled",
+     "Input should be a valid boolean"),
+])
+def test_a_value_of_the_wrong_type_is_refused_not_coerced(
+        fields: str, path: str, message: str) -> None:
+    """Lax validation read `samples: true` as 1 and `dry_run: 'yes'` as a dry run."""
+    [problem] = problems(policy(service("web", fields)))
+    assert (problem.path, problem.line, problem.message) == (path, 3, message)
+
+
+def test_numbers_durations_and_derived_values_of_the_documented_forms_still_parse() -> None:
+    """Strictness is for values as written: an int where a float goes, YAML's own booleans,
+    durations as strings, and values a validator derives (a probe's threshold from
+    `unhealthy_when`) are all fine."""
+    probe = ("{kind: prometheus, name: errors, url: 'http://prometheus:9090', query: 'up', "
+             "unhealthy_when: '> 0.05'}")
+    text = policy(service("web", f", dry_run: yes, validation: {{samples: 2, interval: 250ms}}, "
+                                 f"retry: {{max_attempts: 3, initial_backoff: 10}}"),
+                  extra="fleet: {max_percent: 25}\n")
+    [svc] = parse_policy(text).services
+    assert (svc.dry_run, svc.validation.samples, svc.retry.max_attempts) == (True, 2, 3)
+    assert svc.fleet.max_percent == 25.0
+    [with_probe] = parse_policy(policy(service("db")).replace(
+        "probes: [{kind: tcp, name: p, port: 1}]", f"probes: [{probe}]")).services
+    assert with_probe.probes[0].name == "errors"
