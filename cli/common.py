@@ -140,14 +140,15 @@ def policy_path(args: argparse.Namespace) -> Path:
     return Path(env) if env else DEFAULT_POLICY
 
 
-def load_policy(path: Path) -> PolicyFile:
-    """Read and validate a policy file, or raise CommandError / PolicyError saying why."""
+def load_policy(path: Path, *, hint: bool = True) -> PolicyFile:
+    """Read and validate a policy file, or raise CommandError / PolicyError saying why; `hint`
+    says how to pass another file (for commands that take --config)."""
     try:
         text = read_policy_bytes(path)
     except FileNotFoundError:
-        raise CommandError(f"policy file {path} not found (pass --config FILE or set "
-                           "MEDKIT_CONFIG; `medkit dev` writes one for the demo)",
-                           "PolicyFileNotFound") from None
+        how = (" (pass --config FILE or set MEDKIT_CONFIG; `medkit dev` writes one for the demo)"
+               if hint else "")
+        raise CommandError(f"policy file {path} not found{how}", "PolicyFileNotFound") from None
     except OSError as err:
         raise CommandError(f"cannot read policy file {path}: {err.strerror}",
                            "PolicyFileUnreadable") from None

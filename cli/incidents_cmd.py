@@ -236,6 +236,14 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def incident_id(text: str) -> str:
+    """An `incidents show` ID: not empty, which would match no incident in a confusing way."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty id: pass a workflow id, a run id or "
+                                         "workflow-id/run-id, as `medkit incidents` lists them")
+    return text
+
+
 def _add_database_args(parser: argparse.ArgumentParser, *, inherit: bool) -> None:
     """--database-url and --state-dir; on a subcommand (`inherit`) the parent's values stand unless
     given again, since argparse would otherwise reset them to the subcommand's defaults."""
@@ -270,7 +278,7 @@ def register(subparsers: SubParsers) -> None:
         description="Print one incident: its timeline, the operator decisions it accepted, the "
         "notifications it sent and the actions in the ledger. ID is a workflow id (its latest "
         "run), a run id, or workflow-id/run-id (a run-id prefix is enough), as listed.")
-    show_parser.add_argument("id", metavar="ID", help="e.g. recovery:web:health or "
+    show_parser.add_argument("id", metavar="ID", type=incident_id, help="e.g. recovery:web:health or "
                              "recovery:web:health/3f2a9c1e")
     _add_database_args(show_parser, inherit=True)
     show_parser.add_argument("-o", "--output", choices=["text", "json"], default=argparse.SUPPRESS,

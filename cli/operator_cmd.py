@@ -222,6 +222,15 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def incident_key_arg(text: str) -> str:
+    """A --key value: one with something of a key in it, since an empty or all-symbol key would
+    silently become `health` and join the health recovery."""
+    if incident_key_from(text + "x") == "x":  # nothing left once unsafe characters go
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)[:40]!r} has no letter, digit, '_' or '.' to make an incident key of")
+    return text
+
+
 def service_name(text: str) -> str:
     """A --service value: a policy name, so it cannot change the meaning of the list query."""
     if re.fullmatch(NAME_PATTERN, text) is None:
@@ -365,8 +374,9 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--severity", choices=[s.value for s in Severity],
                         help="severity floor (assessment may raise it)")
     parser.add_argument("--summary", default="reported by an operator", help="what is wrong")
-    parser.add_argument("--key", default="health",
-                        help="incident key: reports with the same key join one recovery")
+    parser.add_argument("--key", default="health", type=incident_key_arg,
+                        help="incident key: reports with the same key join one recovery "
+                        "(letters, digits, '_', '.', '-'; others become '-'; default health)")
     parser.add_argument("--dry-run", action="store_true", help="simulate every action")
     add_config_arg(parser)
     add_temporal_args(parser)

@@ -147,7 +147,8 @@ class _BoundedLoader(yaml.SafeLoader):
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as err:
-            raise _Refused(f"cannot read the value {_clip(node)}: {err}", node.start_mark) from None
+            reason = str(err).split("; use sys.set_int_max_str_digits()")[0]  # not for a file's author
+            raise _Refused(f"cannot read the value {_clip(node)}: {reason}", node.start_mark) from None
 
 
 def _clip(node: yaml.Node) -> str:
@@ -218,7 +219,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        message = str(err.problem) if isinstance(err, _Refused) else f"not valid YAML: {err}"
+        message = str(err.problem) if isinstance(err, _Refused) else _syntax_error(err)
         raise PolicyError(source, [PolicyProblem("", line, message)]) from None
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
         raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
@@ -226,6 +227,20 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         if loader is not None:
             loader.dispose()
     return node, data
+
+
+def _syntax_error(err: yaml.YAMLError) -> str:
+    """PyYAML's syntax error in one line, its position given by the problem's line (which the
+    problem reports) and column, without the echoed source lines and "<unicode string>"."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return f"not valid YAML: {err}"
+    mark = err.problem_mark
+    where = f" (column {mark.column + 1})" if mark is not None else ""
+    context = ""
+    if err.context and err.context_mark is not None:
+        start = err.context_mark
+        context = f", {err.context} that starts at line {start.line + 1}, column {start.column + 1}"
+    return f"not valid YAML{where}: {err.problem}{context}"
 
 
 def _size(text: str | bytes) -> int:

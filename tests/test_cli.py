@@ -228,7 +228,7 @@ def test_usage_errors_follow_the_output_format() -> None:
     """argparse's refusals (exit 2) are JSON error objects under `-o json`, argparse's text otherwise."""
     unknown = medkit("status", "recovery:nope:health", "--bogus", "-o", "json")
     assert unknown.returncode == 2 and unknown.stdout == ""
-    assert json_error(unknown) == {"error": "medkit: unrecognized arguments: --bogus",
+    assert json_error(unknown) == {"error": "medkit status: unrecognized arguments: --bogus",
                                    "type": "UsageError"}
     missing = medkit("status", "--output=json")
     assert missing.returncode == 2 and missing.stdout == ""
@@ -494,3 +494,38 @@ def test_out_of_range_numbers_are_usage_errors_not_tracebacks_or_silent_misbehav
     err = capsys.readouterr().err
     assert f"error: {message}" in err, err
     assert err.startswith(f"usage: medkit {argv[0]}")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["trigger", "--service", "demo", "--key", ""], "argument --key: '' has no letter, digit"),
+    (["trigger", "--service", "demo", "--key", "!!!"], "argument --key: '!!!' has no letter"),
+    (["incidents", "show", ""], "argument ID: an empty id"),
+    (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+    (["incidents", "show", "x", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_empty_keys_and_ids_and_unknown_flags_are_the_subcommands_usage_errors(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --key of no usable characters became `health` (joining the health recovery); an
+    unknown flag on a subcommand showed the top-level usage, not the subcommand's."""
+    assert cli_main.run(argv) == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2] if argv[0] == "incidents" and argv[1] == "show" else argv[:1])
+    assert err.startswith(f"usage: medkit {command} ")
+    assert f"medkit {command}: error: {message}" in err, err
+
+
+def test_config_check_of_a_missing_file_does_not_suggest_a_flag_it_lacks(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli_main.run(["config", "check", str(tmp_path / "nope.yaml")]) == 1
+    assert capsys.readouterr().err == f"medkit: policy file {tmp_path / 'nope.yaml'} not found\n"
+
+
+def test_help_states_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("serve", "dev", "worker", "watch"):
+        with pytest.raises(SystemExit):
+            cli_main.run([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert re.search(r"--log-level \{[A-Z,]+\}\s+\S", text), (command, text)
+    with pytest.raises(SystemExit):
+        cli_main.run(["serve", "--help"])
+    assert "(default: 10)" in " ".join(capsys.readouterr().out.split())

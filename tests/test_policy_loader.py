@@ -301,8 +301,8 @@ def test_numbers_durations_and_derived_values_of_the_documented_forms_still_pars
     `unhealthy_when`) are all fine."""
     probe = ("{kind: prometheus, name: errors, url: 'http://prometheus:9090', query: 'up', "
              "unhealthy_when: '> 0.05'}")
-    text = policy(service("web", f", dry_run: yes, validation: {{samples: 2, interval: 250ms}}, "
-                                 f"retry: {{max_attempts: 3, initial_backoff: 10}}"),
+    text = policy(service("web", ", dry_run: yes, validation: {samples: 2, interval: 250ms}, "
+                                 "retry: {max_attempts: 3, initial_backoff: 10}"),
                   extra="fleet: {max_percent: 25}\n")
     [svc] = parse_policy(text).services
     assert (svc.dry_run, svc.validation.samples, svc.retry.max_attempts) == (True, 2, 3)
@@ -310,3 +310,17 @@ def test_numbers_durations_and_derived_values_of_the_documented_forms_still_pars
     [with_probe] = parse_policy(policy(service("db")).replace(
         "probes: [{kind: tcp, name: p, port: 1}]", f"probes: [{probe}]")).services
     assert with_probe.probes[0].name == "errors"
+
+
+def test_a_syntax_error_is_one_line_with_one_line_number() -> None:
+    [problem] = problems("services:\n  - name: [a\n")
+    assert problem.line == 3
+    assert problem.message == ("not valid YAML (column 1): expected ',' or ']', but got "
+                               "'<stream end>', while parsing a flow sequence that starts at "
+                               "line 2, column 11")
+
+
+def test_an_integer_too_long_does_not_mention_python_internals() -> None:
+    [problem] = problems(policy(service(), service("db", f", description: {'9' * 5000}")))
+    assert "sys.set_int_max_str_digits" not in problem.message
+    assert problem.message.endswith("value has 5000 digits")
