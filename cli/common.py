@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,6 +96,37 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_POLICY}, which `medkit dev` writes)")
 
 
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`, so a value out of range is a usage
+    error (exit 2) naming the flag, not a traceback or a setting that silently misbehaves."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not a number, or thousands of digits
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{printable(text)[:40]!r} is not an integer from {low} to {high}")
+        return value
+    return integer
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0 and at most an hour (not NaN or inf)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{printable(text)[:40]!r} is not a number of seconds "
+                                         "above 0 and at most 3600")
+    return seconds
+
+
+port_number = int_between(1, 65535)
+"""An argparse type for a TCP port to listen on."""
+
+
 def target_from(args: argparse.Namespace) -> TemporalTarget:
     """The Temporal target from flags and environment."""
     return TemporalTarget.from_env(args.address, args.namespace, args.task_queue)
@@ -109,14 +140,15 @@ def policy_path(args: argparse.Namespace) -> Path:
     return Path(env) if env else DEFAULT_POLICY
 
 
-def load_policy(path: Path) -> PolicyFile:
-    """Read and validate a policy file, or raise CommandError / PolicyError saying why."""
+def load_policy(path: Path, *, hint: bool = True) -> PolicyFile:
+    """Read and validate a policy file, or raise CommandError / PolicyError saying why; `hint`
+    says how to pass another file (for commands that take --config)."""
     try:
         text = read_policy_bytes(path)
     except FileNotFoundError:
-        raise CommandError(f"policy file {path} not found (pass --config FILE or set "
-                           "MEDKIT_CONFIG; `medkit dev` writes one for the demo)",
-                           "PolicyFileNotFound") from None
+        how = (" (pass --config FILE or set MEDKIT_CONFIG; `medkit dev` writes one for the demo)"
+               if hint else "")
+        raise CommandError(f"policy file {path} not found{how}", "PolicyFileNotFound") from None
     except OSError as err:
         raise CommandError(f"cannot read policy file {path}: {err.strerror}",
                            "PolicyFileUnreadable") from None

@@ -12,7 +12,7 @@ from models.phases import Severity
 @guarded
 def check(args: argparse.Namespace) -> int:
     """Validate the file; print a summary when it is good."""
-    policy = load_policy(Path(args.file))
+    policy = load_policy(Path(args.file), hint=False)
     for service in policy.services:
         ladders = ", ".join(
             f"{severity.value} {len(service.ladders.for_severity(severity))} rung(s)"

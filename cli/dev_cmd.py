@@ -15,7 +15,7 @@ from temporalio.runtime import Runtime
 
 from activities.probes import read_pid
 from activities.process import ProcessSupervisor
-from cli.common import CommandError, SubParsers, guarded, load_policy
+from cli.common import CommandError, SubParsers, guarded, load_policy, port_number
 from demo.policy import DEMO_SERVICE, write_demo_policy
 from detectors.health_poller import HealthBoard
 from gateway.auth import AuthConfigError
@@ -163,11 +163,12 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--config", type=Path, help="policy file (default: the bundled demo)")
     parser.add_argument("--state-dir", type=Path, default=Path(".medkit"),
                         help="state directory (default .medkit)")
-    parser.add_argument("--temporal-port", type=int, default=7233, help="default 7233")
-    parser.add_argument("--ui-port", type=int, default=8233, help="default 8233")
-    parser.add_argument("--demo-port", type=int, default=8099, help="default 8099")
-    parser.add_argument("--dashboard-port", type=int, default=8780,
+    parser.add_argument("--temporal-port", type=port_number, default=7233, help="default 7233")
+    parser.add_argument("--ui-port", type=port_number, default=8233, help="default 8233")
+    parser.add_argument("--demo-port", type=port_number, default=8099, help="default 8099")
+    parser.add_argument("--dashboard-port", type=port_number, default=8780,
                         help="the dashboard and operator API on 127.0.0.1 (default 8780)")
     parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level of the worker and the stack (default: WARNING)")
     parser.set_defaults(func=dev)

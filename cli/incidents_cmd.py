@@ -24,6 +24,7 @@ from cli.common import (
     add_output_arg,
     emit,
     guarded,
+    int_between,
     printable,
 )
 from models.base import parse_duration
@@ -235,6 +236,14 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def incident_id(text: str) -> str:
+    """An `incidents show` ID: not empty, which would match no incident in a confusing way."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty id: pass a workflow id, a run id or "
+                                         "workflow-id/run-id, as `medkit incidents` lists them")
+    return text
+
+
 def _add_database_args(parser: argparse.ArgumentParser, *, inherit: bool) -> None:
     """--database-url and --state-dir; on a subcommand (`inherit`) the parent's values stand unless
     given again, since argparse would otherwise reset them to the subcommand's defaults."""
@@ -258,7 +267,8 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--since", type=since_arg, metavar="SPAN",
                         help="only incidents started within this span before now, e.g. 30m, 24h, 7d "
                         "(default: any time)")
-    parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    parser.add_argument("--limit", type=int_between(1, 10_000), default=100,
+                        help="at most this many, 1 to 10000 (default 100)")
     _add_database_args(parser, inherit=False)
     add_output_arg(parser)
     parser.set_defaults(func=list_incidents)
@@ -268,7 +278,7 @@ def register(subparsers: SubParsers) -> None:
         description="Print one incident: its timeline, the operator decisions it accepted, the "
         "notifications it sent and the actions in the ledger. ID is a workflow id (its latest "
         "run), a run id, or workflow-id/run-id (a run-id prefix is enough), as listed.")
-    show_parser.add_argument("id", metavar="ID", help="e.g. recovery:web:health or "
+    show_parser.add_argument("id", metavar="ID", type=incident_id, help="e.g. recovery:web:health or "
                              "recovery:web:health/3f2a9c1e")
     _add_database_args(show_parser, inherit=True)
     show_parser.add_argument("-o", "--output", choices=["text", "json"], default=argparse.SUPPRESS,

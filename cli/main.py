@@ -78,14 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's parser a `_parser` default naming itself: the deepest one the
+    command line reaches wins, so `run` can show that command's usage for arguments left over."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_parsers(sub)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run the chosen command; return its exit code (2 for a usage error,
     printed as a JSON error object under `-o json` like every other error there)."""
     try:
-        args = build_parser().parse_args(argv)
+        args, extras = build_parser().parse_known_args(argv)
+        if extras:  # argparse would blame the top-level parser and show its usage
+            args._parser.error(f"unrecognized arguments: {' '.join(extras)}")
     except UsageError as err:
         if json_output_requested(sys.argv[1:] if argv is None else argv):
             fail(str(err), argparse.Namespace(output="json"), "UsageError")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 import uuid
@@ -22,8 +23,10 @@ from cli.common import (
     connect_or_fail,
     emit,
     guarded,
+    int_between,
     load_policy,
     policy_path,
+    positive_seconds,
     printable,
     run,
     target_from,
@@ -35,11 +38,14 @@ from models.detection import Detection, incident_key_from
 from models.phases import DecisionKind, Phase, Severity
 from models.status import RecoveryStatus
 from workers.client import (
+    ANSWER_TIMEOUT_SECONDS,
     DecisionRejected,
+    NoWorkerAnswered,
     RecoveryNotFound,
     fetch_status,
     send_decision,
     start_or_join_recovery,
+    workflow_pollers,
 )
 from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
@@ -124,6 +130,10 @@ def trigger(args: argparse.Namespace) -> int:
         client = await connect_or_fail(target)
         handle = await start_or_join_recovery(client, detection, policy, target.task_queue,
                                               dry_run=args.dry_run)
+        if await workflow_pollers(client, target.task_queue) == 0:
+            warn(args, f"no worker polls task queue {target.task_queue!r}: the recovery waits "
+                 "until `medkit worker` runs there (or pass the workers' --task-queue)",
+                 NO_WORKER)
         return handle.id
 
     workflow_id = run(go())
@@ -131,12 +141,30 @@ def trigger(args: argparse.Namespace) -> int:
     return 0
 
 
-async def query_status(client: Client, workflow_id: str, run_id: str | None) -> RecoveryStatus:
-    """The status query, with its failures as one-line CommandErrors."""
+NO_WORKER = "NoWorkerAnswered"
+"""The error type (`-o json`) when no worker answered a query or decision in time, and the
+warning type of `trigger` when no worker polls the task queue."""
+
+
+def warn(args: argparse.Namespace, message: str, kind: str) -> None:
+    """A warning on stderr that does not fail the command: `medkit: warning: ...`, or with
+    `-o json` one JSON object {"warning": message, "type": kind}."""
+    if args.output == "json":
+        print(json.dumps({"warning": message, "type": kind}), file=sys.stderr)
+    else:
+        print(f"medkit: warning: {printable(message)}", file=sys.stderr)
+
+
+async def query_status(client: Client, workflow_id: str, run_id: str | None,
+                       timeout: float) -> RecoveryStatus:
+    """The status query, bounded by `timeout` seconds, with its failures as one-line
+    CommandErrors."""
     try:
-        return await fetch_status(client, workflow_id, run_id)
+        return await fetch_status(client, workflow_id, run_id, timeout)
     except RecoveryNotFound as err:
         raise CommandError(str(err), NOT_FOUND) from None
+    except NoWorkerAnswered as err:
+        raise CommandError(str(err), NO_WORKER) from None
     except RPCError as err:
         raise CommandError(f"cannot query {workflow_id!r}: {err.message}", TEMPORAL_ERROR) from None
 
@@ -161,7 +189,7 @@ async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
     mistaken for this one. With `-o json` every change is one JSON line."""
     shown: str | None = None
     while True:
-        result = await query_status(client, args.id, run_id)
+        result = await query_status(client, args.id, run_id, args.timeout)
         seen = result.model_dump_json(exclude={"timeline"}) + str(len(result.timeline))
         if seen != shown:
             show_status(args, result, refresh=shown is not None)
@@ -181,7 +209,7 @@ def status(args: argparse.Namespace) -> int:
         if args.watch:
             await watch(args, client, description.run_id)
             return None
-        return await query_status(client, args.id, args.run_id)
+        return await query_status(client, args.id, args.run_id, args.timeout)
 
     try:
         result = run(go())
@@ -192,6 +220,15 @@ def status(args: argparse.Namespace) -> int:
     if result is not None:
         emit(args, result, format_status(result))
     return 0
+
+
+def incident_key_arg(text: str) -> str:
+    """A --key value: one with something of a key in it, since an empty or all-symbol key would
+    silently become `health` and join the health recovery."""
+    if incident_key_from(text + "x") == "x":  # nothing left once unsafe characters go
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)[:40]!r} has no letter, digit, '_' or '.' to make an incident key of")
+    return text
 
 
 def service_name(text: str) -> str:
@@ -292,7 +329,10 @@ def decide(kind: DecisionKind) -> object:
             client = await connect_or_fail(target_from(args))
             await require_recovery(client, args.id, args.run_id)
             try:
-                return await send_decision(client, args.id, kind, decision, args.run_id)
+                return await send_decision(client, args.id, kind, decision, args.run_id,
+                                           args.timeout)
+            except NoWorkerAnswered as err:
+                raise CommandError(str(err), NO_WORKER) from None
             except DecisionRejected as err:
                 raise CommandError(str(err), "DecisionRejected") from None
             except RecoveryNotFound as err:
@@ -312,16 +352,16 @@ def add_run_id_arg(parser: argparse.ArgumentParser) -> None:
                         "with the id; `medkit list -o json` shows run ids)")
 
 
-def positive_seconds(text: str) -> float:
-    """A --interval value: a positive number of seconds."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{printable(text)!r} is not a number of seconds "
-                                         "between 0 and 3600")
-    return seconds
+def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
+    """--timeout: how long to wait for a worker to answer, so a recovery no worker runs gives a
+    one-line error instead of a wait without end."""
+    parser.add_argument("--timeout", type=positive_seconds, default=ANSWER_TIMEOUT_SECONDS,
+                        metavar="SECONDS", help="how long to wait for a worker to answer "
+                        f"(default {ANSWER_TIMEOUT_SECONDS:g})")
+
+
+LIST_LIMIT = 10_000
+"""The most recoveries `list --limit` asks for (the HTTP API's is 500)."""
 
 
 def register(subparsers: SubParsers) -> None:
@@ -334,8 +374,9 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--severity", choices=[s.value for s in Severity],
                         help="severity floor (assessment may raise it)")
     parser.add_argument("--summary", default="reported by an operator", help="what is wrong")
-    parser.add_argument("--key", default="health",
-                        help="incident key: reports with the same key join one recovery")
+    parser.add_argument("--key", default="health", type=incident_key_arg,
+                        help="incident key: reports with the same key join one recovery "
+                        "(letters, digits, '_', '.', '-'; others become '-'; default health)")
     parser.add_argument("--dry-run", action="store_true", help="simulate every action")
     add_config_arg(parser)
     add_temporal_args(parser)
@@ -349,6 +390,7 @@ def register(subparsers: SubParsers) -> None:
                         help="print again at each change until the recovery ends (Ctrl-C stops)")
     parser.add_argument("--interval", type=positive_seconds, default=1.0,
                         help="with --watch, seconds between checks (default 1)")
+    add_timeout_arg(parser)
     add_temporal_args(parser)
     add_output_arg(parser)
     parser.set_defaults(func=status)
@@ -358,7 +400,8 @@ def register(subparsers: SubParsers) -> None:
                         help="only recoveries still running (and what they wait for)")
     parser.add_argument("--service", type=service_name, help="only this service")
     parser.add_argument("--phase", choices=[p.value for p in Phase], help="only this phase")
-    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    parser.add_argument("--limit", type=int_between(1, LIST_LIMIT), default=50,
+                        help=f"at most this many, 1 to {LIST_LIMIT} (default 50)")
     add_temporal_args(parser)
     add_output_arg(parser)
     parser.set_defaults(func=list_recoveries)
@@ -376,6 +419,7 @@ def register(subparsers: SubParsers) -> None:
         add_run_id_arg(parser)
         parser.add_argument("--operator", required=True, help="who decides (recorded)")
         parser.add_argument("--reason", help="why (recorded)")
+        add_timeout_arg(parser)
         add_temporal_args(parser)
         add_output_arg(parser)
         parser.set_defaults(func=decide(kind))

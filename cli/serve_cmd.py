@@ -16,8 +16,11 @@ from cli.common import (
     add_config_arg,
     add_temporal_args,
     guarded,
+    int_between,
     load_policy,
     policy_path,
+    port_number,
+    positive_seconds,
     target_from,
 )
 from cli.incidents_cmd import _add_database_args, open_store
@@ -32,6 +35,10 @@ from workers.logging import configure_logging
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8780
+MIN_BODY_BYTES = 1024
+"""The smallest --max-body-bytes: below it not even one alert fits, and every POST would be 413."""
+MAX_BODY_LIMIT = 1 << 30
+"""The largest --max-body-bytes (1 GiB): a body is read whole into memory."""
 
 
 @guarded
@@ -83,8 +90,8 @@ def register(subparsers: SubParsers) -> None:
         "to start unless --insecure-no-auth is given.")
     parser.add_argument("--host", default=os.environ.get("MEDKIT_GATEWAY_HOST", DEFAULT_HOST),
                         help=f"listen address (default: $MEDKIT_GATEWAY_HOST or {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int,
-                        default=int(os.environ.get("MEDKIT_GATEWAY_PORT", DEFAULT_PORT)),
+    parser.add_argument("--port", type=port_number,
+                        default=os.environ.get("MEDKIT_GATEWAY_PORT", str(DEFAULT_PORT)),
                         help=f"listen port (default: $MEDKIT_GATEWAY_PORT or {DEFAULT_PORT})")
     parser.add_argument("--service-label", default=",".join(DEFAULT_SERVICE_LABELS),
                         help="alert labels naming the medkit service, tried in order "
@@ -93,17 +100,21 @@ def register(subparsers: SubParsers) -> None:
                         help="every recovery this gateway starts simulates its actions")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="serve without bearer tokens (only for a trusted loopback setup)")
-    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
-                        help=f"larger request bodies get 413 (default: {MAX_BODY_BYTES})")
-    parser.add_argument("--temporal-timeout", type=float, default=10.0,
-                        help="seconds any Temporal call may take before the request fails with 503")
+    parser.add_argument("--max-body-bytes", type=int_between(MIN_BODY_BYTES, MAX_BODY_LIMIT),
+                        default=MAX_BODY_BYTES,
+                        help=f"larger request bodies get 413, {MIN_BODY_BYTES} to {MAX_BODY_LIMIT} "
+                        f"(default: {MAX_BODY_BYTES})")
+    parser.add_argument("--temporal-timeout", type=positive_seconds, default=10.0,
+                        metavar="SECONDS", help="seconds any Temporal call may take before the "
+                        "request fails with 503, above 0 and at most 3600 (default: 10)")
     parser.add_argument("--temporal-ui", default=os.environ.get("MEDKIT_TEMPORAL_UI"),
                         help="base URL of the Temporal UI, for the dashboard's links, e.g. "
                         "http://127.0.0.1:8233 (default: $MEDKIT_TEMPORAL_UI; no links without it)")
     parser.add_argument("--no-health-poll", action="store_true",
                         help="do not probe the services for the health scores of /v1/health and "
                         "the dashboard (they then show as unknown)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the gateway's log level (default: INFO)")
     add_config_arg(parser)
     add_temporal_args(parser)
     _add_database_args(parser, inherit=False)

@@ -84,5 +84,6 @@ def register(subparsers: SubParsers) -> None:
         "or joins the service's recovery. Stops on SIGTERM or Ctrl-C.")
     add_config_arg(parser)
     add_temporal_args(parser)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default: INFO)")
     parser.set_defaults(func=watch)

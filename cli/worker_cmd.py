@@ -91,5 +91,6 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
                         help=f"serve /metrics (Prometheus) and /healthz here, or 'off' "
                         f"(default: ${METRICS_ADDRESS_ENV} or {DEFAULT_METRICS_ADDRESS})")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default: INFO)")
     parser.set_defaults(func=worker)

@@ -28,7 +28,12 @@ from gateway.mapping import (
     plan_alertmanager_batch,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import AuthMiddleware, LatencyMiddleware, required_role
+from gateway.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    LatencyMiddleware,
+    required_role,
+)
 from gateway.overview import DashboardSnapshot, IncidentSource, Overview
 from gateway.schemas import (
     WORKFLOW_ID_PATTERN,
@@ -140,12 +145,12 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
         title="medkit gateway",
         version="1",
         summary="Alertmanager and detector ingest, and the operator API of medkit recoveries.",
-        max_body_size=settings.max_body_bytes,
         lifespan=lifespan,
     )
     app.state.metrics = metrics
     app.state.temporal = temporal
     app.state.pushed_series = pushed
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, auth=settings.auth, metrics=metrics)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     secured = [Depends(_bearer)]

@@ -1,4 +1,5 @@
-"""ASGI middleware: bearer-token auth by path (before any body is read) and request latency."""
+"""ASGI middleware: bearer-token auth by path (before any body is read), the body size limit
+as JSON, and request latency."""
 
 from __future__ import annotations
 
@@ -77,6 +78,54 @@ class AuthMiddleware:
                     await _send_json(send, err.status_code, {"detail": err.detail}, err.headers)
                     return
         await self.app(scope, receive, send)
+
+
+def content_length(scope: Scope) -> int | None:
+    """The request's declared Content-Length, or None when absent or not a number."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class BodyLimitMiddleware:
+    """The request body limit, answered as JSON `{"detail": ...}` with 413 like every other
+    error (FastAPI's own `max_body_size` answers in plain text): a declared Content-Length over
+    the limit before the body is read, a chunked body once it has grown past it."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    def too_large(self, size: str) -> str:
+        """The 413's detail."""
+        return f"request body {size} is larger than the limit of {self.max_body_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            await _send_json(send, 413, {"detail": self.too_large(f"of {length} bytes")}, None)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            """The next body chunk; a 413 HTTPException (FastAPI answers it as JSON) once the
+            body has grown past the limit."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise HTTPException(413, self.too_large("sent in chunks"))
+            return message
+
+        await self.app(scope, receive_within_limit, send)
 
 
 class LatencyMiddleware:

@@ -15,7 +15,12 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from models import search_attributes as sa
@@ -27,6 +32,7 @@ from models.policy import ServicePolicy
 from models.status import RecoveryStatus
 from workers.breaker_entities import command_entity, entity_status, report_outcome
 from workers.client import (
+    NoWorkerAnswered,
     TemporalTarget,
     connect,
     fetch_status,
@@ -37,6 +43,10 @@ from workers.client import (
 from workflows.recovery import RecoveryWorkflow
 
 T = TypeVar("T")
+
+_EXPLAIN_SECONDS = 10.0
+"""Time beyond the gateway's timeout for a status query or decision no worker answered to find
+out why (the recovery's task queue, its pollers), so the 503 says so."""
 
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
                 RPCStatusCode.RESOURCE_EXHAUSTED}
@@ -118,12 +128,25 @@ class TemporalGateway:
                     ) from None
             return self._client
 
-    async def _bounded(self, work: Awaitable[T], what: str) -> T:
+    async def _bounded(self, work: Awaitable[T], what: str, timeout: float | None = None) -> T:
+        """`work` within `timeout` seconds (default the gateway's), its failures mapped to
+        TemporalUnavailable / TemporalPayloadTooLarge; other RPC errors are the caller's.
+
+        An update cancelled at the deadline raises the SDK's RPCTimeoutOrCancelledError, not
+        TimeoutError; the deadline runs in this task so that a request cancelled from outside
+        (its client gone) stays a cancellation."""
+        limit = self.timeout if timeout is None else timeout
         try:
-            return await asyncio.wait_for(work, self.timeout)
-        except TimeoutError:
+            async with asyncio.timeout(limit):
+                return await work
+        except (TimeoutError, RPCTimeoutOrCancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError() from None
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
-                                      f"{self.timeout:g}s") from None
+                                      f"{limit:g}s") from None
+        except NoWorkerAnswered as err:
+            raise TemporalUnavailable(str(err)) from None
         except RPCError as err:
             if too_large(err):
                 raise TemporalPayloadTooLarge(f"{what}: Temporal refused the request as too "
@@ -176,7 +199,8 @@ class TemporalGateway:
         """The recovery's status query (raises workers.client.RecoveryNotFound)."""
         client = await self.client()
         try:
-            return await self._bounded(fetch_status(client, workflow_id), "status query")
+            return await self._bounded(fetch_status(client, workflow_id, timeout=self.timeout),
+                                       "status query", self.timeout + _EXPLAIN_SECONDS)
         except RPCError as err:
             raise TemporalFailed(f"status query failed: {err.message}") from None
 
@@ -185,8 +209,9 @@ class TemporalGateway:
         """Send the decision as an update (raises DecisionRejected / RecoveryNotFound)."""
         client = await self.client()
         try:
-            return await self._bounded(send_decision(client, workflow_id, kind, decision),
-                                       f"{kind.value} update")
+            return await self._bounded(
+                send_decision(client, workflow_id, kind, decision, timeout=self.timeout),
+                f"{kind.value} update", self.timeout + _EXPLAIN_SECONDS)
         except RPCError as err:
             raise TemporalFailed(f"{kind.value} failed: {err.message}") from None
 

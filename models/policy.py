@@ -222,8 +222,23 @@ class SloSpec(MedkitModel):
         return self
 
 
+class _InPolicyFile:
+    """A service's own `fleet` value as written in a policy file, wrapped by PolicyFile so that
+    ServicePolicy refuses it at its field (a snapshot, validated on its own, keeps its `fleet`)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+FLEET_IS_FILE_WIDE = ("fleet limits apply to the whole fleet: set them in the top-level `fleet` "
+                      "section, not in a service (a service's own would be replaced by it)")
+
+
 class ServicePolicy(MedkitModel):
-    """Everything medkit knows about one service. Its snapshot is the workflow's policy input."""
+    """Everything medkit knows about one service. Its snapshot is the workflow's policy input.
+
+    Its `fleet` is not for policy files to set: PolicyFile stamps the top-level limits and the
+    fleet's size on every service it holds, so that the snapshot carries them."""
 
     name: Name
     description: str = ""
@@ -241,6 +256,14 @@ class ServicePolicy(MedkitModel):
     budgets: list[BudgetSpec] = Field(default_factory=list)
     fleet: FleetSpec = Field(default_factory=FleetSpec)
     slo: SloSpec | None = None
+
+    @field_validator("fleet", mode="before")
+    @classmethod
+    def _fleet_not_from_the_file(cls, value: object) -> object:
+        """Refuse a `fleet` a policy file gave a service: it would be silently replaced."""
+        if isinstance(value, _InPolicyFile):
+            raise ValueError(FLEET_IS_FILE_WIDE)
+        return value
 
     @model_validator(mode="after")
     def _references_resolve(self) -> ServicePolicy:
@@ -380,6 +403,18 @@ class AnomalyWatchSpec(MedkitModel):
         return self
 
 
+class FleetLimitsSpec(FleetSpec):
+    """The policy file's `fleet` section: FleetSpec without `fleet_size`, which medkit sets from
+    the number of services in the file (a value written there would be silently replaced)."""
+
+    @field_validator("fleet_size", mode="before")
+    @classmethod
+    def _set_by_medkit(cls, value: object) -> object:
+        """Refuse a `fleet_size` in the file."""
+        raise ValueError("fleet_size is set by medkit from the number of services in the file; "
+                         "remove it (max_percent is a percentage of that number)")
+
+
 class PolicyFile(MedkitModel):
     """The whole policy file: shared notification routes and one policy per service."""
 
@@ -388,8 +423,21 @@ class PolicyFile(MedkitModel):
     services: list[ServicePolicy] = Field(min_length=1)
     host: HostWatchSpec | None = None
     anomaly: AnomalyWatchSpec | None = None
-    fleet: FleetSpec = Field(default_factory=FleetSpec)
+    fleet: FleetLimitsSpec = Field(default_factory=FleetLimitsSpec)
     dry_run: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_service_fleets(cls, data: object) -> object:
+        """Wrap a `fleet` written in a service, for ServicePolicy to refuse at its line."""
+        if not isinstance(data, dict) or not isinstance(data.get("services"), list):
+            return data
+        services = [
+            {**service, "fleet": _InPolicyFile(service["fleet"])}
+            if isinstance(service, dict) and "fleet" in service else service
+            for service in data["services"]
+        ]
+        return {**data, "services": services}
 
     @model_validator(mode="before")
     @classmethod
@@ -408,7 +456,8 @@ class PolicyFile(MedkitModel):
     def _share_fleet_limits(self) -> PolicyFile:
         """Every service's snapshot carries the fleet limits, the fleet's size and, when the
         whole file is in dry-run, the dry-run flag (a service cannot opt out of a global one)."""
-        limits = self.fleet.model_copy(update={"fleet_size": len(self.services)})
+        limits = FleetSpec.model_validate(
+            {**self.fleet.model_dump(exclude={"fleet_size"}), "fleet_size": len(self.services)})
         for service in self.services:
             service.fleet = limits
             service.dry_run = service.dry_run or self.dry_run

@@ -125,13 +125,30 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        """Compose a mapping, refusing a key written twice: YAML loaders keep the last one, so
+        `dry_run: true` followed by `dry_run: false`, or a second `services:`, would silently
+        replace the first. Merge keys (`<<: *base`) are not keys of the mapping."""
+        node = super().compose_mapping_node(anchor)  # anchor: the name, or None (the stub errs)
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                raise _Refused(f"duplicate key {_clip(key)} (lines {first.start_mark.line + 1} "
+                               f"and {key.start_mark.line + 1}): remove one; YAML would keep only "
+                               "the last", key.start_mark)
+        return node
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """Construct a value; a scalar Python cannot represent (an integer of thousands of
         digits, a date like 2024-02-30) becomes a YAML error at its line, not a ValueError."""
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as err:
-            raise _Refused(f"cannot read the value {_clip(node)}: {err}", node.start_mark) from None
+            reason = str(err).split("; use sys.set_int_max_str_digits()")[0]  # not for a file's author
+            raise _Refused(f"cannot read the value {_clip(node)}: {reason}", node.start_mark) from None
 
 
 def _clip(node: yaml.Node) -> str:
@@ -202,7 +219,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        message = str(err.problem) if isinstance(err, _Refused) else f"not valid YAML: {err}"
+        message = str(err.problem) if isinstance(err, _Refused) else _syntax_error(err)
         raise PolicyError(source, [PolicyProblem("", line, message)]) from None
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
         raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
@@ -210,6 +227,20 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         if loader is not None:
             loader.dispose()
     return node, data
+
+
+def _syntax_error(err: yaml.YAMLError) -> str:
+    """PyYAML's syntax error in one line, its position given by the problem's line (which the
+    problem reports) and column, without the echoed source lines and "<unicode string>"."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return f"not valid YAML: {err}"
+    mark = err.problem_mark
+    where = f" (column {mark.column + 1})" if mark is not None else ""
+    context = ""
+    if err.context and err.context_mark is not None:
+        start = err.context_mark
+        context = f", {err.context} that starts at line {start.line + 1}, column {start.column + 1}"
+    return f"not valid YAML{where}: {err.problem}{context}"
 
 
 def _size(text: str | bytes) -> int:
@@ -237,12 +268,58 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> PolicyFile:
     if not isinstance(data, dict):
         raise PolicyError(source, [PolicyProblem("", 1, "expected a mapping with 'services'")])
     try:
-        return PolicyFile.model_validate(data)
+        coerced = _coerced_scalars(node, data)
+        policy = PolicyFile.model_validate(data)
     except ValidationError as err:
-        problems = []
-        for error in err.errors():
-            path, line = _locate(node, tuple(error["loc"]))
-            problems.append(PolicyProblem(path, line, error["msg"]))
-        raise PolicyError(source, problems) from err
+        problems = [_problem(node, error) for error in err.errors()]
+        raise PolicyError(source, _merged(problems, coerced)) from err
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
         raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
+    if coerced:
+        raise PolicyError(source, coerced)
+    return policy
+
+
+_STRICT_TYPES = {"int_type", "bool_type", "float_type"}
+"""The errors of pydantic's strict mode kept by `_coerced_scalars`: a number or a boolean
+written as another type. Its other strict errors (a string for an enum, say) are lax on purpose."""
+
+
+def _problem(node: yaml.Node | None, error: Any) -> PolicyProblem:
+    """A pydantic error as a problem at its field and line."""
+    path, line = _locate(node, tuple(error["loc"]))
+    return PolicyProblem(path, line, error["msg"])
+
+
+def _coerced_scalars(node: yaml.Node | None, data: Any) -> list[PolicyProblem]:
+    """Scalars in the file that lax validation would convert to a number or a boolean: `samples:
+    true` (read as 1), `max_attempts: '3'`, `dry_run: 'yes'` (dry-run on). Found by validating
+    in strict mode and keeping its type errors at values written in the file (not values a
+    validator derived, such as a probe's threshold parsed from `unhealthy_when: '> 0.05'`)."""
+    try:
+        PolicyFile.model_validate(data, strict=True)
+    except ValidationError as err:
+        return [_problem(node, error) for error in err.errors()
+                if error["type"] in _STRICT_TYPES and _written(node, tuple(error["loc"]))]
+    return []
+
+
+def _written(root: yaml.Node | None, loc: tuple[int | str, ...]) -> bool:
+    """Whether `loc` reaches a scalar written in the file (a union's tag skipped)."""
+    node = root
+    for part in loc:
+        if _is_tag(node, part):
+            continue
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return False
+    return isinstance(node, yaml.ScalarNode)
+
+
+def _merged(problems: list[PolicyProblem], more: list[PolicyProblem]) -> list[PolicyProblem]:
+    """`problems`, then those of `more` at a field none of them names."""
+    named = {problem.path for problem in problems}
+    return problems + [problem for problem in more if problem.path not in named]

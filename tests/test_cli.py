@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from cli import main as cli_main
 from cli.dev_cmd import banner
 from demo.policy import DEMO_SERVICE, demo_policy, write_demo_policy
 from models.status import RecoveryStatus
@@ -226,7 +228,7 @@ def test_usage_errors_follow_the_output_format() -> None:
     """argparse's refusals (exit 2) are JSON error objects under `-o json`, argparse's text otherwise."""
     unknown = medkit("status", "recovery:nope:health", "--bogus", "-o", "json")
     assert unknown.returncode == 2 and unknown.stdout == ""
-    assert json_error(unknown) == {"error": "medkit: unrecognized arguments: --bogus",
+    assert json_error(unknown) == {"error": "medkit status: unrecognized arguments: --bogus",
                                    "type": "UsageError"}
     missing = medkit("status", "--output=json")
     assert missing.returncode == 2 and missing.stdout == ""
@@ -374,3 +376,156 @@ async def test_ctrl_c_stops_status_watch_cleanly(
         worker.terminate()
         worker.wait(timeout=60)
         await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
+
+
+async def test_decisions_and_status_no_worker_answers_fail_in_time_and_say_why(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """With no worker on the recovery's task queue, `trigger` warns, and `status` and a decision
+    give up after --timeout with a one-line error naming the queue (an update used to wait
+    forever). The decision is held by Temporal, not lost: a worker started later applies it."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    queue = target["MEDKIT_TASK_QUEUE"]
+    started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                     env=env)
+    assert started.returncode == 0, started.stderr
+    workflow_id = started.stdout.strip()
+    assert started.stderr == (f"medkit: warning: no worker polls task queue {queue!r}: the "
+                              "recovery waits until `medkit worker` runs there (or pass the "
+                              "workers' --task-queue)\n")
+    worker = None
+    try:
+        aborted = medkit("abort", workflow_id, "--operator", "alice", "--timeout", "2", env=env)
+        assert aborted.returncode == 1
+        assert aborted.stderr.startswith(
+            f"medkit: abort: no worker answered within 2s on task queue {queue!r} (no worker "
+            "polls it: is `medkit worker` running with that --task-queue?); the abort is not "
+            "applied yet, but Temporal keeps it pending"), aborted.stderr
+        assert len(aborted.stderr.strip().splitlines()) == 1
+        shown = medkit("status", workflow_id, "--timeout", "2", "-o", "json", env=env)
+        assert shown.returncode == 1
+        assert json_error(shown)["type"] == "NoWorkerAnswered"
+        assert "status query: no worker answered within 2s" in json_error(shown)["error"]
+
+        worker = start_worker(target, tmp_path / "state", policy)
+
+        async def ended() -> RecoveryStatus | None:
+            status: RecoveryStatus = await dev_env.client.get_workflow_handle_for(
+                RecoveryWorkflow.run, workflow_id).query(RecoveryWorkflow.status)
+            return status if status.phase.terminal else None
+
+        status = await eventually(ended, timeout=60)
+        assert status.phase.value == "Aborted"
+        assert any(e.actor == "alice" and e.kind == "decision" for e in status.timeline)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+        with contextlib.suppress(Exception):
+            await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
+        await stop_fleet_coordinator(dev_env.client, queue)
+
+
+async def connected(pid: int, address: str) -> bool:
+    """Whether process `pid` has a TCP connection open to `address` (host:port)."""
+    port = int(address.rsplit(":", 1)[1])
+    return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+               for c in psutil.Process(pid).net_connections(kind="tcp"))
+
+
+async def test_ctrl_c_during_a_decision_no_worker_answers_exits_130_quietly(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                     "-o", "json", env=env)
+    workflow_id = json.loads(started.stdout)["workflow_id"]
+    try:
+        with interruptible_children():
+            approve = subprocess.Popen([str(Path(sys.executable).parent / "medkit"), "approve",
+                                        workflow_id, "--operator", "alice"],
+                                       env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+        try:
+            # connected, the command is in asyncio, where Ctrl-C cancels: soon in the update
+            await eventually(lambda: connected(approve.pid, target["TEMPORAL_ADDRESS"]),
+                             timeout=30)
+            await asyncio.sleep(2)
+            approve.send_signal(signal.SIGINT)
+            out, err = await asyncio.to_thread(approve.communicate, timeout=60)
+        finally:
+            if approve.poll() is None:
+                approve.kill()
+                approve.wait(timeout=30)
+        assert (approve.returncode, out, err) == (130, "", "")
+    finally:
+        with contextlib.suppress(Exception):
+            await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["serve", "--port", "99999"], "argument --port: '99999' is not an integer from 1 to 65535"),
+    (["serve", "--port", "-1"], "argument --port: '-1' is not an integer from 1 to 65535"),
+    (["dev", "--ui-port", "0"], "argument --ui-port: '0' is not an integer from 1 to 65535"),
+    (["serve", "--max-body-bytes", "-1"], "argument --max-body-bytes: '-1' is not an integer "
+                                          "from 1024 to 1073741824"),
+    (["serve", "--max-body-bytes", "0"], "argument --max-body-bytes: '0' is not an integer"),
+    (["serve", "--temporal-timeout", "-3"], "argument --temporal-timeout: '-3' is not a number "
+                                            "of seconds above 0 and at most 3600"),
+    (["serve", "--temporal-timeout", "0"], "argument --temporal-timeout: '0' is not a number"),
+    (["serve", "--temporal-timeout", "nan"], "argument --temporal-timeout: 'nan' is not a number"),
+    (["list", "--limit", "0"], "argument --limit: '0' is not an integer from 1 to 10000"),
+    (["list", "--limit", "-1"], "argument --limit: '-1' is not an integer from 1 to 10000"),
+    (["incidents", "--limit", "0"], "argument --limit: '0' is not an integer from 1 to 10000"),
+    (["incidents", "--limit", "-3"], "argument --limit: '-3' is not an integer from 1 to 10000"),
+    (["status", "x", "--timeout", "0"], "argument --timeout: '0' is not a number of seconds"),
+    (["approve", "x", "--operator", "a", "--timeout", "nan"], "argument --timeout: 'nan' is not"),
+])
+def test_out_of_range_numbers_are_usage_errors_not_tracebacks_or_silent_misbehaviour(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A port beyond 65535 or a negative body limit ended in a traceback (OverflowError,
+    ValueError); a zero or NaN timeout, a zero body limit or a --limit of 0 were taken and then
+    misbehaved (Temporal "unreachable", every POST 413, a wrong listing)."""
+    assert cli_main.run(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err, err
+    assert err.startswith(f"usage: medkit {argv[0]}")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["trigger", "--service", "demo", "--key", ""], "argument --key: '' has no letter, digit"),
+    (["trigger", "--service", "demo", "--key", "!!!"], "argument --key: '!!!' has no letter"),
+    (["incidents", "show", ""], "argument ID: an empty id"),
+    (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+    (["incidents", "show", "x", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_empty_keys_and_ids_and_unknown_flags_are_the_subcommands_usage_errors(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --key of no usable characters became `health` (joining the health recovery); an
+    unknown flag on a subcommand showed the top-level usage, not the subcommand's."""
+    assert cli_main.run(argv) == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2] if argv[0] == "incidents" and argv[1] == "show" else argv[:1])
+    assert err.startswith(f"usage: medkit {command} ")
+    assert f"medkit {command}: error: {message}" in err, err
+
+
+def test_config_check_of_a_missing_file_does_not_suggest_a_flag_it_lacks(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli_main.run(["config", "check", str(tmp_path / "nope.yaml")]) == 1
+    assert capsys.readouterr().err == f"medkit: policy file {tmp_path / 'nope.yaml'} not found\n"
+
+
+def test_help_states_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("serve", "dev", "worker", "watch"):
+        with pytest.raises(SystemExit):
+            cli_main.run([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert re.search(r"--log-level \{[A-Z,]+\}\s+\S", text), (command, text)
+    with pytest.raises(SystemExit):
+        cli_main.run(["serve", "--help"])
+    assert "(default: 10)" in " ".join(capsys.readouterr().out.split())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import uuid
@@ -379,6 +380,18 @@ async def test_not_json_and_too_large_bodies(offline: Gateway) -> None:
     huge["commonAnnotations"] = {"blob": "x" * (1 << 20)}
     response = await offline.http.post("/v1/alerts/alertmanager", json=huge, headers=DETECTOR)
     assert response.status_code == 413
+    assert response.json()["detail"].endswith("is larger than the limit of 1048576 bytes")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        """The same body without a Content-Length, as a chunked upload sends it."""
+        body = json.dumps(huge).encode()
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+    response = await offline.http.post("/v1/detections", content=chunks(), headers={
+        **DETECTOR, "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body sent in chunks is larger than the limit "
+                                         "of 1048576 bytes"}
 
 
 async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> None:
@@ -523,3 +536,31 @@ async def test_detection_with_explicit_id_and_time_is_passed_through(
         assert '"detected_at":"2026-03-04T05:06:07Z"' in payload
     finally:
         await terminate(dev_env.client, workflow_id)
+
+
+async def test_a_decision_or_status_no_worker_answers_is_503_saying_so(
+        dev_env: WorkflowEnvironment) -> None:
+    """A recovery on a task queue no worker polls: the decision update used to escape as the
+    SDK's cancellation error (a plain 500 with a traceback); now both endpoints answer a JSON
+    503 naming the queue."""
+    queue = f"gw-{uuid.uuid4().hex[:8]}"
+    temporal = TemporalGateway(TemporalTarget(task_queue=queue), timeout=2, client=dev_env.client)
+    async with gateway_app(temporal) as gateway:
+        key = f"nobody-{uuid.uuid4().hex[:6]}"
+        workflow_id = f"recovery:svc-a:{key}"
+        try:
+            started = await gateway.http.post("/v1/detections", headers=DETECTOR, json={
+                "service": "svc-a", "severity": "major", "incident_key": key})
+            assert started.status_code == 202, started.text
+            wanted = f"no worker answered within 2s on task queue {queue!r} (no worker polls it"
+            decided = await gateway.http.post(f"/v1/recoveries/{workflow_id}/abort",
+                                              headers=OPERATOR, json={"operator": "alice"})
+            assert decided.status_code == 503, decided.text
+            assert decided.json()["detail"].startswith(f"abort: {wanted}")
+            assert "the abort is not applied yet" in decided.json()["detail"]
+            status = await gateway.http.get(f"/v1/recoveries/{workflow_id}", headers=OPERATOR)
+            assert status.status_code == 503, status.text
+            assert status.json()["detail"].startswith(f"status query: {wanted}")
+            assert gateway.metric("medkit_gateway_temporal_errors_total", kind="unavailable") == 2
+        finally:
+            await terminate(dev_env.client, workflow_id)

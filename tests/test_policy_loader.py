@@ -232,3 +232,95 @@ def test_thousands_of_anomaly_series_report_exact_duplicates() -> None:
     assert problem.path == "anomaly"
     assert problem.message == ("Value error, anomaly series names must be unique; repeated: "
                                "['s17', 's4999']")
+
+
+def test_fleet_limits_in_a_service_are_refused_at_their_line_not_dropped() -> None:
+    """A service's own `fleet` used to validate and then be replaced by the file's: a
+    blast-radius cap the operator wrote, silently gone."""
+    [problem] = problems(policy(service("web", ", fleet: {max_services: 1}")))
+    assert (problem.path, problem.line) == ("services[0].fleet", 3)
+    assert "set them in the top-level `fleet` section, not in a service" in problem.message
+
+
+def test_a_fleet_size_in_the_file_is_refused_at_its_line_not_replaced() -> None:
+    [problem] = problems(policy(service(), extra="fleet:\n  max_percent: 50\n  fleet_size: 100\n"))
+    assert (problem.path, problem.line) == ("fleet.fleet_size", 6)
+    assert problem.message.startswith("Value error, fleet_size is set by medkit from the number "
+                                      "of services in the file")
+
+
+def test_top_level_fleet_limits_reach_every_service_with_the_fleet_size() -> None:
+    text = policy(service("a"), service("b"), extra="fleet: {max_services: 1, max_percent: 50}\n")
+    services = parse_policy(text).services
+    assert [(s.fleet.max_services, s.fleet.max_percent, s.fleet.fleet_size)
+            for s in services] == [(1, 50.0, 2), (1, 50.0, 2)]
+
+
+@pytest.mark.parametrize(("text", "key", "lines", "line"), [
+    (policy(service("web", ", retry: {max_attempts: 1}, retry: {max_attempts: 5}")),
+     "retry", (3, 3), 3),
+    ("version: 1\nservices:\n  - name: web\n    dry_run: true\n    dry_run: false\n",
+     "dry_run", (4, 5), 5),
+    (policy(service("a")) + "services:\n  - " + service("b") + "\n", "services", (2, 4), 4),
+])
+def test_a_key_written_twice_is_refused_naming_both_lines(
+        text: str, key: str, lines: tuple[int, int], line: int) -> None:
+    """YAML keeps the last of two equal keys: a second `services:` dropped every service above
+    it, and `dry_run: false` after `dry_run: true` turned a dry run into a real one."""
+    [problem] = problems(text)
+    assert (problem.path, problem.line) == ("", line)
+    assert problem.message == (f"duplicate key {key!r} (lines {lines[0]} and {lines[1]}): remove "
+                               "one; YAML would keep only the last")
+
+
+def test_merge_keys_may_override_what_they_merge() -> None:
+    """`<<: *base` then `name: ...` is not a duplicate: the explicit key wins by design."""
+    text = policy("&base " + service("a"), "{<<: *base, name: b, description: x}")
+    assert [s.name for s in parse_policy(text).services] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("fields", "path", "message"), [
+    (", validation: {samples: true}", "services[0].validation.samples",
+     "Input should be a valid integer"),
+    (", retry: {max_attempts: '3'}", "services[0].retry.max_attempts",
+     "Input should be a valid integer"),
+    (", dry_run: 'yes'", "services[0].dry_run", "Input should be a valid boolean"),
+    (", health_poll: {enabled: 'false'}", "services[0].health_poll.enabled",
+     "Input should be a valid boolean"),
+])
+def test_a_value_of_the_wrong_type_is_refused_not_coerced(
+        fields: str, path: str, message: str) -> None:
+    """Lax validation read `samples: true` as 1 and `dry_run: 'yes'` as a dry run."""
+    [problem] = problems(policy(service("web", fields)))
+    assert (problem.path, problem.line, problem.message) == (path, 3, message)
+
+
+def test_numbers_durations_and_derived_values_of_the_documented_forms_still_parse() -> None:
+    """Strictness is for values as written: an int where a float goes, YAML's own booleans,
+    durations as strings, and values a validator derives (a probe's threshold from
+    `unhealthy_when`) are all fine."""
+    probe = ("{kind: prometheus, name: errors, url: 'http://prometheus:9090', query: 'up', "
+             "unhealthy_when: '> 0.05'}")
+    text = policy(service("web", ", dry_run: yes, validation: {samples: 2, interval: 250ms}, "
+                                 "retry: {max_attempts: 3, initial_backoff: 10}"),
+                  extra="fleet: {max_percent: 25}\n")
+    [svc] = parse_policy(text).services
+    assert (svc.dry_run, svc.validation.samples, svc.retry.max_attempts) == (True, 2, 3)
+    assert svc.fleet.max_percent == 25.0
+    [with_probe] = parse_policy(policy(service("db")).replace(
+        "probes: [{kind: tcp, name: p, port: 1}]", f"probes: [{probe}]")).services
+    assert with_probe.probes[0].name == "errors"
+
+
+def test_a_syntax_error_is_one_line_with_one_line_number() -> None:
+    [problem] = problems("services:\n  - name: [a\n")
+    assert problem.line == 3
+    assert problem.message == ("not valid YAML (column 1): expected ',' or ']', but got "
+                               "'<stream end>', while parsing a flow sequence that starts at "
+                               "line 2, column 11")
+
+
+def test_an_integer_too_long_does_not_mention_python_internals() -> None:
+    [problem] = problems(policy(service(), service("db", f", description: {'9' * 5000}")))
+    assert "sys.set_int_max_str_digits" not in problem.message
+    assert problem.message.endswith("value has 5000 digits")

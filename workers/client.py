@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
@@ -22,6 +34,12 @@ from workflows.recovery import RecoveryWorkflow
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TASK_QUEUE = "medkit"
+ANSWER_TIMEOUT_SECONDS = 30.0
+"""How long a status query or a decision waits for a worker to answer before giving up: a
+recovery no worker runs (worker down, another task queue) would otherwise keep it waiting
+forever (an update) or about 30 s (a query, the server's own limit)."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,11 +127,87 @@ class DecisionRejected(ValueError):
     """The recovery refused a decision (wrong phase, already ended); the message says why."""
 
 
-async def fetch_status(client: Client, workflow_id: str, run_id: str | None = None) -> RecoveryStatus:
-    """The status query of a recovery, running or ended: its latest run, or the given one."""
+class NoWorkerAnswered(RuntimeError):
+    """No worker answered a status query or a decision in time; the message says which task
+    queue it was sent to and whether any worker polls it."""
+
+
+async def workflow_pollers(client: Client, task_queue: str, timeout: float = 5.0) -> int | None:
+    """How many workers poll `task_queue` for workflow tasks, or None when Temporal does not say
+    in `timeout` seconds: a cheap, best-effort check for messages, never a gate."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
+    try:
+        response = await asyncio.wait_for(
+            client.workflow_service.describe_task_queue(request), timeout)
+    except (RPCError, TimeoutError):
+        return None
+    return len(response.pollers)
+
+
+async def _recovery_task_queue(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus]) -> str | None:
+    """The task queue the recovery runs on, or None when Temporal does not say in 5 s."""
+    with contextlib.suppress(RPCError, TimeoutError):
+        description = await asyncio.wait_for(handle.describe(), 5.0)
+        return description.task_queue
+    return None
+
+
+async def no_worker_answered(client: Client,
+                             handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                             what: str, timeout: float) -> NoWorkerAnswered:
+    """The error for a query or update no worker answered, naming the recovery's task queue and
+    whether any worker polls it, so the operator knows to start one or fix --task-queue."""
+    queue = await _recovery_task_queue(handle)
+    if queue is None:
+        return NoWorkerAnswered(f"{what}: no worker answered within {timeout:g}s (is `medkit "
+                                "worker` running on the recovery's task queue?)")
+    pollers = await workflow_pollers(client, queue)
+    where = f"{what}: no worker answered within {timeout:g}s on task queue {queue!r}"
+    if pollers == 0:
+        return NoWorkerAnswered(f"{where} (no worker polls it: is `medkit worker` running with "
+                                "that --task-queue?)")
+    return NoWorkerAnswered(f"{where} (workers poll it: are they overloaded or stuck?)")
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task has a cancellation pending (Ctrl-C, a client gone)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _answered(client: Client, work: Awaitable[T],
+                    handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                    what: str, timeout: float) -> T:
+    """`work` (a query or an update), or NoWorkerAnswered when no worker answers in `timeout`
+    seconds; a cancellation from outside (Ctrl-C) stays a cancellation.
+
+    The SDK turns the cancellation of an update into WorkflowUpdateRPCTimeoutOrCancelledError,
+    so the deadline is an asyncio.timeout in this task (an inner task, as wait_for makes, would
+    leave that error unretrieved when cancelled from outside) and the two are told apart by
+    whether a cancellation is still pending once the deadline's own has been withdrawn."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await work
+    except (TimeoutError, RPCTimeoutOrCancelledError):
+        if _being_cancelled():
+            raise asyncio.CancelledError() from None
+        raise await no_worker_answered(client, handle, what, timeout) from None
+    except RPCError as err:
+        if err.status != RPCStatusCode.DEADLINE_EXCEEDED:  # the server's own query limit
+            raise
+        raise await no_worker_answered(client, handle, what, timeout) from None
+
+
+async def fetch_status(client: Client, workflow_id: str, run_id: str | None = None,
+                       timeout: float = ANSWER_TIMEOUT_SECONDS) -> RecoveryStatus:
+    """The status query of a recovery, running or ended: its latest run, or the given one;
+    NoWorkerAnswered when no worker answers it within `timeout` seconds."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
-        return await handle.query(RecoveryWorkflow.status)
+        return await _answered(client, handle.query(RecoveryWorkflow.status), handle,
+                               "status query", timeout)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             which = f" and run id {run_id!r}" if run_id else ""
@@ -121,24 +215,36 @@ async def fetch_status(client: Client, workflow_id: str, run_id: str | None = No
         raise
 
 
+PENDING_DECISION_NOTE = (
+    "the {kind} is not applied yet, but Temporal keeps it pending, and a worker that picks up "
+    "the recovery later may still apply it (`medkit status` shows whether it did)")
+"""What becomes of a decision no worker answered: the server has admitted the update and
+delivers it with the recovery's next workflow task, to whichever worker starts first (checked
+against the dev server: an update whose caller gave up after 3 s was applied by a worker
+started a minute later); it is lost only if the server drops its in-memory update registry."""
+
+
 async def send_decision(
     client: Client, workflow_id: str, kind: DecisionKind, decision: OperatorDecision,
-    run_id: str | None = None,
+    run_id: str | None = None, timeout: float = ANSWER_TIMEOUT_SECONDS,
 ) -> DecisionVerdict:
     """Send a decision as an update (to the latest run, or the given one); the verdict, or
-    DecisionRejected saying why not."""
+    DecisionRejected saying why not, or NoWorkerAnswered after `timeout` seconds."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
-        verdict: DecisionVerdict = await handle.execute_update(
-            kind.value, decision, result_type=DecisionVerdict
-        )
+        verdict: DecisionVerdict = await _answered(
+            client,
+            handle.execute_update(kind.value, decision, result_type=DecisionVerdict),
+            handle, kind.value, timeout)
+    except NoWorkerAnswered as err:
+        raise NoWorkerAnswered(f"{err}; {PENDING_DECISION_NOTE.format(kind=kind.value)}") from None
     except WorkflowUpdateFailedError as err:
         message = getattr(err.cause, "message", None) or str(err.cause)
         raise DecisionRejected(f"{kind.value} rejected: {message}") from None
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-        ended = await fetch_status(client, workflow_id, run_id)  # RecoveryNotFound if none
+        ended = await fetch_status(client, workflow_id, run_id, timeout)  # RecoveryNotFound if none
         raise DecisionRejected(
             f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
             f"{ended.phase.value}"
