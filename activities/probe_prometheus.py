@@ -17,6 +17,7 @@ import httpx
 from temporalio.exceptions import ApplicationError
 
 from models.probes import ProbeResult, PrometheusProbe
+from models.urls import redact_url
 
 Observed = dict[str, float | int | str | None]
 
@@ -94,27 +95,30 @@ async def check_prometheus(http: httpx.AsyncClient, spec: PrometheusProbe) -> Pr
     """Run the instant query (`GET /api/v1/query`) and judge it."""
     timeout = spec.timeout.total_seconds()
     url = spec.url.rstrip("/") + "/api/v1/query"
+    shown = redact_url(spec.url)  # details go into the history: never a URL's credentials
     started = time.perf_counter()
     try:
         response = await http.get(url, params={"query": spec.query, "timeout": f"{timeout:g}"},
                                   timeout=timeout)
     except httpx.TimeoutException:
         return _result(spec, healthy=False, failure="error",
-                       detail=f"prometheus at {spec.url} did not answer within {timeout:g}s")
+                       detail=f"prometheus at {shown} did not answer within {timeout:g}s")
     except httpx.HTTPError as err:
         return _result(spec, healthy=False, failure="error",
-                       detail=f"prometheus at {spec.url} unreachable: {type(err).__name__}")
+                       detail=f"prometheus at {shown} unreachable: {type(err).__name__}")
     latency_ms = (time.perf_counter() - started) * 1000
     try:
         body = response.json()
     except ValueError:
         body = None
     if response.status_code in (401, 403, 404):
-        raise _config_error(spec, f"{url} answered HTTP {response.status_code}; check the probe's url")
+        raise _config_error(spec, f"{redact_url(url)} answered HTTP {response.status_code}; "
+                            "check the probe's url")
     if not isinstance(body, dict):
         return _result(spec, healthy=False, failure="error", latency_ms=latency_ms,
                        observed={"status": response.status_code},
-                       detail=f"{url} answered HTTP {response.status_code} without a Prometheus body")
+                       detail=f"{redact_url(url)} answered HTTP {response.status_code} without a "
+                              "Prometheus body")
     if response.status_code == 400:
         raise _config_error(spec, f"Prometheus rejected the query: {body.get('error', 'bad request')}")
     if body.get("status") != "success":

@@ -168,6 +168,10 @@ async def test_unreachable_prometheus_is_an_unhealthy_result(http: httpx.AsyncCl
     result = await run_probe(http, spec)
     assert not result.healthy and result.failure == "error"
     assert "unreachable" in result.detail
+    # A URL with credentials: the detail (which goes into the recovery's history) hides them.
+    secret = spec.model_copy(update={"url": f"http://admin:hunter2-pw@127.0.0.1:{free_port()}"})
+    hidden = await run_probe(http, secret)
+    assert "unreachable" in hidden.detail and "hunter2-pw" not in hidden.detail
 
 
 def test_judge_query_errors_nan_and_equality() -> None:
