@@ -8,10 +8,12 @@ records. Policy checks go through `parse_policy`, as `medkit validate` does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -54,6 +56,29 @@ def secret(monkeypatch: pytest.MonkeyPatch) -> str:
 def deps(tmp_path: Path) -> ActivityDeps:
     """Real activity dependencies with a ledger in tmp."""
     return ActivityDeps.create(tmp_path / "state")
+
+
+@contextlib.contextmanager
+def admin_endpoint(status: int, body: Callable[[str | None], bytes]) -> Iterator[str]:
+    """A local admin endpoint answering every POST with `status` and `body(its Authorization
+    header)`; yields its URL."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            answer = body(self.headers.get("Authorization"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/admin"
+    finally:
+        server.shutdown()
 
 
 async def run(fn: Any, spec: dict[str, Any], step: str = "1") -> ActionResult:
@@ -287,26 +312,13 @@ async def test_an_http_action_response_echoing_the_token_is_redacted(
 ) -> None:
     """An admin endpoint that echoes the request's Authorization header cannot put the worker's
     token into the result (and so the history)."""
-    class Echo(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def echo(authorization: str | None) -> bytes:
+        return json.dumps({"you_sent": authorization}).encode()
 
-        def do_POST(self) -> None:
-            body = json.dumps({"you_sent": self.headers.get("Authorization")}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Echo)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with admin_endpoint(200, echo) as url:
         result = await run(HttpActionActivities(deps).http_action, {
-            "kind": "http", "url": f"http://127.0.0.1:{server.server_port}/admin",
-            "bearer_token_env": SECRET_NAME,
+            "kind": "http", "url": url, "bearer_token_env": SECRET_NAME,
         })
-    finally:
-        server.shutdown()
     assert result.ok
     assert secret not in result.model_dump_json()
     assert f"Bearer {REDACTED}" in str(result.data["body"])
@@ -322,26 +334,13 @@ async def test_an_http_action_rejection_echoing_the_token_keeps_it_out_of_the_er
     token = f"tok-{uuid.uuid4().hex}"
     monkeypatch.setenv(variable, token)
 
-    class Refuses(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def refuse(authorization: str | None) -> bytes:
+        return f"invalid credential: {authorization}".encode()
 
-        def do_POST(self) -> None:
-            body = f"invalid credential: {self.headers.get('Authorization')}".encode()
-            self.send_response(401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Refuses)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with admin_endpoint(401, refuse) as url:
         err = await fails(HttpActionActivities(deps).http_action, {
-            "kind": "http", "url": f"http://127.0.0.1:{server.server_port}/admin",
-            "bearer_token_env": variable,
+            "kind": "http", "url": url, "bearer_token_env": variable,
         })
-    finally:
-        server.shutdown()
     assert err.type == "Unauthorized" and err.non_retryable
     assert token not in str(err)
     assert f"invalid credential: {REDACTED}" in str(err) or f"Bearer {REDACTED}" in str(err)
