@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -407,12 +407,36 @@ class FleetLimitsSpec(FleetSpec):
     """The policy file's `fleet` section: FleetSpec without `fleet_size`, which medkit sets from
     the number of services in the file (a value written there would be silently replaced)."""
 
+    fleet_size: Annotated[int, Field(ge=1, exclude=True)] = 1
+    """Not a setting of the file: left out of dumps, so a dumped file reads back."""
+
     @field_validator("fleet_size", mode="before")
     @classmethod
     def _set_by_medkit(cls, value: object) -> object:
         """Refuse a `fleet_size` in the file."""
         raise ValueError("fleet_size is set by medkit from the number of services in the file; "
                          "remove it (max_percent is a percentage of that number)")
+
+
+def _stamped_limits(fleet: object, size: int) -> FleetSpec | None:
+    """The limits a file with this top-level `fleet` stamps on its services (None if invalid)."""
+    written = fleet if isinstance(fleet, dict) else {}
+    try:
+        return FleetSpec.model_validate({**written, "fleet_size": size})
+    except ValueError:
+        return None
+
+
+def _without_stamped_fleet(service: dict[str, Any], stamped: FleetSpec | None) -> dict[str, Any]:
+    """The service without its `fleet` when that is what the file stamps anyway; otherwise with
+    it wrapped, for ServicePolicy to refuse."""
+    try:
+        same = stamped is not None and FleetSpec.model_validate(service["fleet"]) == stamped
+    except ValueError:
+        same = False
+    if same:
+        return {k: v for k, v in service.items() if k != "fleet"}
+    return {**service, "fleet": _InPolicyFile(service["fleet"])}
 
 
 class PolicyFile(MedkitModel):
@@ -429,12 +453,18 @@ class PolicyFile(MedkitModel):
     @model_validator(mode="before")
     @classmethod
     def _mark_service_fleets(cls, data: object) -> object:
-        """Wrap a `fleet` written in a service, for ServicePolicy to refuse at its line."""
+        """Wrap a `fleet` written in a service, for ServicePolicy to refuse at its line.
+
+        A value equal to what the file stamps anyway (a loaded file dumped and read again) is
+        not a setting, so it is dropped instead: a round trip through `model_dump` reads back
+        as the same file.
+        """
         if not isinstance(data, dict) or not isinstance(data.get("services"), list):
             return data
+        stamped = _stamped_limits(data.get("fleet"), len(data["services"]))
         services = [
-            {**service, "fleet": _InPolicyFile(service["fleet"])}
-            if isinstance(service, dict) and "fleet" in service else service
+            _without_stamped_fleet(service, stamped) if isinstance(service, dict) and "fleet" in service
+            else service
             for service in data["services"]
         ]
         return {**data, "services": services}

@@ -272,7 +272,7 @@ async def test_a_lease_request_with_other_fleet_limits_is_refused(
     the blast-radius cap never reaches it, and nothing runs."""
     own = PolicyFile.model_validate({
         "services": [own_service(tmp_path).model_dump(mode="json", by_alias=True, exclude={"fleet"})],
-        "fleet": {"max_services": 1, "fleet_size": 10},
+        "fleet": {"max_services": 1},
     }).services[0]
     evil = own.model_copy(update={"fleet": own.fleet.model_copy(update={"max_services": 10})})
     async with running(build_worker(ts_env.client, queue, deps, policy_file(own))):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli.common import load_policy
+from models.policy import PolicyFile
 from models.policy_yaml import (
     MAX_ALIASES,
     MAX_DEPTH,
@@ -254,6 +255,18 @@ def test_top_level_fleet_limits_reach_every_service_with_the_fleet_size() -> Non
     services = parse_policy(text).services
     assert [(s.fleet.max_services, s.fleet.max_percent, s.fleet.fleet_size)
             for s in services] == [(1, 50.0, 2), (1, 50.0, 2)]
+
+
+def test_a_loaded_file_dumped_and_read_again_is_the_same_file() -> None:
+    """The fleet limits a file stamps on its services (and its fleet_size) are not settings
+    written in it: reading back a dump gives the same file, so tools and tests can round-trip."""
+    loaded = parse_policy(policy(service("a"), service("b"), extra="fleet: {max_services: 1}\n"))
+    again = PolicyFile.model_validate(loaded.model_dump(mode="json", by_alias=True))
+    assert again == loaded
+    changed = loaded.model_dump(mode="json", by_alias=True)
+    changed["services"][0]["fleet"]["max_services"] = 5  # not what the file stamps: refused
+    with pytest.raises(ValueError, match="set them in the top-level `fleet` section"):
+        PolicyFile.model_validate(changed)
 
 
 @pytest.mark.parametrize(("text", "key", "lines", "line"), [
