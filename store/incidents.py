@@ -162,12 +162,18 @@ def _notification(entry: TimelineEntry) -> dict[str, Any] | None:
     return None
 
 
+CATEGORY_CHARS = 100
+"""The `category` column's width (store/migrations.py). A category can be a detector's label,
+up to 2000 characters: it is stored cut to this, or PostgreSQL would refuse the whole write."""
+
+
 def _incident_row(record: IncidentRecord, now: datetime) -> dict[str, Any]:
     status = record.status
     ended = status.timeline[-1].at if status.phase.terminal and status.timeline else None
     return {
         "workflow_id": status.workflow_id, "run_id": record.run_id, "service": status.service,
-        "incident_key": status.incident_key, "severity": status.severity, "category": status.category,
+        "incident_key": status.incident_key, "severity": status.severity,
+        "category": status.category and status.category[:CATEGORY_CHARS],
         "phase": status.phase.value, "outcome": status.outcome, "dry_run": status.dry_run,
         "started_at": status.started_at, "ended_at": ended,
         "duration_seconds": (ended - status.started_at).total_seconds() if ended else None,

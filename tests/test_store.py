@@ -14,6 +14,7 @@ from models.incident_record import IncidentRecord
 from models.phases import Outcome, Phase, Severity
 from models.status import RecoveryStatus, TimelineEntry, TimelineKind
 from store.incidents import (
+    CATEGORY_CHARS,
     DecisionRow,
     IncidentNotFound,
     IncidentRow,
@@ -254,3 +255,11 @@ def test_concurrent_writers_from_many_workers_never_duplicate(database_url: str)
         assert {row.timeline_length for row in rows} == {len(FULL_TIMELINE)}
     finally:
         ledger.engine.dispose()
+
+
+def test_a_category_longer_than_its_column_is_stored_cut_not_refused(store: IncidentStore) -> None:
+    """A detector's label can make the category 2000 characters long; PostgreSQL refused the
+    whole write for the 100-character column, so the run never reached the store."""
+    long = status(FULL_TIMELINE[:3]).model_copy(update={"category": "x" * 150})
+    store.record(IncidentRecord(run_id="r1", status=long), T0)
+    assert store.find("r1").category == "x" * CATEGORY_CHARS
