@@ -300,6 +300,10 @@ def guarded(func: Any) -> Any:
                 raise
             fail(str(failure), args, failure.kind)
             return 1
+        except OSError as err:  # a file named by a flag or a variable: a TLS cert, a state dir
+            where = f" {err.filename}" if err.filename else ""
+            fail(f"cannot use{where}: {err.strerror or err}", args, "FileError")
+            return 1
     wrapper.__doc__ = func.__doc__
     return wrapper
 

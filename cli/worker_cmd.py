@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from temporalio.runtime import Runtime
 
 from cli.common import (
@@ -44,6 +46,17 @@ def worker_policy(config: Path | None) -> PolicyFile:
                            f"`medkit config check {path}` lists every problem") from None
 
 
+def shown_database(url: str | None) -> str:
+    """$MEDKIT_DATABASE_URL as it may be printed: its password hidden (the state dir's SQLite
+    file when unset)."""
+    if not url:
+        return "the state dir's SQLite file"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "$MEDKIT_DATABASE_URL (not a valid database URL)"
+
+
 @guarded
 def worker(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT; drain running activities and exit 0."""
@@ -61,11 +74,18 @@ def worker(args: argparse.Namespace) -> int:
             runtime, sdk_metrics = metrics_runtime()
             Runtime.set_default(runtime, error_if_already_set=False)  # the client below uses it
         client = await connect(target)
+        database = os.environ.get("MEDKIT_DATABASE_URL")
         try:
-            await run_worker(client, target.task_queue, args.state_dir, policy,
-                             os.environ.get("MEDKIT_DATABASE_URL"), address, sdk_metrics)
+            await run_worker(client, target.task_queue, args.state_dir, policy, database, address,
+                             sdk_metrics)
         except MetricsAddressInUse as err:
             raise CommandError(str(err)) from None
+        except (NoSuchModuleError, ImportError) as err:
+            raise CommandError(f"no database driver for {shown_database(database)}: {err}") from None
+        except SQLAlchemyError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CommandError(f"cannot open the action ledger at {shown_database(database)}: "
+                               f"{first}") from None
 
     run(go())
     return 0

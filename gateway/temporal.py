@@ -126,6 +126,9 @@ class TemporalGateway:
                     raise TemporalUnavailable(
                         f"cannot reach Temporal at {self.target.address}: {err or 'timed out'}"
                     ) from None
+                except (OSError, ValueError) as err:  # a TLS file missing, an invalid address
+                    raise TemporalUnavailable(
+                        f"cannot connect to Temporal at {self.target.address}: {err}") from None
             return self._client
 
     async def _bounded(self, work: Awaitable[T], what: str, timeout: float | None = None) -> T:

@@ -529,3 +529,32 @@ def test_help_states_every_default(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main.run(["serve", "--help"])
     assert "(default: 10)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"TEMPORAL_TLS_CLIENT_CERT_PATH": "/nonexistent/client.pem",
+      "TEMPORAL_TLS_CLIENT_KEY_PATH": "/nonexistent/client.key"},
+     "medkit: cannot use /nonexistent/client.pem: No such file or directory"),
+    ({"MEDKIT_DATABASE_URL": "not a url"},
+     "medkit: cannot open the action ledger at $MEDKIT_DATABASE_URL (not a valid database URL): "),
+    ({"MEDKIT_DATABASE_URL": "postgresql+psycopg://medkit:pg-secret-pw@127.0.0.1:1/medkit"},
+     "medkit: cannot open the action ledger at postgresql+psycopg://medkit:***@127.0.0.1:1/medkit: "),
+    ({"MEDKIT_DATABASE_URL": "mysql://u:pw@h/db"},
+     "medkit: no database driver for mysql://u:***@h/db: "),
+])
+def test_a_worker_that_cannot_start_says_why_in_one_line(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path,
+    variables: dict[str, str], expected: str,
+) -> None:
+    """A TLS file at the wrong path or a database the worker cannot open are first-deploy
+    mistakes: one line naming the file or the database (its password hidden), exit 1, and no
+    "worker started" before it."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    done = medkit("worker", "--config", str(policy), "--state-dir", str(tmp_path / "state"),
+                  "--metrics-address", "off", env={**target, **variables})
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(expected), done.stderr
+    assert "Traceback" not in done.stderr and "pg-secret-pw" not in done.stderr + done.stdout
+    assert "worker started" not in done.stderr + done.stdout

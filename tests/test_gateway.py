@@ -407,6 +407,24 @@ async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> No
     assert offline.metric("medkit_gateway_temporal_errors_total", kind="unavailable") == 2
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:7233", "not an address"])
+async def test_a_client_that_cannot_even_be_built_is_503_not_500(
+    monkeypatch: pytest.MonkeyPatch, address: str,
+) -> None:
+    """A TLS file at a wrong path, or an address that is not one, fails before any connection:
+    the gateway still answers 503 with the reason, not a 500 with a traceback."""
+    if address == "127.0.0.1:7233":
+        monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_PATH", "/nonexistent/client.pem")
+        monkeypatch.setenv("TEMPORAL_TLS_CLIENT_KEY_PATH", "/nonexistent/client.key")
+    target = TemporalTarget(address=address, task_queue="nowhere")
+    async with gateway_app(TemporalGateway(target, timeout=3)) as broken:
+        assert (await broken.http.get("/readyz")).status_code == 503
+        response = await broken.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
+                                          json=notification(alert("Unreachable")))
+        assert response.status_code == 503
+        assert "cannot connect to Temporal" in response.json()["detail"]
+
+
 async def test_ready_when_temporal_answers(gateway: Gateway) -> None:
     assert (await gateway.http.get("/readyz")).json() == {"status": "ready"}
 

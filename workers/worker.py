@@ -82,12 +82,12 @@ async def run_worker(client: Client, task_queue: str, state_dir: Path, policy: P
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker started", task_queue=task_queue, namespace=client.namespace,
-             services=[service.name for service in policy.services])
     async with contextlib.AsyncExitStack() as endpoint:
         if metrics is not None and metrics_address is not None:
             await endpoint.enter_async_context(worker_endpoint(metrics, health, metrics_address))
-        async with worker:
+        async with worker:  # validates the namespace first: "started" only once it really has
+            log.info("worker started", task_queue=task_queue, namespace=client.namespace,
+                     services=[service.name for service in policy.services])
             await stop.wait()
             health.shutting_down = True
             log.info("shutting down: draining running activities",
