@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from temporalio.runtime import Runtime
+from temporalio.runtime import Runtime, TelemetryConfig
 
 from cli.common import (
     DEFAULT_STATE_DIR,
@@ -23,7 +23,7 @@ from cli.common import (
 from models.policy import PolicyFile
 from models.policy_yaml import PolicyError
 from workers.client import connect
-from workers.logging import configure_logging
+from workers.logging import configure_logging, core_logging
 from workers.metrics import DEFAULT_METRICS_ADDRESS, METRICS_ADDRESS_ENV, metrics_address, metrics_runtime
 from workers.metrics_server import MetricsAddressInUse
 from workers.worker import run_worker
@@ -72,7 +72,9 @@ def worker(args: argparse.Namespace) -> int:
         sdk_metrics = None
         if address is not None:
             runtime, sdk_metrics = metrics_runtime()
-            Runtime.set_default(runtime, error_if_already_set=False)  # the client below uses it
+        else:
+            runtime = Runtime(telemetry=TelemetryConfig(logging=core_logging()))
+        Runtime.set_default(runtime, error_if_already_set=False)  # the client below uses it
         client = await connect(target)
         database = os.environ.get("MEDKIT_DATABASE_URL")
         try:

@@ -558,3 +558,22 @@ def test_a_worker_that_cannot_start_says_why_in_one_line(
     assert last.startswith(expected), done.stderr
     assert "Traceback" not in done.stderr and "pg-secret-pw" not in done.stderr + done.stdout
     assert "worker started" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("metrics", ["off", "127.0.0.1:0"])
+def test_every_log_line_of_the_worker_is_json_the_sdk_cores_included(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, metrics: str,
+) -> None:
+    """A namespace that does not exist makes the SDK's Rust core warn; its line used to reach
+    stderr as coloured console text among the JSON lines a log pipeline parses."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    done = medkit("worker", "--config", str(policy), "--state-dir", str(tmp_path / "state"),
+                  "--namespace", f"nope-{uuid.uuid4().hex[:6]}", "--metrics-address", metrics,
+                  env=target)
+    assert done.returncode == 1
+    *logs, last = done.stderr.strip().splitlines()
+    assert last.startswith("medkit: namespace "), done.stderr
+    for line in [*logs, *done.stdout.splitlines()]:  # the core wrote its lines to stdout
+        assert isinstance(json.loads(line), dict), line
+    assert "worker started" not in done.stderr  # it never started

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -50,6 +51,13 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     quiet_noisy_loggers()
+
+
+def core_logging() -> LoggingConfig:
+    """The SDK core's own log lines (Rust, at WARN and above) forwarded to Python logging, so
+    they come out as JSON lines like every other instead of coloured console text."""
+    return LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                         forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))
 
 
 class _BindActivityIds(ActivityInboundInterceptor):

@@ -38,6 +38,7 @@ from models.actions import ActionRequest, ActionResult
 from models.incident_record import IncidentRecord, IncidentRecorded
 from models.phases import Phase
 from store.incidents import IncidentRow
+from workers.logging import core_logging
 from workers.policy_guard import POLICY_MISMATCH
 
 METRICS_ADDRESS_ENV = "MEDKIT_METRICS_ADDRESS"
@@ -89,7 +90,7 @@ def metrics_address(flag: str | None) -> MetricsAddress | None:
 def metrics_runtime() -> tuple[Runtime, MetricBuffer]:
     """A Temporal runtime whose SDK metrics go to a buffer (durations in seconds) for `/metrics`."""
     buffer = MetricBuffer(BUFFER_SIZE, MetricBufferDurationFormat.SECONDS)
-    return Runtime(telemetry=TelemetryConfig(metrics=buffer)), buffer
+    return Runtime(telemetry=TelemetryConfig(metrics=buffer, logging=core_logging())), buffer
 
 
 LabelSet = tuple[tuple[str, str], ...]

@@ -85,7 +85,11 @@ async def run_worker(client: Client, task_queue: str, state_dir: Path, policy: P
     async with contextlib.AsyncExitStack() as endpoint:
         if metrics is not None and metrics_address is not None:
             await endpoint.enter_async_context(worker_endpoint(metrics, health, metrics_address))
-        async with worker:  # validates the namespace first: "started" only once it really has
+        async with worker:
+            # The worker checks its namespace in a task of its own, then starts; a failed check
+            # cancels this one. "started" only once it really has.
+            while not worker.is_running:
+                await asyncio.sleep(0.01)
             log.info("worker started", task_queue=task_queue, namespace=client.namespace,
                      services=[service.name for service in policy.services])
             await stop.wait()
