@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class BreakerConfigError(ValueError):
@@ -14,15 +14,6 @@ class BreakerConfigError(ValueError):
 def _check(condition: bool, name: str, rule: str, value: object) -> None:
     if not condition:
         raise BreakerConfigError(f"{name}: {rule} (got {value!r})")
-
-
-_INTEGERS = ("window_size", "minimum_calls", "consecutive_failures", "timing_sample_every",
-             "latency_samples", "latency_sample_every", "latency_warmup", "half_open_max_concurrent",
-             "half_open_successes", "ramp_minimum_calls")
-_NUMBERS = ("failure_rate_threshold", "slow_call_rate_threshold", "adaptive_slow_quantile",
-            "adaptive_slow_multiplier", "adaptive_slow_floor", "adaptive_slow_ceiling", "open_duration",
-            "open_jitter", "open_backoff", "max_open_duration", "ramp_duration", "ramp_start_fraction")
-_OPTIONAL_NUMBERS = ("slow_call_duration", "call_timeout")
 
 
 def _is_integer(value: object) -> bool:
@@ -163,7 +154,7 @@ class BreakerConfig:
                self.call_timeout)
         for name in ("open_duration", "max_open_duration"):
             value = getattr(self, name)
-            _check(0 < value < math.inf, name, "must be > 0 and finite", value)
+            _check(value > 0, name, "must be > 0 and finite", value)
         _check(self.open_duration <= self.max_open_duration, "open_duration",
                "must be <= max_open_duration", self.open_duration)
         _check(0 <= self.open_jitter < 1, "open_jitter", "must be in [0, 1)", self.open_jitter)
@@ -176,3 +167,13 @@ class BreakerConfig:
         _check(0 < self.ramp_start_fraction <= 1, "ramp_start_fraction", "must be in (0, 1]",
                self.ramp_start_fraction)
         _check(self.ramp_minimum_calls >= 1, "ramp_minimum_calls", "must be >= 1", self.ramp_minimum_calls)
+
+
+def _options_annotated(annotation: str) -> tuple[str, ...]:
+    """The options whose type is written `annotation`, so a new option cannot go unchecked."""
+    return tuple(option.name for option in fields(BreakerConfig) if option.type == annotation)
+
+
+_INTEGERS = _options_annotated("int")
+_NUMBERS = _options_annotated("float")
+_OPTIONAL_NUMBERS = _options_annotated("float | None")

@@ -248,13 +248,12 @@ class CircuitBreaker:
                 async with asyncio.timeout(self.config.call_timeout) as deadline:
                     result = await fn(*args, **kwargs)
         except BaseException as exc:
-            elapsed = clock() - start if timed else 0
             if deadline is not None and deadline.expired():
                 # Our own deadline cancelled it: a timeout, even if `ignore_exceptions` covers
                 # TimeoutError (an OSError) or the predicate would say otherwise.
                 self._record(kind, number, failed=True, slow=True, outcome=Outcome.TIMEOUT)
             else:
-                self._record_exception(exc, elapsed, kind, number)
+                self._record_exception(exc, clock() - start if timed else 0, kind, number)
             raise
         if timed:
             elapsed = clock() - start
@@ -541,9 +540,10 @@ class CircuitBreaker:
     def _run_ending_at(self, now: int) -> int:
         """Failures in a row up to call `now` (0 when call `now` did not fail)."""
         failures = self._failures
-        if not failures or failures[-1] != now:
-            return 0
-        return self._run_through(now, len(failures))
+        run = 0
+        while run < len(failures) and failures[-1 - run] == now - run:
+            run += 1
+        return run
 
     def _open(self, reason: str, *, backoff: bool) -> None:
         """Open for a jittered time. Trials still running keep their slots until they finish,
@@ -553,9 +553,8 @@ class CircuitBreaker:
             else config.open_duration
         self._open_base_s = base
         spread = base * config.open_jitter
-        # Jitter keeps its width at the cap: drawn below `max_open_duration`, never above it.
-        high = min(base + spread, config.max_open_duration)
-        duration = self._rng.uniform(max(high - 2 * spread, base - spread), high)
+        # Jitter clipped at the cap: never above `max_open_duration`.
+        duration = self._rng.uniform(base - spread, min(base + spread, config.max_open_duration))
         self._open_until = self._clock() + int(duration * _NS)
         self._trial_successes = 0
         self._held = None

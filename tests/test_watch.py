@@ -260,7 +260,7 @@ async def test_a_detection_whose_report_failed_is_retried_until_delivered(
     last = points[-1][0]
     assert (await watcher.observe(name, last + timedelta(minutes=1), 160.0)).fired
     assert report.calls == 1 and report.delivered == []
-    [pending] = [watcher.series[name].pending]
+    pending = watcher.series[name].pending
     assert pending is not None
     after = await watcher.observe(name, last + timedelta(minutes=2), 100.0)
     assert not after.fired
