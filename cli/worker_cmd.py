@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.runtime import Runtime
 
 from cli.common import (
     DEFAULT_STATE_DIR,
@@ -20,10 +20,11 @@ from cli.common import (
     run,
     target_from,
 )
+from cli.incidents_cmd import _first_line
 from models.policy import PolicyFile
 from models.policy_yaml import PolicyError
 from workers.client import connect
-from workers.logging import configure_logging, core_logging
+from workers.logging import configure_logging, json_logging_runtime
 from workers.metrics import DEFAULT_METRICS_ADDRESS, METRICS_ADDRESS_ENV, metrics_address, metrics_runtime
 from workers.metrics_server import MetricsAddressInUse
 from workers.worker import run_worker
@@ -73,7 +74,7 @@ def worker(args: argparse.Namespace) -> int:
         if address is not None:
             runtime, sdk_metrics = metrics_runtime()
         else:
-            runtime = Runtime(telemetry=TelemetryConfig(logging=core_logging()))
+            runtime = json_logging_runtime()
         Runtime.set_default(runtime, error_if_already_set=False)  # the client below uses it
         client = await connect(target)
         database = os.environ.get("MEDKIT_DATABASE_URL")
@@ -85,9 +86,8 @@ def worker(args: argparse.Namespace) -> int:
         except (NoSuchModuleError, ImportError) as err:
             raise CommandError(f"no database driver for {shown_database(database)}: {err}") from None
         except SQLAlchemyError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CommandError(f"cannot open the action ledger at {shown_database(database)}: "
-                               f"{first}") from None
+                               f"{_first_line(err)}") from None
 
     run(go())
     return 0

@@ -32,6 +32,7 @@ from models.policy import ServicePolicy
 from models.status import RecoveryStatus
 from workers.breaker_entities import command_entity, entity_status, report_outcome
 from workers.client import (
+    EXPLAIN_STEP_SECONDS,
     NoWorkerAnswered,
     TemporalTarget,
     connect,
@@ -44,7 +45,7 @@ from workflows.recovery import RecoveryWorkflow
 
 T = TypeVar("T")
 
-_EXPLAIN_SECONDS = 10.0
+_EXPLAIN_SECONDS = 2 * EXPLAIN_STEP_SECONDS
 """Time beyond the gateway's timeout for a status query or decision no worker answered to find
 out why (the recovery's task queue, its pollers), so the 503 says so."""
 

@@ -132,7 +132,13 @@ class NoWorkerAnswered(RuntimeError):
     queue it was sent to and whether any worker polls it."""
 
 
-async def workflow_pollers(client: Client, task_queue: str, timeout: float = 5.0) -> int | None:
+EXPLAIN_STEP_SECONDS = 5.0
+"""How long each question asked to explain a silence (the recovery's task queue, its pollers)
+may take."""
+
+
+async def workflow_pollers(client: Client, task_queue: str,
+                           timeout: float = EXPLAIN_STEP_SECONDS) -> int | None:
     """How many workers poll `task_queue` for workflow tasks, or None when Temporal does not say
     in `timeout` seconds: a cheap, best-effort check for messages, never a gate."""
     request = DescribeTaskQueueRequest(
@@ -147,9 +153,9 @@ async def workflow_pollers(client: Client, task_queue: str, timeout: float = 5.0
 
 
 async def _recovery_task_queue(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus]) -> str | None:
-    """The task queue the recovery runs on, or None when Temporal does not say in 5 s."""
+    """The task queue the recovery runs on, or None when Temporal does not say in time."""
     with contextlib.suppress(RPCError, TimeoutError):
-        description = await asyncio.wait_for(handle.describe(), 5.0)
+        description = await asyncio.wait_for(handle.describe(), EXPLAIN_STEP_SECONDS)
         return description.task_queue
     return None
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -58,6 +58,12 @@ def core_logging() -> LoggingConfig:
     they come out as JSON lines like every other instead of coloured console text."""
     return LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
                          forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))
+
+
+def json_logging_runtime() -> Runtime:
+    """A Temporal runtime whose core log lines come out as JSON (see `core_logging`), for a
+    process that exports no SDK metrics (`workers.metrics.metrics_runtime` does both)."""
+    return Runtime(telemetry=TelemetryConfig(logging=core_logging()))
 
 
 class _BindActivityIds(ActivityInboundInterceptor):
