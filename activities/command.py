@@ -18,8 +18,8 @@ import contextlib
 import os
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable
-from typing import IO, TypeVar
+from collections.abc import Callable
+from typing import IO
 
 import psutil
 from temporalio import activity
@@ -27,10 +27,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment, redact
 from activities.deps import ActivityDeps
+from activities.heartbeat import uninterrupted
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, CommandAction
-
-T = TypeVar("T")
 
 OUTPUT_LIMIT = 4000
 """How much of a command's output is kept in the result and the history."""
@@ -48,33 +47,11 @@ KILL_WAIT = 10.0
 POLL = 0.05
 """Seconds between checks whether the program's group is gone."""
 
-HEARTBEAT_EVERY = 1.0
+COMMAND_HEARTBEAT_EVERY = 1.0
 """Seconds between heartbeats while a program runs or is being stopped."""
 
 
-async def uninterrupted(awaitable: Awaitable[T]) -> T:
-    """Await `awaitable` to its end even when cancelled meanwhile, then re-raise the cancellation.
-
-    For work that must not stop halfway: a signalled process group must be waited for, a
-    service already stopped must be started again. An error of the work itself wins over the
-    cancellation, since it says what state the work was left in.
-    """
-    task = asyncio.ensure_future(awaitable)
-    interrupted: asyncio.CancelledError | None = None
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError as err:
-            if task.cancelled():
-                raise
-            interrupted = err
-    if interrupted is not None:
-        raise interrupted
-    return result
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
     """Send `sig` to every process of the group; a group already gone is no error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -83,11 +60,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def _group_exists(pgid: int) -> bool:
     """Whether any process (a zombie included) is still in the group."""
     try:
-        os.killpg(pgid, 0)
+        with contextlib.suppress(PermissionError):  # it exists, only not ours to signal
+            os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -96,9 +72,9 @@ def _group_members(pgid: int) -> list[int]:
     if not _group_exists(pgid):
         return []
     members = []
-    for proc in psutil.process_iter(["status"]):
+    for proc in psutil.process_iter():  # the group first: a status is read for members only
         with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
                 members.append(proc.pid)
     return members
 
@@ -111,7 +87,7 @@ async def _group_gone(pgid: int, within: float) -> bool:
         now = asyncio.get_running_loop().time()
         if now >= deadline:
             return False
-        if now - last_beat >= HEARTBEAT_EVERY:
+        if now - last_beat >= COMMAND_HEARTBEAT_EVERY:
             activity.heartbeat({"stopping": pgid})
             last_beat = now
         await asyncio.sleep(POLL)
@@ -127,11 +103,11 @@ async def stop_group(proc: asyncio.subprocess.Process, grace: float) -> bool:
     """
     pgid = proc.pid
     if grace > 0:
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         if await _group_gone(pgid, grace):
             await proc.wait()
             return True
-    _signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), KILL_WAIT)
     return proc.returncode is not None and await _group_gone(pgid, KILL_WAIT)
@@ -159,7 +135,7 @@ async def _exited_in_time(proc: asyncio.subprocess.Process, timeout: float) -> b
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return False
-            await asyncio.wait({waiter}, timeout=min(remaining, HEARTBEAT_EVERY))
+            await asyncio.wait({waiter}, timeout=min(remaining, COMMAND_HEARTBEAT_EVERY))
             activity.heartbeat({"pid": proc.pid})
         return True
     finally:

@@ -1,4 +1,5 @@
-"""Heartbeat while awaiting one long call, so a slow but live side effect is not timed out."""
+"""Heartbeat while awaiting one long call, so a slow but live side effect is not timed out; and
+finish work that must not stop halfway even when the step is cancelled."""
 
 from __future__ import annotations
 
@@ -32,3 +33,25 @@ async def heartbeating(awaitable: Awaitable[T], detail: str) -> T:
     finally:
         if not task.done():
             task.cancel()
+
+
+async def uninterrupted(awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` to its end even when cancelled meanwhile, then re-raise the cancellation.
+
+    For work that must not stop halfway: a signalled process group must be waited for, a
+    service already stopped must be started again. An error of the work itself wins over the
+    cancellation, since it says what state the work was left in.
+    """
+    task = asyncio.ensure_future(awaitable)
+    interrupted: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError as err:
+            if task.cancelled():
+                raise
+            interrupted = err
+    if interrupted is not None:
+        raise interrupted
+    return result

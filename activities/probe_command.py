@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment, redact
+from activities.command import signal_group
 from models.probes import CommandProbe, ProbeResult
 
 DETAIL_TAIL = 500
@@ -28,11 +28,6 @@ DETAIL_TAIL = 500
 
 KILL_GRACE = 2.0
 """How long to wait for the output pipes to close after the process group was killed."""
-
-
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _tail(output: bytes, spec: CommandProbe) -> str:
@@ -65,7 +60,7 @@ async def check_command(spec: CommandProbe) -> ProbeResult:
         done, _ = await asyncio.wait({communicate}, timeout=spec.timeout.total_seconds())
     finally:
         if not communicate.done():
-            _kill_group(proc)
+            signal_group(proc.pid, signal.SIGKILL)
     at = datetime.now(UTC)
     if not done:
         with contextlib.suppress(TimeoutError):

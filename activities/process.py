@@ -21,8 +21,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment
-from activities.command import uninterrupted
 from activities.deps import ActivityDeps
+from activities.heartbeat import uninterrupted
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.probes import check_http, check_tcp, process_alive
 from activities.process_identity import (
