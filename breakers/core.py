@@ -498,8 +498,8 @@ class CircuitBreaker:
     # --- transitions (called with the lock held) ---------------------------------------------
 
     def _last_call_number(self) -> int:
-        """The number of the latest finished call, read without taking one (count's repr is
-        `count(<next number>)`)."""
+        """The latest call number handed out (that call may still be running), read without
+        taking one (count's repr is `count(<next number>)`)."""
         return int(repr(self._calls)[6:-1]) - 1
 
     def _window_counts(self, now: int) -> tuple[int, int, int, int]:
@@ -507,11 +507,14 @@ class CircuitBreaker:
         to `now` (the call being judged, or the latest for a snapshot). Timed calls are the
         numbers that are multiples of `timing_sample_every`."""
         latest = self._last_call_number()
-        forget = max(latest - self._n, self._window_start)
+        # Two windows are kept, so a call finishing up to `window_size` numbers late still
+        # finds every outcome of its own window; one finishing later is judged on the part of
+        # its window still kept, its calls and failures counted over the same numbers.
+        forget = max(latest - 2 * self._n, self._window_start)
         for numbers in (self._failures, self._slow, self._ignored):
             while numbers and numbers[0] <= forget:
                 numbers.popleft()
-        after = max(now - self._n, self._window_start)
+        after = min(max(now - self._n, forget), now)
         ignored = self._ignored
         ignored_calls = ignored_timed = 0
         if ignored:

@@ -149,6 +149,43 @@ def test_calls_finishing_out_of_order_count_in_their_own_window() -> None:
     assert changes[-1].reason == "3 consecutive failures (last: exception)"
 
 
+def test_a_call_finishing_late_is_judged_on_every_outcome_of_its_own_window() -> None:
+    """A call that finishes after `window_size` newer calls started still sees the failures of
+    its own window (they were forgotten before, and the rate was diluted by their calls); one
+    finishing later still is judged on the part of its window kept, calls and failures alike."""
+    clock = FakeClock()
+    b, changes = make(clock, window_size=10, minimum_calls=10, failure_rate_threshold=0.6,
+                      consecutive_failures=0)
+    for _ in range(5):
+        b.call(ok)  # calls 1-5
+    failures(b, 5)  # calls 6-10: 5/10, closed
+    for _ in range(4):
+        b.call(ok)  # calls 11-14
+    late = b.guard()
+    late.__enter__()  # call 15 starts and hangs
+    for _ in range(9):
+        b.call(ok)  # calls 16-24
+    failures(b, 1)  # call 25: its window 16-25 holds 1 failure
+    assert b.state is State.CLOSED
+    late.__exit__(Boom, Boom("late"), None)  # call 15: its window 6-15 holds 6 failures
+    assert b.state is State.OPEN
+    assert changes[-1].reason == "failure rate 6/10 (last: exception)"
+
+    b, _ = make(clock, window_size=10, minimum_calls=4, failure_rate_threshold=0.6,
+                consecutive_failures=0)
+    failures(b, 3)  # calls 1-3
+    late = b.guard()
+    late.__enter__()  # call 4 hangs
+    for _ in range(5):
+        b.call(ok)  # calls 5-9
+    for _ in range(15):
+        b.call(ok)  # calls 10-24: call 4's window (0, 4] is older than the two kept
+    failures(b, 1)  # call 25 prunes what is older than call 5
+    late.__exit__(Boom, Boom("late"), None)  # nothing of its window is kept: no decision
+    assert b.state is State.CLOSED
+    assert b.snapshot().calls_in_window == 10
+
+
 def test_calls_still_running_do_not_dilute_the_failure_rate() -> None:
     """90 calls in flight, all failing, finish in order: the breaker opens at the 50th failure
     (minimum_calls), as for one caller, not when the failures outnumber the calls still running."""
