@@ -322,14 +322,27 @@ def invalid_input_message(err: ValidationError, args: argparse.Namespace) -> str
     return "; ".join(problems)
 
 
+def _to_stderr(args: argparse.Namespace | None, key: str, message: str, kind: str,
+               text: str) -> None:
+    """Print `text` on stderr, or with `-o json` one JSON object {key: message, "type": kind},
+    so a script reading JSON gets its errors and warnings as JSON too (json.dumps escapes every
+    control character)."""
+    if args is not None and getattr(args, "output", "text") == "json":
+        print(json.dumps({key: message, "type": kind}), file=sys.stderr)
+        return
+    print(text, file=sys.stderr)
+
+
 def fail(message: str, args: argparse.Namespace | None = None, kind: str = "CommandError") -> None:
     """Print an error on stderr: `medkit: ...`, with server and file content in it made
-    printable, or with `-o json` one JSON object {"error": message, "type": kind}, so a script
-    reading JSON gets its errors as JSON too (json.dumps escapes every control character)."""
-    if args is not None and getattr(args, "output", "text") == "json":
-        print(json.dumps({"error": message, "type": kind}), file=sys.stderr)
-        return
-    print(f"medkit: {printable(message, multiline=True)}", file=sys.stderr)
+    printable, or with `-o json` {"error": message, "type": kind}."""
+    _to_stderr(args, "error", message, kind, f"medkit: {printable(message, multiline=True)}")
+
+
+def warn(message: str, args: argparse.Namespace, kind: str) -> None:
+    """A warning on stderr that does not fail the command: `medkit: warning: ...` on one line,
+    or with `-o json` {"warning": message, "type": kind}."""
+    _to_stderr(args, "warning", message, kind, f"medkit: warning: {printable(message)}")
 
 
 def emit(args: argparse.Namespace, value: BaseModel | list[Any] | dict[str, Any], text: str) -> None:

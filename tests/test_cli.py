@@ -23,6 +23,7 @@ import yaml
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from cli import common
 from cli import main as cli_main
 from cli.dev_cmd import banner
 from demo.policy import DEMO_SERVICE, demo_policy, write_demo_policy
@@ -222,6 +223,20 @@ def test_errors_are_json_objects_with_the_same_exit_codes(
     assert invalid.returncode == 2 and json_error(invalid)["type"] == "PolicyError"
     text = medkit("status", "recovery:nope:health", env=target)  # text output is unchanged
     assert text.stderr.strip() == "medkit: no recovery with id 'recovery:nope:health'"
+
+
+def test_warnings_follow_the_output_format_as_errors_do(capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning is `medkit: warning: ...` on one line of text, or one JSON object with
+    "warning" where an error has "error"; an error keeps its lines, a warning does not."""
+    text, as_json = argparse.Namespace(output="text"), argparse.Namespace(output="json")
+    common.warn("no worker\x1b[2J polls\nq", text, "NoWorkerAnswered")
+    common.fail("bad\x1b[2J\nline", text, "CommandError")
+    assert capsys.readouterr().err == "medkit: warning: no worker polls q\nmedkit: bad\nline\n"
+    common.warn("no worker\x1b[2J", as_json, "NoWorkerAnswered")
+    common.fail("bad\nline", as_json, "CommandError")
+    assert [json.loads(line) for line in capsys.readouterr().err.splitlines()] == [
+        {"warning": "no worker\x1b[2J", "type": "NoWorkerAnswered"},
+        {"error": "bad\nline", "type": "CommandError"}]
 
 
 def test_usage_errors_follow_the_output_format() -> None:
