@@ -126,6 +126,10 @@ def positive_seconds(text: str) -> float:
 port_number = int_between(1, 65535)
 """An argparse type for a TCP port to listen on."""
 
+LIST_LIMIT = 10_000
+"""The most rows a listing's --limit may ask for: recoveries (`list`; the HTTP API's limit is
+500) or incidents (`incidents`)."""
+
 
 def target_from(args: argparse.Namespace) -> TemporalTarget:
     """The Temporal target from flags and environment."""

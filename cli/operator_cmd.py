@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExec
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.common import (
+    LIST_LIMIT,
     TEMPORAL_ERROR,
     CommandError,
     SubParsers,
@@ -348,10 +349,6 @@ def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_seconds, default=ANSWER_TIMEOUT_SECONDS,
                         metavar="SECONDS", help="how long to wait for a worker to answer "
                         f"(default {ANSWER_TIMEOUT_SECONDS:g})")
-
-
-LIST_LIMIT = 10_000
-"""The most recoveries `list --limit` asks for (the HTTP API's is 500)."""
 
 
 def register(subparsers: SubParsers) -> None:
