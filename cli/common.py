@@ -280,7 +280,8 @@ def _names_missing_namespace(err: RPCError) -> bool:
 def guarded(func: Any) -> Any:
     """Decorate a command: CommandError and PolicyError become `medkit: ...` (or, with `-o json`,
     a JSON object) on stderr and exit 1/2, and so do arguments a model refuses (exit 2) and
-    Temporal failures (temporal_failure); every message is made printable first."""
+    Temporal failures (temporal_failure); every message is made printable first. A reader of
+    stdout gone (BrokenPipeError) is left to cli.main, which handles it for every command."""
     def wrapper(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
@@ -293,8 +294,8 @@ def guarded(func: Any) -> Any:
             return 2
         except KeyboardInterrupt:
             return 130
-        except BrokenPipeError:  # the reader (say `| head`) has gone; nothing left to say
-            return 0
+        except BrokenPipeError:  # not a file error: cli.main ends the command quietly
+            raise
         except ValidationError as err:
             fail(invalid_input_message(err, args), args, "InvalidInput")
             return 2

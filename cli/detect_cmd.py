@@ -10,8 +10,6 @@ import argparse
 import csv
 import io
 import math
-import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,24 +119,6 @@ def write_scores(out: TextIO, series: CsvSeries) -> None:
         writer.writerow([*row, f"{detector.update(stamp, value):.6f}"])
 
 
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-"""Exit code when the reader of stdout went away (`| head`): what a Unix tool killed by SIGPIPE
-returns, without Python's traceback."""
-
-
-def _write_stdout(series: CsvSeries) -> int:
-    """Write the scores to stdout; stop quietly if the reader closes the pipe early."""
-    try:
-        write_scores(sys.stdout, series)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `detect-csv`; exit code 0 on success, 2 (one line on stderr) on bad input.
 
@@ -157,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"medkit detect-csv: {count} row{'s' if count > 1 else ''} skipped, "
               f"{len(series.raw)} scored", file=sys.stderr)
     if args.output is None:
-        return _write_stdout(series)
+        write_scores(sys.stdout, series)
+        return 0
     try:
         with Path(args.output).open("w", newline="") as out:
             write_scores(out, series)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cli import detect_cmd
+from cli import main as cli_main
 from detectors.anomaly import AnomalyDetector, AnomalyDetectorConfig, SlidingExtremes, score_series
 from detectors.nab_scoring import load_corpus
 
@@ -227,7 +228,7 @@ def test_detect_csv_stops_quietly_when_the_reader_goes_away(tmp_path: Path) -> N
         err = proc.stderr.read()
         code = proc.wait()
     assert err == b""
-    assert code == detect_cmd.EXIT_BROKEN_PIPE
+    assert code == cli_main.EXIT_BROKEN_PIPE
 
 
 def test_detect_csv_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
