@@ -65,12 +65,15 @@ def read_series(path: Path) -> CsvSeries:
     reader = csv.reader(io.StringIO(_decode(path), newline=""))
     series = CsvSeries()
     _check_header(path, next(reader, None))
+    first_row = 0  # the row of the first timestamp, which sets whether timestamps have offsets
     for row_number, row in enumerate(reader, start=2):
         if not "".join(row).strip():
             continue
         stamp, value = _parse_row(path, row_number, row)
-        if series.stamps:
-            _check_same_kind(path, row_number, row[0], stamp, series.stamps[0])
+        if not series.stamps:
+            first_row = row_number
+        else:
+            _check_same_kind(path, row_number, row[0], stamp, series.stamps[0], first_row)
             if stamp <= series.stamps[-1]:
                 how = "goes back in time (before " if stamp < series.stamps[-1] else "repeats ("
                 series.skipped.append(f"{path}: row {row_number}: timestamp {row[0].strip()} "
@@ -83,13 +86,14 @@ def read_series(path: Path) -> CsvSeries:
 
 
 def _check_same_kind(path: Path, row_number: int, text: str, stamp: datetime,
-                     first: datetime) -> None:
-    """Refuse a timestamp with a UTC offset among ones without (or the reverse): they cannot be
-    ordered, and guessing the missing offset could misorder the series."""
+                     first: datetime, first_row: int) -> None:
+    """Refuse a timestamp with a UTC offset among ones without (or the reverse), naming the row
+    of the first timestamp (`first`, at `first_row`): they cannot be ordered, and guessing the
+    missing offset could misorder the series."""
     if (stamp.tzinfo is None) != (first.tzinfo is None):
         has = "has no UTC offset" if stamp.tzinfo is None else "has a UTC offset"
         raise CsvInputError(f"{path}: row {row_number}: timestamp {text.strip()!r} {has}, unlike "
-                            "row 2's; give every timestamp an offset (e.g. Z) or none")
+                            f"row {first_row}'s; give every timestamp an offset (e.g. Z) or none")
 
 
 def _parse_row(path: Path, row_number: int, row: list[str]) -> tuple[datetime, float]:

@@ -146,6 +146,8 @@ def test_detect_csv_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]
          "row 3: timestamp '2024-01-01T00:05:00+00:00' has a UTC offset, unlike row 2's"),
         ("timestamp,value\n2024-01-01T00:00:00Z,1\n2024-01-01 00:05:00,2\n",
          "row 3: timestamp '2024-01-01 00:05:00' has no UTC offset, unlike row 2's"),
+        ("timestamp,value\n\n \n2024-01-01 00:00:00,1\n\n2024-01-01T00:05:00Z,2\n",
+         "row 6: timestamp '2024-01-01T00:05:00Z' has a UTC offset, unlike row 4's;"),
         (b"timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:05:00,\xff\n",
          "row 3: not UTF-8 text (byte 0xff)"),
     ],
