@@ -126,6 +126,10 @@ def positive_seconds(text: str) -> float:
 port_number = int_between(1, 65535)
 """An argparse type for a TCP port to listen on."""
 
+LIST_LIMIT = 10_000
+"""The most rows a listing's --limit may ask for: recoveries (`list`; the HTTP API's limit is
+500) or incidents (`incidents`)."""
+
 
 def target_from(args: argparse.Namespace) -> TemporalTarget:
     """The Temporal target from flags and environment."""
@@ -276,7 +280,8 @@ def _names_missing_namespace(err: RPCError) -> bool:
 def guarded(func: Any) -> Any:
     """Decorate a command: CommandError and PolicyError become `medkit: ...` (or, with `-o json`,
     a JSON object) on stderr and exit 1/2, and so do arguments a model refuses (exit 2) and
-    Temporal failures (temporal_failure); every message is made printable first."""
+    Temporal failures (temporal_failure); every message is made printable first. A reader of
+    stdout gone (BrokenPipeError) is left to cli.main, which handles it for every command."""
     def wrapper(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
@@ -289,8 +294,8 @@ def guarded(func: Any) -> Any:
             return 2
         except KeyboardInterrupt:
             return 130
-        except BrokenPipeError:  # the reader (say `| head`) has gone; nothing left to say
-            return 0
+        except BrokenPipeError:  # not a file error: cli.main ends the command quietly
+            raise
         except ValidationError as err:
             fail(invalid_input_message(err, args), args, "InvalidInput")
             return 2
@@ -322,14 +327,27 @@ def invalid_input_message(err: ValidationError, args: argparse.Namespace) -> str
     return "; ".join(problems)
 
 
+def _to_stderr(args: argparse.Namespace | None, key: str, message: str, kind: str,
+               text: str) -> None:
+    """Print `text` on stderr, or with `-o json` one JSON object {key: message, "type": kind},
+    so a script reading JSON gets its errors and warnings as JSON too (json.dumps escapes every
+    control character)."""
+    if args is not None and getattr(args, "output", "text") == "json":
+        print(json.dumps({key: message, "type": kind}), file=sys.stderr)
+        return
+    print(text, file=sys.stderr)
+
+
 def fail(message: str, args: argparse.Namespace | None = None, kind: str = "CommandError") -> None:
     """Print an error on stderr: `medkit: ...`, with server and file content in it made
-    printable, or with `-o json` one JSON object {"error": message, "type": kind}, so a script
-    reading JSON gets its errors as JSON too (json.dumps escapes every control character)."""
-    if args is not None and getattr(args, "output", "text") == "json":
-        print(json.dumps({"error": message, "type": kind}), file=sys.stderr)
-        return
-    print(f"medkit: {printable(message, multiline=True)}", file=sys.stderr)
+    printable, or with `-o json` {"error": message, "type": kind}."""
+    _to_stderr(args, "error", message, kind, f"medkit: {printable(message, multiline=True)}")
+
+
+def warn(message: str, args: argparse.Namespace, kind: str) -> None:
+    """A warning on stderr that does not fail the command: `medkit: warning: ...` on one line,
+    or with `-o json` {"warning": message, "type": kind}."""
+    _to_stderr(args, "warning", message, kind, f"medkit: warning: {printable(message)}")
 
 
 def emit(args: argparse.Namespace, value: BaseModel | list[Any] | dict[str, Any], text: str) -> None:

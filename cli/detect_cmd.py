@@ -10,8 +10,6 @@ import argparse
 import csv
 import io
 import math
-import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,12 +65,15 @@ def read_series(path: Path) -> CsvSeries:
     reader = csv.reader(io.StringIO(_decode(path), newline=""))
     series = CsvSeries()
     _check_header(path, next(reader, None))
+    first_row = 0  # the row of the first timestamp, which sets whether timestamps have offsets
     for row_number, row in enumerate(reader, start=2):
         if not "".join(row).strip():
             continue
         stamp, value = _parse_row(path, row_number, row)
-        if series.stamps:
-            _check_same_kind(path, row_number, row[0], stamp, series.stamps[0])
+        if not series.stamps:
+            first_row = row_number
+        else:
+            _check_same_kind(path, row_number, row[0], stamp, series.stamps[0], first_row)
             if stamp <= series.stamps[-1]:
                 how = "goes back in time (before " if stamp < series.stamps[-1] else "repeats ("
                 series.skipped.append(f"{path}: row {row_number}: timestamp {row[0].strip()} "
@@ -85,13 +86,14 @@ def read_series(path: Path) -> CsvSeries:
 
 
 def _check_same_kind(path: Path, row_number: int, text: str, stamp: datetime,
-                     first: datetime) -> None:
-    """Refuse a timestamp with a UTC offset among ones without (or the reverse): they cannot be
-    ordered, and guessing the missing offset could misorder the series."""
+                     first: datetime, first_row: int) -> None:
+    """Refuse a timestamp with a UTC offset among ones without (or the reverse), naming the row
+    of the first timestamp (`first`, at `first_row`): they cannot be ordered, and guessing the
+    missing offset could misorder the series."""
     if (stamp.tzinfo is None) != (first.tzinfo is None):
         has = "has no UTC offset" if stamp.tzinfo is None else "has a UTC offset"
         raise CsvInputError(f"{path}: row {row_number}: timestamp {text.strip()!r} {has}, unlike "
-                            "row 2's; give every timestamp an offset (e.g. Z) or none")
+                            f"row {first_row}'s; give every timestamp an offset (e.g. Z) or none")
 
 
 def _parse_row(path: Path, row_number: int, row: list[str]) -> tuple[datetime, float]:
@@ -121,24 +123,6 @@ def write_scores(out: TextIO, series: CsvSeries) -> None:
         writer.writerow([*row, f"{detector.update(stamp, value):.6f}"])
 
 
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-"""Exit code when the reader of stdout went away (`| head`): what a Unix tool killed by SIGPIPE
-returns, without Python's traceback."""
-
-
-def _write_stdout(series: CsvSeries) -> int:
-    """Write the scores to stdout; stop quietly if the reader closes the pipe early."""
-    try:
-        write_scores(sys.stdout, series)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `detect-csv`; exit code 0 on success, 2 (one line on stderr) on bad input.
 
@@ -157,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"medkit detect-csv: {count} row{'s' if count > 1 else ''} skipped, "
               f"{len(series.raw)} scored", file=sys.stderr)
     if args.output is None:
-        return _write_stdout(series)
+        write_scores(sys.stdout, series)
+        return 0
     try:
         with Path(args.output).open("w", newline="") as out:
             write_scores(out, series)

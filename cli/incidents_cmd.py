@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from cli.common import (
     DEFAULT_STATE_DIR,
+    LIST_LIMIT,
     CommandError,
     SubParsers,
     add_output_arg,
@@ -267,8 +268,8 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--since", type=since_arg, metavar="SPAN",
                         help="only incidents started within this span before now, e.g. 30m, 24h, 7d "
                         "(default: any time)")
-    parser.add_argument("--limit", type=int_between(1, 10_000), default=100,
-                        help="at most this many, 1 to 10000 (default 100)")
+    parser.add_argument("--limit", type=int_between(1, LIST_LIMIT), default=100,
+                        help=f"at most this many, 1 to {LIST_LIMIT} (default 100)")
     _add_database_args(parser, inherit=False)
     add_output_arg(parser)
     parser.set_defaults(func=list_incidents)

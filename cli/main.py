@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -110,27 +111,54 @@ def run(argv: Sequence[str] | None = None) -> int:
     return func(args)
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Exit code when the reader of stdout went away (`| head`): what a Unix tool killed by SIGPIPE
+returns, without Python's traceback."""
+
+
 def main() -> None:
     """The console script: run the command, then exit with its code.
 
     A failure no command turned into a one-line error is a bug: its traceback is printed and the
     exit code is 1. It still leaves through the os._exit below like every other exit: unwinding
-    into interpreter finalization is what made such failures abort (SIGABRT, exit 134)."""
+    into interpreter finalization is what made such failures abort (SIGABRT, exit 134).
+
+    Every command's stdout ends here: when its reader has gone (`| head`), while the command
+    writes or at this last flush, the command stops quietly with EXIT_BROKEN_PIPE."""
     try:
-        code = run()
-    except SystemExit as done:  # argparse after --help, already printed
-        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
-        if isinstance(done.code, str):
-            print(done.code, file=sys.stderr)
-    except KeyboardInterrupt:
-        code = 130
-    except Exception:
-        traceback.print_exc()
-        code = 1
+        code = _run_command()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _reader_gone()
     # Exit without interpreter finalization: the Temporal core's threads can outlive the event
     # loop, and finalizing under them intermittently aborts the process (SIGABRT, exit 134)
     # after the command has already done its work and printed its answer.
     logging.shutdown()
-    sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _run_command() -> int:
+    """The command's exit code; a broken stdout is main's to handle."""
+    try:
+        return run()
+    except SystemExit as done:  # argparse after --help, already printed
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        raise
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+def _reader_gone() -> int:
+    """Point stdout at /dev/null, so that nothing left in its buffer can fail a later flush,
+    and return EXIT_BROKEN_PIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE

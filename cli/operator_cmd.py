@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import sys
 import uuid
@@ -14,6 +13,7 @@ from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExec
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.common import (
+    LIST_LIMIT,
     TEMPORAL_ERROR,
     CommandError,
     SubParsers,
@@ -30,6 +30,7 @@ from cli.common import (
     printable,
     run,
     target_from,
+    warn,
 )
 from models import search_attributes as sa
 from models.base import NAME_PATTERN
@@ -131,9 +132,8 @@ def trigger(args: argparse.Namespace) -> int:
         handle = await start_or_join_recovery(client, detection, policy, target.task_queue,
                                               dry_run=args.dry_run)
         if await workflow_pollers(client, target.task_queue) == 0:
-            warn(args, f"no worker polls task queue {target.task_queue!r}: the recovery waits "
-                 "until `medkit worker` runs there (or pass the workers' --task-queue)",
-                 NO_WORKER)
+            warn(f"no worker polls task queue {target.task_queue!r}: the recovery waits until "
+                 "`medkit worker` runs there (or pass the workers' --task-queue)", args, NO_WORKER)
         return handle.id
 
     workflow_id = run(go())
@@ -144,15 +144,6 @@ def trigger(args: argparse.Namespace) -> int:
 NO_WORKER = "NoWorkerAnswered"
 """The error type (`-o json`) when no worker answered a query or decision in time, and the
 warning type of `trigger` when no worker polls the task queue."""
-
-
-def warn(args: argparse.Namespace, message: str, kind: str) -> None:
-    """A warning on stderr that does not fail the command: `medkit: warning: ...`, or with
-    `-o json` one JSON object {"warning": message, "type": kind}."""
-    if args.output == "json":
-        print(json.dumps({"warning": message, "type": kind}), file=sys.stderr)
-    else:
-        print(f"medkit: warning: {printable(message)}", file=sys.stderr)
 
 
 async def query_status(client: Client, workflow_id: str, run_id: str | None,
@@ -358,10 +349,6 @@ def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_seconds, default=ANSWER_TIMEOUT_SECONDS,
                         metavar="SECONDS", help="how long to wait for a worker to answer "
                         f"(default {ANSWER_TIMEOUT_SECONDS:g})")
-
-
-LIST_LIMIT = 10_000
-"""The most recoveries `list --limit` asks for (the HTTP API's is 500)."""
 
 
 def register(subparsers: SubParsers) -> None:

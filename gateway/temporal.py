@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
 from temporalio.client import (
     Client,
-    RPCTimeoutOrCancelledError,
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
@@ -40,6 +39,7 @@ from workers.client import (
     send_decision,
     start_or_join_recovery,
     start_or_join_recovery_with,
+    within,
 )
 from workflows.recovery import RecoveryWorkflow
 
@@ -134,19 +134,12 @@ class TemporalGateway:
 
     async def _bounded(self, work: Awaitable[T], what: str, timeout: float | None = None) -> T:
         """`work` within `timeout` seconds (default the gateway's), its failures mapped to
-        TemporalUnavailable / TemporalPayloadTooLarge; other RPC errors are the caller's.
-
-        An update cancelled at the deadline raises the SDK's RPCTimeoutOrCancelledError, not
-        TimeoutError; the deadline runs in this task so that a request cancelled from outside
-        (its client gone) stays a cancellation."""
+        TemporalUnavailable / TemporalPayloadTooLarge; other RPC errors are the caller's. A
+        request cancelled from outside (its client gone) stays a cancellation."""
         limit = self.timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(limit):
-                return await work
-        except (TimeoutError, RPCTimeoutOrCancelledError):
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError() from None
+            return await within(work, limit)
+        except TimeoutError:
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
                                       f"{limit:g}s") from None
         except NoWorkerAnswered as err:

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name
 from models.probes import ChildEnv, HttpProbe, InheritEnv, TcpProbe
+from models.urls import RequestUrl
 
 Argv = Annotated[list[str], Field(min_length=1)]
 """A program and its arguments. medkit never runs a shell."""
@@ -83,7 +84,6 @@ class NotifyAction(MedkitModel):
         return timedelta(seconds=30)
 
 
-HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
 JsonBody = dict[str, Any] | list[Any] | None
 Status = Annotated[int, Field(ge=100, le=599)]
 ReplicaTarget = Annotated[int, Field(ge=0)] | Literal["previous"]
@@ -157,7 +157,7 @@ class HttpAction(MedkitModel):
     activity: ClassVar[str] = "http_action"
     kind: Literal["http"] = "http"
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    url: HttpUrl
+    url: RequestUrl
     headers: Headers = Field(default_factory=dict)
     bearer_token_env: EnvName | None = None
     body: JsonBody = None
@@ -181,7 +181,7 @@ class BreakerAction(MedkitModel):
 
     activity: ClassVar[str] = "set_breaker"
     kind: Literal["breaker"] = "breaker"
-    url: HttpUrl
+    url: RequestUrl
     state: Literal["open", "half_open", "closed"]
     bearer_token_env: EnvName | None = None
     timeout: Duration = timedelta(seconds=5)
@@ -293,12 +293,12 @@ class HttpScaleAction(MedkitModel):
 
     activity: ClassVar[str] = "scale_http"
     kind: Literal["scale_http"] = "scale_http"
-    url: HttpUrl
+    url: RequestUrl
     replicas: ReplicaTarget
     method: Literal["POST", "PUT", "PATCH"] = "PUT"
     body: JsonBody = Field(default_factory=lambda: {"replicas": "{replicas}"})
     bearer_token_env: EnvName | None = None
-    current_url: HttpUrl | None = None
+    current_url: RequestUrl | None = None
     replicas_field: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")] = "replicas"
     expect_status: list[Status] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
     timeout: Duration = timedelta(seconds=10)

@@ -76,10 +76,12 @@ def _is_tag(node: yaml.Node | None, part: int | str) -> bool:
     return part not in keys and isinstance(kind, yaml.ScalarNode) and kind.value == part
 
 
-def _locate(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[str, int | None]:
-    """The dotted field path and the 1-based line of the deepest YAML node `loc` reaches."""
+def _walk(root: yaml.Node | None,
+          loc: tuple[int | str, ...]) -> tuple[str, yaml.Node | None, bool]:
+    """Follow a pydantic error's `loc` down the YAML node tree: its dotted field path (union
+    tags pydantic added left out), the deepest node it reaches, and whether it reaches a node
+    for every part (False once it leaves what the file spells out)."""
     node = root
-    line = root.start_mark.line + 1 if root is not None else None
     parts: list[str] = []
     found = True
     for part in loc:
@@ -97,8 +99,13 @@ def _locate(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[str, in
             found = False
             continue
         node = child
-        line = node.start_mark.line + 1
-    return "".join(parts), line
+    return "".join(parts), node, found
+
+
+def _locate(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[str, int | None]:
+    """The dotted field path and the 1-based line of the deepest YAML node `loc` reaches."""
+    path, node, _ = _walk(root, loc)
+    return path, node.start_mark.line + 1 if node is not None else None
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -306,17 +313,8 @@ def _coerced_scalars(node: yaml.Node | None, data: Any) -> list[PolicyProblem]:
 
 def _written(root: yaml.Node | None, loc: tuple[int | str, ...]) -> bool:
     """Whether `loc` reaches a scalar written in the file (a union's tag skipped)."""
-    node = root
-    for part in loc:
-        if _is_tag(node, part):
-            continue
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return False
-    return isinstance(node, yaml.ScalarNode)
+    _, node, found = _walk(root, loc)
+    return found and isinstance(node, yaml.ScalarNode)
 
 
 def _merged(problems: list[PolicyProblem], more: list[PolicyProblem]) -> list[PolicyProblem]:

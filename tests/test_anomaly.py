@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cli import detect_cmd
+from cli import main as cli_main
 from detectors.anomaly import AnomalyDetector, AnomalyDetectorConfig, SlidingExtremes, score_series
 from detectors.nab_scoring import load_corpus
 
@@ -145,6 +146,8 @@ def test_detect_csv_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]
          "row 3: timestamp '2024-01-01T00:05:00+00:00' has a UTC offset, unlike row 2's"),
         ("timestamp,value\n2024-01-01T00:00:00Z,1\n2024-01-01 00:05:00,2\n",
          "row 3: timestamp '2024-01-01 00:05:00' has no UTC offset, unlike row 2's"),
+        ("timestamp,value\n\n \n2024-01-01 00:00:00,1\n\n2024-01-01T00:05:00Z,2\n",
+         "row 6: timestamp '2024-01-01T00:05:00Z' has a UTC offset, unlike row 4's;"),
         (b"timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:05:00,\xff\n",
          "row 3: not UTF-8 text (byte 0xff)"),
     ],
@@ -227,7 +230,7 @@ def test_detect_csv_stops_quietly_when_the_reader_goes_away(tmp_path: Path) -> N
         err = proc.stderr.read()
         code = proc.wait()
     assert err == b""
-    assert code == detect_cmd.EXIT_BROKEN_PIPE
+    assert code == cli_main.EXIT_BROKEN_PIPE
 
 
 def test_detect_csv_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,10 +23,12 @@ import yaml
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from cli import common
 from cli import main as cli_main
 from cli.dev_cmd import banner
 from demo.policy import DEMO_SERVICE, demo_policy, write_demo_policy
 from models.status import RecoveryStatus
+from store.ledger import ActionLedger
 from tests.conftest import DemoService, eventually, stop_fleet_coordinator
 from workflows.recovery import RecoveryWorkflow
 
@@ -224,6 +226,20 @@ def test_errors_are_json_objects_with_the_same_exit_codes(
     assert text.stderr.strip() == "medkit: no recovery with id 'recovery:nope:health'"
 
 
+def test_warnings_follow_the_output_format_as_errors_do(capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning is `medkit: warning: ...` on one line of text, or one JSON object with
+    "warning" where an error has "error"; an error keeps its lines, a warning does not."""
+    text, as_json = argparse.Namespace(output="text"), argparse.Namespace(output="json")
+    common.warn("no worker\x1b[2J polls\nq", text, "NoWorkerAnswered")
+    common.fail("bad\x1b[2J\nline", text, "CommandError")
+    assert capsys.readouterr().err == "medkit: warning: no worker polls q\nmedkit: bad\nline\n"
+    common.warn("no worker\x1b[2J", as_json, "NoWorkerAnswered")
+    common.fail("bad\nline", as_json, "CommandError")
+    assert [json.loads(line) for line in capsys.readouterr().err.splitlines()] == [
+        {"warning": "no worker\x1b[2J", "type": "NoWorkerAnswered"},
+        {"error": "bad\nline", "type": "CommandError"}]
+
+
 def test_usage_errors_follow_the_output_format() -> None:
     """argparse's refusals (exit 2) are JSON error objects under `-o json`, argparse's text otherwise."""
     unknown = medkit("status", "recovery:nope:health", "--bogus", "-o", "json")
@@ -258,6 +274,35 @@ def test_arguments_a_model_refuses_name_their_flag_and_exit_2() -> None:
     assert json_error(both) == {
         "error": "--operator: String should have at least 1 character; --reason: String should "
                  "have at most 2000 characters", "type": "InvalidInput"}
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("argv", [
+    ["config", "check", "{policy}"], ["incidents", "--state-dir", "{state}"],
+    ["detect-csv", "{csv}"],
+])
+def test_a_command_whose_stdout_reader_is_gone_stops_quietly_with_141(
+        argv: list[str], unbuffered: str, tmp_path: Path) -> None:
+    """`medkit ... | head` with head gone before medkit writes: every command ends as a Unix tool
+    killed by SIGPIPE does, whether its write fails at once (PYTHONUNBUFFERED) or at the last
+    flush. A guarded command used to exit 0 in the first case, as if it had been read, and end
+    in a traceback (exit 120) in the second."""
+    policy, series = tmp_path / "policy.yaml", tmp_path / "series.csv"
+    write_demo_policy(policy, 8099, tmp_path)
+    series.write_text("timestamp,value\n2024-01-01 00:00:00,1\n")
+    ActionLedger(f"sqlite:///{tmp_path / 'medkit.db'}").engine.dispose()  # an empty store
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: every write to the pipe fails with EPIPE
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "medkit"),
+             *(arg.format(policy=policy, state=tmp_path, csv=series) for arg in argv)],
+            stdout=write, stderr=subprocess.PIPE, timeout=60, check=False,
+            env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    finally:
+        os.close(write)
+    assert done.stderr == b""
+    assert done.returncode == cli_main.EXIT_BROKEN_PIPE == 141
 
 
 def test_dev_banner_exports_the_address_and_policy_for_the_cli(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Probe and Prometheus URLs that cannot be requested: refused by the policy, harmless at run time."""
+"""Policy URLs that cannot be requested (probes, Prometheus, actions, notification routes):
+refused by the policy, harmless at run time."""
 
 from __future__ import annotations
 
@@ -44,6 +45,27 @@ def test_a_prometheus_url_that_cannot_be_requested_is_refused_naming_its_field()
     [problem] = caught.value.problems
     assert problem.path == "anomaly.series[0].prometheus"
     assert "Port out of range" in problem.message
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ("actions: {a: {kind: http, url: 'http://h:99999/restart'}}", "actions.a.url"),
+    ("actions: {a: {kind: breaker, url: 'http://[::1/b', state: open}}", "actions.a.url"),
+    ("actions: {a: {kind: scale_http, url: 'http://h/s', current_url: 'http:///n', replicas: 2}}",
+     "actions.a.current_url"),
+    ("actions: {a: {kind: command, argv: ['true']}}\n"
+     "    routes: {hook: {kind: webhook, url: 'http://h:0/x'}}", "routes.hook.url"),
+    ("actions: {a: {kind: command, argv: ['true']}}\n"
+     "    routes: {pd: {kind: pagerduty, routing_key_env: K, events_url: 'https://e v'}}",
+     "routes.pd.events_url"),
+])
+def test_action_and_route_urls_that_cannot_be_requested_are_refused_as_probe_urls_are(
+        spec: str, field: str) -> None:
+    """Actions and notification routes checked only the scheme, so a URL no request can use
+    passed `medkit config check` and failed the action or the page when it mattered."""
+    text = POLICY.replace("actions: {a: {kind: command, argv: [\"true\"]}}", spec)
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text % "http://h/health", "policy.yaml")
+    assert [problem.path for problem in caught.value.problems] == [f"services[0].{field}"]
 
 
 def test_valid_urls_still_parse() -> None:

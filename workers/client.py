@@ -177,28 +177,33 @@ async def no_worker_answered(client: Client,
     return NoWorkerAnswered(f"{where} (workers poll it: are they overloaded or stuck?)")
 
 
-def _being_cancelled() -> bool:
-    """Whether the running task has a cancellation pending (Ctrl-C, a client gone)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+async def within(work: Awaitable[T], timeout: float) -> T:
+    """`work`, or TimeoutError when it has not finished in `timeout` seconds; a cancellation from
+    outside (Ctrl-C, a client gone) stays a cancellation. The one deadline every query, update
+    and gateway call runs under.
+
+    The SDK turns the cancellation of an update into RPCTimeoutOrCancelledError, so the deadline
+    is an asyncio.timeout in this task (an inner task, as wait_for makes, would leave that error
+    unretrieved when cancelled from outside) and the two are told apart by whether a
+    cancellation is still pending once the deadline's own has been withdrawn."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await work
+    except (TimeoutError, RPCTimeoutOrCancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() > 0:
+            raise asyncio.CancelledError() from None
+        raise TimeoutError(f"no answer within {timeout:g}s") from None
 
 
 async def _answered(client: Client, work: Awaitable[T],
                     handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
                     what: str, timeout: float) -> T:
     """`work` (a query or an update), or NoWorkerAnswered when no worker answers in `timeout`
-    seconds; a cancellation from outside (Ctrl-C) stays a cancellation.
-
-    The SDK turns the cancellation of an update into WorkflowUpdateRPCTimeoutOrCancelledError,
-    so the deadline is an asyncio.timeout in this task (an inner task, as wait_for makes, would
-    leave that error unretrieved when cancelled from outside) and the two are told apart by
-    whether a cancellation is still pending once the deadline's own has been withdrawn."""
+    seconds (our deadline or the server's own query limit)."""
     try:
-        async with asyncio.timeout(timeout):
-            return await work
-    except (TimeoutError, RPCTimeoutOrCancelledError):
-        if _being_cancelled():
-            raise asyncio.CancelledError() from None
+        return await within(work, timeout)
+    except TimeoutError:
         raise await no_worker_answered(client, handle, what, timeout) from None
     except RPCError as err:
         if err.status != RPCStatusCode.DEADLINE_EXCEEDED:  # the server's own query limit
