@@ -1,4 +1,6 @@
-# medkit worker image: `docker build -t medkit .` then `docker run medkit` runs `medkit worker`.
+# medkit worker image: `docker build -t medkit .` then `docker run medkit` runs `medkit worker`;
+# `docker run medkit serve --host 0.0.0.0` runs the gateway from the same image (it needs
+# MEDKIT_DETECTOR_TOKEN and MEDKIT_OPERATOR_TOKEN; docs/production.md).
 # Configured by environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, MEDKIT_TASK_QUEUE,
 # MEDKIT_STATE_DIR and the TLS / API key variables in docs/production.md, plus the worker's own
 # policy file, which it requires: mount it at /etc/medkit/policy.yaml (MEDKIT_CONFIG), e.g.

@@ -39,6 +39,9 @@ MIN_BODY_BYTES = 1024
 """The smallest --max-body-bytes: below it not even one alert fits, and every POST would be 413."""
 MAX_BODY_LIMIT = 1 << 30
 """The largest --max-body-bytes (1 GiB): a body is read whole into memory."""
+GRACEFUL_SHUTDOWN_SECONDS = 10
+"""How long SIGTERM lets requests in flight finish before the gateway exits; a supervisor's stop
+timeout (compose's stop_grace_period, systemd's TimeoutStopSec) must be longer."""
 
 
 @guarded
@@ -74,7 +77,7 @@ def serve(args: argparse.Namespace) -> int:
              detector_api=auth.insecure or auth.detector_token is not None,
              operator_api=auth.insecure or auth.operator_token is not None)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return 0
 
 

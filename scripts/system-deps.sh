@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that medkit's tests run for real (PostgreSQL, Prometheus,
 # Alertmanager, docker-compose's config check, openssl for test certificates, Chromium for the
-# dashboard's browser test, driven by playwright without downloading a browser). Skips what is
-# already there.
+# dashboard's browser test, driven by playwright without downloading a browser; systemd-analyze,
+# which verifies the unit files in deploy/systemd). Skips what is already there.
 set -euo pipefail
 declare -A want=(
   [/usr/lib/postgresql]=postgresql
@@ -11,6 +11,7 @@ declare -A want=(
   [/usr/bin/docker-compose]=docker-compose
   [/usr/bin/openssl]=openssl
   [/usr/bin/chromium]=chromium
+  [/usr/bin/systemd-analyze]=systemd
 )
 missing=()
 for path in "${!want[@]}"; do

