@@ -5,8 +5,12 @@ Recorded once from the workflows of commit 7f91c2d, before these patches, and no
 
 - `fleet_coordinator_pre_patch`: a coordinator run that granted a lease, queued a second
   request, checked its holders on its timer, reclaimed the dead holder's lease, failed to signal
-  the (gone) next in line and continued as new. Guards `fleet-check-holders-when-due` and the
-  check's deadline carried in FleetState across continue-as-new.
+  the (gone) next in line and continued as new. Guards the check's deadline carried in
+  FleetState across continue-as-new.
+- `fleet_busy_pre_patch`: a coordinator taking a request and a release back to back, so the
+  check of its holders fell due while a request, not the timer, woke it; the run went on
+  without checking. Guards `fleet-check-holders-when-due` (without the patch the replay checks
+  there and fails). Cut after its first 333 events, as a history fetched while the run went on.
 - `abort_during_page_pre_patch`: a critical recovery aborted while its emergency page was on its
   way; the abort update was answered at the next transition (AwaitingApproval). Guards
   `abort-verdict-at-the-end`: that run must replay with the update answered where it was.
@@ -30,7 +34,8 @@ from workflows.recovery import RecoveryWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
-@pytest.mark.parametrize("name", ["fleet_coordinator_pre_patch", "abort_during_page_pre_patch",
+@pytest.mark.parametrize("name", ["fleet_coordinator_pre_patch", "fleet_busy_pre_patch",
+                                  "abort_during_page_pre_patch",
                                   "abort_while_lease_requested_pre_patch"])
 async def test_a_pre_patch_history_replays(name: str) -> None:
     history = WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
