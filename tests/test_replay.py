@@ -20,7 +20,7 @@ EXPECTED = {
     "minor_success", "major_second_rung", "critical_approved", "approval_timeout_manual",
     "abort_during_remediation", "max_retries_manual_resolve", "manual_retry_success",
     "duplicate_reports", "wrong_phase_rejected", "source_resolved", "local_actions",
-    "dismissed_after_approval", "dismissed_after_slow_page",
+    "dismissed_after_approval", "dismissed_after_slow_page", "abort_during_page",
 }
 FLEET = {"fleet_check_after_continue_as_new"}
 """Fleet coordinator runs (tests/test_fleet_coordinator.py)."""

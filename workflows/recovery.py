@@ -97,6 +97,11 @@ recovery (continue-as-new) instead of being recorded as ignored and lost."""
 HOLD_DECISIONS_PATCH = "no-decisions-while-revalidating"
 """Marks runs in which ManualIntervention's decisions are not taken while a resolved report is
 validated (they were accepted, then dropped when validation passed)."""
+ABORT_VERDICT_PATCH = "abort-verdict-at-the-end"
+"""Marks runs whose abort update answers once the recovery has ended (Aborted, or the end it
+reached first), not at the next transition: an abort takes effect at the next step that watches
+for it, and the recovery may pass through other phases on its way there (runs before the patch
+answered with one of those)."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -955,7 +960,18 @@ class RecoveryWorkflow:
         self._accept(kind, decision, "signal")
 
     async def _updated(self, kind: DecisionKind, decision: OperatorDecision) -> DecisionVerdict:
+        """Apply a decision and answer with where it led: the phase the recovery moved into,
+        or for an abort the phase it ended in (see ABORT_VERDICT_PATCH)."""
         verdict = self._accept(kind, decision, "update")
+        if kind == DecisionKind.ABORT and workflow.patched(ABORT_VERDICT_PATCH):
+            await workflow.wait_condition(lambda: self._phase.terminal)
+            verdict.phase = self._phase
+            verdict.message = (
+                f"abort accepted; the recovery ended as {self._phase.value}"
+                if self._phase == Phase.ABORTED else
+                f"abort accepted, but the recovery ended as {self._phase.value} before the abort "
+                "took effect")
+            return verdict
         before = len(self._timeline)
         await workflow.wait_condition(
             lambda: any(e.kind == "transition" for e in self._timeline[before:])
@@ -1047,7 +1063,8 @@ class RecoveryWorkflow:
 
     @workflow.update(name="abort")
     async def abort_update(self, decision: OperatorDecision) -> DecisionVerdict:
-        """Abort, answering once the recovery has ended as Aborted."""
+        """Abort, answering once the recovery has ended: as Aborted, or as whatever end it
+        reached before the abort took effect (said so in the verdict)."""
         return await self._updated(DecisionKind.ABORT, decision)
 
     @abort_update.validator
