@@ -1,4 +1,5 @@
-"""The fleet coordinator's bookkeeping where timing could lose a lease: across continue-as-new.
+"""The fleet coordinator's bookkeeping where timing could lose a lease: across continue-as-new,
+and when a recovery hands its lease back while its request is still on its way.
 
 The coordinator continues as new whenever Temporal suggests it; a real server suggests it after
 thousands of events, so the continue-as-new test runs a dev server of its own that suggests it
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest_asyncio
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -23,12 +25,17 @@ from activities.fleet import FleetActivities
 from models import search_attributes as sa
 from models.fleet import (
     FleetSpec,
+    FleetState,
+    LeaseDecision,
     LeaseRelease,
     LeaseRequest,
     coordinator_workflow_id,
 )
-from tests.conftest import BIN, SERVER_STARTUP, policy_file, running
-from tests.scripted import save_history, scripted_policy
+from models.phases import DecisionKind, Phase
+from tests.conftest import BIN, SERVER_STARTUP, WebhookReceiver, eventually, policy_file, running
+from tests.scripted import Script, detection, save_history, scripted_policy, start, wait_for_phase
+from tests.test_recovery_paths import operator
+from workers.client import send_decision
 from workers.worker import build_worker
 from workflows.fleet import FleetCoordinatorWorkflow
 
@@ -121,3 +128,65 @@ async def test_a_coordinator_that_continues_as_new_often_still_checks_its_holder
     assert reclaimed, f"the crashed holder kept its lease through {len(runs)} runs of the coordinator"
     await _save_a_run_that_checked_a_carried_deadline(client, coordinator.id, runs)
 
+
+class LeaseRequestOnItsWay:
+    """`request_fleet_lease` whose update reaches the coordinator only when the test says so.
+
+    It stands for a request already sent when the recovery gives it up: cancelling the activity
+    does not take back an update the server has admitted (or a call already on the wire), and
+    the coordinator still applies it, after whatever the recovery sends next."""
+
+    def __init__(self, client: Client) -> None:
+        self._fleet = FleetActivities(client)
+        self.sent = asyncio.Event()
+        self.arrive = asyncio.Event()
+        self.answered: asyncio.Task[LeaseDecision] | None = None
+
+    @activity.defn(name="request_fleet_lease")
+    async def request_fleet_lease(self, request: LeaseRequest) -> LeaseDecision:
+        """Send the request (once, whatever the attempt) and wait for the coordinator's answer;
+        a cancelled activity stops waiting, the request goes on."""
+        if self.answered is None:
+            self.answered = asyncio.ensure_future(self._send(request))
+        self.sent.set()
+        return await asyncio.shield(self.answered)
+
+    async def _send(self, request: LeaseRequest) -> LeaseDecision:
+        await self.arrive.wait()
+        return await self._fleet.request_fleet_lease(request)
+
+
+async def test_a_lease_given_back_before_its_request_arrived_is_not_granted_afterwards(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver,
+) -> None:
+    """A recovery aborted while its lease request is on its way hands the lease back when it
+    ends; were the release sent at once, the coordinator would apply it first (there is nothing
+    to release yet) and then grant the request, leaving the service leased to a recovery that
+    has ended until the next check of the holders. The release waits for the answer instead."""
+    client = ts_env.client
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    lease = LeaseRequestOnItsWay(client)
+    coordinator = client.get_workflow_handle_for(FleetCoordinatorWorkflow.run,
+                                                 coordinator_workflow_id(queue))
+
+    async def nobody_holds_it() -> FleetState | None:
+        state = await coordinator.query(FleetCoordinatorWorkflow.leases)
+        return None if state.holders or state.waiting else state
+
+    async with script.worker(client, queue, deps, request_lease=lease.request_fleet_lease):
+        handle = await start(client, queue, policy, detection())
+        await asyncio.wait_for(lease.sent.wait(), timeout=30)
+        await send_decision(client, handle.id, DecisionKind.ABORT, operator("wrong service"))
+        await wait_for_phase(handle, Phase.ABORTED)
+        lease.arrive.set()
+        assert lease.answered is not None
+        assert (await asyncio.wait_for(lease.answered, timeout=30)).verdict == "granted"
+        # Before awaiting the result, which lets the server skip time up to the coordinator's
+        # check of its holders (that check would reclaim a lease left behind, a minute late).
+        await eventually(nobody_holds_it)
+        result = await handle.result()
+        await save_history(handle, "abort_while_lease_requested")
+    assert result.phase == Phase.ABORTED
+    assert script.actions == []

@@ -21,6 +21,7 @@ EXPECTED = {
     "abort_during_remediation", "max_retries_manual_resolve", "manual_retry_success",
     "duplicate_reports", "wrong_phase_rejected", "source_resolved", "local_actions",
     "dismissed_after_approval", "dismissed_after_slow_page", "abort_during_page",
+    "abort_while_lease_requested",
 }
 FLEET = {"fleet_check_after_continue_as_new"}
 """Fleet coordinator runs (tests/test_fleet_coordinator.py)."""
