@@ -28,4 +28,4 @@ clean:
 
 # Re-record tests/histories after a deliberate workflow change (the replay tests then guard it).
 histories: $(STAMP)
-	MEDKIT_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/test_recovery_paths.py
+	MEDKIT_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/test_recovery_paths.py tests/test_fleet_coordinator.py

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -78,8 +78,13 @@ class ClosedCheck(MedkitModel):
 
 
 class FleetState(MedkitModel):
-    """The coordinator's whole state, carried across continue-as-new."""
+    """The coordinator's whole state, carried across continue-as-new.
+
+    `next_check` is when the holders are next checked (None while nobody holds or waits). It is
+    carried too: a coordinator that continues as new more often than `reap_interval` would
+    otherwise restart the wait each time and never check."""
 
     holders: dict[str, LeaseRequest] = Field(default_factory=dict)
     waiting: dict[str, list[LeaseRequest]] = Field(default_factory=dict)
     limits: FleetSpec = Field(default_factory=FleetSpec)
+    next_check: datetime | None = None

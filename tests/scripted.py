@@ -111,17 +111,21 @@ class Script:
         """Scripted admin request."""
         return await self._act(request)
 
-    def worker(self, client: Client, task_queue: str,
-               deps: ActivityDeps) -> contextlib.AbstractAsyncContextManager[Worker]:
+    def worker(self, client: Client, task_queue: str, deps: ActivityDeps,
+               request_lease: Callable[..., Any] | None = None,
+               ) -> contextlib.AbstractAsyncContextManager[Worker]:
         """A worker with the real workflows, these scripted probes and actions, and the real
-        notifier, incident store and fleet activities."""
+        notifier, incident store and fleet activities (`request_lease`, when given, stands in
+        for the real `request_fleet_lease`)."""
         record = RecordActivities(deps)
+        fleet = FleetActivities(client)
         return running(Worker(
             client, task_queue=task_queue, workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
             activities=[self.probe_service, self.restart_process, self.run_command,
                         self.set_breaker, self.http_action,
                         NotifyActivities(deps).notify, record.record_incident,
-                        record.count_recent_actions, *FleetActivities(client).activities()],
+                        record.count_recent_actions, request_lease or fleet.request_fleet_lease,
+                        fleet.release_fleet_lease, fleet.find_closed_recoveries],
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         ))

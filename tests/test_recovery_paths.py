@@ -328,6 +328,35 @@ async def test_abort_during_remediation_cancels_the_action(
     assert script.cancelled == ["restart"]
 
 
+async def test_an_abort_during_the_emergency_page_answers_with_the_phase_it_ends_in(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """An abort accepted while the emergency page is on its way takes effect at the next step
+    that watches for it (here the approval gate), after the recovery has passed through
+    EmergencyRecovery and AwaitingApproval: the verdict names Aborted, where the recovery ends,
+    not the first phase it moved into after the abort."""
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    webhook_receiver.delays["emergency"] = 5.0  # the abort arrives while the page is sent
+
+    async def paging() -> bool:
+        return "emergency" in webhook_receiver.events()
+
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        await eventually(paging)
+        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.ABORT,
+                                      operator("false alarm"))
+        result = await handle.result()
+        await save_history(handle, "abort_during_page")
+    assert result.phase == Phase.ABORTED
+    assert phases(result)[-3:] == ["EmergencyRecovery", "AwaitingApproval", "Aborted"]
+    assert (verdict.accepted, verdict.phase) == (True, Phase.ABORTED)
+    assert verdict.message == "abort accepted; the recovery ended as Aborted"
+    assert script.actions == []
+
+
 async def test_max_retries_then_manual_then_resolve(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:

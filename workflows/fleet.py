@@ -8,7 +8,7 @@ periodic check and its lease reclaimed, so no slot is lost and nobody waits fore
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 
 from temporalio import workflow
@@ -28,6 +28,11 @@ with workflow.unsafe.imports_passed_through():
 MIN_TIMER = timedelta(milliseconds=1)
 """A check that is already due still waits on a timer, and a timer needs a positive duration."""
 
+CHECK_WHEN_DUE_PATCH = "fleet-check-holders-when-due"
+"""Marks runs that check the holders whenever the check is due when the coordinator wakes, even
+if a request or release woke it rather than the timer, so a coordinator about to continue as
+new checks first. Runs recorded before it checked only when the timer won."""
+
 
 @workflow.defn
 class FleetCoordinatorWorkflow:
@@ -38,7 +43,6 @@ class FleetCoordinatorWorkflow:
         self._state = state
         self._outbox: list[tuple[LeaseRequest, LeaseDecision]] = []
         self._changed = False
-        self._next_check: datetime | None = None
 
     @workflow.run
     async def run(self, state: FleetState) -> None:
@@ -46,25 +50,29 @@ class FleetCoordinatorWorkflow:
 
         The check of the holders runs every `reap_interval` while anyone holds or waits, on a
         schedule of its own: requests and releases arriving more often than that do not put it
-        off, so a crashed holder's lease is reclaimed within one interval however busy the
-        fleet is."""
+        off, and neither does continuing as new (the state carries when it is due), so a
+        crashed holder's lease is reclaimed within one interval however busy the fleet is."""
+        state = self._state
         while True:
             self._changed = False
             if not self._busy():
-                self._next_check = None
-            elif self._next_check is None:
-                self._next_check = workflow.now() + self._state.limits.reap_interval
+                state.next_check = None
+            elif state.next_check is None:
+                state.next_check = workflow.now() + state.limits.reap_interval
+            due = state.next_check
             try:
                 await workflow.wait_condition(
                     lambda: self._changed or bool(self._outbox)
                     or workflow.info().is_continue_as_new_suggested(),
-                    timeout=(max(self._next_check - workflow.now(), MIN_TIMER)
-                             if self._next_check is not None else None),
+                    timeout=max(due - workflow.now(), MIN_TIMER) if due is not None else None,
                     timeout_summary="check that lease holders still run",
                 )
             except TimeoutError:
-                self._next_check = None
-                await self._reclaim_dead_leases()
+                await self._check_holders()
+            else:
+                if (due is not None and workflow.now() >= due
+                        and workflow.patched(CHECK_WHEN_DUE_PATCH)):
+                    await self._check_holders()
             await self._deliver()
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -162,6 +170,11 @@ class FleetCoordinatorWorkflow:
                 await handle.signal("lease_decision", decision)
             except Exception:  # the recovery is gone; its lease is reclaimed below
                 self._release(request.service, request.workflow_id, request.run_id)
+
+    async def _check_holders(self) -> None:
+        """The check is done: the next one is scheduled afresh, then dead holders are released."""
+        self._state.next_check = None
+        await self._reclaim_dead_leases()
 
     async def _reclaim_dead_leases(self) -> None:
         state = self._state

@@ -76,6 +76,11 @@ RELEASE_RETRY = RetryPolicy(
 """Handing a lease back retries briefly: if it still fails, the coordinator's check of its
 holders reclaims the lease once the recovery has ended, so it is never lost."""
 
+LEASE_ANSWER_WAIT = timedelta(seconds=30)
+"""How long handing a lease back waits for the answer to a request still on its way (one
+attempt's timeout): released first, the request would be granted after its release. A
+coordinator slower than this is left to its check of the holders."""
+
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3)
 """The incident store is memory, not control: a write that keeps failing is skipped, not fatal."""
 
@@ -97,6 +102,16 @@ recovery (continue-as-new) instead of being recorded as ignored and lost."""
 HOLD_DECISIONS_PATCH = "no-decisions-while-revalidating"
 """Marks runs in which ManualIntervention's decisions are not taken while a resolved report is
 validated (they were accepted, then dropped when validation passed)."""
+ABORT_VERDICT_PATCH = "abort-verdict-at-the-end"
+"""Marks runs whose abort update answers once the recovery has ended (Aborted, or the end it
+reached first), not at the next transition: an abort takes effect at the next step that watches
+for it, and the recovery may pass through other phases on its way there (runs before the patch
+answered with one of those)."""
+RELEASE_AFTER_ANSWER_PATCH = "release-after-lease-answer"
+"""Marks runs that, giving up a lease request still unanswered (an abort, a dismissal, a
+handover), let it reach the coordinator and hand the lease back after its answer; runs before
+it cancelled the request and released at once, and a request that still arrived was granted
+after its release, to a recovery that had ended."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -628,8 +643,14 @@ class RecoveryWorkflow:
         if request is None or self._lease_granted:
             return
         assert answer is not None, "a lease request that is neither granted nor answered"
+        # An abort stops waiting for the answer, not the request (see _release_lease); one that
+        # came already leaves the request alone anyway.
+        waited: Awaitable[LeaseDecision] = answer
+        if (not answer.done() and self._abort is None
+                and workflow.patched(RELEASE_AFTER_ANSWER_PATCH)):
+            waited = asyncio.shield(answer)
         try:
-            decision = await self._guarded(answer)
+            decision = await self._guarded(waited)
         except ActivityError as err:
             self._lease, self._lease_answer = None, None  # the coordinator never saw it
             raise _NeedsHuman(f"the worker refused to ask for the fleet lease on "
@@ -653,14 +674,27 @@ class RecoveryWorkflow:
             self._record(self._phase, decision.reason, kind="safety")
 
     async def _release_lease(self) -> None:
-        """Give back the lease, or the place in its queue, or a request whose answer never came
-        (an abort during the request): the coordinator forgets whichever of them it has."""
+        """Give back the lease, or the place in its queue, or a request whose answer has not
+        come yet (an abort during the request): the coordinator forgets whichever of them it has.
+
+        A request still on its way is answered first (up to LEASE_ANSWER_WAIT): once sent it
+        reaches the coordinator whether or not the recovery still waits, and a release that
+        got there before it would find nothing to release, and the request would then be
+        granted to a recovery that has ended."""
         if self._lease is None:
             return
         lease, self._lease, self._lease_granted = self._lease, None, False
-        if self._lease_answer is not None:
-            self._lease_answer.cancel()
-            self._lease_answer = None
+        answer, self._lease_answer = self._lease_answer, None
+        if answer is not None:
+            if not answer.done() and workflow.patched(RELEASE_AFTER_ANSWER_PATCH):
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        answer.done, timeout=LEASE_ANSWER_WAIT,
+                        timeout_summary=f"the answer to the lease request on {lease.service}")
+            if not answer.done():
+                answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()  # taken, not raised: a failed request leaves less to release
         release = LeaseRelease(service=lease.service, workflow_id=lease.workflow_id,
                                run_id=lease.run_id, task_queue=lease.task_queue)
         try:
@@ -955,7 +989,18 @@ class RecoveryWorkflow:
         self._accept(kind, decision, "signal")
 
     async def _updated(self, kind: DecisionKind, decision: OperatorDecision) -> DecisionVerdict:
+        """Apply a decision and answer with where it led: the phase the recovery moved into,
+        or for an abort the phase it ended in (see ABORT_VERDICT_PATCH)."""
         verdict = self._accept(kind, decision, "update")
+        if kind == DecisionKind.ABORT and workflow.patched(ABORT_VERDICT_PATCH):
+            await workflow.wait_condition(lambda: self._phase.terminal)
+            verdict.phase = self._phase
+            verdict.message = (
+                f"abort accepted; the recovery ended as {self._phase.value}"
+                if self._phase == Phase.ABORTED else
+                f"abort accepted, but the recovery ended as {self._phase.value} before the abort "
+                "took effect")
+            return verdict
         before = len(self._timeline)
         await workflow.wait_condition(
             lambda: any(e.kind == "transition" for e in self._timeline[before:])
@@ -1047,7 +1092,8 @@ class RecoveryWorkflow:
 
     @workflow.update(name="abort")
     async def abort_update(self, decision: OperatorDecision) -> DecisionVerdict:
-        """Abort, answering once the recovery has ended as Aborted."""
+        """Abort, answering once the recovery has ended: as Aborted, or as whatever end it
+        reached before the abort took effect (said so in the verdict)."""
         return await self._updated(DecisionKind.ABORT, decision)
 
     @abort_update.validator
