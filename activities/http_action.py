@@ -10,7 +10,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.child_env import REDACTED, redact
+from activities.child_env import redact_values, secret_values
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
@@ -35,20 +35,34 @@ def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def sent_credential(response: httpx.Response) -> set[str]:
+    """The credential the request behind `response` carried: its Authorization header's value
+    after the scheme (the whole value if it has none); empty for a response built without one."""
+    try:
+        authorization = response.request.headers.get("Authorization", "")
+    except RuntimeError:  # a response built without a request
+        return set()
+    credential = authorization.partition(" ")[2].strip() or authorization.strip()
+    return {credential} if credential else set()
+
+
+def scrub(text: str, response: httpx.Response) -> str:
+    """`text` taken from `response`, with the worker's secret values and the credential the
+    request carried redacted together, in one pass (`redact_values`).
+
+    One pass over one set of values, so the text is the same whatever the credential's variable
+    is called: a name `redact` recognises (`API_TOKEN`) and one it does not (`ADMIN_BEARER`) both
+    give `Bearer [redacted]`, and a token that contains or overlaps another secret is never left
+    half shown.
+    """
+    return redact_values(text, secret_values() | sent_credential(response))
+
+
 def body_text(response: httpx.Response) -> str:
     """The response body with secrets redacted: the worker's secret-looking variables, and the
     credential this very request carried (an endpoint that echoes it, as many 401 pages do,
     must not put it in an error, the history or a log line, whatever its variable is named)."""
-    text = redact(response.text)
-    try:
-        authorization = response.request.headers.get("Authorization", "")
-    except RuntimeError:  # a response built without a request
-        return text
-    credential = authorization.partition(" ")[2] or authorization
-    for secret in sorted({authorization, credential}, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+    return scrub(response.text, response)
 
 
 def raise_for_action_status(response: httpx.Response, expected: list[int], what: str) -> None:
