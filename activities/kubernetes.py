@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
+from activities.http_action import scrub
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, KubernetesRestartAction, KubernetesTarget
 
@@ -77,7 +78,11 @@ def from_kubeconfig(path: Path, context: str | None = None) -> KubeCredentials:
     try:
         config = yaml.safe_load(_read(path, "kubeconfig"))
     except yaml.YAMLError as err:
-        raise config_error(f"kubeconfig {path} is not valid YAML") from err
+        # Not chained: the YAML error quotes the offending line, often a token or key, and a
+        # cause travels with the failure into the workflow history. Its position is enough.
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise config_error(f"kubeconfig {path} is not valid YAML{where}") from None
     if not isinstance(config, dict):
         raise config_error(f"kubeconfig {path} is not a mapping")
     name = context or config.get("current-context")
@@ -94,11 +99,16 @@ def from_kubeconfig(path: Path, context: str | None = None) -> KubeCredentials:
                            "medkit supports bearer-token users only")
     ca_file = cluster.get("certificate-authority")
     ca_data = cluster.get("certificate-authority-data")
+    try:
+        ca_text = base64.b64decode(str(ca_data)).decode() if ca_data else None
+    except ValueError:  # binascii.Error, UnicodeDecodeError: the file is wrong, a retry cannot help
+        raise config_error(f"kubeconfig {path} cluster {ctx.get('cluster')!r} has a "
+                           "certificate-authority-data that is not base64 PEM") from None
     return KubeCredentials(
         server=str(cluster.get("server", "")).rstrip("/"), token=str(token),
         namespace=str(ctx.get("namespace") or "default"),
         ca_file=str(path.parent / str(ca_file)) if ca_file else None,
-        ca_data=base64.b64decode(str(ca_data)).decode() if ca_data else None,
+        ca_data=ca_text,
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
     )
 
@@ -135,11 +145,20 @@ def workload_path(target: KubernetesTarget, namespace: str) -> str:
 
 
 def api_error(response: httpx.Response, what: str) -> ApplicationError:
-    """Map an API status: 400/401/403/404/422 are permanent; 409, 429 and 5xx retryable."""
+    """Map an API status: 400/401/403/404/422 are permanent; 409, 429 and 5xx retryable.
+
+    The message (a Status object's, else the body's start) is redacted like an HTTP action's
+    body (`scrub`): a proxy or webhook in front of the API server that echoes the bearer token
+    it refused must not put it in the error, and so in the history and the worker's log.
+    """
     try:
-        message = str(response.json().get("message", ""))
+        decoded = response.json()
     except ValueError:
-        message = response.text[:300]
+        decoded = None
+    if isinstance(decoded, dict):
+        message = scrub(str(decoded.get("message", "")), response)
+    else:  # redacted before it is cut, so no part of a secret survives the cut
+        message = scrub(response.text, response)[:300]
     code = response.status_code
     text = f"{what}: HTTP {code} {message}".strip()
     if code in (409, 429) or code >= 500:

@@ -10,14 +10,18 @@ import base64
 import dataclasses
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.child_env import REDACTED
 from activities.deps import ActivityDeps
 from activities.docker import DockerActivities
 from activities.http_action import HttpActionActivities
@@ -232,6 +236,82 @@ async def test_rollout_restart_403_and_404_are_permanent(
         error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
     assert error.type == error_type and error.non_retryable
     assert TOKEN not in str(error)
+
+
+@dataclass
+class EchoingProxy(KubeApiServer):
+    """An authenticating proxy in front of the API server that refuses every request with a 401
+    echoing the Authorization header it got: as a Status message, or as a page (a JSON string,
+    so not a Status object) with `lead` characters of text before the echo."""
+
+    as_status: bool = True
+    lead: int = 20
+
+    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+        """Refuse, echoing the credential."""
+        echoed = f"token rejected: {headers.get('Authorization')}"
+        if self.as_status:
+            return 401, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "message": echoed, "reason": "Unauthorized", "code": 401}
+        return 401, "x" * self.lead + " " + echoed
+
+
+@pytest.mark.parametrize(("as_status", "lead", "shown"), [
+    (True, 20, f"token rejected: Bearer {REDACTED}"),
+    (False, 20, f'"{"x" * 20} token rejected: Bearer {REDACTED}"'),
+    # the token crosses the 300-character cut: redacted before cutting, no piece of it is left
+    (False, 270, f'"{"x" * 270} token rejected: Bearer {REDACTED[:5]}'),
+])
+async def test_an_api_error_echoing_the_token_keeps_it_out_of_the_error(
+    tmp_path: Path, deps: ActivityDeps, as_status: bool, lead: int, shown: str
+) -> None:
+    """The token comes from a kubeconfig, not the environment, so only the request's own
+    credential can tell what to redact; it used to be copied into the error verbatim."""
+    proxy = EchoingProxy(port=free_port(), as_status=as_status, lead=lead)
+    spec = {"kind": "kubernetes_restart", "name": "web", "kubeconfig": str(proxy.kubeconfig(tmp_path))}
+    with serving(proxy):
+        error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    assert error.type == "Unauthorized" and error.non_retryable
+    assert error.message == f"rollout restart of deployment prod/web: HTTP 401 {shown}"
+    assert TOKEN[:4] not in error.message
+
+
+def history_failure(err: ApplicationError) -> str:
+    """The failure as the workflow history would record it: the message and its cause chain."""
+    failure = Failure()
+    DataConverter.default.failure_converter.to_failure(
+        err, DataConverter.default.payload_converter, failure)
+    return str(failure)
+
+
+def test_a_kubeconfig_that_is_not_yaml_keeps_its_lines_out_of_the_failure(tmp_path: Path) -> None:
+    """The YAML error quotes the line it stopped at (here the token's); chained as the cause,
+    it travelled with the failure into the history."""
+    path = tmp_path / "config"
+    path.write_text(f"current-context: dev\nusers:\n- name: u\n  user:\n    token: {TOKEN}: x\n")
+    with pytest.raises(ApplicationError) as caught:
+        from_kubeconfig(path)
+    assert caught.value.type == "KubeConfigError" and caught.value.non_retryable
+    assert caught.value.message == f"kubeconfig {path} is not valid YAML (line 5, column 29)"
+    assert TOKEN not in history_failure(caught.value)
+
+
+@pytest.mark.parametrize("ca_data", ["not base64!", base64.b64encode(b"\xff\xfe").decode()])
+def test_a_kubeconfig_with_bad_ca_data_is_a_permanent_config_error(tmp_path: Path, ca_data: str) -> None:
+    """Undecodable certificate-authority-data used to escape as a plain binascii/Unicode error,
+    which Temporal retries although the file will not change between attempts."""
+    path = tmp_path / "config"
+    path.write_text(json.dumps({
+        "current-context": "dev",
+        "clusters": [{"name": "a", "cluster": {"server": "https://a.example",
+                                               "certificate-authority-data": ca_data}}],
+        "users": [{"name": "u", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "a", "user": "u"}}],
+    }))
+    with pytest.raises(ApplicationError) as caught:
+        from_kubeconfig(path)
+    assert caught.value.type == "KubeConfigError" and caught.value.non_retryable
+    assert "certificate-authority-data" in caught.value.message
 
 
 def _policy(actions: dict[str, Any], probe_port: int, webhook_url: str) -> ServicePolicy:
