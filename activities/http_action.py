@@ -14,7 +14,9 @@ from activities.child_env import redact_values, secret_values
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
+from activities.url_errors import url_error, url_error_reason
 from models.actions import ActionRequest, ActionResult, HttpAction
+from models.urls import redact_url
 
 BODY_LIMIT = 2000
 """How much of a response body is kept in the result and the history (secret values of the
@@ -81,7 +83,12 @@ async def send(
     http: httpx.AsyncClient, method: str, url: str, *, body: Any, timeout: float,
     headers: dict[str, str], what: str,
 ) -> httpx.Response:
-    """One request with a JSON body; a transport failure is a retryable error naming the URL only."""
+    """One request with a JSON body; a transport failure is a retryable error naming the URL only.
+
+    A URL httpx cannot request at all (a port past 65535, an unclosed bracket, a bad host: the
+    policy only checks the scheme) fails before anything is sent, and no retry can change
+    that: the non-retryable `InvalidUrl`, with the reason but not the pieces of the URL it quotes.
+    """
     try:
         return await heartbeating(
             http.request(method, url, json=body, headers=headers, timeout=timeout),
@@ -93,6 +100,12 @@ async def send(
     except httpx.HTTPError as err:
         raise ApplicationError(f"{what} at {url} failed: {type(err).__name__}",
                                type="HttpActionUnknownOutcome") from err
+    except Exception as err:
+        cause = url_error(err)
+        if cause is None:
+            raise
+        raise ApplicationError(f"{what} cannot request {redact_url(url)}: {url_error_reason(cause)}",
+                               type="InvalidUrl", non_retryable=True) from None
 
 
 def response_data(response: httpx.Response) -> dict[str, float | int | str | None]:
@@ -131,7 +144,7 @@ class HttpActionActivities:
                                       timeout=spec.timeout.total_seconds(), headers=headers,
                                       what=f"action {request.action_name!r}")
             except ApplicationError as err:
-                if err.type == "Unreachable":
+                if err.type in ("Unreachable", "InvalidUrl"):  # nothing left the worker
                     step.record(sent=False)
                 raise
             raise_for_action_status(response, spec.expect_status, f"{target}")

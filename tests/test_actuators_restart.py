@@ -404,3 +404,25 @@ async def test_http_post_with_unknown_outcome_is_not_resent(deps: ActivityDeps) 
                                             '{"a": 1}, expecting [200, 201, 202, 204]')
     assert json.loads(deps.ledger.begin("recovery:svc:t/test-run/1", workflow_id="w", service="svc",
                                         activity="http_action").progress_json) == {"sent": True}
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://127.0.0.1:99999/rollback",
+     "action 'rollback' cannot request http://127.0.0.1:99999/rollback: connect(): port must be 0-65535."),
+    ("http://admin:s3cr3t/pw@127.0.0.1:8080/rollback",
+     "action 'rollback' cannot request http://***@127.0.0.1:8080/rollback: Invalid port"),
+])
+async def test_an_http_action_url_that_cannot_be_requested_fails_once_for_good(
+    deps: ActivityDeps, url: str, message: str
+) -> None:
+    """The policy checks only an action URL's scheme. A URL httpx refuses before sending used
+    to escape as a plain ExceptionGroup or InvalidURL (retried, though it cannot change, with
+    httpx's message quoting the password) after the step was marked sent, so the retry of a
+    POST then claimed a request had gone out."""
+    error = await fails(HttpActionActivities(deps).http_action,
+                        action({"kind": "http", "url": url}, name="rollback"))
+    assert (error.type, error.non_retryable, error.message) == ("InvalidUrl", True, message)
+    assert error.__cause__ is None
+    record = deps.ledger.begin("recovery:svc:t/test-run/1", workflow_id="w", service="svc",
+                               activity="http_action")
+    assert json.loads(record.progress_json) == {"sent": False}
