@@ -421,6 +421,28 @@ async def test_unreachable_slack_is_retryable_without_echoing_the_secret_url(
     assert "secret-token" not in str(caught.value) and caught.value.__cause__ is None
 
 
+@pytest.mark.parametrize(("url", "reason"), [
+    # a value pasted with its quotes: httpx sees no http(s) scheme
+    ('"https://hooks.example/services/T0/B0/secret-token"', "it is not an http:// or https:// URL"),
+    # a "/" in the password ends the authority early: httpx's message quotes the password
+    ("http://medkit:secret-token/x@127.0.0.1:1/services/T0", "Invalid port"),
+    ("http://127.0.0.1:99999/services/secret-token", "connect(): port must be 0-65535."),
+])
+async def test_a_webhook_url_that_cannot_be_requested_is_rejected_without_echoing_it(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    """A URL from the environment is not validated. One httpx refuses before sending cannot
+    work on any retry: it was retried (DeliveryRetryable, or a plain InvalidURL whose message
+    quoted the password), holding back the page for six attempts."""
+    monkeypatch.setenv("SLACK_ONCALL_URL", url)
+    route = SlackRoute(webhook_url_env="SLACK_ONCALL_URL")
+    with pytest.raises(ApplicationError) as caught:
+        await send_slack(http, request(route), route)
+    assert (caught.value.type, caught.value.non_retryable) == ("DeliveryRejected", True)
+    assert caught.value.message == f"route 'oncall' URL cannot be requested: {reason}"
+    assert caught.value.__cause__ is None
+
+
 async def test_missing_secret_names_the_variable(ts_env: WorkflowEnvironment, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDKIT_TEST_UNSET", raising=False)
