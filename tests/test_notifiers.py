@@ -738,6 +738,23 @@ async def test_email_to_an_untrusted_certificate_is_not_retried(tls_mailbox: Mai
     assert tls_mailbox.messages == []
 
 
+@pytest.mark.parametrize("ca", ["missing", "not-pem"])
+async def test_email_with_an_unreadable_ca_file_is_not_retried(
+    tls_mailbox: Mailbox, tmp_path: Path, ca: str
+) -> None:
+    """The CA file was loaded in the middle of the SMTP conversation, and its error counted as a
+    network failure: DeliveryRetryable, six attempts for a file that does not change."""
+    path = tmp_path / "ca.pem"
+    if ca == "not-pem":
+        path.write_text("not a certificate\n")
+    route = email_route(tls_mailbox, starttls=True, ca_file=str(path))
+    with pytest.raises(ApplicationError) as caught:
+        await send_email(request(route), route)
+    assert (caught.value.type, caught.value.non_retryable) == ("DeliveryRejected", True)
+    assert caught.value.message.startswith(f"route 'oncall': cannot load ca_file {path}: ")
+    assert tls_mailbox.messages == [] and tls_mailbox.tls_sessions == 0
+
+
 async def test_email_wrong_password_is_not_retried(
     tls_mailbox: Mailbox, self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
