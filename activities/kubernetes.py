@@ -26,6 +26,7 @@ from activities.heartbeat import heartbeating
 from activities.http_action import scrub
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, KubernetesRestartAction, KubernetesTarget
+from models.urls import redact_url
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -64,6 +65,23 @@ def _named(items: Any, name: str, what: str, path: Path) -> dict[str, Any]:
         if isinstance(item, dict) and item.get("name") == name and isinstance(item.get(what), dict):
             return dict(item[what])
     raise config_error(f"kubeconfig {path} has no {what} named {name!r}")
+
+
+def _api_server(value: object, where: str) -> str:
+    """The API server URL, checked now: one httpx cannot request (no http(s) scheme, as with
+    an empty or missing `server`; no host; a port past 65535) failed only at the request, as a
+    retryable "unreachable" error or an unmapped exception, though no retry can change it."""
+    server = str(value or "").rstrip("/")
+    try:
+        url = httpx.URL(server)
+        valid = (url.scheme in ("http", "https") and bool(url.host)
+                 and (url.port is None or 0 < url.port < 65536))
+    except httpx.InvalidURL:
+        valid = False
+    if not valid:
+        raise config_error(f"{where}: the API server {redact_url(server)!r} is not an http(s) URL "
+                           "with a host and a port in 1-65535")
+    return server
 
 
 def _read(path: Path, what: str) -> str:
@@ -105,7 +123,8 @@ def from_kubeconfig(path: Path, context: str | None = None) -> KubeCredentials:
         raise config_error(f"kubeconfig {path} cluster {ctx.get('cluster')!r} has a "
                            "certificate-authority-data that is not base64 PEM") from None
     return KubeCredentials(
-        server=str(cluster.get("server", "")).rstrip("/"), token=str(token),
+        server=_api_server(cluster.get("server"), f"kubeconfig {path} cluster {ctx.get('cluster')!r}"),
+        token=str(token),
         namespace=str(ctx.get("namespace") or "default"),
         ca_file=str(path.parent / str(ca_file)) if ca_file else None,
         ca_data=ca_text,
@@ -123,7 +142,8 @@ def in_cluster(sa_dir: Path = SERVICE_ACCOUNT_DIR,
     host = f"[{host}]" if ":" in host else host
     namespace_file = sa_dir / "namespace"
     return KubeCredentials(
-        server=f"https://{host}:{port}", token=_read(sa_dir / "token", "service account token"),
+        server=_api_server(f"https://{host}:{port}", "KUBERNETES_SERVICE_HOST/PORT"),
+        token=_read(sa_dir / "token", "service account token"),
         namespace=_read(namespace_file, "namespace") if namespace_file.exists() else "default",
         ca_file=str(sa_dir / "ca.crt"),
     )
@@ -145,7 +165,7 @@ def workload_path(target: KubernetesTarget, namespace: str) -> str:
 
 
 def api_error(response: httpx.Response, what: str) -> ApplicationError:
-    """Map an API status: 400/401/403/404/422 are permanent; 409, 429 and 5xx retryable.
+    """Map an API status: 400/401/403/404/422 are permanent; 408, 409, 429 and 5xx retryable.
 
     The message (a Status object's, else the body's start) is redacted like an HTTP action's
     body (`scrub`): a proxy or webhook in front of the API server that echoes the bearer token
@@ -161,7 +181,7 @@ def api_error(response: httpx.Response, what: str) -> ApplicationError:
         message = scrub(response.text, response)[:300]
     code = response.status_code
     text = f"{what}: HTTP {code} {message}".strip()
-    if code in (409, 429) or code >= 500:
+    if code in (408, 409, 429) or code >= 500:  # as for HTTP actions: 408 asks for a repeat
         return ApplicationError(text, type="KubeApiRetryable")
     kind = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(code, "KubeRequestInvalid")
     return ApplicationError(text, type=kind, non_retryable=True)
@@ -173,8 +193,13 @@ class KubeApi:
     def __init__(self, credentials: KubeCredentials, timeout: float) -> None:
         self.credentials = credentials
         self._timeout = timeout
+        try:
+            verify = credentials.verify()
+        except OSError as err:  # a missing or unreadable CA file, CA data that is not PEM
+            raise config_error(f"cannot load the API server's CA ({credentials.ca_file or 'data'}): "
+                               f"{err.strerror or type(err).__name__}") from None
         self._client = httpx.AsyncClient(
-            base_url=credentials.server, verify=credentials.verify(),
+            base_url=credentials.server, verify=verify,
             headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
         )
 

@@ -314,6 +314,59 @@ def test_a_kubeconfig_with_bad_ca_data_is_a_permanent_config_error(tmp_path: Pat
     assert "certificate-authority-data" in caught.value.message
 
 
+def kubeconfig_with(tmp_path: Path, **cluster: Any) -> Path:
+    """A kubeconfig whose one context uses a cluster with these fields, and the test token."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "current-context": "dev", "clusters": [{"name": "a", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "a", "user": "u", "namespace": "prod"}}],
+    }))
+    return path
+
+
+@pytest.mark.parametrize("cluster", [
+    {},  # no server at all
+    {"server": "127.0.0.1:6443"},  # no scheme
+    {"server": "http://127.0.0.1:99999"},
+    {"server": "https://127.0.0.1:6443", "certificate-authority": "missing-ca.crt"},
+    {"server": "https://127.0.0.1:6443",
+     "certificate-authority-data": base64.b64encode(b"not a certificate").decode()},
+])
+async def test_an_unusable_api_server_in_the_kubeconfig_is_a_permanent_config_error(
+    tmp_path: Path, deps: ActivityDeps, cluster: dict[str, str]
+) -> None:
+    """A server httpx cannot request, or a CA it cannot load, used to surface only at the
+    request: as the retryable KubeApiRetryable ("unreachable"), or as a plain exception
+    (ExceptionGroup, FileNotFoundError, ssl.SSLError) that Temporal retries too, though the
+    kubeconfig does not change between attempts."""
+    spec = {"kind": "kubernetes_restart", "name": "web",
+            "kubeconfig": str(kubeconfig_with(tmp_path, **cluster))}
+    error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    assert (error.type, error.non_retryable) == ("KubeConfigError", True)
+    assert TOKEN not in history_failure(error)
+
+
+@dataclass
+class TimingOutProxy(KubeApiServer):
+    """A proxy in front of the API server that gives up waiting for the request: 408."""
+
+    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+        """Time out."""
+        return 408, {"kind": "Status", "status": "Failure", "message": "request timed out", "code": 408}
+
+
+async def test_an_api_408_is_retryable(tmp_path: Path, deps: ActivityDeps) -> None:
+    """408 asks the client to repeat the request (RFC 9110), and HTTP actions retry it; the
+    Kubernetes actions called it KubeRequestInvalid, non-retryable, and gave up at once."""
+    proxy = TimingOutProxy(port=free_port())
+    spec = {"kind": "kubernetes_restart", "name": "web", "kubeconfig": str(proxy.kubeconfig(tmp_path))}
+    with serving(proxy):
+        error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    assert (error.type, error.non_retryable) == ("KubeApiRetryable", False)
+    assert error.message == "rollout restart of deployment prod/web: HTTP 408 request timed out"
+
+
 def _policy(actions: dict[str, Any], probe_port: int, webhook_url: str) -> ServicePolicy:
     """A service whose every ladder runs `actions` once, validated by a TCP probe."""
     return PolicyFile.model_validate({"services": [{
