@@ -12,6 +12,7 @@ instead of `os.environ`, and every piece of child output an activity returns pas
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -55,6 +56,18 @@ and a secret that short protects nothing anyway."""
 
 REDACTED = "[redacted]"
 """What a secret value is replaced with in recorded output."""
+
+
+UNRUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOEXEC,
+                        errno.ELOOP, errno.ENAMETOOLONG})
+"""Why a program cannot be started that no retry changes: it or its cwd does not exist, may
+not be executed, or is no program the kernel can run (ENOEXEC: a script without `#!`).
+Others (EAGAIN, ENOMEM: out of processes or memory) may pass."""
+
+
+def unrunnable(err: OSError) -> bool:
+    """Whether starting a program failed for good (see `UNRUNNABLE`)."""
+    return err.errno in UNRUNNABLE
 
 
 def allowed(name: str) -> bool:
