@@ -51,7 +51,12 @@ def recorded_previous(ledger: ActionLedger, service: str, activity_name: str, ta
         previous = progress.get("previous_replicas")
         if previous is None:
             break
-        return int(previous)
+        count = replica_count(previous)
+        if count is None:  # recorded before counts were checked (replica_count)
+            raise ApplicationError(
+                f"replicas: previous, but the last scale of {target} for {service!r} recorded "
+                f"{previous!r}, not a replica count", type="BadReplicaCount", non_retryable=True)
+        return count
     raise ApplicationError(
         f"replicas: previous, but no earlier scale of {target} for {service!r} recorded the count "
         "it replaced", type="NoPreviousReplicas", non_retryable=True,

@@ -189,6 +189,25 @@ async def test_http_scale_refuses_a_current_count_that_is_no_replica_count(
     assert [r.method for r in endpoint.requests] == ["GET"]
 
 
+async def test_previous_refuses_a_count_recorded_before_counts_were_checked(
+    tmp_path: Path, deps: ActivityDeps, scale: ScaleActivities
+) -> None:
+    """A ledger written by an older worker may hold previous_replicas -3; restoring it ran the
+    scale argv with "-3" in it."""
+    count = tmp_path / "replicas"
+    count.write_text("untouched")
+    argv = [sys.executable, "-c", f"open({str(count)!r}, 'w').write('{{replicas}}')"]
+    key = "recovery:svc:t/old-run/1"
+    deps.ledger.begin(key, workflow_id="recovery:svc:t", service="svc", activity="scale_command")
+    deps.ledger.progress(key, target=f"command {sys.executable}", restore=False,
+                         previous_replicas=-3, replicas=2)
+    deps.ledger.finish(key, "{}")
+    with pytest.raises(ApplicationError) as caught:
+        await run(scale.scale_command, {"kind": "scale_command", "replicas": "previous", "argv": argv}, "2")
+    assert (caught.value.type, caught.value.non_retryable) == ("BadReplicaCount", True)
+    assert count.read_text() == "untouched"
+
+
 async def test_previous_without_a_recorded_scale_is_permanent(scale: ScaleActivities) -> None:
     spec = {"kind": "scale_command", "replicas": "previous", "argv": ["true", "{replicas}"]}
     with pytest.raises(ApplicationError) as caught:
