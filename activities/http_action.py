@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import httpx
@@ -23,6 +24,20 @@ BODY_LIMIT = 2000
 worker's environment redacted first, so an endpoint that echoes a token cannot put it there)."""
 
 
+HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
+"""What a credential may hold to be sent in a header: printable ASCII. httpx cannot encode
+anything else (UnicodeEncodeError), and h11 refuses a control character with an error that
+quotes the whole header value, the token included."""
+
+
+def header_credential(value: str) -> str | None:
+    """`value` ready for an Authorization header: surrounding whitespace dropped (a secret
+    written from a file usually ends in a newline, which no token holds), or None when what is
+    left cannot be sent in a header."""
+    value = value.strip()
+    return value if HEADER_SAFE.fullmatch(value) else None
+
+
 def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
     """An Authorization header from the named env var (read here, on the worker), or none.
 
@@ -30,10 +45,15 @@ def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
     """
     if bearer_token_env is None:
         return {}
-    token = os.environ.get(bearer_token_env)
-    if not token:
+    raw = os.environ.get(bearer_token_env, "")
+    if not raw.strip():
         raise ApplicationError(f"{what} is taken from env var {bearer_token_env}, which is not set "
                                "on this worker", type="MissingSecret", non_retryable=True)
+    token = header_credential(raw)
+    if token is None:
+        raise ApplicationError(f"{what} in env var {bearer_token_env} cannot be sent in an HTTP "
+                               "header: it holds a control or non-ASCII character",
+                               type="InvalidSecret", non_retryable=True)
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
-from activities.http_action import scrub
+from activities.http_action import header_credential, scrub
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from models.actions import ActionRequest, ActionResult, KubernetesRestartAction, KubernetesTarget
 from models.urls import redact_url
@@ -198,9 +198,13 @@ class KubeApi:
         except OSError as err:  # a missing or unreadable CA file, CA data that is not PEM
             raise config_error(f"cannot load the API server's CA ({credentials.ca_file or 'data'}): "
                                f"{err.strerror or type(err).__name__}") from None
+        token = header_credential(credentials.token)
+        if token is None:  # sent as is, h11 would refuse it with an error quoting the token
+            raise config_error("the API server token cannot be sent in an HTTP header: it holds a "
+                               "control or non-ASCII character")
         self._client = httpx.AsyncClient(
             base_url=credentials.server, verify=verify,
-            headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
 
     async def __aenter__(self) -> KubeApi:

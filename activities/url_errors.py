@@ -20,11 +20,17 @@ _QUOTED = re.compile(r"""\s*(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
 def url_error(err: BaseException) -> Exception | None:
-    """The URL error in `err` (itself, or inside the ExceptionGroup anyio's connect raises)."""
+    """The URL error in `err` (itself, or inside the ExceptionGroup anyio's connect raises).
+
+    Not a UnicodeEncodeError: httpx raises that for a header value it cannot encode, which is
+    no fault of the URL (httpx percent-encodes a URL's non-ASCII characters).
+    """
+    if isinstance(err, UnicodeEncodeError):
+        return None
     if isinstance(err, URL_ERRORS):
         return err
     if isinstance(err, ExceptionGroup):
-        found = err.subgroup(URL_ERRORS)
+        found = err.subgroup(lambda e: isinstance(e, URL_ERRORS) and not isinstance(e, UnicodeEncodeError))
         return found.exceptions[0] if found is not None else None
     return None
 

@@ -479,3 +479,48 @@ async def test_an_http_action_url_that_cannot_be_requested_fails_once_for_good(
     record = deps.ledger.begin("recovery:svc:t/test-run/1", workflow_id="w", service="svc",
                                activity="http_action")
     assert json.loads(record.progress_json) == {"sent": False}
+
+
+async def test_an_http_action_token_ending_in_a_newline_is_sent_without_it(
+    deps: ActivityDeps, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret written from a file usually ends in a newline. Sent as is, h11 refused the
+    header, and the step failed (retryably, as an unknown outcome) with a cause quoting it."""
+    monkeypatch.setenv("MEDKIT_TEST_ADMIN_TOKEN", "s3cr3t-tok\n")
+    result = await run(HttpActionActivities(deps).http_action, action(
+        {"kind": "http", "url": webhook_receiver.url, "bearer_token_env": "MEDKIT_TEST_ADMIN_TOKEN",
+         "body": {"restart": True}}))
+    assert result.ok
+    assert webhook_receiver.headers[0]["Authorization"] == "Bearer s3cr3t-tok"
+
+
+@pytest.mark.parametrize("token", ["s3cr3t\x01tok", "s3cr3t-t\u00f6k", "s3cr3t\ntok"])
+async def test_an_http_action_token_no_header_can_carry_is_refused_without_showing_it(
+    deps: ActivityDeps, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """A control character made h11 refuse the header with an error quoting its value, chained
+    as the cause of the retryable HttpActionUnknownOutcome: the token went into the history. A
+    non-ASCII one escaped as a plain UnicodeEncodeError, retried though the variable cannot
+    change. Neither was ever sent."""
+    monkeypatch.setenv("MEDKIT_TEST_ADMIN_TOKEN", token)
+    error = await fails(HttpActionActivities(deps).http_action, action(
+        {"kind": "http", "url": webhook_receiver.url, "bearer_token_env": "MEDKIT_TEST_ADMIN_TOKEN",
+         "body": {"restart": True}}))
+    assert (error.type, error.non_retryable) == ("InvalidSecret", True)
+    assert "env var MEDKIT_TEST_ADMIN_TOKEN" in error.message
+    assert "s3cr3t" not in history_failure(error)
+    assert webhook_receiver.received == []
+
+
+async def test_a_kubeconfig_token_no_header_can_carry_is_refused_without_showing_it(
+    tmp_path: Path, deps: ActivityDeps
+) -> None:
+    api = KubeApiServer(port=free_port())
+    path = api.kubeconfig(tmp_path)
+    path.write_text(path.read_text().replace(TOKEN, "s3cr3t\\u0001tok"))
+    spec = {"kind": "kubernetes_restart", "name": "web", "kubeconfig": str(path)}
+    with serving(api):
+        error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    assert (error.type, error.non_retryable) == ("KubeConfigError", True)
+    assert "s3cr3t" not in history_failure(error)
+    assert api.requests == []

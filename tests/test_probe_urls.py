@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from activities.probes import bounded_probe
+from activities.url_errors import url_error
 from models.policy_yaml import PolicyError, parse_policy
 from models.probes import HttpProbe, PrometheusProbe
 from models.urls import redact_url
@@ -113,3 +114,13 @@ async def test_probe_evidence_never_shows_the_urls_credentials() -> None:
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_a_header_httpx_cannot_encode_is_not_taken_for_a_url_error() -> None:
+    """UnicodeEncodeError is a ValueError, like the URL errors, but httpx raises it for a header
+    value (a non-ASCII token or policy header): calling it "cannot request the URL" misleads."""
+    encoding = UnicodeEncodeError("ascii", "Bearer t\u00f6k", 8, 9, "ordinal not in range(128)")
+    assert url_error(encoding) is None
+    assert url_error(ExceptionGroup("connect", [encoding])) is None
+    port = OverflowError("connect(): port must be 0-65535.")
+    assert url_error(ExceptionGroup("connect", [port])) is port
