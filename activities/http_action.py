@@ -114,12 +114,15 @@ async def send(
             http.request(method, url, json=body, headers=headers, timeout=timeout),
             f"{method} {url}",
         )
+    # Not chained (`from None`): Temporal records a cause's message in the failure, and the SDK
+    # logs its traceback, while httpx's messages may quote what the server sent back, e.g. a
+    # malformed header line echoing our Authorization header. The type name says enough.
     except httpx.ConnectError as err:
         raise ApplicationError(f"{what} unreachable at {url}: {type(err).__name__}",
-                               type="Unreachable") from err
+                               type="Unreachable") from None
     except httpx.HTTPError as err:
         raise ApplicationError(f"{what} at {url} failed: {type(err).__name__}",
-                               type="HttpActionUnknownOutcome") from err
+                               type="HttpActionUnknownOutcome") from None
     except Exception as err:
         cause = url_error(err)
         if cause is None:

@@ -225,9 +225,9 @@ class KubeApi:
                                      params=params, timeout=self._timeout),
                 f"kubernetes {method} {path}",
             )
-        except httpx.HTTPError as err:
+        except httpx.HTTPError as err:  # not chained: httpx may quote a response echoing the token
             raise ApplicationError(f"{what}: API server {self.credentials.server} unreachable: "
-                                   f"{type(err).__name__}", type="KubeApiRetryable") from err
+                                   f"{type(err).__name__}", type="KubeApiRetryable") from None
         if response.status_code not in (200, 201):
             raise api_error(response, what)
         decoded: dict[str, Any] = response.json()

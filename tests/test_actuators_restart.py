@@ -7,9 +7,13 @@ contracts, never a live cluster or engine; systemd against a recording systemctl
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
+import socket
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -524,3 +528,51 @@ async def test_a_kubeconfig_token_no_header_can_carry_is_refused_without_showing
     assert (error.type, error.non_retryable) == ("KubeConfigError", True)
     assert "s3cr3t" not in history_failure(error)
     assert api.requests == []
+
+
+@contextlib.contextmanager
+def malformed_echo() -> Iterator[int]:
+    """A real local server answering every request with a malformed header line that echoes the
+    request's Authorization header (a broken proxy); yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        head += chunk
+                    echoed = [line for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"authorization")]
+                    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nX-Echo " + b"".join(echoed)
+                                 + b"\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+async def test_a_malformed_answer_echoing_the_token_stays_out_of_the_failure(
+    tmp_path: Path, deps: ActivityDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx's RemoteProtocolError quotes the illegal header line, here our token; chained as
+    the cause of the action's error, it went into the history (and the SDK's failure log)."""
+    monkeypatch.setenv("MEDKIT_TEST_ADMIN_TOKEN", TOKEN)
+    with malformed_echo() as port:
+        error = await fails(HttpActionActivities(deps).http_action, action(
+            {"kind": "http", "url": f"http://127.0.0.1:{port}/admin",
+             "bearer_token_env": "MEDKIT_TEST_ADMIN_TOKEN"}))
+        assert (error.type, error.non_retryable) == ("HttpActionUnknownOutcome", False)
+        assert TOKEN not in history_failure(error)
+        kube = EchoingProxy(port=port)  # only for its kubeconfig: the malformed server answers
+        spec = {"kind": "kubernetes_restart", "name": "web", "kubeconfig": str(kube.kubeconfig(tmp_path))}
+        kube_error = await fails(KubernetesActivities(deps).restart_kubernetes, action(spec))
+    assert (kube_error.type, kube_error.non_retryable) == ("KubeApiRetryable", False)
+    assert TOKEN not in history_failure(kube_error)
