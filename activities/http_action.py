@@ -15,7 +15,7 @@ from activities.child_env import redact_values, secret_values
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
-from activities.url_errors import url_error, url_error_reason
+from activities.url_errors import url_problem
 from models.actions import ActionRequest, ActionResult, HttpAction
 from models.urls import redact_url
 
@@ -109,6 +109,9 @@ async def send(
     policy only checks the scheme) fails before anything is sent, and no retry can change
     that: the non-retryable `InvalidUrl`, with the reason but not the pieces of the URL it quotes.
     """
+    if (problem := url_problem(url)) is not None:
+        raise ApplicationError(f"{what} cannot request {redact_url(url)}: {problem}",
+                               type="InvalidUrl", non_retryable=True)
     try:
         return await heartbeating(
             http.request(method, url, json=body, headers=headers, timeout=timeout),
@@ -123,12 +126,6 @@ async def send(
     except httpx.HTTPError as err:
         raise ApplicationError(f"{what} at {url} failed: {type(err).__name__}",
                                type="HttpActionUnknownOutcome") from None
-    except Exception as err:
-        cause = url_error(err)
-        if cause is None:
-            raise
-        raise ApplicationError(f"{what} cannot request {redact_url(url)}: {url_error_reason(cause)}",
-                               type="InvalidUrl", non_retryable=True) from None
 
 
 def response_data(response: httpx.Response) -> dict[str, float | int | str | None]:

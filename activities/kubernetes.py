@@ -25,6 +25,7 @@ from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.http_action import header_credential, scrub
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
+from activities.url_errors import url_problem
 from models.actions import ActionRequest, ActionResult, KubernetesRestartAction, KubernetesTarget
 from models.urls import redact_url
 
@@ -72,15 +73,9 @@ def _api_server(value: object, where: str) -> str:
     an empty or missing `server`; no host; a port past 65535) failed only at the request, as a
     retryable "unreachable" error or an unmapped exception, though no retry can change it."""
     server = str(value or "").rstrip("/")
-    try:
-        url = httpx.URL(server)
-        valid = (url.scheme in ("http", "https") and bool(url.host)
-                 and (url.port is None or 0 < url.port < 65536))
-    except httpx.InvalidURL:
-        valid = False
-    if not valid:
-        raise config_error(f"{where}: the API server {redact_url(server)!r} is not an http(s) URL "
-                           "with a host and a port in 1-65535")
+    if (problem := url_problem(server)) is not None:
+        raise config_error(f"{where}: the API server {redact_url(server)!r} cannot be requested: "
+                           f"{problem}")
     return server
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from temporalio.exceptions import ApplicationError
 
-from activities.url_errors import url_error, url_error_reason
+from activities.url_errors import url_problem
 
 MAX_RETRY_AFTER = timedelta(minutes=5)
 """The longest Retry-After honoured: a page held back longer than this is worse than a 429."""
@@ -79,23 +79,15 @@ async def post(
     worker's environment changes: `DeliveryRejected`, non-retryable, with the reason but none
     of the URL pieces httpx's message quotes (they can be a password or the URL's secret path).
     """
+    if (problem := url_problem(url)) is not None:
+        raise ApplicationError(f"route {route_name!r} URL cannot be requested: {problem}",
+                               type="DeliveryRejected", non_retryable=True)
     try:
         response = await http.post(url, content=content, json=json, headers=headers,
                                    timeout=timeout.total_seconds())
-    except httpx.UnsupportedProtocol:
-        raise ApplicationError(f"route {route_name!r} URL cannot be requested: it is not an "
-                               "http:// or https:// URL", type="DeliveryRejected",
-                               non_retryable=True) from None
     except httpx.HTTPError as err:
         raise ApplicationError(
             f"route {route_name!r} unreachable: {type(err).__name__}", type="DeliveryRetryable",
         ) from None
-    except Exception as err:
-        cause = url_error(err)
-        if cause is None:
-            raise
-        raise ApplicationError(f"route {route_name!r} URL cannot be requested: "
-                               f"{url_error_reason(cause)}", type="DeliveryRejected",
-                               non_retryable=True) from None
     raise_for_delivery(response, route_name)
     return response

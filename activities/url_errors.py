@@ -40,3 +40,22 @@ def url_error_reason(err: BaseException) -> str:
     without the pieces of the URL the message quotes; the error's type name if nothing is left."""
     reason = _QUOTED.sub("", str(err)).strip().rstrip(":,").strip()
     return reason or type(err).__name__
+
+
+def url_problem(url: str) -> str | None:
+    """Why httpx cannot request `url` at all, checked before any request; None when it can.
+
+    Checking first, rather than catching what the request raises, keeps other errors of the
+    same types (a ValueError from encoding a body, say) from being taken for the URL's.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as err:
+        return url_error_reason(err)
+    if parsed.scheme not in ("http", "https"):
+        return "it is not an http:// or https:// URL"
+    if not parsed.host:
+        return "it names no host"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return "its port is not in 1-65535"
+    return None

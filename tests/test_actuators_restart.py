@@ -465,7 +465,7 @@ async def test_http_post_with_unknown_outcome_is_not_resent(deps: ActivityDeps) 
 
 @pytest.mark.parametrize(("url", "message"), [
     ("http://127.0.0.1:99999/rollback",
-     "action 'rollback' cannot request http://127.0.0.1:99999/rollback: connect(): port must be 0-65535."),
+     "action 'rollback' cannot request http://127.0.0.1:99999/rollback: its port is not in 1-65535"),
     ("http://admin:s3cr3t/pw@127.0.0.1:8080/rollback",
      "action 'rollback' cannot request http://***@127.0.0.1:8080/rollback: Invalid port"),
 ])

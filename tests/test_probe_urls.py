@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from activities.probes import bounded_probe
-from activities.url_errors import url_error
+from activities.url_errors import url_error, url_problem
 from models.policy_yaml import PolicyError, parse_policy
 from models.probes import HttpProbe, PrometheusProbe
 from models.urls import redact_url
@@ -124,3 +124,19 @@ def test_a_header_httpx_cannot_encode_is_not_taken_for_a_url_error() -> None:
     assert url_error(ExceptionGroup("connect", [encoding])) is None
     port = OverflowError("connect(): port must be 0-65535.")
     assert url_error(ExceptionGroup("connect", [port])) is port
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("https://example.com:8443/x?token=t", None),
+    ("http://[::1]:8080/x", None),
+    ('"https://hooks.example/T0"', "it is not an http:// or https:// URL"),
+    ("ftp://example.com/x", "it is not an http:// or https:// URL"),
+    ("http:///x", "it names no host"),
+    ("http://127.0.0.1:99999/x", "its port is not in 1-65535"),
+    ("http://127.0.0.1:0/x", "its port is not in 1-65535"),
+    ("http://admin:s3cr3t/pw@127.0.0.1:9090", "Invalid port"),
+])
+def test_url_problem_says_why_without_the_url(url: str, problem: str | None) -> None:
+    """Checked before a request, so no other error of the same type (a body's ValueError) is
+    taken for the URL's."""
+    assert url_problem(url) == problem
