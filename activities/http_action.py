@@ -105,9 +105,9 @@ async def send(
 ) -> httpx.Response:
     """One request with a JSON body; a transport failure is a retryable error naming the URL only.
 
-    A URL httpx cannot request at all (a port past 65535, an unclosed bracket, a bad host: the
-    policy only checks the scheme) fails before anything is sent, and no retry can change
-    that: the non-retryable `InvalidUrl`, with the reason but not the pieces of the URL it quotes.
+    A URL httpx cannot request at all (a port past 65535, an unclosed bracket, a bad host),
+    whatever let it through, fails before anything is sent, and no retry can change that: the
+    non-retryable `InvalidUrl`, with the reason but not the pieces of the URL it quotes.
     """
     if (problem := url_problem(url)) is not None:
         raise ApplicationError(f"{what} cannot request {redact_url(url)}: {problem}",

@@ -472,12 +472,13 @@ async def test_http_post_with_unknown_outcome_is_not_resent(deps: ActivityDeps) 
 async def test_an_http_action_url_that_cannot_be_requested_fails_once_for_good(
     deps: ActivityDeps, url: str, message: str
 ) -> None:
-    """The policy checks only an action URL's scheme. A URL httpx refuses before sending used
-    to escape as a plain ExceptionGroup or InvalidURL (retried, though it cannot change, with
-    httpx's message quoting the password) after the step was marked sent, so the retry of a
-    POST then claimed a request had gone out."""
-    error = await fails(HttpActionActivities(deps).http_action,
-                        action({"kind": "http", "url": url}, name="rollback"))
+    """A URL httpx refuses before sending (here one the spec validation let through, or never
+    saw) used to escape as a plain ExceptionGroup or InvalidURL (retried, though it cannot
+    change, with httpx's message quoting the password) after the step was marked sent, so the
+    retry of a POST then claimed a request had gone out."""
+    valid = action({"kind": "http", "url": "http://127.0.0.1:1/rollback"}, name="rollback")
+    request = valid.model_copy(update={"spec": valid.spec.model_copy(update={"url": url})})
+    error = await fails(HttpActionActivities(deps).http_action, request)
     assert (error.type, error.non_retryable, error.message) == ("InvalidUrl", True, message)
     assert error.__cause__ is None
     record = deps.ledger.begin("recovery:svc:t/test-run/1", workflow_id="w", service="svc",
