@@ -12,6 +12,7 @@ instead of `os.environ`, and every piece of child output an activity returns pas
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -57,6 +58,18 @@ REDACTED = "[redacted]"
 """What a secret value is replaced with in recorded output."""
 
 
+UNRUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOEXEC,
+                        errno.ELOOP, errno.ENAMETOOLONG})
+"""Why a program cannot be started that no retry changes: it or its cwd does not exist, may
+not be executed, or is no program the kernel can run (ENOEXEC: a script without `#!`).
+Others (EAGAIN, ENOMEM: out of processes or memory) may pass."""
+
+
+def unrunnable(err: OSError) -> bool:
+    """Whether starting a program failed for good (see `UNRUNNABLE`)."""
+    return err.errno in UNRUNNABLE
+
+
 def allowed(name: str) -> bool:
     """Whether a worker variable is passed to every child without being asked for."""
     return name in ALLOWED or name.startswith(ALLOWED_PREFIXES)
@@ -98,14 +111,42 @@ def secret_values(named: Iterable[str] = (), environ: Mapping[str, str] | None =
             if len(value := source.get(name, "")) >= MIN_SECRET_LENGTH}
 
 
+def redact_values(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of every secret in `secrets` replaced by one `[redacted]`.
+
+    Every place any secret occurs is found in the original text first, and each stretch they
+    cover (secrets that contain, overlap or adjoin one another included) becomes a single
+    marker: replacing secret by secret instead leaves pieces behind (a shorter secret inside a
+    longer one, replaced first, splits the longer one so it is no longer found), and lets a
+    later secret match inside an earlier marker. So the result depends only on the set of
+    secret values, not on where they came from or in which order they are given.
+    """
+    values = {value for value in secrets if value}
+    if not values or not text:
+        return text
+    covered = bytearray(len(text))
+    for value in values:
+        start = text.find(value)
+        while start != -1:
+            covered[start:start + len(value)] = b"\x01" * len(value)
+            start = text.find(value, start + 1)
+    parts: list[str] = []
+    position = 0
+    while (start := covered.find(1, position)) != -1:
+        parts += [text[position:start], REDACTED]
+        position = covered.find(0, start)
+        if position == -1:
+            return "".join(parts)
+    parts.append(text[position:])
+    return "".join(parts)
+
+
 def redact(text: str, named: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> str:
     """`text` with every secret value (see `secret_values`) replaced by `[redacted]`.
 
-    Longer values are replaced first, so a secret that contains another is not left half
-    shown. Only the literal value is found: a program that prints a secret encoded (base64,
-    URL-quoted, split across lines) defeats this, which is why children do not get the
-    secrets in the first place.
+    Secrets that contain or overlap one another are hidden whole (see `redact_values`). Only
+    the literal value is found: a program that prints a secret encoded (base64, URL-quoted,
+    split across lines) defeats this, which is why children do not get the secrets in the
+    first place.
     """
-    for value in sorted(secret_values(named, environ), key=len, reverse=True):
-        text = text.replace(value, REDACTED)
-    return text
+    return redact_values(text, secret_values(named, environ))

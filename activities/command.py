@@ -25,7 +25,7 @@ import psutil
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.child_env import child_environment, redact
+from activities.child_env import child_environment, redact, unrunnable
 from activities.deps import ActivityDeps
 from activities.heartbeat import uninterrupted
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
@@ -120,7 +120,9 @@ async def _start(spec: CommandAction, env: dict[str, str], output: IO[bytes]) ->
             *spec.argv, cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=output, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+    except OSError as err:
+        if not unrunnable(err):
+            raise
         raise ApplicationError(
             f"cannot run {spec.argv[0]!r}: {err}", type="CommandNotFound", non_retryable=True
         ) from err

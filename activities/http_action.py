@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.child_env import REDACTED, redact
+from activities.child_env import redact_values, secret_values
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
+from activities.url_errors import url_problem
 from models.actions import ActionRequest, ActionResult, HttpAction
+from models.urls import redact_url
 
 BODY_LIMIT = 2000
 """How much of a response body is kept in the result and the history (secret values of the
 worker's environment redacted first, so an endpoint that echoes a token cannot put it there)."""
+
+
+HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
+"""What a credential may hold to be sent in a header: printable ASCII. httpx cannot encode
+anything else (UnicodeEncodeError), and h11 refuses a control character with an error that
+quotes the whole header value, the token included."""
+
+
+def header_credential(value: str) -> str | None:
+    """`value` ready for an Authorization header: surrounding whitespace dropped (a secret
+    written from a file usually ends in a newline, which no token holds), or None when what is
+    left cannot be sent in a header."""
+    value = value.strip()
+    return value if HEADER_SAFE.fullmatch(value) else None
 
 
 def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
@@ -28,27 +45,46 @@ def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:
     """
     if bearer_token_env is None:
         return {}
-    token = os.environ.get(bearer_token_env)
-    if not token:
+    raw = os.environ.get(bearer_token_env, "")
+    if not raw.strip():
         raise ApplicationError(f"{what} is taken from env var {bearer_token_env}, which is not set "
                                "on this worker", type="MissingSecret", non_retryable=True)
+    token = header_credential(raw)
+    if token is None:
+        raise ApplicationError(f"{what} in env var {bearer_token_env} cannot be sent in an HTTP "
+                               "header: it holds a control or non-ASCII character",
+                               type="InvalidSecret", non_retryable=True)
     return {"Authorization": f"Bearer {token}"}
+
+
+def sent_credential(response: httpx.Response) -> set[str]:
+    """The credential the request behind `response` carried: its Authorization header's value
+    after the scheme (the whole value if it has none); empty for a response built without one."""
+    try:
+        authorization = response.request.headers.get("Authorization", "")
+    except RuntimeError:  # a response built without a request
+        return set()
+    credential = authorization.partition(" ")[2].strip() or authorization.strip()
+    return {credential} if credential else set()
+
+
+def scrub(text: str, response: httpx.Response) -> str:
+    """`text` taken from `response`, with the worker's secret values and the credential the
+    request carried redacted together, in one pass (`redact_values`).
+
+    One pass over one set of values, so the text is the same whatever the credential's variable
+    is called: a name `redact` recognises (`API_TOKEN`) and one it does not (`ADMIN_BEARER`) both
+    give `Bearer [redacted]`, and a token that contains or overlaps another secret is never left
+    half shown.
+    """
+    return redact_values(text, secret_values() | sent_credential(response))
 
 
 def body_text(response: httpx.Response) -> str:
     """The response body with secrets redacted: the worker's secret-looking variables, and the
     credential this very request carried (an endpoint that echoes it, as many 401 pages do,
     must not put it in an error, the history or a log line, whatever its variable is named)."""
-    text = redact(response.text)
-    try:
-        authorization = response.request.headers.get("Authorization", "")
-    except RuntimeError:  # a response built without a request
-        return text
-    credential = authorization.partition(" ")[2] or authorization
-    for secret in sorted({authorization, credential}, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+    return scrub(response.text, response)
 
 
 def raise_for_action_status(response: httpx.Response, expected: list[int], what: str) -> None:
@@ -67,18 +103,29 @@ async def send(
     http: httpx.AsyncClient, method: str, url: str, *, body: Any, timeout: float,
     headers: dict[str, str], what: str,
 ) -> httpx.Response:
-    """One request with a JSON body; a transport failure is a retryable error naming the URL only."""
+    """One request with a JSON body; a transport failure is a retryable error naming the URL only.
+
+    A URL httpx cannot request at all (a port past 65535, an unclosed bracket, a bad host),
+    whatever let it through, fails before anything is sent, and no retry can change that: the
+    non-retryable `InvalidUrl`, with the reason but not the pieces of the URL it quotes.
+    """
+    if (problem := url_problem(url)) is not None:
+        raise ApplicationError(f"{what} cannot request {redact_url(url)}: {problem}",
+                               type="InvalidUrl", non_retryable=True)
     try:
         return await heartbeating(
             http.request(method, url, json=body, headers=headers, timeout=timeout),
             f"{method} {url}",
         )
+    # Not chained (`from None`): Temporal records a cause's message in the failure, and the SDK
+    # logs its traceback, while httpx's messages may quote what the server sent back, e.g. a
+    # malformed header line echoing our Authorization header. The type name says enough.
     except httpx.ConnectError as err:
         raise ApplicationError(f"{what} unreachable at {url}: {type(err).__name__}",
-                               type="Unreachable") from err
+                               type="Unreachable") from None
     except httpx.HTTPError as err:
         raise ApplicationError(f"{what} at {url} failed: {type(err).__name__}",
-                               type="HttpActionUnknownOutcome") from err
+                               type="HttpActionUnknownOutcome") from None
 
 
 def response_data(response: httpx.Response) -> dict[str, float | int | str | None]:
@@ -117,7 +164,7 @@ class HttpActionActivities:
                                       timeout=spec.timeout.total_seconds(), headers=headers,
                                       what=f"action {request.action_name!r}")
             except ApplicationError as err:
-                if err.type == "Unreachable":
+                if err.type in ("Unreachable", "InvalidUrl"):  # nothing left the worker
                     step.record(sent=False)
                 raise
             raise_for_action_status(response, spec.expect_status, f"{target}")

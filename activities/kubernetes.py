@@ -23,8 +23,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
+from activities.http_action import header_credential, scrub
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
+from activities.url_errors import url_problem
 from models.actions import ActionRequest, ActionResult, KubernetesRestartAction, KubernetesTarget
+from models.urls import redact_url
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -65,6 +68,17 @@ def _named(items: Any, name: str, what: str, path: Path) -> dict[str, Any]:
     raise config_error(f"kubeconfig {path} has no {what} named {name!r}")
 
 
+def _api_server(value: object, where: str) -> str:
+    """The API server URL, checked now: one httpx cannot request (no http(s) scheme, as with
+    an empty or missing `server`; no host; a port past 65535) failed only at the request, as a
+    retryable "unreachable" error or an unmapped exception, though no retry can change it."""
+    server = str(value or "").rstrip("/")
+    if (problem := url_problem(server)) is not None:
+        raise config_error(f"{where}: the API server {redact_url(server)!r} cannot be requested: "
+                           f"{problem}")
+    return server
+
+
 def _read(path: Path, what: str) -> str:
     try:
         return path.read_text().strip()
@@ -77,7 +91,11 @@ def from_kubeconfig(path: Path, context: str | None = None) -> KubeCredentials:
     try:
         config = yaml.safe_load(_read(path, "kubeconfig"))
     except yaml.YAMLError as err:
-        raise config_error(f"kubeconfig {path} is not valid YAML") from err
+        # Not chained: the YAML error quotes the offending line, often a token or key, and a
+        # cause travels with the failure into the workflow history. Its position is enough.
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise config_error(f"kubeconfig {path} is not valid YAML{where}") from None
     if not isinstance(config, dict):
         raise config_error(f"kubeconfig {path} is not a mapping")
     name = context or config.get("current-context")
@@ -94,11 +112,17 @@ def from_kubeconfig(path: Path, context: str | None = None) -> KubeCredentials:
                            "medkit supports bearer-token users only")
     ca_file = cluster.get("certificate-authority")
     ca_data = cluster.get("certificate-authority-data")
+    try:
+        ca_text = base64.b64decode(str(ca_data)).decode() if ca_data else None
+    except ValueError:  # binascii.Error, UnicodeDecodeError: the file is wrong, a retry cannot help
+        raise config_error(f"kubeconfig {path} cluster {ctx.get('cluster')!r} has a "
+                           "certificate-authority-data that is not base64 PEM") from None
     return KubeCredentials(
-        server=str(cluster.get("server", "")).rstrip("/"), token=str(token),
+        server=_api_server(cluster.get("server"), f"kubeconfig {path} cluster {ctx.get('cluster')!r}"),
+        token=str(token),
         namespace=str(ctx.get("namespace") or "default"),
         ca_file=str(path.parent / str(ca_file)) if ca_file else None,
-        ca_data=base64.b64decode(str(ca_data)).decode() if ca_data else None,
+        ca_data=ca_text,
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
     )
 
@@ -113,7 +137,8 @@ def in_cluster(sa_dir: Path = SERVICE_ACCOUNT_DIR,
     host = f"[{host}]" if ":" in host else host
     namespace_file = sa_dir / "namespace"
     return KubeCredentials(
-        server=f"https://{host}:{port}", token=_read(sa_dir / "token", "service account token"),
+        server=_api_server(f"https://{host}:{port}", "KUBERNETES_SERVICE_HOST/PORT"),
+        token=_read(sa_dir / "token", "service account token"),
         namespace=_read(namespace_file, "namespace") if namespace_file.exists() else "default",
         ca_file=str(sa_dir / "ca.crt"),
     )
@@ -135,14 +160,23 @@ def workload_path(target: KubernetesTarget, namespace: str) -> str:
 
 
 def api_error(response: httpx.Response, what: str) -> ApplicationError:
-    """Map an API status: 400/401/403/404/422 are permanent; 409, 429 and 5xx retryable."""
+    """Map an API status: 400/401/403/404/422 are permanent; 408, 409, 429 and 5xx retryable.
+
+    The message (a Status object's, else the body's start) is redacted like an HTTP action's
+    body (`scrub`): a proxy or webhook in front of the API server that echoes the bearer token
+    it refused must not put it in the error, and so in the history and the worker's log.
+    """
     try:
-        message = str(response.json().get("message", ""))
+        decoded = response.json()
     except ValueError:
-        message = response.text[:300]
+        decoded = None
+    if isinstance(decoded, dict):
+        message = scrub(str(decoded.get("message", "")), response)
+    else:  # redacted before it is cut, so no part of a secret survives the cut
+        message = scrub(response.text, response)[:300]
     code = response.status_code
     text = f"{what}: HTTP {code} {message}".strip()
-    if code in (409, 429) or code >= 500:
+    if code in (408, 409, 429) or code >= 500:  # as for HTTP actions: 408 asks for a repeat
         return ApplicationError(text, type="KubeApiRetryable")
     kind = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(code, "KubeRequestInvalid")
     return ApplicationError(text, type=kind, non_retryable=True)
@@ -154,9 +188,18 @@ class KubeApi:
     def __init__(self, credentials: KubeCredentials, timeout: float) -> None:
         self.credentials = credentials
         self._timeout = timeout
+        try:
+            verify = credentials.verify()
+        except OSError as err:  # a missing or unreadable CA file, CA data that is not PEM
+            raise config_error(f"cannot load the API server's CA ({credentials.ca_file or 'data'}): "
+                               f"{err.strerror or type(err).__name__}") from None
+        token = header_credential(credentials.token)
+        if token is None:  # sent as is, h11 would refuse it with an error quoting the token
+            raise config_error("the API server token cannot be sent in an HTTP header: it holds a "
+                               "control or non-ASCII character")
         self._client = httpx.AsyncClient(
-            base_url=credentials.server, verify=credentials.verify(),
-            headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
+            base_url=credentials.server, verify=verify,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
 
     async def __aenter__(self) -> KubeApi:
@@ -177,9 +220,9 @@ class KubeApi:
                                      params=params, timeout=self._timeout),
                 f"kubernetes {method} {path}",
             )
-        except httpx.HTTPError as err:
+        except httpx.HTTPError as err:  # not chained: httpx may quote a response echoing the token
             raise ApplicationError(f"{what}: API server {self.credentials.server} unreachable: "
-                                   f"{type(err).__name__}", type="KubeApiRetryable") from err
+                                   f"{type(err).__name__}", type="KubeApiRetryable") from None
         if response.status_code not in (200, 201):
             raise api_error(response, what)
         decoded: dict[str, Any] = response.json()

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 from temporalio.exceptions import ApplicationError
 
+from activities.url_errors import url_problem
+
 MAX_RETRY_AFTER = timedelta(minutes=5)
 """The longest Retry-After honoured: a page held back longer than this is worse than a 429."""
 
@@ -70,7 +72,16 @@ async def post(
     http: httpx.AsyncClient, url: str, route_name: str, *, timeout: timedelta,
     content: bytes | None = None, json: Any = None, headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """POST once; a transport failure becomes a retryable error that does not echo the URL."""
+    """POST once; a transport failure becomes a retryable error that does not echo the URL.
+
+    A URL that cannot be requested at all (not http(s), a bad port or host: a webhook URL comes
+    from the environment, unchecked) fails before anything is sent and stays so until the
+    worker's environment changes: `DeliveryRejected`, non-retryable, with the reason but none
+    of the URL pieces httpx's message quotes (they can be a password or the URL's secret path).
+    """
+    if (problem := url_problem(url)) is not None:
+        raise ApplicationError(f"route {route_name!r} URL cannot be requested: {problem}",
+                               type="DeliveryRejected", non_retryable=True)
     try:
         response = await http.post(url, content=content, json=json, headers=headers,
                                    timeout=timeout.total_seconds())

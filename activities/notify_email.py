@@ -80,14 +80,14 @@ def _by_code(route_name: str, code: int, what: str) -> ApplicationError:
     return _retryable(route_name, f"{what} (SMTP {code})")
 
 
-def _send_blocking(route: EmailRoute, message: EmailMessage,
-                   credentials: tuple[str, str] | None) -> dict[str, tuple[int, bytes]]:
-    """Connect, optionally upgrade and log in, send; the refused recipients, if some were."""
+def _send_blocking(route: EmailRoute, message: EmailMessage, credentials: tuple[str, str] | None,
+                   tls: ssl.SSLContext | None) -> dict[str, tuple[int, bytes]]:
+    """Connect, optionally upgrade (with `tls`) and log in, send; the refused recipients, if some were."""
     with smtplib.SMTP(route.host, route.port, local_hostname=socket.gethostname(),
                       timeout=route.timeout.total_seconds()) as smtp:
         smtp.ehlo()
-        if route.starttls:
-            smtp.starttls(context=ssl.create_default_context(cafile=route.ca_file))
+        if tls is not None:
+            smtp.starttls(context=tls)
             smtp.ehlo()
         if credentials is not None:
             smtp.login(*credentials)
@@ -118,8 +118,17 @@ async def send_email(request: NotifyRequest, route: EmailRoute) -> NotifyResult:
         credentials = (resolve_secret(route.username_env, f"{what} username"),
                        resolve_secret(route.password_env, f"{what} password"))
     message = email_message(request.notification, route)
+    tls = None
+    if route.starttls:
+        # Before connecting: an unreadable ca_file is the worker's configuration, which no retry
+        # changes; raised mid-conversation it looked like a network error and was retried.
+        try:
+            tls = ssl.create_default_context(cafile=route.ca_file)
+        except OSError as err:  # FileNotFoundError, PermissionError, ssl.SSLError (not PEM)
+            raise _rejected(request.route_name, f"cannot load ca_file {route.ca_file}: "
+                            f"{err.strerror or type(err).__name__}") from None
     try:
-        refused = await asyncio.to_thread(_send_blocking, route, message, credentials)
+        refused = await asyncio.to_thread(_send_blocking, route, message, credentials, tls)
     except (smtplib.SMTPException, OSError) as err:
         raise _classify(request.route_name, err) from None
     detail = f"refused: {', '.join(sorted(refused))}" if refused else ""

@@ -1,8 +1,9 @@
 """The command probe: run a check program (argv, never a shell); exit code 0 is healthy.
 
 The program runs in its own process group so a timeout kills it and anything it started. A
-program that cannot be started (missing, not executable, bad cwd) is bad configuration: a
-non-retryable `ProbeConfigError`, and so is an `inherit_env` name the worker does not set.
+program that cannot be started (missing, not executable, not a program the kernel can run, bad
+cwd) is bad configuration: a non-retryable `ProbeConfigError`, and so is an `inherit_env` name
+the worker does not set.
 
 Like every child of the worker, the program gets a scrubbed environment (see
 activities/child_env.py), and the output tail kept in the result's detail is redacted of secret
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 
 from temporalio.exceptions import ApplicationError
 
-from activities.child_env import child_environment, redact
+from activities.child_env import child_environment, redact, unrunnable
 from activities.command import signal_group
 from models.probes import CommandProbe, ProbeResult
 
@@ -50,7 +51,9 @@ async def check_command(spec: CommandProbe) -> ProbeResult:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+    except OSError as err:
+        if not unrunnable(err):
+            raise
         raise ApplicationError(
             f"command probe {spec.name!r} cannot run {spec.argv[0]!r}: {err.strerror}",
             type="ProbeConfigError", non_retryable=True,

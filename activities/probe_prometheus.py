@@ -1,9 +1,10 @@
 """The Prometheus probe: one PromQL instant query, judged against `unhealthy_when`.
 
-A breach, a query that fails while running (HTTP 422/503, `status: error`) or an unreachable
-Prometheus is an unhealthy result. A query Prometheus rejects as malformed (HTTP 400
-`bad_data`) or one returning a range vector or a string is bad configuration: a non-retryable
-`ProbeConfigError`, since asking again cannot help; so is HTTP 401/403/404 (a wrong url).
+A breach, a query that fails while running (HTTP 422/503, `status: error`), an unreachable
+Prometheus or an answer not shaped like Prometheus's is an unhealthy result. A query Prometheus
+rejects as malformed (HTTP 400 `bad_data`) or one returning a range vector or a string is bad
+configuration: a non-retryable `ProbeConfigError`, since asking again cannot help; so is HTTP
+401/403/404 (a wrong url).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from models.probes import ProbeResult, PrometheusProbe
 from models.urls import redact_url
 
 Observed = dict[str, float | int | str | None]
+
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+"""What judging an answer that is not shaped like Prometheus's raises. Such an answer is this
+probe's failure: escaping, it failed the whole probe round (every probe of the service counted
+unhealthy, a healthy one too) after a retry that gets the same answer; as a ValueError it was
+also reported as a URL that cannot be requested."""
 
 
 def _result(spec: PrometheusProbe, **fields: object) -> ProbeResult:
@@ -126,4 +133,9 @@ async def check_prometheus(http: httpx.AsyncClient, spec: PrometheusProbe) -> Pr
                        observed={"status": response.status_code},
                        detail=f"query failed ({body.get('errorType', 'error')}): "
                               f"{body.get('error', 'no error text')}")
-    return judge(spec, body.get("data") or {}, latency_ms)
+    try:
+        return judge(spec, body.get("data") or {}, latency_ms)
+    except MALFORMED as err:  # a sample without a value, a value that is no number, ...
+        return _result(spec, healthy=False, failure="error", latency_ms=latency_ms,
+                       observed={"status": response.status_code},
+                       detail=f"{redact_url(url)} answered a malformed result ({type(err).__name__})")

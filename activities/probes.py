@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from activities.probe_command import check_command
 from activities.probe_host import check_host
 from activities.probe_prometheus import check_prometheus
+from activities.url_errors import url_error, url_error_reason
 from models.probes import (
     CommandProbe,
     HostProbe,
@@ -31,19 +32,6 @@ from models.probes import (
     TcpProbe,
 )
 from models.urls import redact_url
-
-URL_ERRORS = (httpx.InvalidURL, OverflowError, ValueError)
-"""What httpx raises for a URL it cannot request at all (bad port, brackets, host), before any I/O."""
-
-
-def url_error(err: Exception) -> Exception | None:
-    """The URL error in `err` (itself, or inside the ExceptionGroup anyio's connect raises)."""
-    if isinstance(err, URL_ERRORS):
-        return err
-    if isinstance(err, ExceptionGroup):
-        found = err.subgroup(URL_ERRORS)
-        return found.exceptions[0] if found is not None else None
-    return None
 
 
 def _result(spec: HttpProbe | TcpProbe | ProcessProbe, **fields: object) -> ProbeResult:
@@ -87,7 +75,7 @@ async def check_http(http: httpx.AsyncClient, spec: HttpProbe) -> ProbeResult:
         if cause is None:
             raise
         return _result(spec, healthy=False, failure="error",
-                       detail=f"cannot request {shown}: {cause}")
+                       detail=f"cannot request {shown}: {url_error_reason(cause)}")
     latency_ms = (time.perf_counter() - started) * 1000
     observed: dict[str, float | int | str | None] = {"status": response.status_code}
     if response.status_code not in spec.expect_status:
@@ -213,6 +201,8 @@ async def bounded_probe(http: httpx.AsyncClient, spec: ProbeSpec) -> ProbeResult
         cause = url_error(err)
         if cause is None:
             raise
+        url = getattr(spec, "url", None)  # an http or prometheus probe's; the detail shows it redacted
+        shown = f" {redact_url(url)}" if isinstance(url, str) else " its URL"
         return ProbeResult(probe=spec.name, kind=spec.kind, healthy=False, failure="error",
-                           detail=f"probe failed: cannot request its URL: {cause}",
+                           detail=f"probe failed: cannot request{shown}: {url_error_reason(cause)}",
                            at=datetime.now(UTC))

@@ -20,7 +20,7 @@ import psutil
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.child_env import child_environment
+from activities.child_env import child_environment, unrunnable
 from activities.deps import ActivityDeps
 from activities.heartbeat import uninterrupted
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
@@ -68,7 +68,9 @@ class ProcessSupervisor:
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-        except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+        except OSError as err:
+            if not unrunnable(err):
+                raise
             raise ApplicationError(
                 f"cannot start {spec.argv[0]!r}: {err}", type="CommandNotFound", non_retryable=True
             ) from err

@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.command import run_argv
 from activities.deps import ActivityDeps
-from activities.http_action import auth_headers, raise_for_action_status, response_data, send
+from activities.http_action import auth_headers, raise_for_action_status, response_data, scrub, send
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.kubernetes import MERGE_PATCH, KubeApi, load_credentials, workload_path
 from activities.process_pool import ProcessPool
@@ -51,11 +51,31 @@ def recorded_previous(ledger: ActionLedger, service: str, activity_name: str, ta
         previous = progress.get("previous_replicas")
         if previous is None:
             break
-        return int(previous)
+        count = replica_count(previous)
+        if count is None:  # recorded before counts were checked (replica_count)
+            raise ApplicationError(
+                f"replicas: previous, but the last scale of {target} for {service!r} recorded "
+                f"{previous!r}, not a replica count", type="BadReplicaCount", non_retryable=True)
+        return count
     raise ApplicationError(
         f"replicas: previous, but no earlier scale of {target} for {service!r} recorded the count "
         "it replaced", type="NoPreviousReplicas", non_retryable=True,
     )
+
+
+def replica_count(value: object) -> int | None:
+    """`value` as a replica count, or None when it is not one.
+
+    A count read from a program's output or an endpoint's answer is recorded as the step's
+    `previous_replicas`, which a later `replicas: previous` puts into an argv, a request body
+    or a patch. So it must be what a policy's `replicas` may be, a whole number >= 0: not
+    `-3` (an argument starting with `-` reads as an option), nor a JSON `true`.
+    """
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def substitute(value: Any, replicas: int) -> Any:
@@ -180,12 +200,12 @@ class ScaleActivities:
             if spec.current_argv is None:
                 return None
             output = (await run(spec.current_argv)).strip()
-            try:
-                return int(output.split()[-1])
-            except (ValueError, IndexError) as err:
+            count = replica_count(output.split()[-1] if output else None)
+            if count is None:
                 raise ApplicationError(f"{spec.current_argv[0]} printed {output[-100:]!r}, "
                                        "not a replica count", type="BadReplicaCount",
-                                       non_retryable=True) from err
+                                       non_retryable=True)
+            return count
 
         async def apply(replicas: int) -> str:
             await run([arg.replace("{replicas}", str(replicas)) for arg in spec.argv])
@@ -208,11 +228,13 @@ class ScaleActivities:
                                   timeout=timeout, headers=headers, what=what)
             raise_for_action_status(response, [200], f"GET {spec.current_url}")
             value = dig(response.json(), spec.replicas_field)
-            if not isinstance(value, int):
-                raise ApplicationError(f"GET {spec.current_url}: {spec.replicas_field} is {value!r}, "
+            count = replica_count(value)
+            if count is None:
+                shown = scrub(repr(value), response)[:100]
+                raise ApplicationError(f"GET {spec.current_url}: {spec.replicas_field} is {shown}, "
                                        "not a replica count", type="BadReplicaCount",
                                        non_retryable=True)
-            return value
+            return count
 
         async def apply(replicas: int) -> str:
             headers = auth_headers(spec.bearer_token_env, f"{what} token")

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import structlog
 
-from activities.probes import url_error
+from activities.url_errors import url_error, url_error_reason
 from detectors.anomaly import AnomalyDetector
 from detectors.health_poller import Reporter
 from models.detection import Detection, incident_key_from
@@ -115,7 +115,7 @@ async def _get(http: httpx.AsyncClient, spec: AnomalySeriesSpec, path: str,
         cause = url_error(err)
         if cause is None:
             raise
-        raise PrometheusError(f"{shown} cannot be requested: {cause}") from None
+        raise PrometheusError(f"{shown} cannot be requested: {url_error_reason(cause)}") from None
     if response.status_code >= 500 and response.status_code != 503:
         raise PrometheusError(f"{shown} answered HTTP {response.status_code}")
     try:

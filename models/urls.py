@@ -18,7 +18,9 @@ REDACTED = "***"
 SECRET_KEY = re.compile(r"token|key|secret|pass|pwd|auth|sig|credential|session", re.IGNORECASE)
 """Query-string keys whose values are redacted (access_token, api_key, password, X-Amz-Signature...)."""
 
-_USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
+_USERINFO = re.compile(r"(?<=://).*@", re.DOTALL)
+"""Everything from the scheme to the last `@`: in a URL that does not parse, a password may hold
+the `/`, `#` or `@` that ended its authority early, so all of it up to the host is hidden."""
 
 
 def _requestable_url(value: str) -> str:
@@ -54,10 +56,13 @@ def redact_url(url: str) -> str:
     """`url` as it may be shown: userinfo and secret-looking query values replaced by ***."""
     try:
         parts = urlsplit(url)
+        # a port that is no number (`http://user:pa/ss@host`: the authority ended inside the
+        # password) means the URL does not parse as meant
+        _ = parts.port
         netloc = parts.netloc
         if "@" in netloc:
             netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
         return urlunsplit(SplitResult(parts.scheme, netloc, parts.path,
                                       _redact_query(parts.query), parts.fragment))
     except ValueError:  # not parseable: still never show what looks like userinfo
-        return _USERINFO.sub(f"{REDACTED}@", url).split("?", 1)[0]
+        return _USERINFO.sub(f"{REDACTED}@", url.split("?", 1)[0])

@@ -181,3 +181,24 @@ async def test_program_leaving_a_background_process_returns_when_it_exits(
     (daemon,) = tree_pids(pid_file)
     assert alive(daemon)
     assert progress(deps)["running"] is False
+
+
+def no_shebang(tmp_path: Path) -> Path:
+    """An executable script without `#!`: exec fails with ENOEXEC (no shell falls back here)."""
+    script = tmp_path / "fix.sh"
+    script.write_text("echo fixed\n")
+    script.chmod(0o755)
+    return script
+
+
+async def test_a_program_the_kernel_cannot_run_is_a_permanent_error(
+    deps: ActivityDeps, tmp_path: Path
+) -> None:
+    """ENOEXEC is a plain OSError, not one of the subclasses that were caught: it escaped as a
+    retryable error, three attempts at a file that does not change."""
+    script = no_shebang(tmp_path)
+    with pytest.raises(ApplicationError) as caught:
+        await environment().run(CommandActivities(deps).run_command, request([str(script)]))
+    assert (caught.value.type, caught.value.non_retryable) == ("CommandNotFound", True)
+    assert "Exec format error" in caught.value.message
+    assert progress(deps) == {"running": False}

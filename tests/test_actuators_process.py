@@ -226,6 +226,20 @@ async def test_pid_file_naming_init_or_the_worker_is_refused_for_good(
     assert psutil.pid_exists(os.getppid())
 
 
+async def test_a_service_program_the_kernel_cannot_run_is_a_permanent_error(
+    deps: ActivityDeps, supervisor: ProcessSupervisor, tmp_path: Path
+) -> None:
+    """ENOEXEC (a script without `#!`) escaped spawn as a plain, retried OSError."""
+    script = tmp_path / "serve.sh"
+    script.write_text("exec python3 -m demo.service\n")
+    script.chmod(0o755)
+    request = restart_request(free_port(), tmp_path / "svc.pid", tmp_path / "svc.log")
+    request = request.model_copy(update={"spec": request.spec.model_copy(update={"argv": [str(script)]})})
+    error = await refused(deps, supervisor, request)
+    assert (error.type, error.non_retryable) == ("CommandNotFound", True)
+    assert "Exec format error" in error.message
+
+
 async def test_stop_leaves_a_pid_it_cannot_vouch_for_alone(
     supervisor: ProcessSupervisor, processes: Processes
 ) -> None:

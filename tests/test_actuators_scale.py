@@ -154,6 +154,60 @@ async def test_command_scale_substitutes_and_reads_the_count(
     assert dry.detail.startswith(f"dry-run: would scale command {sys.executable} to 4 (restoring")
 
 
+@pytest.mark.parametrize("printed", ["-3", "three", ""])
+async def test_command_scale_refuses_a_current_count_that_is_no_replica_count(
+    tmp_path: Path, scale: ScaleActivities, printed: str
+) -> None:
+    """The count current_argv prints becomes previous_replicas, which `replicas: previous` later
+    puts into the scale argv: `-3` was recorded as is (and would be passed as an option)."""
+    count = tmp_path / "replicas"
+    count.write_text("untouched")
+    spec = {"kind": "scale_command", "replicas": 2,
+            "argv": [sys.executable, "-c", f"open({str(count)!r}, 'w').write('{{replicas}}')"],
+            "current_argv": [sys.executable, "-c", f"print({printed!r})"]}
+    with pytest.raises(ApplicationError) as caught:
+        await run(scale.scale_command, spec, "1")
+    assert (caught.value.type, caught.value.non_retryable) == ("BadReplicaCount", True)
+    assert caught.value.message == f"{sys.executable} printed {printed!r}, not a replica count"
+    assert count.read_text() == "untouched"
+
+
+@pytest.mark.parametrize(("current", "shown"), [(-2, "-2"), (True, "True")])
+async def test_http_scale_refuses_a_current_count_that_is_no_replica_count(
+    scale: ScaleActivities, monkeypatch: pytest.MonkeyPatch, current: int, shown: str
+) -> None:
+    """A negative count or a JSON `true` (a Python int) was recorded as previous_replicas."""
+    monkeypatch.setenv("SCALE_TOKEN", TOKEN)
+    endpoint = ScaleEndpoint(port=free_port(), replicas=current)
+    spec = {"kind": "scale_http", "url": endpoint.url, "replicas": 5, "bearer_token_env": "SCALE_TOKEN",
+            "current_url": endpoint.url, "replicas_field": "pool.replicas"}
+    with serving(endpoint), pytest.raises(ApplicationError) as caught:
+        await run(scale.scale_http, spec, "1")
+    assert (caught.value.type, caught.value.non_retryable) == ("BadReplicaCount", True)
+    assert caught.value.message == (f"GET {endpoint.url}: pool.replicas is {shown}, "
+                                    "not a replica count")
+    assert [r.method for r in endpoint.requests] == ["GET"]
+
+
+async def test_previous_refuses_a_count_recorded_before_counts_were_checked(
+    tmp_path: Path, deps: ActivityDeps, scale: ScaleActivities
+) -> None:
+    """A ledger written by an older worker may hold previous_replicas -3; restoring it ran the
+    scale argv with "-3" in it."""
+    count = tmp_path / "replicas"
+    count.write_text("untouched")
+    argv = [sys.executable, "-c", f"open({str(count)!r}, 'w').write('{{replicas}}')"]
+    key = "recovery:svc:t/old-run/1"
+    deps.ledger.begin(key, workflow_id="recovery:svc:t", service="svc", activity="scale_command")
+    deps.ledger.progress(key, target=f"command {sys.executable}", restore=False,
+                         previous_replicas=-3, replicas=2)
+    deps.ledger.finish(key, "{}")
+    with pytest.raises(ApplicationError) as caught:
+        await run(scale.scale_command, {"kind": "scale_command", "replicas": "previous", "argv": argv}, "2")
+    assert (caught.value.type, caught.value.non_retryable) == ("BadReplicaCount", True)
+    assert count.read_text() == "untouched"
+
+
 async def test_previous_without_a_recorded_scale_is_permanent(scale: ScaleActivities) -> None:
     spec = {"kind": "scale_command", "replicas": "previous", "argv": ["true", "{replicas}"]}
     with pytest.raises(ApplicationError) as caught:

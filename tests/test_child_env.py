@@ -324,13 +324,17 @@ async def test_an_http_action_response_echoing_the_token_is_redacted(
     assert f"Bearer {REDACTED}" in str(result.data["body"])
 
 
-@pytest.mark.parametrize("variable", [SECRET_NAME, "MEDKIT_ADMIN_BEARER"])
+VARIABLE_NAMES = [SECRET_NAME, "MEDKIT_ADMIN_BEARER"]
+"""A token's variable under a name `redact` recognises as secret, and under one it does not."""
+
+
+@pytest.mark.parametrize("variable", VARIABLE_NAMES)
 async def test_an_http_action_rejection_echoing_the_token_keeps_it_out_of_the_error(
     deps: ActivityDeps, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     """A 401 page that echoes the credential it refused cannot put it into the error, and so
     into the history, the timeline and the worker's log line, even when the variable holding it
-    has a name that does not look secret (MEDKIT_ADMIN_BEARER)."""
+    has a name that does not look secret (MEDKIT_ADMIN_BEARER); the error reads the same either way."""
     token = f"tok-{uuid.uuid4().hex}"
     monkeypatch.setenv(variable, token)
 
@@ -342,5 +346,70 @@ async def test_an_http_action_rejection_echoing_the_token_keeps_it_out_of_the_er
             "kind": "http", "url": url, "bearer_token_env": variable,
         })
     assert err.type == "Unauthorized" and err.non_retryable
-    assert token not in str(err)
-    assert f"invalid credential: {REDACTED}" in str(err) or f"Bearer {REDACTED}" in str(err)
+    assert err.message == f"POST {url} answered HTTP 401: invalid credential: Bearer {REDACTED}"
+
+
+def echo_authorization(authorization: str | None) -> bytes:
+    """An admin endpoint's answer echoing the Authorization header it got, twice: as sent,
+    and its credential alone."""
+    credential = (authorization or "").partition(" ")[2]
+    return json.dumps({"you_sent": authorization, "credential": credential}).encode()
+
+
+async def echoed_body(deps: ActivityDeps, monkeypatch: pytest.MonkeyPatch, variable: str,
+                      token: str, step: str) -> str:
+    """The recorded body of an http action whose token, in `variable`, the endpoint echoes."""
+    monkeypatch.setenv(variable, token)
+    try:
+        with admin_endpoint(200, echo_authorization) as url:
+            result = await run(HttpActionActivities(deps).http_action, {
+                "kind": "http", "url": url, "bearer_token_env": variable}, step)
+    finally:
+        monkeypatch.delenv(variable)
+    assert result.ok and token not in result.model_dump_json()
+    return str(result.data["body"])
+
+
+async def test_an_echoed_token_reads_the_same_whatever_its_variable_is_named(
+    deps: ActivityDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorded body must not depend on whether `redact` knows the variable's name: once
+    it redacted a recognised token before the request's own credential was looked for, leaving
+    `Bearer [redacted]`, while an unrecognised one became `[redacted]`."""
+    token = f"tok-{uuid.uuid4().hex}"
+    bodies = [await echoed_body(deps, monkeypatch, variable, token, variable)
+              for variable in VARIABLE_NAMES]
+    expected = json.dumps({"you_sent": f"Bearer {REDACTED}", "credential": REDACTED})
+    assert bodies == [expected, expected]
+
+
+@pytest.mark.parametrize("variable", VARIABLE_NAMES)
+@pytest.mark.parametrize(("other", "shown"), [("inside", f"Bearer {REDACTED}"), ("overlapping", REDACTED)])
+async def test_a_token_sharing_text_with_another_secret_is_hidden_whole(
+    deps: ActivityDeps, monkeypatch: pytest.MonkeyPatch, variable: str, other: str, shown: str
+) -> None:
+    """Another worker secret inside the token, or overlapping its start (a stored header value
+    `Bearer tok-...`), must not split it: once the other secret was replaced first and the rest
+    of the token was left in clear. The whole stretch the two cover becomes one marker."""
+    token = f"tok-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MEDKIT_TEST_SIGNING_KEY",
+                       token[8:24] if other == "inside" else f"Bearer {token[:12]}")
+    body = await echoed_body(deps, monkeypatch, variable, token, f"{variable}-{other}")
+    assert body == json.dumps({"you_sent": shown, "credential": REDACTED})
+    for piece in (token[:8], token[12:20], token[-8:]):
+        assert piece not in body
+
+
+@pytest.mark.parametrize(("secrets", "text", "expected"), [
+    (["s3cret-long-value", "long-v"], "a s3cret-long-value b", f"a {REDACTED} b"),
+    (["aaaa-bbbb", "bbbb-cccc"], "x aaaa-bbbb-cccc y", f"x {REDACTED} y"),
+    (["first-secret", "second-secret"], "first-secretsecond-secret!", f"{REDACTED}!"),
+    (["redacted", "s3cret-value"], "s3cret-value and redacted", f"{REDACTED} and {REDACTED}"),
+    (["abcabc"], "abcabcabc", REDACTED),
+    ([], "nothing to hide", "nothing to hide"),
+])
+def test_redact_hides_each_stretch_of_secrets_with_one_marker(
+    secrets: list[str], text: str, expected: str
+) -> None:
+    worker = {f"SECRET_{n}": value for n, value in enumerate(secrets)}
+    assert redact(text, environ=worker) == expected

@@ -421,6 +421,28 @@ async def test_unreachable_slack_is_retryable_without_echoing_the_secret_url(
     assert "secret-token" not in str(caught.value) and caught.value.__cause__ is None
 
 
+@pytest.mark.parametrize(("url", "reason"), [
+    # a value pasted with its quotes: httpx sees no http(s) scheme
+    ('"https://hooks.example/services/T0/B0/secret-token"', "it is not an http:// or https:// URL"),
+    # a "/" in the password ends the authority early: httpx's message quotes the password
+    ("http://medkit:secret-token/x@127.0.0.1:1/services/T0", "Invalid port"),
+    ("http://127.0.0.1:99999/services/secret-token", "its port is not in 1-65535"),
+])
+async def test_a_webhook_url_that_cannot_be_requested_is_rejected_without_echoing_it(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    """A URL from the environment is not validated. One httpx refuses before sending cannot
+    work on any retry: it was retried (DeliveryRetryable, or a plain InvalidURL whose message
+    quoted the password), holding back the page for six attempts."""
+    monkeypatch.setenv("SLACK_ONCALL_URL", url)
+    route = SlackRoute(webhook_url_env="SLACK_ONCALL_URL")
+    with pytest.raises(ApplicationError) as caught:
+        await send_slack(http, request(route), route)
+    assert (caught.value.type, caught.value.non_retryable) == ("DeliveryRejected", True)
+    assert caught.value.message == f"route 'oncall' URL cannot be requested: {reason}"
+    assert caught.value.__cause__ is None
+
+
 async def test_missing_secret_names_the_variable(ts_env: WorkflowEnvironment, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDKIT_TEST_UNSET", raising=False)
@@ -714,6 +736,23 @@ async def test_email_to_an_untrusted_certificate_is_not_retried(tls_mailbox: Mai
         await send_email(request(route), route)
     assert caught.value.type == "DeliveryRejected" and "not trusted" in caught.value.message
     assert tls_mailbox.messages == []
+
+
+@pytest.mark.parametrize("ca", ["missing", "not-pem"])
+async def test_email_with_an_unreadable_ca_file_is_not_retried(
+    tls_mailbox: Mailbox, tmp_path: Path, ca: str
+) -> None:
+    """The CA file was loaded in the middle of the SMTP conversation, and its error counted as a
+    network failure: DeliveryRetryable, six attempts for a file that does not change."""
+    path = tmp_path / "ca.pem"
+    if ca == "not-pem":
+        path.write_text("not a certificate\n")
+    route = email_route(tls_mailbox, starttls=True, ca_file=str(path))
+    with pytest.raises(ApplicationError) as caught:
+        await send_email(request(route), route)
+    assert (caught.value.type, caught.value.non_retryable) == ("DeliveryRejected", True)
+    assert caught.value.message.startswith(f"route 'oncall': cannot load ca_file {path}: ")
+    assert tls_mailbox.messages == [] and tls_mailbox.tls_sessions == 0
 
 
 async def test_email_wrong_password_is_not_retried(

@@ -7,8 +7,9 @@ import httpx
 import pytest
 
 from activities.probes import bounded_probe
+from activities.url_errors import url_error, url_problem
 from models.policy_yaml import PolicyError, parse_policy
-from models.probes import HttpProbe
+from models.probes import HttpProbe, PrometheusProbe
 from models.urls import redact_url
 
 POLICY = """version: 1
@@ -85,6 +86,37 @@ async def test_a_url_validation_let_through_is_a_failing_probe_not_a_crash(url: 
     assert url in result.detail
 
 
+@pytest.mark.parametrize(("url", "detail"), [
+    # a "/" in the password ends the authority early: httpx reads "s3cr3t" as the port and quotes it
+    ("http://admin:s3cr3t/pw@127.0.0.1:9090",
+     "probe failed: cannot request http://***@127.0.0.1:9090: Invalid port"),
+    ("http://admin:s3cr3t@127.0.0.1:99999",
+     "probe failed: cannot request http://***@127.0.0.1:99999: connect(): port must be 0-65535."),
+    ("http://admin:s3cr3t@[::1", "probe failed: cannot request http://***@[::1: Invalid port"),
+])
+async def test_a_probe_whose_url_cannot_be_requested_fails_without_showing_its_secret(
+    url: str, detail: str
+) -> None:
+    """bounded_probe's own URL-error branch (a Prometheus probe does not catch URL errors itself):
+    a failing probe, not a crash, with a detail that names the URL redacted and the reason
+    without the piece of the URL httpx quotes (which was the password)."""
+    valid = PrometheusProbe(url="http://127.0.0.1:1", query="up", unhealthy_when="< 1")
+    probe = valid.model_copy(update={"url": url})  # as if validation had let it through
+    async with httpx.AsyncClient() as http:
+        result = await bounded_probe(http, probe)
+    assert (result.healthy, result.failure, result.probe) == (False, "error", "prometheus")
+    assert result.detail == detail
+    assert "s3cr3t" not in result.model_dump_json()
+
+
+async def test_an_http_probe_whose_url_cannot_be_requested_does_not_show_its_password() -> None:
+    probe = HttpProbe(url="http://h").model_copy(update={"url": "http://admin:s3cr3t/pw@127.0.0.1:1/health"})
+    async with httpx.AsyncClient() as http:
+        result = await bounded_probe(http, probe)
+    assert (result.healthy, result.failure) == (False, "error")
+    assert result.detail == "cannot request http://***@127.0.0.1:1/health: Invalid port"
+
+
 async def test_probe_evidence_never_shows_the_urls_credentials() -> None:
     probe = HttpProbe(url="http://admin:s3cret@127.0.0.1:1/health?token=abc&x=1", timeout="1s")
     async with httpx.AsyncClient() as http:
@@ -99,6 +131,34 @@ async def test_probe_evidence_never_shows_the_urls_credentials() -> None:
     ("http://prom:9090/api?query=up&api_key=k&X-Amz-Signature=s", "http://prom:9090/api?query=up&api_key=***&X-Amz-Signature=***"),
     ("http://prom:9090/x?query=up", "http://prom:9090/x?query=up"),
     ("http://u:p@[::1/x?password=p", "http://***@[::1/x"),
+    ("http://admin:s3cr3t/pw@prom:9090/x?token=t", "http://***@prom:9090/x"),
+    ("http://admin:pa#ss@prom:9090/x", "http://***@prom:9090/x"),
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_a_header_httpx_cannot_encode_is_not_taken_for_a_url_error() -> None:
+    """UnicodeEncodeError is a ValueError, like the URL errors, but httpx raises it for a header
+    value (a non-ASCII token or policy header): calling it "cannot request the URL" misleads."""
+    encoding = UnicodeEncodeError("ascii", "Bearer t\u00f6k", 8, 9, "ordinal not in range(128)")
+    assert url_error(encoding) is None
+    assert url_error(ExceptionGroup("connect", [encoding])) is None
+    port = OverflowError("connect(): port must be 0-65535.")
+    assert url_error(ExceptionGroup("connect", [port])) is port
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("https://example.com:8443/x?token=t", None),
+    ("http://[::1]:8080/x", None),
+    ('"https://hooks.example/T0"', "it is not an http:// or https:// URL"),
+    ("ftp://example.com/x", "it is not an http:// or https:// URL"),
+    ("http:///x", "it names no host"),
+    ("http://127.0.0.1:99999/x", "its port is not in 1-65535"),
+    ("http://127.0.0.1:0/x", "its port is not in 1-65535"),
+    ("http://admin:s3cr3t/pw@127.0.0.1:9090", "Invalid port"),
+])
+def test_url_problem_says_why_without_the_url(url: str, problem: str | None) -> None:
+    """Checked before a request, so no other error of the same type (a body's ValueError) is
+    taken for the URL's."""
+    assert url_problem(url) == problem

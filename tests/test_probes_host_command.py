@@ -135,8 +135,12 @@ def gone(pid: int, within: float = 10.0) -> bool:
 
 
 async def test_command_that_cannot_start_is_a_config_error(tmp_path: Path) -> None:
+    no_shebang = tmp_path / "check.sh"  # exec fails with ENOEXEC, a plain OSError that escaped
+    no_shebang.write_text("exit 0\n")
+    no_shebang.chmod(0o755)
     async with httpx.AsyncClient() as http:
         for spec in (CommandProbe(name="c", argv=[str(tmp_path / "missing")]),
+                     CommandProbe(name="c", argv=[str(no_shebang)]),
                      command("-c", "pass", cwd=str(tmp_path / "missing"))):
             with pytest.raises(ApplicationError) as caught:
                 await run_probe(http, spec)

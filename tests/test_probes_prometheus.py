@@ -6,8 +6,13 @@ about five seconds to start scraping a new target); every test leaves the demo h
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -18,7 +23,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.probe_prometheus import judge
 from activities.probes import ProbeActivities, run_probe
-from models.probes import ProbeResult, ProbeRoundRequest, PrometheusProbe
+from models.probes import ProbeResult, ProbeRoundRequest, PrometheusProbe, TcpProbe
 from tests.conftest import DemoService, eventually, free_port, wait_for_port
 from tests.prometheus_fixture import PrometheusServer, running_prometheus
 
@@ -186,3 +191,54 @@ def test_judge_query_errors_nan_and_equality() -> None:
     assert mixed.observed["labels"] == '{i="b"}' and mixed.observed["value"] is None
     with pytest.raises(ApplicationError, match="returns a string"):
         judge(spec, {"resultType": "string", "result": [0, "x"]}, 1.0)
+
+
+@contextlib.contextmanager
+def answering(body: Any) -> Iterator[str]:
+    """A real local HTTP server answering every query with `body` (HTTP 200), like a Prometheus
+    that is not quite one (a proxy, an incompatible version); yields its URL."""
+    data = json.dumps(body).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("result", "error"), [
+    ({"resultType": "vector", "result": [{"metric": {}}]}, "KeyError"),
+    ({"resultType": "vector", "result": [{"metric": {}, "value": [0, "abc"]}]}, "ValueError"),
+    ({"resultType": "scalar", "result": [0]}, "IndexError"),
+    ({"resultType": "vector", "result": ["up 1"]}, "AttributeError"),
+])
+async def test_a_malformed_answer_fails_this_probe_not_the_round(
+    http: httpx.AsyncClient, result: Any, error: str
+) -> None:
+    """Judging such an answer raised out of the probe round: the round failed (retried for the
+    same answer) and the recovery counted every probe unhealthy, the TCP one that passes too;
+    a ValueError was reported as a URL that cannot be requested."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, answering({"status": "success", "data": result}) as url:
+        spec = PrometheusProbe.model_validate({"name": "metric", "url": url, "query": "up",
+                                               "unhealthy_when": "< 1"})
+        tcp = TcpProbe(name="port", port=listener.getsockname()[1])
+        round_ = await ActivityEnvironment().run(
+            ProbeActivities(http).probe_service, ProbeRoundRequest(service="demo", probes=[spec, tcp]))
+    metric, port = round_.results
+    assert (metric.healthy, metric.failure) == (False, "error")
+    assert metric.detail == f"{url}/api/v1/query answered a malformed result ({error})"
+    assert port.healthy

@@ -361,6 +361,18 @@ async def test_a_malformed_prometheus_answer_is_a_prometheus_error(
             await query_instant(http, spec, datetime.now(UTC))
 
 
+async def test_a_prometheus_url_that_cannot_be_requested_is_an_error_without_its_password() -> None:
+    """httpx quotes the piece of a URL it cannot read (here the password, read as a port since
+    its "/" ended the authority); the error is logged, so it names neither."""
+    valid = AnomalySeriesSpec.model_validate({"name": "e", "service": DEMO_SERVICE,
+                                              "prometheus": "http://127.0.0.1:1", "query": "up"})
+    spec = valid.model_copy(update={"prometheus": "http://admin:s3cr3t/pw@127.0.0.1:9090"})
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(PrometheusError) as caught:
+            await query_instant(http, spec, datetime.now(UTC))
+    assert str(caught.value) == "http://***@127.0.0.1:9090/api/v1/query cannot be requested: Invalid port"
+
+
 async def test_malformed_answers_are_logged_and_skipped_and_credentials_never_shown(
     fake_prometheus: FakePrometheus, demo_service: DemoService, tmp_path: Path
 ) -> None:

@@ -1,0 +1,61 @@
+"""URLs httpx cannot request at all, and how to say why without repeating the URL.
+
+httpx refuses such a URL before any I/O (a bad port, an unclosed bracket, an invalid host name),
+and its message quotes the offending piece: `Invalid port: 's3cret'` for
+`http://user:s3cret/x@host`, where a `/` in the password ends the authority early. A detail or
+error goes into workflow history and log lines, so only the unquoted text of the reason is kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+URL_ERRORS = (httpx.InvalidURL, OverflowError, ValueError)
+"""What httpx raises for a URL it cannot request at all (bad port, brackets, host), before any I/O."""
+
+_QUOTED = re.compile(r"""\s*(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+"""A quoted (repr'd) piece of an error message: where httpx, idna and urllib repeat the URL."""
+
+
+def url_error(err: BaseException) -> Exception | None:
+    """The URL error in `err` (itself, or inside the ExceptionGroup anyio's connect raises).
+
+    Not a UnicodeEncodeError: httpx raises that for a header value it cannot encode, which is
+    no fault of the URL (httpx percent-encodes a URL's non-ASCII characters).
+    """
+    if isinstance(err, UnicodeEncodeError):
+        return None
+    if isinstance(err, URL_ERRORS):
+        return err
+    if isinstance(err, ExceptionGroup):
+        found = err.subgroup(lambda e: isinstance(e, URL_ERRORS) and not isinstance(e, UnicodeEncodeError))
+        return found.exceptions[0] if found is not None else None
+    return None
+
+
+def url_error_reason(err: BaseException) -> str:
+    """Why a URL cannot be requested (`Invalid port`, `connect(): port must be 0-65535.`),
+    without the pieces of the URL the message quotes; the error's type name if nothing is left."""
+    reason = _QUOTED.sub("", str(err)).strip().rstrip(":,").strip()
+    return reason or type(err).__name__
+
+
+def url_problem(url: str) -> str | None:
+    """Why httpx cannot request `url` at all, checked before any request; None when it can.
+
+    Checking first, rather than catching what the request raises, keeps other errors of the
+    same types (a ValueError from encoding a body, say) from being taken for the URL's.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as err:
+        return url_error_reason(err)
+    if parsed.scheme not in ("http", "https"):
+        return "it is not an http:// or https:// URL"
+    if not parsed.host:
+        return "it names no host"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return "its port is not in 1-65535"
+    return None
