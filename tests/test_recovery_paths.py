@@ -357,6 +357,33 @@ async def test_an_abort_during_the_emergency_page_answers_with_the_phase_it_ends
     assert script.actions == []
 
 
+async def test_an_abort_accepted_but_not_taken_in_time_says_so_instead_of_no_worker(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """The caller's wait ends while the emergency page is still on its way: the recovery
+    accepted the abort, so the answer is an accepted verdict naming the phase it is in now and
+    saying the abort is not taken yet, not "no worker answered, not applied yet"; the recovery
+    then ends Aborted."""
+    script = Script()
+    script.probe("http", False)
+    policy = scripted_policy(webhook_receiver.url)
+    webhook_receiver.delays["emergency"] = 6.0
+
+    async def paging() -> bool:
+        return "emergency" in webhook_receiver.events()
+
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
+        await eventually(paging)
+        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.ABORT,
+                                      operator("false alarm"), timeout=1.0)
+        result = await handle.result()
+    assert verdict.accepted and verdict.phase in (Phase.ASSESSING, Phase.EMERGENCY_RECOVERY)
+    assert verdict.message.startswith(f"abort accepted; the recovery, now {verdict.phase.value}, "
+                                      "takes it when its current step ends")
+    assert result.phase == Phase.ABORTED
+
+
 async def test_max_retries_then_manual_then_resolve(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:

@@ -17,6 +17,7 @@ from temporalio.client import (
     RPCTimeoutOrCancelledError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -226,6 +227,9 @@ async def fetch_status(client: Client, workflow_id: str, run_id: str | None = No
         raise
 
 
+ACCEPTED_STATUS_SECONDS = 5.0
+"""How long the status query may take that describes a decision accepted but not yet taken."""
+
 PENDING_DECISION_NOTE = (
     "the {kind} is not applied yet, but Temporal keeps it pending, and a worker that picks up "
     "the recovery later may still apply it (`medkit status` shows whether it did)")
@@ -235,18 +239,46 @@ against the dev server: an update whose caller gave up after 3 s was applied by 
 started a minute later); it is lost only if the server drops its in-memory update registry."""
 
 
+async def _accepted_not_yet_taken(client: Client,
+                                  handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                                  kind: DecisionKind, timeout: float) -> DecisionVerdict:
+    """The verdict for a decision the recovery accepted but has not finished taking within
+    `timeout` (an abort waits for the step under way, say a page being retried): accepted, in
+    the phase the recovery is in now, saying so, rather than "no worker answered"."""
+    try:
+        status = await _answered(client, handle.query(RecoveryWorkflow.status), handle,
+                                 "status query", min(timeout, ACCEPTED_STATUS_SECONDS))
+    except NoWorkerAnswered:
+        raise NoWorkerAnswered(
+            f"{kind.value} accepted by the recovery, which had not finished taking it after "
+            f"{timeout:g}s (`medkit status {handle.id}` shows when it has)") from None
+    return DecisionVerdict(
+        decision=kind, accepted=True, phase=status.phase,
+        message=f"{kind.value} accepted; the recovery, now {status.phase.value}, takes it when "
+                f"its current step ends, which had not happened after {timeout:g}s "
+                f"(`medkit status {handle.id}` shows when it has)")
+
+
 async def send_decision(
     client: Client, workflow_id: str, kind: DecisionKind, decision: OperatorDecision,
     run_id: str | None = None, timeout: float = ANSWER_TIMEOUT_SECONDS,
 ) -> DecisionVerdict:
     """Send a decision as an update (to the latest run, or the given one); the verdict, or
-    DecisionRejected saying why not, or NoWorkerAnswered after `timeout` seconds."""
+    DecisionRejected saying why not, or NoWorkerAnswered when no worker accepted it within
+    `timeout` seconds. Accepted but not taken by then, it is an accepted verdict saying so."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        verdict: DecisionVerdict = await _answered(
+        update = await _answered(
             client,
-            handle.execute_update(kind.value, decision, result_type=DecisionVerdict),
+            handle.start_update(kind.value, decision, wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                                result_type=DecisionVerdict),
             handle, kind.value, timeout)
+        try:
+            verdict: DecisionVerdict | None = await within(
+                update.result(), max(deadline - asyncio.get_running_loop().time(), 0.001))
+        except TimeoutError:
+            verdict = None  # accepted, not taken yet: described below, outside these handlers
     except NoWorkerAnswered as err:
         raise NoWorkerAnswered(f"{err}; {PENDING_DECISION_NOTE.format(kind=kind.value)}") from None
     except WorkflowUpdateFailedError as err:
@@ -260,4 +292,4 @@ async def send_decision(
             f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
             f"{ended.phase.value}"
         ) from None
-    return verdict
+    return verdict or await _accepted_not_yet_taken(client, handle, kind, timeout)
