@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from activities.probe_command import check_command
 from activities.probe_host import check_host
 from activities.probe_prometheus import check_prometheus
-from activities.url_errors import url_error, url_error_reason
+from activities.url_errors import url_error
 from models.probes import (
     CommandProbe,
     HostProbe,
@@ -31,7 +31,7 @@ from models.probes import (
     PrometheusProbe,
     TcpProbe,
 )
-from models.urls import redact_url
+from models.urls import redact_url, url_error_reason
 
 
 def _result(spec: HttpProbe | TcpProbe | ProcessProbe, **fields: object) -> ProbeResult:

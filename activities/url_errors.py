@@ -8,15 +8,12 @@ error goes into workflow history and log lines, so only the unquoted text of the
 
 from __future__ import annotations
 
-import re
-
 import httpx
+
+from models.urls import url_error_reason
 
 URL_ERRORS = (httpx.InvalidURL, OverflowError, ValueError)
 """What httpx raises for a URL it cannot request at all (bad port, brackets, host), before any I/O."""
-
-_QUOTED = re.compile(r"""\s*(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-"""A quoted (repr'd) piece of an error message: where httpx, idna and urllib repeat the URL."""
 
 
 def url_error(err: BaseException) -> Exception | None:
@@ -33,13 +30,6 @@ def url_error(err: BaseException) -> Exception | None:
         found = err.subgroup(lambda e: isinstance(e, URL_ERRORS) and not isinstance(e, UnicodeEncodeError))
         return found.exceptions[0] if found is not None else None
     return None
-
-
-def url_error_reason(err: BaseException) -> str:
-    """Why a URL cannot be requested (`Invalid port`, `connect(): port must be 0-65535.`),
-    without the pieces of the URL the message quotes; the error's type name if nothing is left."""
-    reason = _QUOTED.sub("", str(err)).strip().rstrip(":,").strip()
-    return reason or type(err).__name__
 
 
 def url_problem(url: str) -> str | None:

@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import structlog
 
-from activities.url_errors import url_error, url_error_reason
+from activities.url_errors import url_error
 from detectors.anomaly import AnomalyDetector
 from detectors.health_poller import Reporter
 from models.detection import Detection, incident_key_from
 from models.policy import AnomalySeriesSpec, AnomalyWatchSpec, ServicePolicy
-from models.urls import redact_url
+from models.urls import redact_url, url_error_reason
 
 MAX_RANGE_POINTS = 11_000
 """Prometheus refuses a query_range of more points than this; the warm-up is clamped to it."""

@@ -23,13 +23,25 @@ _USERINFO = re.compile(r"(?<=://).*@", re.DOTALL)
 the `/`, `#` or `@` that ended its authority early, so all of it up to the host is hidden."""
 
 
+_QUOTED = re.compile(r"""\s*(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+"""A quoted (repr'd) piece of an error message: where urllib, httpx and idna repeat the URL."""
+
+
+def url_error_reason(err: BaseException) -> str:
+    """Why a URL cannot be requested (`Invalid port`, `Port could not be cast to integer value
+    as`), without the pieces of the URL the message quotes, which may be a password (a `/` in it
+    ends the authority early); the error's type name if nothing is left."""
+    reason = _QUOTED.sub("", str(err)).strip().rstrip(":,").strip()
+    return reason or type(err).__name__
+
+
 def _requestable_url(value: str) -> str:
     """Refuse an http(s) URL that would fail before any request: bad host, port or brackets."""
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as err:
-        raise ValueError(f"not a valid URL ({err})") from None
+        raise ValueError(f"not a valid URL ({url_error_reason(err)})") from None
     if not parts.hostname:
         raise ValueError("the URL names no host")
     if port == 0:

@@ -38,6 +38,18 @@ def test_a_probe_url_that_cannot_be_requested_is_refused_naming_its_field(url: s
     assert message in problem.message
 
 
+def test_a_refused_url_is_explained_without_the_password_it_holds() -> None:
+    """A `/` in a password ends the URL's authority early, so urllib reads the password as the
+    port and quotes it in its error: the policy error (printed by `config check` and at worker
+    start-up) names the field and the reason, never the password."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(POLICY % "http://admin:s3cr3t/pw@127.0.0.1:9090/health", "policy.yaml")
+    [problem] = caught.value.problems
+    assert problem.path == "services[0].probes[0].url"
+    assert "not a valid URL (Port could not be cast to integer value as)" in problem.message
+    assert "s3cr3t" not in str(caught.value)
+
+
 def test_a_prometheus_url_that_cannot_be_requested_is_refused_naming_its_field() -> None:
     text = (POLICY % "http://127.0.0.1:1/") + (
         "anomaly:\n  series: [{name: e, service: web, prometheus: 'http://p:70000', query: up}]\n")
