@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
@@ -38,6 +39,7 @@ from tests.test_recovery_paths import operator
 from workers.client import send_decision
 from workers.worker import build_worker
 from workflows.fleet import FleetCoordinatorWorkflow
+from workflows.recovery import RecoveryWorkflow
 
 GONE_RUN = "0b6f6c1e-9d7a-4e3c-8f1e-000000000000"
 """The run id of a recovery that no longer runs: a real server refuses to describe a run by an id
@@ -190,3 +192,49 @@ async def test_a_lease_given_back_before_its_request_arrived_is_not_granted_afte
         await save_history(handle, "abort_while_lease_requested")
     assert result.phase == Phase.ABORTED
     assert script.actions == []
+
+
+LATE_ANSWER_SECONDS = 0.5
+"""Long after the assessment's scripted probes, well inside one workflow task."""
+
+
+class SlowLeaseAnswer:
+    """`request_fleet_lease` answered a moment late, after the recovery's assessment is done, so
+    the recovery reaches the lease while the request is still running, in the same workflow task."""
+
+    def __init__(self, client: Client) -> None:
+        self._fleet = FleetActivities(client)
+
+    @activity.defn(name="request_fleet_lease")
+    async def request_fleet_lease(self, request: LeaseRequest) -> LeaseDecision:
+        """Wait half a second, then ask the coordinator."""
+        await asyncio.sleep(LATE_ANSWER_SECONDS)
+        return await self._fleet.request_fleet_lease(request)
+
+
+async def test_a_lease_answered_after_the_recovery_waits_for_it_replays(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver,
+) -> None:
+    """A run whose lease answer came after it started waiting for it replays.
+
+    On replay a local activity's result may reach the workflow at another moment than it did
+    live, so nothing the run records may depend on whether the answer had come yet. The first
+    version of `release-after-lease-answer` called `workflow.patched` only when it had not: a
+    status query that replayed an evicted run (tests/test_gateway.py, once under load) failed
+    with "patch marker encountered ... but there is no corresponding change command". The patch
+    is now decided when the request is made. This replay did not fail on that first version
+    here (the replayer resolved the answer in the order it was recorded), so it guards the late
+    answer's path, not that exact interleaving."""
+    client = ts_env.client
+    script = Script()
+    script.probe("http", False, False)
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(client, queue, deps, request_lease=SlowLeaseAnswer(client).request_fleet_lease):
+        handle = await start(client, queue, policy, detection())
+        result = await handle.result()
+    assert result.phase == Phase.RECOVERED
+    history = await handle.fetch_history()
+    replayer = Replayer(workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
+                        data_converter=pydantic_data_converter)
+    replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, replayed.replay_failure

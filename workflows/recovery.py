@@ -111,7 +111,8 @@ RELEASE_AFTER_ANSWER_PATCH = "release-after-lease-answer"
 """Marks runs that, giving up a lease request still unanswered (an abort, a dismissal, a
 handover), let it reach the coordinator and hand the lease back after its answer; runs before
 it cancelled the request and released at once, and a request that still arrived was granted
-after its release, to a recovery that had ended."""
+after its release, to a recovery that had ended. Decided when the request is made, so that
+whether the run takes it never depends on how far the request had got."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -179,6 +180,7 @@ class RecoveryWorkflow:
         self._lease: LeaseRequest | None = None
         self._lease_granted = False
         self._lease_answer: asyncio.Task[LeaseDecision] | None = None
+        self._release_after_answer = False
         self._lease_decisions: dict[str, LeaseDecision] = {}
         self._stored = 0
         self._stored_phase: Phase | None = None
@@ -623,6 +625,9 @@ class RecoveryWorkflow:
         capped = limits.max_services is not None or limits.max_percent is not None
         if self._dry_run or self._lease is not None or not (self._policy.exclusive or capped):
             return
+        # Decided when the request is made, never on whether its answer has come: a local
+        # activity's result reaches the code at other moments on replay than it did live.
+        self._release_after_answer = workflow.patched(RELEASE_AFTER_ANSWER_PATCH)
         info = workflow.info()
         self._lease = LeaseRequest(
             request_id=str(workflow.uuid4()), service=self._policy.name,
@@ -646,8 +651,7 @@ class RecoveryWorkflow:
         # An abort stops waiting for the answer, not the request (see _release_lease); one that
         # came already leaves the request alone anyway.
         waited: Awaitable[LeaseDecision] = answer
-        if (not answer.done() and self._abort is None
-                and workflow.patched(RELEASE_AFTER_ANSWER_PATCH)):
+        if self._abort is None and self._release_after_answer:
             waited = asyncio.shield(answer)
         try:
             decision = await self._guarded(waited)
@@ -686,7 +690,7 @@ class RecoveryWorkflow:
         lease, self._lease, self._lease_granted = self._lease, None, False
         answer, self._lease_answer = self._lease_answer, None
         if answer is not None:
-            if not answer.done() and workflow.patched(RELEASE_AFTER_ANSWER_PATCH):
+            if self._release_after_answer and not answer.done():
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(
                         answer.done, timeout=LEASE_ANSWER_WAIT,
