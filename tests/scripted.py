@@ -27,6 +27,7 @@ from activities.notify import NotifyActivities
 from activities.record import RecordActivities
 from models.actions import ActionRequest, ActionResult
 from models.detection import Detection
+from models.fleet import LeaseRelease, LeaseRequest
 from models.phases import Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
 from models.probes import ProbeResult, ProbeRound, ProbeRoundRequest
@@ -244,3 +245,14 @@ async def save_history(handle: WorkflowHandle[Any, Any], name: str,
     history = await handle.fetch_history()
     HISTORY_DIR.mkdir(exist_ok=True)
     (HISTORY_DIR / f"{name}.json").write_text(history.to_json())
+
+
+async def lease_and_give_back(fleet: FleetActivities, other: LeaseRequest, n: int) -> None:
+    """Keep the coordinator busy: the `n`th request and release for the `payments` service, by a
+    recovery otherwise like `other`."""
+    busy = other.model_copy(update={"request_id": f"busy-{n}", "service": "payments",
+                                    "workflow_id": f"recovery:busy-{n}"})
+    await fleet.request_fleet_lease(busy)
+    await fleet.release_fleet_lease(LeaseRelease(
+        service="payments", workflow_id=busy.workflow_id, run_id=busy.run_id,
+        task_queue=busy.task_queue))

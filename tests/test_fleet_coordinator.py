@@ -23,18 +23,24 @@ from temporalio.worker import Replayer
 
 from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
-from models import search_attributes as sa
 from models.fleet import (
     FleetSpec,
     FleetState,
     LeaseDecision,
-    LeaseRelease,
     LeaseRequest,
     coordinator_workflow_id,
 )
 from models.phases import DecisionKind, Phase
-from tests.conftest import BIN, SERVER_STARTUP, WebhookReceiver, eventually, policy_file, running
-from tests.scripted import Script, detection, save_history, scripted_policy, start, wait_for_phase
+from tests.conftest import WebhookReceiver, eventually, policy_file, running, start_dev_server
+from tests.scripted import (
+    Script,
+    detection,
+    lease_and_give_back,
+    save_history,
+    scripted_policy,
+    start,
+    wait_for_phase,
+)
 from tests.test_recovery_paths import operator
 from workers.client import send_decision
 from workers.worker import build_worker
@@ -52,17 +58,9 @@ SUGGEST_CONTINUE_AS_NEW_AFTER = 40
 @pytest_asyncio.fixture
 async def early_can_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server of the test's own that suggests continue-as-new after a few dozen events."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(BIN / "temporal"),
-        data_converter=pydantic_data_converter,
-        search_attributes=sa.ALL,
-        ui=False,
-        dev_server_startup_timeout=SERVER_STARTUP,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AFTER}",
-        ],
-    )
+    env = await start_dev_server(
+        "--dynamic-config-value",
+        f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AFTER}")
     yield env
     await env.shutdown()
 
@@ -116,12 +114,7 @@ async def test_a_coordinator_that_continues_as_new_often_still_checks_its_holder
         n = 0
         while loop.time() < give_up:
             n += 1
-            busy = crashed.model_copy(update={"request_id": f"busy-{n}", "service": "payments",
-                                              "workflow_id": f"recovery:busy-{n}"})
-            await fleet.request_fleet_lease(busy)
-            await fleet.release_fleet_lease(LeaseRelease(
-                service="payments", workflow_id=busy.workflow_id, run_id=busy.run_id,
-                task_queue=queue))
+            await lease_and_give_back(fleet, crashed, n)
             if "checkout" not in (await coordinator.query(FleetCoordinatorWorkflow.leases)).holders:
                 reclaimed = True
                 break

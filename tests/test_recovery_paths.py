@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.deps import ActivityDeps
 from gateway.temporal import started_new
 from models import search_attributes as sa
-from models.decisions import OperatorDecision
+from models.decisions import DecisionVerdict, OperatorDecision
 from models.detection import ReportBatch
 from models.incident_record import IncidentRecord
 from models.phases import DecisionKind, Phase, Severity
@@ -328,17 +328,16 @@ async def test_abort_during_remediation_cancels_the_action(
     assert script.cancelled == ["restart"]
 
 
-async def test_an_abort_during_the_emergency_page_answers_with_the_phase_it_ends_in(
-    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
-) -> None:
-    """An abort accepted while the emergency page is on its way takes effect at the next step
-    that watches for it (here the approval gate), after the recovery has passed through
-    EmergencyRecovery and AwaitingApproval: the verdict names Aborted, where the recovery ends,
-    not the first phase it moved into after the abort."""
+async def abort_while_paging(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver,
+    timeout: float, history: str | None = None,
+) -> tuple[DecisionVerdict, RecoveryStatus, Script]:
+    """Start a critical recovery, abort it while its emergency page takes 5 s to deliver, waiting
+    `timeout` seconds for the verdict; the verdict, the final status and the script."""
     script = Script()
     script.probe("http", False)
     policy = scripted_policy(webhook_receiver.url)
-    webhook_receiver.delays["emergency"] = 5.0  # the abort arrives while the page is sent
+    webhook_receiver.delays["emergency"] = 5.0
 
     async def paging() -> bool:
         return "emergency" in webhook_receiver.events()
@@ -347,9 +346,22 @@ async def test_an_abort_during_the_emergency_page_answers_with_the_phase_it_ends
         handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
         await eventually(paging)
         verdict = await send_decision(ts_env.client, handle.id, DecisionKind.ABORT,
-                                      operator("false alarm"))
+                                      operator("false alarm"), timeout=timeout)
         result = await handle.result()
-        await save_history(handle, "abort_during_page")
+        if history is not None:
+            await save_history(handle, history)
+    return verdict, result, script
+
+
+async def test_an_abort_during_the_emergency_page_answers_with_the_phase_it_ends_in(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """An abort accepted while the emergency page is on its way takes effect at the next step
+    that watches for it (here the approval gate), after the recovery has passed through
+    EmergencyRecovery and AwaitingApproval: the verdict names Aborted, where the recovery ends,
+    not the first phase it moved into after the abort."""
+    verdict, result, script = await abort_while_paging(ts_env, queue, deps, webhook_receiver,
+                                                       timeout=30.0, history="abort_during_page")
     assert result.phase == Phase.ABORTED
     assert phases(result)[-3:] == ["EmergencyRecovery", "AwaitingApproval", "Aborted"]
     assert (verdict.accepted, verdict.phase) == (True, Phase.ABORTED)
@@ -364,20 +376,7 @@ async def test_an_abort_accepted_but_not_taken_in_time_says_so_instead_of_no_wor
     accepted the abort, so the answer is an accepted verdict naming the phase it is in now and
     saying the abort is not taken yet, not "no worker answered, not applied yet"; the recovery
     then ends Aborted."""
-    script = Script()
-    script.probe("http", False)
-    policy = scripted_policy(webhook_receiver.url)
-    webhook_receiver.delays["emergency"] = 6.0
-
-    async def paging() -> bool:
-        return "emergency" in webhook_receiver.events()
-
-    async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
-        await eventually(paging)
-        verdict = await send_decision(ts_env.client, handle.id, DecisionKind.ABORT,
-                                      operator("false alarm"), timeout=1.0)
-        result = await handle.result()
+    verdict, result, _ = await abort_while_paging(ts_env, queue, deps, webhook_receiver, timeout=1.0)
     assert verdict.accepted and verdict.phase in (Phase.ASSESSING, Phase.EMERGENCY_RECOVERY)
     assert verdict.message.startswith(f"abort accepted; the recovery, now {verdict.phase.value}, "
                                       "takes it when its current step ends")

@@ -19,7 +19,7 @@ from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
 from activities.process import ProcessSupervisor
 from demo.policy import DEMO_SERVICE, demo_policy
-from models.fleet import FleetSpec, LeaseRelease, LeaseRequest, coordinator_workflow_id
+from models.fleet import FleetSpec, LeaseRequest, coordinator_workflow_id
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import PolicyFile, ServicePolicy
 from tests.conftest import (
@@ -31,7 +31,15 @@ from tests.conftest import (
     running,
     start_time_skipping,
 )
-from tests.scripted import Script, blocking_script, detection, scripted_policy, start, wait_for_phase
+from tests.scripted import (
+    Script,
+    blocking_script,
+    detection,
+    lease_and_give_back,
+    scripted_policy,
+    start,
+    wait_for_phase,
+)
 from tests.test_incidents_cli import run_cli
 from tests.test_policy_authority import PY, own_service
 from tests.test_recovery_paths import operator
@@ -245,12 +253,7 @@ async def test_a_busy_fleet_does_not_put_off_the_check_of_lease_holders(
         assert (await fleet.request_fleet_lease(crashed)).verdict == "granted"
         for n in range(8):  # a request and a release every 2 s, for 16 s
             await own_ts_env.sleep(2)
-            busy = crashed.model_copy(update={"request_id": f"busy-{n}", "service": "payments",
-                                              "workflow_id": f"recovery:busy-{n}"})
-            await fleet.request_fleet_lease(busy)
-            await fleet.release_fleet_lease(LeaseRelease(
-                service="payments", workflow_id=busy.workflow_id, run_id=busy.run_id,
-                task_queue=queue))
+            await lease_and_give_back(fleet, crashed, n)
             holders = sorted((await coordinator.query(FleetCoordinatorWorkflow.leases)).holders)
             if "checkout" not in holders:
                 break
