@@ -56,14 +56,16 @@ class FleetActivities:
 
     @activity.defn(name="find_closed_recoveries")
     async def find_closed_recoveries(self, check: ClosedCheck) -> ClosedCheck:
-        """The runs among `check.runs` that have ended (or never existed)."""
+        """The runs among `check.runs` that have ended (or never existed, or cannot)."""
         closed: list[tuple[str, str]] = []
         for workflow_id, run_id in check.runs:
             try:
                 description = await self._client.get_workflow_handle(
                     workflow_id, run_id=run_id).describe()
             except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
+                # INVALID_ARGUMENT: a run id that is no UUID names no run that can exist; one bad
+                # entry must not stop the check of every other holder.
+                if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
                     raise
                 closed.append((workflow_id, run_id))
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from temporalio.worker import Replayer
 from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
 from models.fleet import (
+    ClosedCheck,
     FleetSpec,
     FleetState,
     LeaseDecision,
@@ -48,8 +50,8 @@ from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
 GONE_RUN = "0b6f6c1e-9d7a-4e3c-8f1e-000000000000"
-"""The run id of a recovery that no longer runs: a real server refuses to describe a run by an id
-that is not a UUID (InvalidArgument), so the check of the holders would fail, not reclaim."""
+"""The run id of a recovery that no longer runs, a UUID as real run ids are (one that is not is
+closed as well: see the last test)."""
 
 SUGGEST_CONTINUE_AS_NEW_AFTER = 40
 """History events after which this server suggests continue-as-new (Temporal's default: 4096)."""
@@ -231,3 +233,22 @@ async def test_a_lease_answered_after_the_recovery_waits_for_it_replays(
                         data_converter=pydantic_data_converter)
     replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert replayed.replay_failure is None, replayed.replay_failure
+
+
+async def test_a_holder_whose_run_id_cannot_exist_is_closed_and_the_others_still_checked(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    """The real server refuses to describe a run by an id that is no UUID (INVALID_ARGUMENT);
+    that one entry used to fail the whole check, so no dead holder was ever reclaimed while it
+    held a lease. It is now closed, a run that no longer exists too, and a running one is not."""
+    client = dev_env.client
+    alive = await client.start_workflow("nothing-polls-this", id=f"recovery:alive-{uuid.uuid4()}",
+                                        task_queue=f"q-{uuid.uuid4()}")
+    gone = (f"recovery:gone-{uuid.uuid4()}", str(uuid.uuid4()))
+    bad = ("recovery:bad-run-id", "not-a-uuid")
+    try:
+        check = ClosedCheck(runs=[(alive.id, alive.result_run_id or ""), gone, bad])
+        closed = await FleetActivities(client).find_closed_recoveries(check)
+    finally:
+        await alive.terminate("test over")
+    assert sorted(closed.runs) == sorted([gone, bad])
