@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -30,8 +31,30 @@ def _no_secret_headers(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-Headers = Annotated[dict[str, str], AfterValidator(_no_secret_headers)]
-"""Extra request headers, none of them a credential (Authorization, Cookie and kin are refused)."""
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP header name: one or more token characters (RFC 9110, section 5.1)."""
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+"""A header value medkit sends: printable ASCII, spaces and tabs (no line break, no byte an
+HTTP client must refuse or encode in a way the server may read otherwise)."""
+
+
+def _sendable_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Refuse a header no request can carry, so `config check` says so instead of every
+    attempt of the action failing (and being retried) when it runs."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not an HTTP token (letters, digits and "
+                             "!#$%&'*+.^_`|~- only)")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(f"header {name}'s value holds a character no request can carry "
+                             "(only printable ASCII, spaces and tabs)")
+    return headers
+
+
+Headers = Annotated[dict[str, str], AfterValidator(_no_secret_headers),
+                    AfterValidator(_sendable_headers)]
+"""Extra request headers, none of them a credential (Authorization, Cookie and kin are refused),
+each one a request can carry."""
 
 
 class RestartProcessAction(MedkitModel):

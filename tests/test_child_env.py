@@ -296,6 +296,18 @@ def test_credential_headers_are_refused(header: str) -> None:
     assert header in message and "bearer_token_env" in message and "X-Other" not in message
 
 
+@pytest.mark.parametrize(("headers", "expected"), [
+    ("{X-Mode: \"caf\\u00e9\"}", "header X-Mode's value holds a character no request can carry"),
+    ("{X-Mode: \"a\\nb\"}", "header X-Mode's value holds a character no request can carry"),
+    ("{'X Mode': a}", "header name 'X Mode' is not an HTTP token"),
+])
+def test_headers_no_request_can_carry_are_refused(headers: str, expected: str) -> None:
+    """Before, such a header passed `config check` and failed every attempt of the action (a
+    plain, retried error) when it mattered."""
+    found = problems(headers=headers)
+    assert expected in found["services[0].actions.call.headers"]
+
+
 @pytest.mark.parametrize(("field", "value", "path"), [
     ("url_env", "'https://hooks.example/T0/B0/abc'", "services[0].routes.hook.url_env"),
     ("inherit_env", "['1ST_VAR']", "services[0].actions.fix.inherit_env[0]"),
