@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.url_errors import url_problem
-from models.actions import ActionRequest, ActionResult, HttpAction
+from models.actions import ActionRequest, ActionResult, HttpAction, sendable_header_value
 from models.urls import redact_url
 
 BODY_LIMIT = 2000
@@ -24,18 +23,13 @@ BODY_LIMIT = 2000
 worker's environment redacted first, so an endpoint that echoes a token cannot put it there)."""
 
 
-HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
-"""What a credential may hold to be sent in a header: printable ASCII. httpx cannot encode
-anything else (UnicodeEncodeError), and h11 refuses a control character with an error that
-quotes the whole header value, the token included."""
-
-
 def header_credential(value: str) -> str | None:
     """`value` ready for an Authorization header: surrounding whitespace dropped (a secret
-    written from a file usually ends in a newline, which no token holds), or None when what is
-    left cannot be sent in a header."""
+    written from a file usually ends in a newline, which no token holds), or None when nothing
+    is left, or a tab (no token holds one), or what cannot be sent in a header (httpx cannot
+    encode non-ASCII, and h11 refuses a control character with an error quoting the value)."""
     value = value.strip()
-    return value if HEADER_SAFE.fullmatch(value) else None
+    return value if value and "\t" not in value and sendable_header_value(value) else None
 
 
 def auth_headers(bearer_token_env: str | None, what: str) -> dict[str, str]:

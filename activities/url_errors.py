@@ -8,6 +8,8 @@ error goes into workflow history and log lines, so only the unquoted text of the
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import httpx
 
 from models.urls import url_error_reason
@@ -22,14 +24,16 @@ def url_error(err: BaseException) -> Exception | None:
     Not a UnicodeEncodeError: httpx raises that for a header value it cannot encode, which is
     no fault of the URL (httpx percent-encodes a URL's non-ASCII characters).
     """
-    if isinstance(err, UnicodeEncodeError):
-        return None
-    if isinstance(err, URL_ERRORS):
+    if _is_url_error(err):
         return err
     if isinstance(err, ExceptionGroup):
-        found = err.subgroup(lambda e: isinstance(e, URL_ERRORS) and not isinstance(e, UnicodeEncodeError))
+        found = err.subgroup(_is_url_error)
         return found.exceptions[0] if found is not None else None
     return None
+
+
+def _is_url_error(err: BaseException) -> TypeGuard[Exception]:
+    return isinstance(err, URL_ERRORS) and not isinstance(err, UnicodeEncodeError)
 
 
 def url_problem(url: str) -> str | None:

@@ -38,6 +38,12 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
 HTTP client must refuse or encode in a way the server may read otherwise)."""
 
 
+def sendable_header_value(value: str) -> bool:
+    """Whether `value` can be sent as a header value (see `_HEADER_VALUE`): a policy header's,
+    or a credential the worker reads from its environment."""
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
 def _sendable_headers(headers: dict[str, str]) -> dict[str, str]:
     """Refuse a header no request can carry, so `config check` says so instead of every
     attempt of the action failing (and being retried) when it runs."""
@@ -45,7 +51,7 @@ def _sendable_headers(headers: dict[str, str]) -> dict[str, str]:
         if not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"header name {name!r} is not an HTTP token (letters, digits and "
                              "!#$%&'*+.^_`|~- only)")
-        if not _HEADER_VALUE.fullmatch(value):
+        if not sendable_header_value(value):
             raise ValueError(f"header {name}'s value holds a character no request can carry "
                              "(only printable ASCII, spaces and tabs)")
     return headers

@@ -239,24 +239,23 @@ against the dev server: an update whose caller gave up after 3 s was applied by 
 started a minute later); it is lost only if the server drops its in-memory update registry."""
 
 
-async def _accepted_not_yet_taken(client: Client,
-                                  handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+async def _accepted_not_yet_taken(client: Client, workflow_id: str, run_id: str | None,
                                   kind: DecisionKind, timeout: float) -> DecisionVerdict:
     """The verdict for a decision the recovery accepted but has not finished taking within
     `timeout` (an abort waits for the step under way, say a page being retried): accepted, in
     the phase the recovery is in now, saying so, rather than "no worker answered"."""
     try:
-        status = await _answered(client, handle.query(RecoveryWorkflow.status), handle,
-                                 "status query", min(timeout, ACCEPTED_STATUS_SECONDS))
+        status = await fetch_status(client, workflow_id, run_id,
+                                    min(timeout, ACCEPTED_STATUS_SECONDS))
     except NoWorkerAnswered:
         raise NoWorkerAnswered(
             f"{kind.value} accepted by the recovery, which had not finished taking it after "
-            f"{timeout:g}s (`medkit status {handle.id}` shows when it has)") from None
+            f"{timeout:g}s (`medkit status {workflow_id}` shows when it has)") from None
     return DecisionVerdict(
         decision=kind, accepted=True, phase=status.phase,
         message=f"{kind.value} accepted; the recovery, now {status.phase.value}, takes it when "
                 f"its current step ends, which had not happened after {timeout:g}s "
-                f"(`medkit status {handle.id}` shows when it has)")
+                f"(`medkit status {workflow_id}` shows when it has)")
 
 
 async def send_decision(
@@ -292,4 +291,4 @@ async def send_decision(
             f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
             f"{ended.phase.value}"
         ) from None
-    return verdict or await _accepted_not_yet_taken(client, handle, kind, timeout)
+    return verdict or await _accepted_not_yet_taken(client, workflow_id, run_id, kind, timeout)
