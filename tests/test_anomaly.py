@@ -65,6 +65,39 @@ def test_flags_level_shift_promptly() -> None:
     assert max(scores[SETTLED:3000]) < ALARM
 
 
+def square_day(seed: int, change: str) -> list[float]:
+    """A daily square wave (20 by night, 80 by day, uniform noise) whose day 10 changes: its high
+    phase jumps up or down, or the whole day goes flat; the kinds of change NAB's artificial
+    series hold, generated here rather than read from any of them."""
+    rng = random.Random(seed)
+    values = []
+    for i in range(N):
+        high = DAY * 3 // 8 <= i % DAY < DAY * 3 // 4
+        value = (80.0 if high else 20.0) + rng.uniform(-2, 8)
+        if 10 * DAY <= i < 11 * DAY:
+            if change == "jumps up" and high:
+                value += 60
+            elif change == "jumps down" and high:
+                value -= 40
+            elif change == "goes flat":
+                value = 50 + rng.uniform(-1, 1)
+        values.append(value)
+    return values
+
+
+@pytest.mark.parametrize("change", ["jumps up", "jumps down", "goes flat"])
+def test_a_day_whose_pattern_changes_alarms_within_that_day(change: str) -> None:
+    for seed in range(3):
+        scores = score_series(stamps(), square_day(seed, change))
+        assert max(scores[SETTLED:10 * DAY]) < ALARM, (change, seed)
+        assert max(scores[10 * DAY:11 * DAY]) >= ALARM, (change, seed)
+
+
+def test_an_unchanging_square_wave_never_alarms() -> None:
+    for seed in range(3):
+        assert max(score_series(stamps(), square_day(seed, "none"))[SETTLED:]) < ALARM
+
+
 def test_one_alarm_per_incident() -> None:
     values = [v + (15 if 3000 <= i < 3030 else 0) for i, v in enumerate(seasonal())]
     scores = score_series(stamps(), values)
