@@ -156,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``detect-csv`` subcommand."""
     parser = subparsers.add_parser(
         "detect-csv",
-        help="Score each row of a timestamp,value CSV with the anomaly detector.",
+        help="score each row of a timestamp,value CSV with the anomaly detector",
         description="Write timestamp,value,anomaly_score (score in [0,1], using only the past)"
         " for each row of FILE.",
     )
