@@ -34,7 +34,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalGateway
 from models.policy import PolicyFile
-from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, serve_env
+from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, running_gateway, serve_env
 from tests.conftest import eventually, free_port
 from workers.client import TemporalTarget
 from workers.worker import build_worker
@@ -479,6 +479,23 @@ def test_serve_refuses_to_start_without_tokens(tmp_path: Path) -> None:
                             env=serve_env(None, None), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "--insecure-no-auth" in result.stderr
+
+
+def test_tokens_read_from_files_with_a_trailing_newline_still_match(tmp_path: Path) -> None:
+    """A token put in the environment from a file (a Kubernetes secret, an env file written by
+    `echo`) ends in a newline; Alertmanager's `credentials_file` and curl send it without one.
+    The gateway takes the token as its value without surrounding whitespace, so they match."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(two_services()))
+    env = serve_env(f"{DETECTOR_TOKEN}\n", f" {OPERATOR_TOKEN}\r\n")
+    with running_gateway(tmp_path, policy, f"127.0.0.1:{free_port()}", "nowhere", env=env) as gw:
+        ingest = httpx.post(f"{gw.url}/v1/detections", headers=DETECTOR, timeout=10,
+                            json={"service": "billing"})
+        assert ingest.status_code == 422, ingest.text  # past auth: the service is unknown
+        read = httpx.get(f"{gw.url}/v1/dashboard", headers=OPERATOR, timeout=30)
+        assert read.status_code == 200, read.text
+        wrong = httpx.get(f"{gw.url}/v1/dashboard", headers=DETECTOR, timeout=10)
+        assert wrong.status_code == 403, wrong.text
 
 
 async def test_operator_api_is_disabled_without_its_token(dev_env: WorkflowEnvironment) -> None:
