@@ -143,7 +143,7 @@ class TemporalGateway:
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
                                       f"{limit:g}s") from None
         except NoWorkerAnswered as err:
-            raise TemporalUnavailable(str(err)) from None
+            raise await self._unanswered(err, what) from None
         except RPCError as err:
             if too_large(err):
                 raise TemporalPayloadTooLarge(f"{what}: Temporal refused the request as too "
@@ -152,14 +152,31 @@ class TemporalGateway:
                 raise TemporalUnavailable(f"{what}: Temporal unavailable ({err.message})") from None
             raise
 
-    async def ready(self) -> bool:
-        """True when the frontend answers a health check."""
+    async def _unanswered(self, err: NoWorkerAnswered, what: str) -> TemporalUnavailable:
+        """The 503 for a query or decision that got no answer in time.
+
+        A Temporal that stopped answering after the gateway connected looks the same from here
+        as a worker that does not answer; the worker's message (and for a decision "Temporal
+        keeps it pending") would then be false and send the operator to the wrong component.
+        So Temporal's own health check decides which one it is."""
+        if await self._answers_health_check(min(self.timeout, EXPLAIN_STEP_SECONDS)):
+            return TemporalUnavailable(str(err))
+        return TemporalUnavailable(
+            f"{what}: Temporal at {self.target.address} does not answer (it is down or "
+            "unreachable; this is not about a worker), so nothing was confirmed: send the "
+            "request again once /readyz answers 200")
+
+    async def _answers_health_check(self, timeout: float) -> bool:
         try:
             client = await self.client()
             return await self._bounded(client.service_client.check_health(
-                timeout=timedelta(seconds=self.timeout)), "health check")
+                timeout=timedelta(seconds=timeout)), "health check", timeout)
         except (TemporalUnavailable, RPCError):
             return False
+
+    async def ready(self) -> bool:
+        """True when the frontend answers a health check."""
+        return await self._answers_health_check(self.timeout)
 
     async def start_or_join(self, detections: Sequence[Detection], policy: ServicePolicy,
                             dry_run: bool) -> tuple[str, bool]:

@@ -35,7 +35,7 @@ from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalGateway
 from models.policy import PolicyFile
 from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, running_gateway, serve_env
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually, free_port, start_dev_server
 from workers.client import TemporalTarget
 from workers.worker import build_worker
 from workflows.recovery import RecoveryWorkflow
@@ -599,3 +599,35 @@ async def test_a_decision_or_status_no_worker_answers_is_503_saying_so(
             assert gateway.metric("medkit_gateway_temporal_errors_total", kind="unavailable") == 2
         finally:
             await terminate(dev_env.client, workflow_id)
+
+
+async def test_a_decision_or_status_while_temporal_is_down_says_so_not_that_a_worker_is_missing(
+        ) -> None:
+    """Temporal stopping after the gateway connected: the update and the query then time out as
+    they do when no worker answers, and were answered as such, with a worker hint and, for a
+    decision, "Temporal keeps it pending", which is false: Temporal never got it. Both now
+    name Temporal as what does not answer, and say to send the request again."""
+    env = await start_dev_server()
+    running = True
+    try:
+        address = env.client.service_client.config.target_host
+        target = TemporalTarget(address=address, task_queue=f"gw-{uuid.uuid4().hex[:8]}")
+        async with gateway_app(TemporalGateway(target, timeout=2)) as gateway:
+            started = await gateway.http.post("/v1/detections", headers=DETECTOR, json={
+                "service": "svc-a", "severity": "major", "incident_key": "outage"})
+            assert started.status_code == 202, started.text
+            await env.shutdown()
+            running = False
+            for response in (
+                    await gateway.http.post("/v1/recoveries/recovery:svc-a:outage/abort",
+                                            headers=OPERATOR, json={"operator": "alice"}),
+                    await gateway.http.get("/v1/recoveries/recovery:svc-a:outage", headers=OPERATOR)):
+                assert response.status_code == 503, response.text
+                assert response.headers["Retry-After"] == "5"
+                detail = response.json()["detail"]
+                assert f"Temporal at {address} does not answer" in detail, detail
+                assert "no worker answered" not in detail and "keeps it pending" not in detail
+                assert "send the request again once /readyz answers 200" in detail
+    finally:
+        if running:
+            await env.shutdown()
