@@ -197,10 +197,11 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> Response:
-        """Ready when Temporal answers a health check."""
-        if await temporal.ready():
+        """Ready when Temporal has the gateway's namespace and answers a health check."""
+        reason = await temporal.unready_reason()
+        if reason is None:
             return JSONResponse({"status": "ready"})
-        return _error(503, f"Temporal at {temporal.target.address} is unreachable")
+        return _error(503, reason)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus_metrics() -> Response:

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    SignalWithStartWorkflowExecutionResponse,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -122,7 +125,9 @@ class TemporalGateway:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await asyncio.wait_for(connect(self.target), self.timeout)
+                    self._client = await asyncio.wait_for(self._connect(), self.timeout)
+                except TemporalFailed:
+                    raise
                 except (TimeoutError, RuntimeError, RPCError) as err:
                     raise TemporalUnavailable(
                         f"cannot reach Temporal at {self.target.address}: {err or 'timed out'}"
@@ -131,6 +136,28 @@ class TemporalGateway:
                     raise TemporalUnavailable(
                         f"cannot connect to Temporal at {self.target.address}: {err}") from None
             return self._client
+
+    async def _connect(self) -> Client:
+        """A new client, once Temporal has said it has the namespace (TemporalFailed if not).
+
+        Connecting does not check the namespace, and with a wrong one every recovery looks
+        missing: status and decisions would answer 404 and resolved alerts be dropped as
+        `no_recovery` (202, never retried). Unchecked (no client kept), each request asks again,
+        so the gateway recovers by itself once the namespace exists. Credentials that may not
+        describe namespaces skip the check."""
+        client = await connect(self.target)
+        try:
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=self.target.namespace))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise TemporalFailed(
+                    f"namespace {self.target.namespace!r} not found on the Temporal server at "
+                    f"{self.target.address} (medkit serve --namespace, or TEMPORAL_NAMESPACE)"
+                ) from None
+            if err.status != RPCStatusCode.PERMISSION_DENIED:
+                raise
+        return client
 
     async def _bounded(self, work: Awaitable[T], what: str, timeout: float | None = None) -> T:
         """`work` within `timeout` seconds (default the gateway's), its failures mapped to
@@ -171,12 +198,19 @@ class TemporalGateway:
             client = await self.client()
             return await self._bounded(client.service_client.check_health(
                 timeout=timedelta(seconds=timeout)), "health check", timeout)
-        except (TemporalUnavailable, RPCError):
+        except (TemporalUnavailable, TemporalFailed, RPCError):
             return False
 
-    async def ready(self) -> bool:
-        """True when the frontend answers a health check."""
-        return await self._answers_health_check(self.timeout)
+    async def unready_reason(self) -> str | None:
+        """None when Temporal has the gateway's namespace and answers a health check; else why
+        the gateway cannot serve (for /readyz)."""
+        try:
+            await self.client()
+        except (TemporalUnavailable, TemporalFailed) as err:
+            return str(err)
+        if await self._answers_health_check(self.timeout):
+            return None
+        return f"Temporal at {self.target.address} is unreachable"
 
     async def start_or_join(self, detections: Sequence[Detection], policy: ServicePolicy,
                             dry_run: bool) -> tuple[str, bool]:

@@ -631,3 +631,28 @@ async def test_a_decision_or_status_while_temporal_is_down_says_so_not_that_a_wo
     finally:
         if running:
             await env.shutdown()
+
+
+async def test_a_namespace_temporal_does_not_have_is_named_not_taken_for_a_missing_recovery(
+        dev_env: WorkflowEnvironment) -> None:
+    """Connecting does not check the namespace. A wrong --namespace used to answer every status
+    and decision with 404 "no recovery with id ...", dropped every resolved alert as
+    `no_recovery` (202, so Alertmanager never retries it), and /readyz said ready. Every call
+    now answers 502 naming the namespace, and /readyz is 503 saying why."""
+    address = dev_env.client.service_client.config.target_host
+    namespace = f"missing-{uuid.uuid4().hex[:6]}"
+    target = TemporalTarget(address=address, namespace=namespace, task_queue="nowhere")
+    wanted = f"namespace {namespace!r} not found on the Temporal server at {address}"
+    async with gateway_app(TemporalGateway(target, timeout=5)) as gateway:
+        ready = await gateway.http.get("/readyz")
+        assert ready.status_code == 503 and wanted in ready.json()["detail"], ready.text
+        for response in (
+                await gateway.http.get("/v1/recoveries/recovery:svc-a:x", headers=OPERATOR),
+                await gateway.http.post("/v1/recoveries/recovery:svc-a:x/abort", headers=OPERATOR,
+                                        json={"operator": "alice"}),
+                await gateway.http.get("/v1/breakers/payments", headers=OPERATOR),
+                await gateway.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
+                                        json=notification(alert("Gone", status="resolved")))):
+            assert response.status_code == 502, response.text
+            assert wanted in response.json()["detail"]
+        assert gateway.metric("medkit_gateway_resolved_ignored_total", source="alertmanager") == 0
