@@ -394,6 +394,25 @@ async def test_not_json_and_too_large_bodies(offline: Gateway) -> None:
                                          "of 1048576 bytes"}
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[" * 100_000, "body: not valid JSON: nested too deeply"),
+    (b'{"service": "svc-\xff"}', "body: not valid JSON: not UTF-8 text"),
+])
+async def test_a_body_json_cannot_even_parse_is_the_same_422_as_any_malformed_body(
+        offline: Gateway, body: bytes, message: str) -> None:
+    """Bytes that are not UTF-8, or JSON nested deeper than the parser goes, used to get
+    FastAPI's own 400 "There was an error parsing the body", uncounted, unlike every other
+    malformed body (422 naming what is wrong, counted as `malformed`)."""
+    for path in ("/v1/alerts/alertmanager", "/v1/detections"):
+        response = await offline.http.post(path, content=body, headers={
+            **DETECTOR, "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith(message), response.text
+        assert response.json()["errors"][0]["loc"] == ["body"]
+    assert offline.metric("medkit_gateway_requests_rejected_total",
+                          route="detector", reason="malformed") == 2
+
+
 async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> None:
     response = await offline.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
                                        json=notification(alert("Unreachable")))
