@@ -675,3 +675,47 @@ async def test_a_namespace_temporal_does_not_have_is_named_not_taken_for_a_missi
             assert response.status_code == 502, response.text
             assert wanted in response.json()["detail"]
         assert gateway.metric("medkit_gateway_resolved_ignored_total", source="alertmanager") == 0
+
+
+async def test_a_recovery_terminated_in_temporal_refuses_decisions_saying_so(
+        gateway: Gateway, dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """A recovery someone terminated in the Temporal UI. After a worker ran it, a decision was
+    refused as "already ended as ManualIntervention" (a phase, not an end); terminated before
+    any worker ran it (a wrong --task-queue), the decision and the status were a 502 with
+    Temporal's internal wording. Both now say the recovery was terminated: 409 for a decision,
+    404 for the status it never had."""
+    ran, never_ran = (f"term-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
+                          gateway.policy)
+    async with worker:
+        started = await gateway.http.post("/v1/detections", headers=DETECTOR, json={
+            "service": "svc-a", "severity": "major", "incident_key": ran})
+        assert started.status_code == 202, started.text
+        handle = dev_env.client.get_workflow_handle_for(RecoveryWorkflow.run, f"recovery:svc-a:{ran}")
+
+        async def in_manual_intervention() -> bool:
+            return (await handle.query(RecoveryWorkflow.status)).phase.value == "ManualIntervention"
+        await eventually(in_manual_intervention, timeout=30)
+        await handle.terminate("stuck, ended by hand")
+        decided = await gateway.http.post(f"/v1/recoveries/recovery:svc-a:{ran}/retry",
+                                          headers=OPERATOR, json={"operator": "alice"})
+        assert decided.status_code == 409, decided.text
+        assert decided.json()["detail"] == (
+            "retry rejected: the recovery was terminated in Temporal (not ended by medkit), "
+            "so it takes no more decisions")
+    no_worker = TemporalGateway(TemporalTarget(task_queue=f"gw-{uuid.uuid4().hex[:8]}"), timeout=5,
+                                client=dev_env.client)
+    async with gateway_app(no_worker) as other:
+        started = await other.http.post("/v1/detections", headers=DETECTOR, json={
+            "service": "svc-a", "severity": "major", "incident_key": never_ran})
+        assert started.status_code == 202, started.text
+        await dev_env.client.get_workflow_handle(f"recovery:svc-a:{never_ran}").terminate("wrong queue")
+        decided = await other.http.post(f"/v1/recoveries/recovery:svc-a:{never_ran}/abort",
+                                        headers=OPERATOR, json={"operator": "alice"})
+        assert decided.status_code == 409, decided.text
+        assert "abort rejected: the recovery was terminated in Temporal" in decided.json()["detail"]
+        status = await other.http.get(f"/v1/recoveries/recovery:svc-a:{never_ran}", headers=OPERATOR)
+        assert status.status_code == 404, status.text
+        assert status.json()["detail"] == (
+            f"recovery 'recovery:svc-a:{never_ran}' was terminated in Temporal before any worker "
+            "ran it, so it has no status (the Temporal UI shows its history)")
