@@ -1,7 +1,8 @@
 """The Alertmanager webhook payload (version 4), as Alertmanager's webhook receiver POSTs it.
 
 Unknown fields are ignored rather than rejected, so fields added by newer Alertmanager
-releases (or by Grafana's compatible notifier) do not break ingestion.
+releases do not break ingestion. Only version 4 is accepted: Grafana's webhook contact point
+sends the same shape with extra fields but `"version": "1"`, and gets a 422 naming the field.
 
 Label sets are bounded like the labels of `/v1/detections` (gateway.schemas): an alert's labels
 become its detection's labels and travel into the recovery, so an oversized alert is refused

@@ -11,11 +11,13 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detectors.health_poller import HealthBoard, HealthPoller
 from gateway.alertmanager import AlertmanagerPayload
@@ -112,6 +114,22 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+def unparsable_body(err: StarletteHTTPException) -> str | None:
+    """Why the body could not be parsed as JSON, when `err` is FastAPI's own 400 for that (bytes
+    that are not UTF-8, nesting deeper than the parser goes); None for any other HTTPException.
+    The caller answers it as the 422 of every other malformed body."""
+    if err.status_code != 400:
+        return None
+    cause = err.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {cause.start} cannot be decoded)"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, ValueError):
+        return type(cause).__name__
+    return None
+
+
 def create_app(settings: GatewaySettings, temporal: TemporalGateway,
                metrics: GatewayMetrics | None = None, *, poller: HealthPoller | None = None,
                board: HealthBoard | None = None, incidents: IncidentSource | None = None,
@@ -165,6 +183,16 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
         errors = _field_errors(err)
         return _error(422, _summary(errors), errors=errors)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        why = unparsable_body(err)
+        if why is None:
+            return await http_exception_handler(request, err)
+        reject(request, "malformed")
+        message = f"not valid JSON: {why}"
+        return _error(422, f"body: {message}",
+                      errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}])
+
     @app.exception_handler(BatchRejected)
     async def batch_rejected(request: Request, err: BatchRejected) -> JSONResponse:
         reject(request, err.reason)
@@ -197,10 +225,11 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> Response:
-        """Ready when Temporal answers a health check."""
-        if await temporal.ready():
+        """Ready when Temporal has the gateway's namespace and answers a health check."""
+        reason = await temporal.unready_reason()
+        if reason is None:
             return JSONResponse({"status": "ready"})
-        return _error(503, f"Temporal at {temporal.target.address} is unreachable")
+        return _error(503, reason)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus_metrics() -> Response:

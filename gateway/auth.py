@@ -28,6 +28,14 @@ class Role(StrEnum):
 _TOKEN_ENV = {Role.DETECTOR: DETECTOR_TOKEN_ENV, Role.OPERATOR: OPERATOR_TOKEN_ENV}
 
 
+def token_from_env(name: str) -> str | None:
+    """The token in environment variable `name` without surrounding whitespace, or None when
+    unset or blank. A token put there from a file (a Kubernetes secret, an env file written by
+    `echo`) ends in a newline that no client sends: Alertmanager's `credentials_file` and the
+    `Authorization` header parsing both drop it, so kept, it would refuse every request."""
+    return os.environ.get(name, "").strip() or None
+
+
 class AuthConfigError(ValueError):
     """The token configuration is unsafe or contradictory; the gateway must not start."""
 
@@ -42,9 +50,8 @@ class AuthConfig:
 
     @classmethod
     def from_env(cls, insecure: bool = False) -> AuthConfig:
-        """Tokens from MEDKIT_DETECTOR_TOKEN / MEDKIT_OPERATOR_TOKEN; validated."""
-        config = cls(os.environ.get(DETECTOR_TOKEN_ENV) or None,
-                     os.environ.get(OPERATOR_TOKEN_ENV) or None, insecure)
+        """Tokens from MEDKIT_DETECTOR_TOKEN / MEDKIT_OPERATOR_TOKEN (see token_from_env); validated."""
+        config = cls(token_from_env(DETECTOR_TOKEN_ENV), token_from_env(OPERATOR_TOKEN_ENV), insecure)
         config.validate()
         return config
 

@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from detectors.health_poller import HealthBoard, HealthPoller
 from gateway.app import create_app
-from gateway.auth import AuthConfig
+from gateway.auth import DETECTOR_TOKEN_ENV, OPERATOR_TOKEN_ENV, AuthConfig, token_from_env
 from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalGateway
 from models.policy import PolicyFile
@@ -35,8 +35,7 @@ TOKEN_FILE = "operator-token"  # noqa: S105 (a file name)
 def dev_auth(state_dir: Path) -> tuple[AuthConfig, Path | None]:
     """The tokens from the environment if any is set; else the state dir's operator token
     (generated on first use), with the file that holds it."""
-    from_env = AuthConfig(os.environ.get("MEDKIT_DETECTOR_TOKEN") or None,
-                          os.environ.get("MEDKIT_OPERATOR_TOKEN") or None)
+    from_env = AuthConfig(token_from_env(DETECTOR_TOKEN_ENV), token_from_env(OPERATOR_TOKEN_ENV))
     if from_env.detector_token or from_env.operator_token:
         from_env.validate()
         return from_env, None

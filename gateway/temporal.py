@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    SignalWithStartWorkflowExecutionResponse,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -32,7 +35,9 @@ from models.status import RecoveryStatus
 from workers.breaker_entities import command_entity, entity_status, report_outcome
 from workers.client import (
     EXPLAIN_STEP_SECONDS,
+    DecisionRejected,
     NoWorkerAnswered,
+    RecoveryNotFound,
     TemporalTarget,
     connect,
     fetch_status,
@@ -51,6 +56,15 @@ out why (the recovery's task queue, its pollers), so the 503 says so."""
 
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
                 RPCStatusCode.RESOURCE_EXHAUSTED}
+
+
+_ENDED_OUTSIDE_MEDKIT = {
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.TIMED_OUT: "timed out",
+    WorkflowExecutionStatus.FAILED: "failed",
+}
+"""How a recovery can end other than by its own code (which ends it Recovered, Resolved, ...)."""
 
 
 class TemporalUnavailable(RuntimeError):
@@ -122,7 +136,9 @@ class TemporalGateway:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await asyncio.wait_for(connect(self.target), self.timeout)
+                    self._client = await asyncio.wait_for(self._connect(), self.timeout)
+                except TemporalFailed:
+                    raise
                 except (TimeoutError, RuntimeError, RPCError) as err:
                     raise TemporalUnavailable(
                         f"cannot reach Temporal at {self.target.address}: {err or 'timed out'}"
@@ -131,6 +147,28 @@ class TemporalGateway:
                     raise TemporalUnavailable(
                         f"cannot connect to Temporal at {self.target.address}: {err}") from None
             return self._client
+
+    async def _connect(self) -> Client:
+        """A new client, once Temporal has said it has the namespace (TemporalFailed if not).
+
+        Connecting does not check the namespace, and with a wrong one every recovery looks
+        missing: status and decisions would answer 404 and resolved alerts be dropped as
+        `no_recovery` (202, never retried). Unchecked (no client kept), each request asks again,
+        so the gateway recovers by itself once the namespace exists. Credentials that may not
+        describe namespaces skip the check."""
+        client = await connect(self.target)
+        try:
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=self.target.namespace))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise TemporalFailed(
+                    f"namespace {self.target.namespace!r} not found on the Temporal server at "
+                    f"{self.target.address} (medkit serve --namespace, or TEMPORAL_NAMESPACE)"
+                ) from None
+            if err.status != RPCStatusCode.PERMISSION_DENIED:
+                raise
+        return client
 
     async def _bounded(self, work: Awaitable[T], what: str, timeout: float | None = None) -> T:
         """`work` within `timeout` seconds (default the gateway's), its failures mapped to
@@ -143,7 +181,7 @@ class TemporalGateway:
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
                                       f"{limit:g}s") from None
         except NoWorkerAnswered as err:
-            raise TemporalUnavailable(str(err)) from None
+            raise await self._unanswered(err, what) from None
         except RPCError as err:
             if too_large(err):
                 raise TemporalPayloadTooLarge(f"{what}: Temporal refused the request as too "
@@ -152,14 +190,38 @@ class TemporalGateway:
                 raise TemporalUnavailable(f"{what}: Temporal unavailable ({err.message})") from None
             raise
 
-    async def ready(self) -> bool:
-        """True when the frontend answers a health check."""
+    async def _unanswered(self, err: NoWorkerAnswered, what: str) -> TemporalUnavailable:
+        """The 503 for a query or decision that got no answer in time.
+
+        A Temporal that stopped answering after the gateway connected looks the same from here
+        as a worker that does not answer; the worker's message (and for a decision "Temporal
+        keeps it pending") would then be false and send the operator to the wrong component.
+        So Temporal's own health check decides which one it is."""
+        if await self._answers_health_check(min(self.timeout, EXPLAIN_STEP_SECONDS)):
+            return TemporalUnavailable(str(err))
+        return TemporalUnavailable(
+            f"{what}: Temporal at {self.target.address} does not answer (it is down or "
+            "unreachable; this is not about a worker), so nothing was confirmed: send the "
+            "request again once /readyz answers 200")
+
+    async def _answers_health_check(self, timeout: float) -> bool:
         try:
             client = await self.client()
             return await self._bounded(client.service_client.check_health(
-                timeout=timedelta(seconds=self.timeout)), "health check")
-        except (TemporalUnavailable, RPCError):
+                timeout=timedelta(seconds=timeout)), "health check", timeout)
+        except (TemporalUnavailable, TemporalFailed, RPCError):
             return False
+
+    async def unready_reason(self) -> str | None:
+        """None when Temporal has the gateway's namespace and answers a health check; else why
+        the gateway cannot serve (for /readyz)."""
+        try:
+            await self.client()
+        except (TemporalUnavailable, TemporalFailed) as err:
+            return str(err)
+        if await self._answers_health_check(self.timeout):
+            return None
+        return f"Temporal at {self.target.address} is unreachable"
 
     async def start_or_join(self, detections: Sequence[Detection], policy: ServicePolicy,
                             dry_run: bool) -> tuple[str, bool]:
@@ -192,24 +254,53 @@ class TemporalGateway:
             raise TemporalFailed(f"Temporal refused the report: {err.message}") from None
         return True
 
+    async def _ended_outside_medkit(self, client: Client, workflow_id: str) -> str | None:
+        """How the recovery's latest run was ended in Temporal when not by its own code
+        ("terminated", "timed out", ...); None when it runs, ended by itself, or Temporal does
+        not say in time."""
+        try:
+            description = await self._bounded(client.get_workflow_handle(workflow_id).describe(),
+                                              "describe recovery",
+                                              min(self.timeout, EXPLAIN_STEP_SECONDS))
+        except (TemporalUnavailable, RPCError):
+            return None
+        return _ENDED_OUTSIDE_MEDKIT.get(description.status) if description.status else None
+
     async def status(self, workflow_id: str) -> RecoveryStatus:
-        """The recovery's status query (raises workers.client.RecoveryNotFound)."""
+        """The recovery's status query (raises workers.client.RecoveryNotFound, also for a
+        recovery ended in Temporal before any worker ran it: it never had a status)."""
         client = await self.client()
         try:
             return await self._bounded(fetch_status(client, workflow_id, timeout=self.timeout),
                                        "status query", self.timeout + _EXPLAIN_SECONDS)
         except RPCError as err:
+            how = await self._ended_outside_medkit(client, workflow_id)
+            if how is not None:
+                raise RecoveryNotFound(
+                    f"recovery {workflow_id!r} was {how} in Temporal before any worker ran it, so "
+                    "it has no status (the Temporal UI shows its history)") from None
             raise TemporalFailed(f"status query failed: {err.message}") from None
 
     async def decide(self, workflow_id: str, kind: DecisionKind,
                      decision: OperatorDecision) -> DecisionVerdict:
-        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound)."""
+        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound).
+
+        A recovery terminated (or timed out) in Temporal takes no decision either, but its last
+        status still shows the phase it was in, so the refusal says how it was ended rather than
+        that it "ended as ManualIntervention"."""
         client = await self.client()
         try:
             return await self._bounded(
                 send_decision(client, workflow_id, kind, decision, timeout=self.timeout),
                 f"{kind.value} update", self.timeout + _EXPLAIN_SECONDS)
-        except RPCError as err:
+        except (DecisionRejected, RPCError) as err:
+            how = await self._ended_outside_medkit(client, workflow_id)
+            if how is not None:
+                raise DecisionRejected(
+                    f"{kind.value} rejected: the recovery was {how} in Temporal (not ended by "
+                    "medkit), so it takes no more decisions") from None
+            if isinstance(err, DecisionRejected):
+                raise
             raise TemporalFailed(f"{kind.value} failed: {err.message}") from None
 
     async def breaker_status(self, name: str) -> BreakerEntityState:

@@ -40,8 +40,10 @@ def serve_env(detector: str | None = DETECTOR_TOKEN, operator: str | None = OPER
 
 @contextlib.contextmanager
 def running_gateway(tmp_path: Path, policy_file: Path, address: str, task_queue: str,
-                    extra_args: list[str] | None = None) -> Iterator[ServerProcess]:
-    """`medkit serve` on a free port against the given Temporal address and task queue."""
+                    extra_args: list[str] | None = None,
+                    env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """`medkit serve` on a free port against the given Temporal address and task queue, with
+    `env` (default: serve_env(), the test tokens)."""
     port = free_port()
     log_file = tmp_path / f"gateway-{port}.log"
     argv = [str(Path(sys.executable).parent / "medkit"), "serve", "--port", str(port),
@@ -49,7 +51,8 @@ def running_gateway(tmp_path: Path, policy_file: Path, address: str, task_queue:
             "--address", address, "--namespace", "default", "--task-queue", task_queue,
             "--temporal-timeout", "5", *(extra_args or [])]
     with log_file.open("ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=serve_env(),
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   env=serve_env() if env is None else env,
                                    cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
     server = ServerProcess(port=port, log_file=log_file, process=process)
     try:

@@ -34,8 +34,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalGateway
 from models.policy import PolicyFile
-from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, serve_env
-from tests.conftest import eventually, free_port
+from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN, running_gateway, serve_env
+from tests.conftest import eventually, free_port, start_dev_server
 from workers.client import TemporalTarget
 from workers.worker import build_worker
 from workflows.recovery import RecoveryWorkflow
@@ -394,6 +394,25 @@ async def test_not_json_and_too_large_bodies(offline: Gateway) -> None:
                                          "of 1048576 bytes"}
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[" * 100_000, "body: not valid JSON: nested too deeply"),
+    (b'{"service": "svc-\xff"}', "body: not valid JSON: not UTF-8 text"),
+])
+async def test_a_body_json_cannot_even_parse_is_the_same_422_as_any_malformed_body(
+        offline: Gateway, body: bytes, message: str) -> None:
+    """Bytes that are not UTF-8, or JSON nested deeper than the parser goes, used to get
+    FastAPI's own 400 "There was an error parsing the body", uncounted, unlike every other
+    malformed body (422 naming what is wrong, counted as `malformed`)."""
+    for path in ("/v1/alerts/alertmanager", "/v1/detections"):
+        response = await offline.http.post(path, content=body, headers={
+            **DETECTOR, "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith(message), response.text
+        assert response.json()["errors"][0]["loc"] == ["body"]
+    assert offline.metric("medkit_gateway_requests_rejected_total",
+                          route="detector", reason="malformed") == 2
+
+
 async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> None:
     response = await offline.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
                                        json=notification(alert("Unreachable")))
@@ -479,6 +498,23 @@ def test_serve_refuses_to_start_without_tokens(tmp_path: Path) -> None:
                             env=serve_env(None, None), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "--insecure-no-auth" in result.stderr
+
+
+def test_tokens_read_from_files_with_a_trailing_newline_still_match(tmp_path: Path) -> None:
+    """A token put in the environment from a file (a Kubernetes secret, an env file written by
+    `echo`) ends in a newline; Alertmanager's `credentials_file` and curl send it without one.
+    The gateway takes the token as its value without surrounding whitespace, so they match."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(two_services()))
+    env = serve_env(f"{DETECTOR_TOKEN}\n", f" {OPERATOR_TOKEN}\r\n")
+    with running_gateway(tmp_path, policy, f"127.0.0.1:{free_port()}", "nowhere", env=env) as gw:
+        ingest = httpx.post(f"{gw.url}/v1/detections", headers=DETECTOR, timeout=10,
+                            json={"service": "billing"})
+        assert ingest.status_code == 422, ingest.text  # past auth: the service is unknown
+        read = httpx.get(f"{gw.url}/v1/dashboard", headers=OPERATOR, timeout=30)
+        assert read.status_code == 200, read.text
+        wrong = httpx.get(f"{gw.url}/v1/dashboard", headers=DETECTOR, timeout=10)
+        assert wrong.status_code == 403, wrong.text
 
 
 async def test_operator_api_is_disabled_without_its_token(dev_env: WorkflowEnvironment) -> None:
@@ -582,3 +618,104 @@ async def test_a_decision_or_status_no_worker_answers_is_503_saying_so(
             assert gateway.metric("medkit_gateway_temporal_errors_total", kind="unavailable") == 2
         finally:
             await terminate(dev_env.client, workflow_id)
+
+
+async def test_a_decision_or_status_while_temporal_is_down_says_so_not_that_a_worker_is_missing(
+        ) -> None:
+    """Temporal stopping after the gateway connected: the update and the query then time out as
+    they do when no worker answers, and were answered as such, with a worker hint and, for a
+    decision, "Temporal keeps it pending", which is false: Temporal never got it. Both now
+    name Temporal as what does not answer, and say to send the request again."""
+    env = await start_dev_server()
+    running = True
+    try:
+        address = env.client.service_client.config.target_host
+        target = TemporalTarget(address=address, task_queue=f"gw-{uuid.uuid4().hex[:8]}")
+        async with gateway_app(TemporalGateway(target, timeout=2)) as gateway:
+            started = await gateway.http.post("/v1/detections", headers=DETECTOR, json={
+                "service": "svc-a", "severity": "major", "incident_key": "outage"})
+            assert started.status_code == 202, started.text
+            await env.shutdown()
+            running = False
+            for response in (
+                    await gateway.http.post("/v1/recoveries/recovery:svc-a:outage/abort",
+                                            headers=OPERATOR, json={"operator": "alice"}),
+                    await gateway.http.get("/v1/recoveries/recovery:svc-a:outage", headers=OPERATOR)):
+                assert response.status_code == 503, response.text
+                assert response.headers["Retry-After"] == "5"
+                detail = response.json()["detail"]
+                assert f"Temporal at {address} does not answer" in detail, detail
+                assert "no worker answered" not in detail and "keeps it pending" not in detail
+                assert "send the request again once /readyz answers 200" in detail
+    finally:
+        if running:
+            await env.shutdown()
+
+
+async def test_a_namespace_temporal_does_not_have_is_named_not_taken_for_a_missing_recovery(
+        dev_env: WorkflowEnvironment) -> None:
+    """Connecting does not check the namespace. A wrong --namespace used to answer every status
+    and decision with 404 "no recovery with id ...", dropped every resolved alert as
+    `no_recovery` (202, so Alertmanager never retries it), and /readyz said ready. Every call
+    now answers 502 naming the namespace, and /readyz is 503 saying why."""
+    address = dev_env.client.service_client.config.target_host
+    namespace = f"missing-{uuid.uuid4().hex[:6]}"
+    target = TemporalTarget(address=address, namespace=namespace, task_queue="nowhere")
+    wanted = f"namespace {namespace!r} not found on the Temporal server at {address}"
+    async with gateway_app(TemporalGateway(target, timeout=5)) as gateway:
+        ready = await gateway.http.get("/readyz")
+        assert ready.status_code == 503 and wanted in ready.json()["detail"], ready.text
+        for response in (
+                await gateway.http.get("/v1/recoveries/recovery:svc-a:x", headers=OPERATOR),
+                await gateway.http.post("/v1/recoveries/recovery:svc-a:x/abort", headers=OPERATOR,
+                                        json={"operator": "alice"}),
+                await gateway.http.get("/v1/breakers/payments", headers=OPERATOR),
+                await gateway.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
+                                        json=notification(alert("Gone", status="resolved")))):
+            assert response.status_code == 502, response.text
+            assert wanted in response.json()["detail"]
+        assert gateway.metric("medkit_gateway_resolved_ignored_total", source="alertmanager") == 0
+
+
+async def test_a_recovery_terminated_in_temporal_refuses_decisions_saying_so(
+        gateway: Gateway, dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """A recovery someone terminated in the Temporal UI. After a worker ran it, a decision was
+    refused as "already ended as ManualIntervention" (a phase, not an end); terminated before
+    any worker ran it (a wrong --task-queue), the decision and the status were a 502 with
+    Temporal's internal wording. Both now say the recovery was terminated: 409 for a decision,
+    404 for the status it never had."""
+    ran, never_ran = (f"term-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
+                          gateway.policy)
+    async with worker:
+        started = await gateway.http.post("/v1/detections", headers=DETECTOR, json={
+            "service": "svc-a", "severity": "major", "incident_key": ran})
+        assert started.status_code == 202, started.text
+        handle = dev_env.client.get_workflow_handle_for(RecoveryWorkflow.run, f"recovery:svc-a:{ran}")
+
+        async def in_manual_intervention() -> bool:
+            return (await handle.query(RecoveryWorkflow.status)).phase.value == "ManualIntervention"
+        await eventually(in_manual_intervention, timeout=30)
+        await handle.terminate("stuck, ended by hand")
+        decided = await gateway.http.post(f"/v1/recoveries/recovery:svc-a:{ran}/retry",
+                                          headers=OPERATOR, json={"operator": "alice"})
+        assert decided.status_code == 409, decided.text
+        assert decided.json()["detail"] == (
+            "retry rejected: the recovery was terminated in Temporal (not ended by medkit), "
+            "so it takes no more decisions")
+    no_worker = TemporalGateway(TemporalTarget(task_queue=f"gw-{uuid.uuid4().hex[:8]}"), timeout=5,
+                                client=dev_env.client)
+    async with gateway_app(no_worker) as other:
+        started = await other.http.post("/v1/detections", headers=DETECTOR, json={
+            "service": "svc-a", "severity": "major", "incident_key": never_ran})
+        assert started.status_code == 202, started.text
+        await dev_env.client.get_workflow_handle(f"recovery:svc-a:{never_ran}").terminate("wrong queue")
+        decided = await other.http.post(f"/v1/recoveries/recovery:svc-a:{never_ran}/abort",
+                                        headers=OPERATOR, json={"operator": "alice"})
+        assert decided.status_code == 409, decided.text
+        assert "abort rejected: the recovery was terminated in Temporal" in decided.json()["detail"]
+        status = await other.http.get(f"/v1/recoveries/recovery:svc-a:{never_ran}", headers=OPERATOR)
+        assert status.status_code == 404, status.text
+        assert status.json()["detail"] == (
+            f"recovery 'recovery:svc-a:{never_ran}' was terminated in Temporal before any worker "
+            "ran it, so it has no status (the Temporal UI shows its history)")
