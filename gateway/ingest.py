@@ -8,15 +8,18 @@ from dataclasses import dataclass, field
 
 from gateway.mapping import PlannedReport
 from gateway.metrics import GatewayMetrics
-from gateway.schemas import IngestResult
-from gateway.temporal import TemporalGateway
+from gateway.schemas import IngestOutcome, IngestResult
+from gateway.temporal import Delivery, TemporalGateway
 from models.detection import MAX_REPORT_BATCH_BYTES, MAX_REPORTS_PER_BATCH
 
-Send = Callable[[list[PlannedReport]], Awaitable[tuple[str, bool]]]
-"""Deliver reports of one recovery in one call; the recovery's id and whether the call started it."""
+Send = Callable[[list[PlannedReport]], Awaitable[Delivery]]
+"""Deliver reports of one recovery in one call: the recovery's id, whether the call started it,
+and which reports were repeats of an ended run's (not sent)."""
 
+Answer = tuple[str, IngestOutcome]
+"""The recovery's id and what happened to one report: started, joined or repeat."""
 
-Waiting = tuple[PlannedReport, asyncio.Future[tuple[str, bool]]]
+Waiting = tuple[PlannedReport, asyncio.Future[Answer]]
 """A report queued for its recovery's next call, and where its caller waits for the answer."""
 
 
@@ -56,7 +59,8 @@ class ReportCoalescer:
     Concurrent signal-with-starts on one workflow id contend for the same workflow lock on the
     server, and an Alertmanager group of many instances of one service, or several groups
     flushing at once, would send exactly that. Each caller still gets its own answer: the first
-    report of a call that started the recovery is "started", every other one "joined". A call
+    report sent by a call that started the recovery is "started", a repeat of a report the
+    recovery's ended run counted "repeat" (not sent), every other one "joined". A call
     carries at most MAX_REPORTS_PER_BATCH reports and MAX_REPORT_BATCH_BYTES (`next_batch`);
     the rest wait for the next call.
     """
@@ -65,14 +69,14 @@ class ReportCoalescer:
         self._send = send
         self._mailboxes: dict[str, _Mailbox] = {}
 
-    async def submit(self, report: PlannedReport) -> tuple[str, bool]:
-        """Deliver one report; the recovery's id and whether this report started it.
+    async def submit(self, report: PlannedReport) -> Answer:
+        """Deliver one report; the recovery's id and what happened to the report.
 
         The recovery's sender task takes everything queued when it gets to run, so the alerts
         of one webhook POST for one recovery (an Alertmanager group) go in a single call.
         """
         mailbox = self._mailboxes.setdefault(report.workflow_id, _Mailbox())
-        answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_mark_retrieved)
         mailbox.waiting.append((report, answer))
         if mailbox.sender is None:
@@ -86,13 +90,18 @@ class ReportCoalescer:
                 batch = next_batch(mailbox.waiting)
                 del mailbox.waiting[:len(batch)]
                 try:
-                    recovery, started = await self._send([report for report, _ in batch])
+                    delivery = await self._send([report for report, _ in batch])
                 except Exception as err:
                     for _, answer in batch:
                         answer.set_exception(err)
                     continue
-                for index, (_, answer) in enumerate(batch):
-                    answer.set_result((recovery, started and index == 0))
+                starter = delivery.started
+                for report, answer in batch:
+                    if report.detection.detection_id in delivery.repeats:
+                        answer.set_result((delivery.workflow_id, "repeat"))
+                    else:
+                        answer.set_result((delivery.workflow_id, "started" if starter else "joined"))
+                        starter = False
         finally:
             del self._mailboxes[workflow_id]
             for _, answer in batch + mailbox.waiting:
@@ -100,7 +109,7 @@ class ReportCoalescer:
                     answer.cancel()
 
 
-def _mark_retrieved(answer: asyncio.Future[tuple[str, bool]]) -> None:
+def _mark_retrieved(answer: asyncio.Future[Answer]) -> None:
     """A caller that went away (its client hung up) leaves its answer unread; read it here so
     a failed delivery is not reported a second time as a never-retrieved exception."""
     if not answer.cancelled():
@@ -151,18 +160,18 @@ class Ingestor:
                 raise outcome
         return [o for o in outcomes if isinstance(o, IngestResult)]
 
-    async def _send(self, reports: list[PlannedReport]) -> tuple[str, bool]:
+    async def _send(self, reports: list[PlannedReport]) -> Delivery:
         async with self._limit:
             return await self.temporal.start_or_join(
                 [r.detection for r in reports], reports[0].policy, self.dry_run)
 
     async def _fire(self, report: PlannedReport, source: str) -> IngestResult:
-        workflow_id, started = await self._coalescer.submit(report)
-        if started:
+        workflow_id, outcome = await self._coalescer.submit(report)
+        if outcome == "started":
             self.metrics.started.labels(report.detection.service).inc()
         else:
             self.metrics.deduplicated.labels(source).inc()
-        return IngestResult(workflow_id=workflow_id, outcome="started" if started else "joined",
+        return IngestResult(workflow_id=workflow_id, outcome=outcome,
                             fingerprint=report.fingerprint or None)
 
     async def _resolve(self, report: PlannedReport, source: str) -> IngestResult:

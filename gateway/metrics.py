@@ -23,7 +23,8 @@ class GatewayMetrics:
             ["service"], registry=self.registry)
         self.deduplicated = Counter(
             "medkit_gateway_detections_deduplicated",
-            "Firing detections that joined a recovery already running for the same service and key.",
+            "Firing detections that joined a recovery already running for the same service and key, "
+            "or repeated a report its ended run counted.",
             ["source"], registry=self.registry)
         self.resolved_reported = Counter(
             "medkit_gateway_resolved_reported", "Resolved detections signalled to a running recovery.",

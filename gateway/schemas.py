@@ -44,10 +44,13 @@ UtcTime = Annotated[datetime, AfterValidator(in_utc)]
 """A timestamp normalised to UTC at the edge, so nothing later can overflow converting it."""
 
 
-IngestOutcome = Literal["started", "joined", "resolved_reported", "no_recovery", "superseded"]
-"""started: a new recovery; joined: reported to the running one; resolved_reported: a resolved
-report signalled; no_recovery: resolved but nothing was running (ignored); superseded: a
-resolved alert in a batch that also reports the same incident firing (ignored)."""
+IngestOutcome = Literal["started", "joined", "repeat", "resolved_reported", "no_recovery",
+                        "superseded"]
+"""started: a new recovery; joined: reported to the running one; repeat: a report the
+recovery's ended latest run already counted (an alert resent after the recovery ended), so
+nothing started; resolved_reported: a resolved report signalled; no_recovery: resolved but
+nothing was running (ignored); superseded: a resolved alert in a batch that also reports the
+same incident firing (ignored)."""
 
 
 class _Body(BaseModel):

@@ -41,6 +41,7 @@ from workers.client import (
     TemporalTarget,
     connect,
     fetch_status,
+    repeats_of_ended_run,
     send_decision,
     start_or_join_recovery,
     start_or_join_recovery_with,
@@ -65,6 +66,16 @@ _ENDED_OUTSIDE_MEDKIT = {
     WorkflowExecutionStatus.FAILED: "failed",
 }
 """How a recovery can end other than by its own code (which ends it Recovered, Resolved, ...)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one start-or-join call did: the recovery's id, whether it started a new run, and
+    which reports were repeats of ones its ended latest run counted (not sent)."""
+
+    workflow_id: str
+    started: bool
+    repeats: frozenset[str]
 
 
 class TemporalUnavailable(RuntimeError):
@@ -224,20 +235,32 @@ class TemporalGateway:
         return f"Temporal at {self.target.address} is unreachable"
 
     async def start_or_join(self, detections: Sequence[Detection], policy: ServicePolicy,
-                            dry_run: bool) -> tuple[str, bool]:
+                            dry_run: bool) -> Delivery:
         """Signal-with-start the recovery with these reports of it (one `report` signal, or one
-        `report_batch` for several); its id and whether this call started it."""
+        `report_batch` for several), leaving out the repeats of reports its ended latest run
+        already counted (workers.client.repeats_of_ended_run): when every report is such a
+        repeat, nothing is sent and nothing starts."""
         client = await self.client()
         queue = self.target.task_queue
-        start = (start_or_join_recovery(client, detections[0], policy, queue, dry_run)
-                 if len(detections) == 1 else
-                 start_or_join_recovery_with(client, ReportBatch(detections=list(detections)),
+        workflow_id = recovery_workflow_id(detections[0].service, detections[0].incident_key)
+        try:
+            repeats = await self._bounded(
+                repeats_of_ended_run(client, workflow_id, [d.detection_id for d in detections]),
+                "check for an ended recovery")
+        except RPCError as err:
+            raise TemporalFailed(f"Temporal refused to describe the recovery: {err.message}") from None
+        fresh = [d for d in detections if d.detection_id not in repeats]
+        if not fresh:
+            return Delivery(workflow_id, started=False, repeats=frozenset(repeats))
+        start = (start_or_join_recovery(client, fresh[0], policy, queue, dry_run)
+                 if len(fresh) == 1 else
+                 start_or_join_recovery_with(client, ReportBatch(detections=fresh),
                                              policy, queue, dry_run))
         try:
             handle = await self._bounded(start, "start or join recovery")
         except RPCError as err:
             raise TemporalFailed(f"Temporal refused to start the recovery: {err.message}") from None
-        return handle.id, started_new(handle)
+        return Delivery(handle.id, started=started_new(handle), repeats=frozenset(repeats))
 
     async def report_resolved(self, detection: Detection) -> bool:
         """Signal a resolved report to the running recovery; False if none is running."""

@@ -46,6 +46,19 @@ may exceed it: the gateway's bounds on labels keep one under 1 MB even when ever
 needs escaping, so a call with a single report stays inside the limits as well."""
 
 
+REPORTS_MEMO = "medkit_report_ids"
+"""The memo key under which an ended recovery keeps the ids of the reports it counted.
+
+Alertmanager sends the same alert again (same fingerprint and start, so the same detection id)
+when its group changes or its repeat interval passes, and an HA peer may deliver late: such a
+repeat that arrives after the recovery ended is no new problem, so it must not start a second
+recovery (workers.client.repeats_of_ended_run reads this memo before a start)."""
+
+MAX_REMEMBERED_REPORTS = 200
+"""Report ids the memo keeps at most: the first report's and the latest others (bounded, so a
+recovery joined by thousands of reports keeps a small memo)."""
+
+
 class ReportBatch(MedkitModel):
     """Detections of one recovery's problem that arrived together, delivered in one signal.
 

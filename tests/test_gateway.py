@@ -286,6 +286,54 @@ async def test_resolved_alert_reports_to_the_recovery_and_decisions_get_verdicts
             await terminate(dev_env.client, workflow_id)
 
 
+async def test_an_alert_resent_after_its_recovery_ended_starts_nothing(
+        gateway: Gateway, dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """Alertmanager resends a firing alert unchanged when its group changes: after the recovery
+    it started has ended, that repeat is answered `repeat` and starts no second recovery, while
+    another instance of the same alert in the same notification still starts one."""
+    name = f"Resent{uuid.uuid4().hex[:6]}"
+    workflow_id = f"recovery:svc-b:{name}"
+    first = alert(name, "svc-b")
+    worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
+                          gateway.policy)
+    async with worker:
+        try:
+            started = await gateway.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
+                                              json=notification(first))
+            assert started.json()["results"][0]["outcome"] == "started"
+            handle = dev_env.client.get_workflow_handle(workflow_id)
+            await eventually(lambda: _equals(
+                lambda: _phase(gateway, workflow_id), "ManualIntervention"), timeout=30)
+            resolve = await gateway.http.post(f"/v1/recoveries/{workflow_id}/resolve",
+                                              headers=OPERATOR, json={"operator": "alice"})
+            assert resolve.json()["phase"] == "Resolved"
+            await handle.result()  # closed, not only Resolved: until then a repeat joins it
+            ended = (await handle.describe()).run_id
+
+            resent = await gateway.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
+                                             json=notification(first))
+            assert resent.status_code == 202, resent.text
+            assert resent.json()["results"] == [{"workflow_id": workflow_id, "outcome": "repeat",
+                                                 "fingerprint": first["fingerprint"]}]
+            assert (await handle.describe()).run_id == ended, "no second recovery started"
+            assert gateway.metric("medkit_gateway_detections_deduplicated_total",
+                                  source="alertmanager") == 1
+
+            other = alert(name, "svc-b", fingerprint="0123456789abcdef", instance="host-2")
+            grouped = await gateway.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
+                                              json=notification(first, other))
+            assert [r["outcome"] for r in grouped.json()["results"]] == ["repeat", "started"]
+            assert (await handle.describe()).run_id != ended
+        finally:
+            await terminate(dev_env.client, workflow_id)
+
+
+async def _phase(gateway: Gateway, workflow_id: str) -> str:
+    response = await gateway.http.get(f"/v1/recoveries/{workflow_id}", headers=OPERATOR)
+    assert response.status_code == 200, response.text
+    return str(response.json()["phase"])
+
+
 async def _equals(read: Any, wanted: str) -> bool:
     return bool(await read() == wanted)
 

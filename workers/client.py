@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -15,6 +15,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
@@ -26,7 +27,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models import search_attributes as sa
 from models.decisions import DecisionVerdict, OperatorDecision
-from models.detection import Detection, RecoveryInput, ReportBatch, recovery_workflow_id
+from models.detection import (
+    REPORTS_MEMO,
+    Detection,
+    RecoveryInput,
+    ReportBatch,
+    recovery_workflow_id,
+)
 from models.phases import DecisionKind
 from models.policy import ServicePolicy
 from models.status import RecoveryStatus
@@ -118,6 +125,27 @@ async def _signal_with_start(
         ),
     )
     return handle
+
+
+async def repeats_of_ended_run(client: Client, workflow_id: str,
+                               detection_ids: Collection[str]) -> set[str]:
+    """Which of `detection_ids` the latest run of `workflow_id` counted, when that run has ended.
+
+    A signal-with-start joins only a running recovery; after it has ended, a repeat of a report
+    it counted (Alertmanager resending the same alert, an HA peer delivering late) would start a
+    second recovery, which would act again on a problem already handled. The ended run keeps the
+    ids in its memo (models.detection.REPORTS_MEMO); a run that is running, never existed, or
+    ended without that memo (terminated, or recorded before it) gives the empty set."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return set()
+        raise
+    if description.status in (None, WorkflowExecutionStatus.RUNNING):
+        return set()
+    counted: list[str] = await description.memo_value(REPORTS_MEMO, default=[], type_hint=list[str])
+    return set(detection_ids) & set(counted)
 
 
 class RecoveryNotFound(LookupError):

@@ -31,7 +31,13 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.actions import ActionRequest, ActionResult, ActionSpec, BreakerAction, HttpAction
     from models.decisions import DecisionVerdict, OperatorDecision
-    from models.detection import Detection, RecoveryInput, ReportBatch
+    from models.detection import (
+        MAX_REMEMBERED_REPORTS,
+        REPORTS_MEMO,
+        Detection,
+        RecoveryInput,
+        ReportBatch,
+    )
     from models.fleet import LeaseDecision, LeaseRelease, LeaseRequest
     from models.incident_record import BudgetQuery, IncidentRecord, IncidentRecorded
     from models.notifications import Notification, NotificationEvent, NotifyRequest, NotifyResult
@@ -113,6 +119,10 @@ handover), let it reach the coordinator and hand the lease back after its answer
 it cancelled the request and released at once, and a request that still arrived was granted
 after its release, to a recovery that had ended. Decided when the request is made, so that
 whether the run takes it never depends on how far the request had got."""
+REMEMBER_REPORTS_PATCH = "report-ids-in-memo"
+"""Marks runs that, as they end, keep the ids of the reports they counted in their memo
+(REPORTS_MEMO), so that a repeat of one of them arriving later starts no second recovery; runs
+before it ended without, and a repeat started a new recovery."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -158,7 +168,7 @@ class RecoveryWorkflow:
         self._operator_retries = 0
         self._escalations = 0
         self._reports = 1
-        self._report_ids = {recovery.detection.detection_id}
+        self._report_ids = {recovery.detection.detection_id: None}  # in arrival order
         self._probes_saw_problem = False
         self._last_round_healthy = False
         self._stale = False
@@ -490,6 +500,10 @@ class RecoveryWorkflow:
         self._outcome = Outcome(phase.value)
         self._transition(phase, reason, actor=actor,
                          also=[sa.OUTCOME.value_set(self._outcome.value)])
+        if workflow.patched(REMEMBER_REPORTS_PATCH):
+            counted = list(self._report_ids)
+            kept = counted[:1] + counted[1:][-(MAX_REMEMBERED_REPORTS - 1):]
+            workflow.upsert_memo({REPORTS_MEMO: kept})
         self._releasing = asyncio.ensure_future(self._release_lease())
         if self._paged:
             await self._notify(_END_EVENT[phase], f"{self._policy.name}: {phase.value}", reason)
@@ -1041,7 +1055,7 @@ class RecoveryWorkflow:
             if (detection.status == "firing" and self._late_report is None
                     and workflow.patched(LATE_REPORT_PATCH)):
                 self._late_report = detection
-                self._report_ids.add(detection.detection_id)
+                self._report_ids[detection.detection_id] = None
                 self._record(self._phase, f"report from {detection.source} arrived while the "
                              f"recovery was ending: {detection.summary or 'problem'}; a new "
                              "recovery starts with it", actor=detection.source, kind="report")
@@ -1050,7 +1064,7 @@ class RecoveryWorkflow:
                          actor=detection.source, kind="ignored")
             return False
         self._reports += 1
-        self._report_ids.add(detection.detection_id)
+        self._report_ids[detection.detection_id] = None
         if detection.status == "resolved":
             self._source_resolved = True
             reason = f"source reports resolved: {detection.summary}; medkit still validates"
