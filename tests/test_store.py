@@ -263,3 +263,23 @@ def test_a_category_longer_than_its_column_is_stored_cut_not_refused(store: Inci
     long = status(FULL_TIMELINE[:3]).model_copy(update={"category": "x" * 150})
     store.record(IncidentRecord(run_id="r1", status=long), T0)
     assert store.find("r1").category == "x" * CATEGORY_CHARS
+
+
+def test_text_with_a_nul_character_is_stored_on_every_backend(store: IncidentStore) -> None:
+    """A NUL can arrive in a detection's summary or label, or an operator's reason (JSON allows
+    `\\u0000`). PostgreSQL refuses it in a text column, and the refusal failed every later write
+    of the run too, since each write carries every entry not stored yet: the run never reached
+    the store. It is stored as U+FFFD on both backends, so they hold the same text."""
+    timeline = [
+        FULL_TIMELINE[0].model_copy(update={"reason": "http reported: bad\x00byte"}),
+        *FULL_TIMELINE[1:5],
+        FULL_TIMELINE[5].model_copy(update={"reason": "approve (signal): ok\x00", "actor": "al\x00ice"}),
+        *FULL_TIMELINE[6:],
+    ]
+    record = status(timeline).model_copy(update={"category": "cr\x00sh"})
+    recorded = store.record(IncidentRecord(run_id="r1", status=record), T0)
+    assert recorded.new_entries == len(FULL_TIMELINE)
+    detail = store.detail(store.find("r1"))
+    assert detail.incident.category == "cr\ufffdsh"
+    assert detail.timeline[0].reason == "http reported: bad\ufffdbyte"
+    assert (detail.decisions[0].operator, detail.decisions[0].reason) == ("al\ufffdice", "ok\ufffd")
