@@ -14,7 +14,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, event, func, or_
+from sqlalchemy import URL, Engine, and_, event, func, make_url, or_
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -75,9 +76,28 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_store_engine(url: str) -> Engine:
+class InvalidDatabaseURL(Exception):
+    """A database URL SQLAlchemy cannot parse. The message never quotes the URL or a piece of it:
+    a piece read as the port or the host can be the password."""
+
+
+def parse_database_url(text: str | URL) -> URL:
+    """The parsed URL, or InvalidDatabaseURL (SQLAlchemy raises ValueError quoting the "port"
+    it read, e.g. for `user@host:password`, and ArgumentError for what is no URL at all)."""
+    if isinstance(text, URL):
+        return text
+    try:
+        return make_url(text)
+    except (ArgumentError, ValueError):
+        raise InvalidDatabaseURL(
+            "expected e.g. sqlite:///path/medkit.db or postgresql+psycopg://user:password@host:5432/db, "
+            "with any @ : / in the password %-encoded") from None
+
+
+def create_store_engine(url: str | URL) -> Engine:
     """An engine for medkit's database; SQLite gets WAL, a busy timeout and transactional DDL."""
-    if not url.startswith("sqlite"):
+    url = parse_database_url(url)
+    if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"check_same_thread": False,
                                               "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})

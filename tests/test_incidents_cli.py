@@ -213,3 +213,18 @@ def test_recorded_text_is_shown_without_terminal_controls(
     assert detail["incident"]["service"] == "evil\x1b[2J"
     assert detail["timeline"][0]["reason"] == "cli reported: \x1b[2J\x1b[31mfake\nforged"
     assert detail["decisions"][0]["operator"] == "\x1b[5meve\u202e"
+
+
+@pytest.mark.parametrize("command", [["incidents"], ["incidents", "show", "x"], ["report"]])
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://medkit@127.0.0.1:pg-secret-pw/medkit",  # the password where the port goes
+    "postgresql+psycopg://medkit:pg-secret-pw@[::1/medkit",
+])
+def test_a_url_sqlalchemy_cannot_parse_is_one_line_without_its_pieces(
+        capsys: pytest.CaptureFixture[str], command: list[str], url: str) -> None:
+    """SQLAlchemy refuses such a URL with a ValueError quoting the port it read, which can be a
+    password: it ended in a traceback showing that piece."""
+    code, out, err = run_cli(capsys, *command, "--database-url", url)
+    assert (code, out) == (1, "")
+    assert err.startswith("medkit: invalid database URL") and len(err.strip().splitlines()) == 1
+    assert "pg-secret-pw" not in err
