@@ -64,7 +64,7 @@ def open_store(args: argparse.Namespace) -> IncidentStore:
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_SECONDS)})
     try:
-        engine: Engine = create_store_engine(url)
+        engine: Engine = create_store_engine(url, read_only=True)
         with engine.connect() as conn:
             version = current_version(conn)
     except (NoSuchModuleError, ImportError) as err:

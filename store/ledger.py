@@ -76,6 +76,22 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_connect_reader(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """A busy timeout, writes refused, and SQLAlchemy owns BEGIN; the journal mode is left as the
+    workers set it (changing it is a write)."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def _sqlite_begin_reader(conn: Any) -> None:
+    """A deferred transaction: one consistent snapshot for all its reads, and no write lock, so
+    under WAL a long read (a report over a big store) never holds up a worker's writes."""
+    conn.exec_driver_sql("BEGIN")
+
+
 class InvalidDatabaseURL(Exception):
     """A database URL SQLAlchemy cannot parse. The message never quotes the URL or a piece of it:
     a piece read as the port or the host can be the password."""
@@ -94,15 +110,21 @@ def parse_database_url(text: str | URL) -> URL:
             "with any @ : / in the password %-encoded") from None
 
 
-def create_store_engine(url: str | URL) -> Engine:
-    """An engine for medkit's database; SQLite gets WAL, a busy timeout and transactional DDL."""
+def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:
+    """An engine for medkit's database; SQLite gets WAL, a busy timeout and transactional DDL.
+
+    `read_only` is for the commands and the dashboard, which only read: their transactions
+    refuse writes and, on SQLite, take no write lock (a worker's transactions all do, since
+    theirs may write), so reading never makes a worker wait.
+    """
     url = parse_database_url(url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        options = {"postgresql_readonly": True} if read_only else {}
+        return create_engine(url, pool_pre_ping=True, execution_options=options)
     engine = create_engine(url, connect_args={"check_same_thread": False,
                                               "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
+    event.listen(engine, "connect", _sqlite_connect_reader if read_only else _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin_reader if read_only else _sqlite_begin)
     return engine
 
 
