@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from store.migrations import migrate
+from store.migrations import as_utc, migrate
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another process's transaction before failing."""
@@ -187,7 +187,7 @@ class ActionLedger:
         finish their row, and a failed restart still stopped the process)."""
         if not activities:
             return 0
-        since = since.astimezone(UTC)
+        since = as_utc(since)
         finished_at = col(ActionRecord.finished_at)
         query = select(func.count()).select_from(ActionRecord).where(
             ActionRecord.service == service,

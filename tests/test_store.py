@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func
@@ -283,3 +285,42 @@ def test_text_with_a_nul_character_is_stored_on_every_backend(store: IncidentSto
     assert detail.incident.category == "cr\ufffdsh"
     assert detail.timeline[0].reason == "http reported: bad\ufffdbyte"
     assert (detail.decisions[0].operator, detail.decisions[0].reason) == ("al\ufffdice", "ok\ufffd")
+
+
+@pytest.fixture
+def local_time_tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone is UTC+9, so local and UTC times differ."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_tokyo")
+def test_a_naive_time_is_utc_whatever_the_time_zones(database_url: str) -> None:
+    """UTCDateTime takes a naive time as UTC. It passed it on as it was, and PostgreSQL reads a
+    naive value in the session's time zone: on a server not set to UTC a naive start was stored
+    hours off, and a naive `since` selected the wrong runs. The budget count took a naive
+    `since` as the worker's local time."""
+    if database_url.startswith("postgresql"):
+        database_url += "?options=" + quote("-c timezone=America/New_York")
+    ledger = ActionLedger(database_url)
+    try:
+        store = IncidentStore(ledger.engine)
+        naive = status([e.model_copy(update={"at": e.at.replace(tzinfo=None)}) for e in FULL_TIMELINE])
+        naive.started_at = T0.replace(tzinfo=None)
+        store.record(IncidentRecord(run_id="r1", status=naive), T0)
+        incident = store.find("r1")
+        assert (incident.started_at, incident.ended_at) == (T0, T0 + timedelta(seconds=10))
+        assert store.detail(incident).timeline[1].at == T0 + timedelta(seconds=1)
+        after = (T0 + timedelta(minutes=1)).replace(tzinfo=None)
+        assert store.recent(since=T0.replace(tzinfo=None)) != [] and store.recent(since=after) == []
+        ledger.begin("w/r1/1", workflow_id="w", service="web", activity="restart_process")
+        now = datetime.now(UTC)
+        assert ledger.count_actions("web", ["restart_process"], (now - timedelta(hours=1)).replace(
+            tzinfo=None)) == 1
+        assert ledger.count_actions("web", ["restart_process"], (now + timedelta(hours=1)).replace(
+            tzinfo=None)) == 0
+    finally:
+        ledger.engine.dispose()
