@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, func
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -196,6 +196,15 @@ def _incident_row(record: IncidentRecord, now: datetime) -> dict[str, Any]:
     })
 
 
+def _not_older(stored: Table, new: Any) -> ColumnElement[bool]:
+    """Whether the new status is at least as recent as the stored row: a longer timeline, or as
+    long with at least as many reports (reports past the timeline's cap only raise the count).
+    A late write (an attempt that timed out waiting for the database and committed after the
+    next write) is refused whole."""
+    return or_(stored.c.timeline_length < new.timeline_length,
+               and_(stored.c.timeline_length == new.timeline_length, stored.c.reports <= new.reports))
+
+
 class IncidentStore:
     """Reads and idempotent writes of incidents, in the action ledger's database."""
 
@@ -219,7 +228,7 @@ class IncidentStore:
         upsert = upsert.on_conflict_do_update(
             index_elements=[incidents.c.workflow_id, incidents.c.run_id],
             set_={name: upsert.excluded[name] for name in row if name not in ("workflow_id", "run_id")},
-            where=incidents.c.timeline_length <= upsert.excluded.timeline_length,
+            where=_not_older(incidents, upsert.excluded),
         )
         with self._engine.begin() as conn:
             conn.execute(upsert)

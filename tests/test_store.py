@@ -324,3 +324,17 @@ def test_a_naive_time_is_utc_whatever_the_time_zones(database_url: str) -> None:
             tzinfo=None)) == 0
     finally:
         ledger.engine.dispose()
+
+
+def test_a_late_write_with_fewer_reports_does_not_lower_the_count(store: IncidentStore) -> None:
+    """Reports past the timeline's cap (MAX_REPORTS_IN_TIMELINE) only raise `reports`, so two
+    writes can carry the same timeline length. A write that lands late (an attempt that timed
+    out while it waited for the database, committing after the next write) took the stored
+    count back down, since only a shorter timeline was refused."""
+    newer = status(FULL_TIMELINE).model_copy(update={"reports": 160})
+    older = status(FULL_TIMELINE).model_copy(update={"reports": 150})
+    store.record(IncidentRecord(run_id="r", status=newer), T0)
+    store.record(IncidentRecord(run_id="r", status=older), T0 + timedelta(seconds=1))
+    assert store.find("r").reports == 160
+    store.record(IncidentRecord(run_id="r", status=older.model_copy(update={"reports": 170})), T0)
+    assert store.find("r").reports == 170
