@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, make_url
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
 from cli.common import (
     DEFAULT_STATE_DIR,
@@ -30,7 +30,7 @@ from cli.common import (
 )
 from models.base import parse_duration
 from store.incidents import IncidentDetail, IncidentNotFound, IncidentRow, IncidentStore
-from store.ledger import ActionRecord, create_store_engine
+from store.ledger import ActionRecord, InvalidDatabaseURL, create_store_engine, parse_database_url
 from store.migrations import LATEST_VERSION, current_version
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -45,10 +45,9 @@ def database_url(args: argparse.Namespace) -> URL:
     if not text:
         return make_url(f"sqlite:///{Path(args.state_dir) / 'medkit.db'}")
     try:
-        url = make_url(text)
-    except ArgumentError:
-        raise CommandError("invalid database URL (expected e.g. sqlite:///path/medkit.db or "
-                           "postgresql+psycopg://user@host/db)") from None
+        url = parse_database_url(text)
+    except InvalidDatabaseURL as err:
+        raise CommandError(f"invalid database URL ({err})") from None
     if url.get_backend_name() not in SUPPORTED_BACKENDS:
         raise CommandError(f"unsupported database {url.get_backend_name()!r}: the incident store "
                            "runs on SQLite or PostgreSQL")
@@ -65,7 +64,7 @@ def open_store(args: argparse.Namespace) -> IncidentStore:
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_SECONDS)})
     try:
-        engine: Engine = create_store_engine(url.render_as_string(hide_password=False))
+        engine: Engine = create_store_engine(url, read_only=True)
         with engine.connect() as conn:
             version = current_version(conn)
     except (NoSuchModuleError, ImportError) as err:

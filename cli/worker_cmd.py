@@ -6,8 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from temporalio.runtime import Runtime
 
 from cli.common import (
@@ -23,6 +22,7 @@ from cli.common import (
 from cli.incidents_cmd import _first_line
 from models.policy import PolicyFile
 from models.policy_yaml import PolicyError
+from store.ledger import InvalidDatabaseURL, parse_database_url
 from workers.client import connect
 from workers.logging import configure_logging, json_logging_runtime
 from workers.metrics import DEFAULT_METRICS_ADDRESS, METRICS_ADDRESS_ENV, metrics_address, metrics_runtime
@@ -53,8 +53,8 @@ def shown_database(url: str | None) -> str:
     if not url:
         return "the state dir's SQLite file"
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        return parse_database_url(url).render_as_string(hide_password=True)
+    except InvalidDatabaseURL:
         return "$MEDKIT_DATABASE_URL (not a valid database URL)"
 
 
@@ -83,6 +83,9 @@ def worker(args: argparse.Namespace) -> int:
                              sdk_metrics)
         except MetricsAddressInUse as err:
             raise CommandError(str(err)) from None
+        except InvalidDatabaseURL as err:
+            raise CommandError(f"cannot open the action ledger at {shown_database(database)}: "
+                               f"{err}") from None
         except (NoSuchModuleError, ImportError) as err:
             raise CommandError(f"no database driver for {shown_database(database)}: {err}") from None
         except SQLAlchemyError as err:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, func
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -123,6 +123,19 @@ def _table(model: type[SQLModel]) -> Table:
     return table
 
 
+NUL_STAND_IN = "\ufffd"
+"""What a NUL character in recorded text is stored as. PostgreSQL refuses NUL in a text column,
+and such text comes from outside (a detection's summary or labels, an operator's reason; JSON
+carries it as `\\u0000`): one NUL would fail the run's every later write, since each write
+carries every entry not stored yet. Both backends store the stand-in, so they hold the same text."""
+
+
+def _storable(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with every NUL in its text values replaced by NUL_STAND_IN."""
+    return {name: value.replace("\x00", NUL_STAND_IN) if isinstance(value, str) else value
+            for name, value in row.items()}
+
+
 def _entry_rows(record: IncidentRecord, start: int) -> tuple[list[dict[str, Any]], ...]:
     """Timeline, decision and notification rows for the timeline entries from `start` on."""
     run = {"workflow_id": record.status.workflow_id, "run_id": record.run_id}
@@ -131,14 +144,15 @@ def _entry_rows(record: IncidentRecord, start: int) -> tuple[list[dict[str, Any]
     notifications: list[dict[str, Any]] = []
     for idx, entry in enumerate(record.status.timeline[start:], start=start):
         base = {**run, "idx": idx, "at": entry.at}
-        timeline.append({**base, "from_phase": entry.from_phase.value, "to_phase": entry.to_phase.value,
-                         "reason": entry.reason, "actor": entry.actor, "kind": entry.kind})
+        timeline.append(_storable({
+            **base, "from_phase": entry.from_phase.value, "to_phase": entry.to_phase.value,
+            "reason": entry.reason, "actor": entry.actor, "kind": entry.kind}))
         decision = _decision(entry)
         if decision is not None:
-            decisions.append({**base, **decision})
+            decisions.append(_storable({**base, **decision}))
         notification = _notification(entry)
         if notification is not None:
-            notifications.append({**base, **notification})
+            notifications.append(_storable({**base, **notification}))
     return timeline, decisions, notifications
 
 
@@ -170,7 +184,7 @@ up to 2000 characters: it is stored cut to this, or PostgreSQL would refuse the 
 def _incident_row(record: IncidentRecord, now: datetime) -> dict[str, Any]:
     status = record.status
     ended = status.timeline[-1].at if status.phase.terminal and status.timeline else None
-    return {
+    return _storable({
         "workflow_id": status.workflow_id, "run_id": record.run_id, "service": status.service,
         "incident_key": status.incident_key, "severity": status.severity,
         "category": status.category and status.category[:CATEGORY_CHARS],
@@ -179,7 +193,16 @@ def _incident_row(record: IncidentRecord, now: datetime) -> dict[str, Any]:
         "duration_seconds": (ended - status.started_at).total_seconds() if ended else None,
         "reports": status.reports, "attempts": status.attempts, "max_attempts": status.max_attempts,
         "escalations": status.escalations, "timeline_length": len(status.timeline), "updated_at": now,
-    }
+    })
+
+
+def _not_older(stored: Table, new: Any) -> ColumnElement[bool]:
+    """Whether the new status is at least as recent as the stored row: a longer timeline, or as
+    long with at least as many reports (reports past the timeline's cap only raise the count).
+    A late write (an attempt that timed out waiting for the database and committed after the
+    next write) is refused whole."""
+    return or_(stored.c.timeline_length < new.timeline_length,
+               and_(stored.c.timeline_length == new.timeline_length, stored.c.reports <= new.reports))
 
 
 class IncidentStore:
@@ -205,7 +228,7 @@ class IncidentStore:
         upsert = upsert.on_conflict_do_update(
             index_elements=[incidents.c.workflow_id, incidents.c.run_id],
             set_={name: upsert.excluded[name] for name in row if name not in ("workflow_id", "run_id")},
-            where=incidents.c.timeline_length <= upsert.excluded.timeline_length,
+            where=_not_older(incidents, upsert.excluded),
         )
         with self._engine.begin() as conn:
             conn.execute(upsert)

@@ -14,11 +14,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, event, func, or_
+from sqlalchemy import URL, Engine, and_, event, func, make_url, or_
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from store.migrations import migrate
+from store.migrations import as_utc, migrate
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another process's transaction before failing."""
@@ -75,14 +76,55 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_store_engine(url: str) -> Engine:
-    """An engine for medkit's database; SQLite gets WAL, a busy timeout and transactional DDL."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+def _sqlite_connect_reader(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """A busy timeout, writes refused, and SQLAlchemy owns BEGIN; the journal mode is left as the
+    workers set it (changing it is a write)."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def _sqlite_begin_reader(conn: Any) -> None:
+    """A deferred transaction: one consistent snapshot for all its reads, and no write lock, so
+    under WAL a long read (a report over a big store) never holds up a worker's writes."""
+    conn.exec_driver_sql("BEGIN")
+
+
+class InvalidDatabaseURL(Exception):
+    """A database URL SQLAlchemy cannot parse. The message never quotes the URL or a piece of it:
+    a piece read as the port or the host can be the password."""
+
+
+def parse_database_url(text: str | URL) -> URL:
+    """The parsed URL, or InvalidDatabaseURL (SQLAlchemy raises ValueError quoting the "port"
+    it read, e.g. for `user@host:password`, and ArgumentError for what is no URL at all)."""
+    if isinstance(text, URL):
+        return text
+    try:
+        return make_url(text)
+    except (ArgumentError, ValueError):
+        raise InvalidDatabaseURL(
+            "expected e.g. sqlite:///path/medkit.db or postgresql+psycopg://user:password@host:5432/db, "
+            "with any @ : / in the password %-encoded") from None
+
+
+def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:
+    """An engine for medkit's database; SQLite gets WAL, a busy timeout and transactional DDL.
+
+    `read_only` is for the commands and the dashboard, which only read: their transactions
+    refuse writes and, on SQLite, take no write lock (a worker's transactions all do, since
+    theirs may write), so reading never makes a worker wait.
+    """
+    url = parse_database_url(url)
+    if url.get_backend_name() != "sqlite":
+        options = {"postgresql_readonly": True} if read_only else {}
+        return create_engine(url, pool_pre_ping=True, execution_options=options)
     engine = create_engine(url, connect_args={"check_same_thread": False,
                                               "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
+    event.listen(engine, "connect", _sqlite_connect_reader if read_only else _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin_reader if read_only else _sqlite_begin)
     return engine
 
 
@@ -145,7 +187,7 @@ class ActionLedger:
         finish their row, and a failed restart still stopped the process)."""
         if not activities:
             return 0
-        since = since.astimezone(UTC)
+        since = as_utc(since)
         finished_at = col(ActionRecord.finished_at)
         query = select(func.count()).select_from(ActionRecord).where(
             ActionRecord.service == service,

@@ -35,6 +35,12 @@ from sqlalchemy import (
 )
 
 
+def as_utc(moment: datetime) -> datetime:
+    """`moment` as an aware UTC time; a naive one is taken to be UTC already (not the local time
+    `astimezone` would assume, nor PostgreSQL's session time zone, as a naive value would be)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend (SQLite stores it naive, as UTC)."""
 
@@ -43,9 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Store UTC; a naive value is taken to be UTC already."""
-        if value is None or value.tzinfo is None:
-            return value
-        return value.astimezone(UTC)
+        return None if value is None else as_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Read back an aware UTC datetime."""

@@ -583,6 +583,8 @@ def test_help_states_every_default(capsys: pytest.CaptureFixture[str]) -> None:
      "medkit: cannot use /nonexistent/client.pem: No such file or directory"),
     ({"MEDKIT_DATABASE_URL": "not a url"},
      "medkit: cannot open the action ledger at $MEDKIT_DATABASE_URL (not a valid database URL): "),
+    ({"MEDKIT_DATABASE_URL": "postgresql+psycopg://medkit@127.0.0.1:pg-secret-pw/medkit"},
+     "medkit: cannot open the action ledger at $MEDKIT_DATABASE_URL (not a valid database URL): "),
     ({"MEDKIT_DATABASE_URL": "postgresql+psycopg://medkit:pg-secret-pw@127.0.0.1:1/medkit"},
      "medkit: cannot open the action ledger at postgresql+psycopg://medkit:***@127.0.0.1:1/medkit: "),
     ({"MEDKIT_DATABASE_URL": "mysql://u:pw@h/db"},

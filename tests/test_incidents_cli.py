@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
+from cli.incidents_cmd import open_store
 from cli.main import build_parser, run
 from models.incident_record import IncidentRecord
 from store.incidents import IncidentStore
@@ -213,3 +216,58 @@ def test_recorded_text_is_shown_without_terminal_controls(
     assert detail["incident"]["service"] == "evil\x1b[2J"
     assert detail["timeline"][0]["reason"] == "cli reported: \x1b[2J\x1b[31mfake\nforged"
     assert detail["decisions"][0]["operator"] == "\x1b[5meve\u202e"
+
+
+@pytest.mark.parametrize("command", [["incidents"], ["incidents", "show", "x"], ["report"]])
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://medkit@127.0.0.1:pg-secret-pw/medkit",  # the password where the port goes
+    "postgresql+psycopg://medkit:pg-secret-pw@[::1/medkit",
+])
+def test_a_url_sqlalchemy_cannot_parse_is_one_line_without_its_pieces(
+        capsys: pytest.CaptureFixture[str], command: list[str], url: str) -> None:
+    """SQLAlchemy refuses such a URL with a ValueError quoting the port it read, which can be a
+    password: it ended in a traceback showing that piece."""
+    code, out, err = run_cli(capsys, *command, "--database-url", url)
+    assert (code, out) == (1, "")
+    assert err.startswith("medkit: invalid database URL") and len(err.strip().splitlines()) == 1
+    assert "pg-secret-pw" not in err
+
+
+def test_reading_the_store_never_blocks_a_worker_writing_it(state_dir: Path) -> None:
+    """The commands (and the dashboard) read through open_store. Their engine began every
+    transaction, reads too, with BEGIN IMMEDIATE, SQLite's write lock: a long `medkit report`
+    over a big store made every worker's ledger and store write wait for it (then fail after the
+    busy timeout), though WAL lets readers and a writer run together. The writer here does not
+    wait at all (timeout 0): it succeeds only if the open read transaction holds no write lock."""
+    args = argparse.Namespace(database_url=None, state_dir=state_dir)
+    store = open_store(args)
+    try:
+        with store.engine.connect() as reading:
+            assert reading.exec_driver_sql("SELECT count(*) FROM incidents").scalar() == 3
+            writer = sqlite3.connect(state_dir / "medkit.db", timeout=0, isolation_level=None)
+            try:
+                writer.execute("BEGIN IMMEDIATE")
+                writer.execute("UPDATE incidents SET escalations = 7 WHERE run_id = '33333333-cccc'")
+                writer.execute("COMMIT")
+            finally:
+                writer.close()
+            assert reading.exec_driver_sql("SELECT max(escalations) FROM incidents").scalar() == 0
+        assert store.find("33333333").escalations == 7
+    finally:
+        store.engine.dispose()
+
+
+def test_the_commands_never_write_the_database(database_url: str) -> None:
+    """A reading engine refuses writes, on both backends, so no command changes the store."""
+    populate(database_url)
+    store = open_store(argparse.Namespace(database_url=database_url, state_dir=None))
+    try:
+        with pytest.raises(DBAPIError, match=r"(?i)read-?only"), store.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM incidents")
+    finally:
+        store.engine.dispose()
+    engine = create_store_engine(database_url)
+    try:
+        assert len(IncidentStore(engine).recent()) == 3
+    finally:
+        engine.dispose()

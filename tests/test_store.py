@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func
@@ -263,3 +265,76 @@ def test_a_category_longer_than_its_column_is_stored_cut_not_refused(store: Inci
     long = status(FULL_TIMELINE[:3]).model_copy(update={"category": "x" * 150})
     store.record(IncidentRecord(run_id="r1", status=long), T0)
     assert store.find("r1").category == "x" * CATEGORY_CHARS
+
+
+def test_text_with_a_nul_character_is_stored_on_every_backend(store: IncidentStore) -> None:
+    """A NUL can arrive in a detection's summary or label, or an operator's reason (JSON allows
+    `\\u0000`). PostgreSQL refuses it in a text column, and the refusal failed every later write
+    of the run too, since each write carries every entry not stored yet: the run never reached
+    the store. It is stored as U+FFFD on both backends, so they hold the same text."""
+    timeline = [
+        FULL_TIMELINE[0].model_copy(update={"reason": "http reported: bad\x00byte"}),
+        *FULL_TIMELINE[1:5],
+        FULL_TIMELINE[5].model_copy(update={"reason": "approve (signal): ok\x00", "actor": "al\x00ice"}),
+        *FULL_TIMELINE[6:],
+    ]
+    record = status(timeline).model_copy(update={"category": "cr\x00sh"})
+    recorded = store.record(IncidentRecord(run_id="r1", status=record), T0)
+    assert recorded.new_entries == len(FULL_TIMELINE)
+    detail = store.detail(store.find("r1"))
+    assert detail.incident.category == "cr\ufffdsh"
+    assert detail.timeline[0].reason == "http reported: bad\ufffdbyte"
+    assert (detail.decisions[0].operator, detail.decisions[0].reason) == ("al\ufffdice", "ok\ufffd")
+
+
+@pytest.fixture
+def local_time_tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone is UTC+9, so local and UTC times differ."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_tokyo")
+def test_a_naive_time_is_utc_whatever_the_time_zones(database_url: str) -> None:
+    """UTCDateTime takes a naive time as UTC. It passed it on as it was, and PostgreSQL reads a
+    naive value in the session's time zone: on a server not set to UTC a naive start was stored
+    hours off, and a naive `since` selected the wrong runs. The budget count took a naive
+    `since` as the worker's local time."""
+    if database_url.startswith("postgresql"):
+        database_url += "?options=" + quote("-c timezone=America/New_York")
+    ledger = ActionLedger(database_url)
+    try:
+        store = IncidentStore(ledger.engine)
+        naive = status([e.model_copy(update={"at": e.at.replace(tzinfo=None)}) for e in FULL_TIMELINE])
+        naive.started_at = T0.replace(tzinfo=None)
+        store.record(IncidentRecord(run_id="r1", status=naive), T0)
+        incident = store.find("r1")
+        assert (incident.started_at, incident.ended_at) == (T0, T0 + timedelta(seconds=10))
+        assert store.detail(incident).timeline[1].at == T0 + timedelta(seconds=1)
+        after = (T0 + timedelta(minutes=1)).replace(tzinfo=None)
+        assert store.recent(since=T0.replace(tzinfo=None)) != [] and store.recent(since=after) == []
+        ledger.begin("w/r1/1", workflow_id="w", service="web", activity="restart_process")
+        now = datetime.now(UTC)
+        assert ledger.count_actions("web", ["restart_process"], (now - timedelta(hours=1)).replace(
+            tzinfo=None)) == 1
+        assert ledger.count_actions("web", ["restart_process"], (now + timedelta(hours=1)).replace(
+            tzinfo=None)) == 0
+    finally:
+        ledger.engine.dispose()
+
+
+def test_a_late_write_with_fewer_reports_does_not_lower_the_count(store: IncidentStore) -> None:
+    """Reports past the timeline's cap (MAX_REPORTS_IN_TIMELINE) only raise `reports`, so two
+    writes can carry the same timeline length. A write that lands late (an attempt that timed
+    out while it waited for the database, committing after the next write) took the stored
+    count back down, since only a shorter timeline was refused."""
+    newer = status(FULL_TIMELINE).model_copy(update={"reports": 160})
+    older = status(FULL_TIMELINE).model_copy(update={"reports": 150})
+    store.record(IncidentRecord(run_id="r", status=newer), T0)
+    store.record(IncidentRecord(run_id="r", status=older), T0 + timedelta(seconds=1))
+    assert store.find("r").reports == 160
+    store.record(IncidentRecord(run_id="r", status=older.model_copy(update={"reports": 170})), T0)
+    assert store.find("r").reports == 170
