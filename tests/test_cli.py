@@ -20,7 +20,9 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from temporalio.client import Client
+from temporalio.api.enums.v1 import RetryState, TimeoutType
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from cli import common
@@ -195,6 +197,155 @@ async def test_sigterm_drains_the_running_action_and_the_recovery_survives(
             first.kill()
         await stop_fleet_coordinator(client, target["MEDKIT_TASK_QUEUE"])
     assert result.phase.value == "Recovered"
+
+
+CRASH_FIX_CODE = ("import os, sys, time\n"
+                  "with open(sys.argv[1], 'a') as marker:\n"
+                  "    marker.write(f'{os.getpid()}\\n')\n"
+                  "time.sleep(600)\n")
+"""The crash-fix program: append its pid to the marker file named by its argument, then run
+far longer than the test, so it is still running when its worker is killed."""
+
+OUTCOME_NOT_RECORDED = "its outcome was not recorded; medkit does not run it twice"
+"""What run_command answers (ApplicationError OutcomeUnknown) when the ledger says an earlier
+attempt started the program and never recorded how it ended."""
+
+
+def crash_fix_policy(demo: DemoService, tmp_path: Path, marker: Path, max_attempts: int) -> Path:
+    """The demo policy whose minor ladder is one rung, a `command` action that writes one line
+    to `marker` and then runs for ten minutes (its timeout is longer still, so only the
+    heartbeat timeout of a dead worker ends an attempt), tried `max_attempts` times."""
+    data: Any = demo_policy(demo.port, tmp_path)
+    service = data["services"][0]
+    service["actions"]["crash-fix"] = {
+        "kind": "command", "argv": [sys.executable, "-c", CRASH_FIX_CODE, str(marker)],
+        "timeout": "20m"}
+    service["ladders"]["minor"] = [{"name": "crash-fix", "steps": [{"action": "crash-fix"}]}]
+    service["retry"] = {"max_attempts": max_attempts, "initial_backoff": "1s", "max_backoff": "1s"}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def marker_pids(marker: Path) -> list[int]:
+    """The pids the crash-fix program wrote, one line per run of it."""
+    return [int(line) for line in marker.read_text().splitlines()] if marker.exists() else []
+
+
+def kill_crash_fix_programs(marker: Path) -> None:
+    """KILL every crash-fix run still alive: they run in a session of their own, so killing
+    their worker did not end them. Found by the pids they wrote, checked against their argv
+    (a pid may have been reused)."""
+    for pid in marker_pids(marker):
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if str(marker) in proc.cmdline():
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("max_attempts", [
+    1,
+    pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=(
+        "defect in workflows/recovery.py: `_act` treats an OutcomeUnknown refusal as an ordinary "
+        "failed action, so the ladder goes on; when the next attempt repeats the rung (the last "
+        "rung repeats up to max_attempts) it schedules a new run_command activity, with a new "
+        "ledger key, and the program runs a second time while the first copy may still run"))),
+])
+async def test_sigkill_mid_command_loses_no_recovery_and_never_runs_the_command_twice(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment,
+    max_attempts: int,
+) -> None:
+    """The mission's claim, with a real SIGKILL: a worker killed while a `command` action runs
+    neither loses the recovery nor runs the command twice.
+
+    The demo service is kept unhealthy, so validation fails whatever the command did and the
+    ending is deterministic. A second worker with the same state dir (the action ledger) picks
+    the recovery up once the dead worker's heartbeat timeout (ACTION_HEARTBEAT, 30 s) expires:
+    the retried attempt finds the step recorded as running and refuses (OutcomeUnknown, not
+    retried), the recovery hands over to a human with that refusal in its timeline, and an
+    operator's `resolve` ends it Resolved. The marker file must hold exactly one line: one run.
+    With max_attempts 2 the ladder repeats the rung after the refusal, which is where the
+    command used to run a second time."""
+    client: Client = dev_env.client
+    marker = tmp_path / "crash-fix.runs"
+    policy = crash_fix_policy(demo_service, tmp_path, marker, max_attempts)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    state = tmp_path / "state"
+    demo_service.inject("unhealthy")
+    first = start_worker(target, state, policy)
+    second: subprocess.Popen[str] | None = None
+    workflow_id = ""
+    try:
+        started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                         "-o", "json", env=env)
+        assert started.returncode == 0, started.stderr
+        workflow_id = json.loads(started.stdout)["workflow_id"]
+        handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+
+        async def status() -> RecoveryStatus | None:
+            """The status, or None while no worker answers (the dead one's sticky queue)."""
+            with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+                return await handle.query(RecoveryWorkflow.status)
+            return None
+
+        async def running_crash_fix() -> bool:
+            now = await status()
+            return (now is not None and now.current_step is not None
+                    and "crash-fix" in now.current_step and len(marker_pids(marker)) == 1)
+
+        await eventually(running_crash_fix, timeout=60)
+        first.kill()  # SIGKILL: no drain, no ledger update, no last heartbeat
+        assert first.wait(timeout=30) == -signal.SIGKILL
+        # the program runs in a session of its own: it outlives its worker, so nobody can know
+        # how it ends, and a second copy would run beside it
+        assert str(marker) in psutil.Process(marker_pids(marker)[0]).cmdline()
+        second = start_worker(target, state, policy)  # same state dir: the same action ledger
+
+        async def handed_over_or_ran_again() -> bool:
+            if len(marker_pids(marker)) > 1:
+                return True
+            now = await status()
+            return now is not None and now.pending_decision is not None
+
+        await eventually(handed_over_or_ran_again, timeout=180)
+        assert len(marker_pids(marker)) == 1, "the command ran a second time"
+        handed = await status()
+        assert handed is not None and handed.phase.value == "ManualIntervention", handed
+        assert any(OUTCOME_NOT_RECORDED in entry.reason for entry in handed.timeline), (
+            handed.timeline)
+
+        history = await handle.fetch_history()
+        started_attempts = [e.activity_task_started_event_attributes for e in history.events
+                            if e.HasField("activity_task_started_event_attributes")]
+        failures = [e.activity_task_failed_event_attributes for e in history.events
+                    if e.HasField("activity_task_failed_event_attributes")]
+        refused = [f for f in failures if f.failure.application_failure_info.type == "OutcomeUnknown"]
+        assert len(refused) == 1, failures
+        assert refused[0].failure.application_failure_info.non_retryable
+        assert refused[0].retry_state == RetryState.RETRY_STATE_NON_RETRYABLE_FAILURE
+        retried = [s for s in started_attempts if s.attempt == 2]  # the killed worker's was 1
+        assert len(retried) == 1 and (retried[0].last_failure.timeout_failure_info.timeout_type
+                                      == TimeoutType.TIMEOUT_TYPE_HEARTBEAT), started_attempts
+
+        shown = medkit("status", workflow_id, env=env)
+        assert shown.returncode == 0 and OUTCOME_NOT_RECORDED in shown.stdout, shown.stdout
+        resolved = medkit("resolve", workflow_id, "--operator", "alice", "--reason",
+                          "checked the crash-fix by hand", env=env)
+        assert resolved.returncode == 0, resolved.stderr
+        result = await handle.result()
+        assert result.phase.value == "Resolved"
+        assert len(marker_pids(marker)) == 1
+    finally:
+        kill_crash_fix_programs(marker)
+        if workflow_id:
+            with contextlib.suppress(RPCError):
+                await client.get_workflow_handle(workflow_id).terminate("test cleanup")
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.terminate()
+                worker.wait(timeout=60)
+        await stop_fleet_coordinator(client, target["MEDKIT_TASK_QUEUE"])
 
 
 def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
