@@ -19,6 +19,7 @@ from typing import Any, Literal
 from temporalio import activity
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.deps import ActivityDeps
@@ -42,13 +43,15 @@ HISTORY_DIR = Path(__file__).parent / "histories"
 
 
 class Script:
-    """Outcomes per probe name (a queue, then a default) and a record of the actions run."""
+    """Outcomes per probe name (a queue, then a default), a record of the actions run, and the
+    actions that answer OutcomeUnknown (`outcome_unknown`)."""
 
     def __init__(self) -> None:
         self.outcomes: dict[str, deque[bool]] = {}
         self.default_healthy: dict[str, bool] = {}
         self.actions: list[str] = []
         self.block_actions = False
+        self.outcome_unknown: set[str] = set()
         self.cancelled: list[str] = []
         self.finished: list[str] = []
         self.round_seconds = 0.0
@@ -80,6 +83,10 @@ class Script:
 
     async def _act(self, request: ActionRequest) -> ActionResult:
         self.actions.append(request.action_name)
+        if request.action_name in self.outcome_unknown:  # as a retry after a crash mid-step
+            raise ApplicationError(f"a previous attempt started {request.action_name} and its "
+                                   "outcome was not recorded", type="OutcomeUnknown",
+                                   non_retryable=True)
         try:
             while self.block_actions:  # held until the test unblocks it, or cancelled
                 activity.heartbeat()

@@ -244,17 +244,8 @@ def kill_crash_fix_programs(marker: Path) -> None:
                 proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("max_attempts", [
-    1,
-    pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=(
-        "defect in workflows/recovery.py: `_act` treats an OutcomeUnknown refusal as an ordinary "
-        "failed action, so the ladder goes on; when the next attempt repeats the rung (the last "
-        "rung repeats up to max_attempts) it schedules a new run_command activity, with a new "
-        "ledger key, and the program runs a second time while the first copy may still run"))),
-])
 async def test_sigkill_mid_command_loses_no_recovery_and_never_runs_the_command_twice(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment,
-    max_attempts: int,
 ) -> None:
     """The mission's claim, with a real SIGKILL: a worker killed while a `command` action runs
     neither loses the recovery nor runs the command twice.
@@ -265,11 +256,11 @@ async def test_sigkill_mid_command_loses_no_recovery_and_never_runs_the_command_
     the retried attempt finds the step recorded as running and refuses (OutcomeUnknown, not
     retried), the recovery hands over to a human with that refusal in its timeline, and an
     operator's `resolve` ends it Resolved. The marker file must hold exactly one line: one run.
-    With max_attempts 2 the ladder repeats the rung after the refusal, which is where the
-    command used to run a second time."""
+    The policy allows 2 attempts, so the ladder would repeat the rung: the refusal must hand
+    over at once (before OUTCOME_UNKNOWN_PATCH, the repeated rung ran the command again)."""
     client: Client = dev_env.client
     marker = tmp_path / "crash-fix.runs"
-    policy = crash_fix_policy(demo_service, tmp_path, marker, max_attempts)
+    policy = crash_fix_policy(demo_service, tmp_path, marker, max_attempts=2)
     env = {**target, "MEDKIT_CONFIG": str(policy)}
     state = tmp_path / "state"
     demo_service.inject("unhealthy")
@@ -314,6 +305,9 @@ async def test_sigkill_mid_command_loses_no_recovery_and_never_runs_the_command_
         assert handed is not None and handed.phase.value == "ManualIntervention", handed
         assert any(OUTCOME_NOT_RECORDED in entry.reason for entry in handed.timeline), (
             handed.timeline)
+        handover = [e.reason for e in handed.timeline if e.kind == "transition"][-1]
+        assert "outcome is unknown" in handover and "does not run it again" in handover, handover
+        assert handed.attempts == 1, "the rung was not tried again"
 
         history = await handle.fetch_history()
         started_attempts = [e.activity_task_started_event_attributes for e in history.events

@@ -383,6 +383,33 @@ async def test_an_abort_accepted_but_not_taken_in_time_says_so_instead_of_no_wor
     assert result.phase == Phase.ABORTED
 
 
+async def test_an_action_whose_outcome_is_unknown_hands_over_at_once(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """An action refused with OutcomeUnknown (a retry after a worker died mid-step: it may have
+    run) is neither taken for a failed rung nor followed by the next one: the recovery hands
+    over to a human at once, saying why."""
+    script = Script()
+    script.probe("http", then=False)
+    script.probe("tcp", then=False)
+    script.outcome_unknown.add("restart")
+    policy = scripted_policy(webhook_receiver.url)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, detection())
+        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE, operator("checked"))
+        result = await handle.result()
+        await save_history(handle, "outcome_unknown_hands_over")
+    assert script.actions == ["restart"], "no further rung ran"
+    assert status.attempts == 1
+    handover = [e for e in status.timeline
+                if e.kind == "transition" and e.to_phase == Phase.MANUAL_INTERVENTION][-1]
+    assert handover.reason.startswith("restart may have run and its outcome is unknown")
+    assert any(e.kind == "action" and "outcome was not recorded" in e.reason
+               for e in status.timeline)
+    assert result.phase == Phase.RESOLVED
+
+
 async def test_max_retries_then_manual_then_resolve(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:

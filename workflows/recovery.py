@@ -119,6 +119,11 @@ handover), let it reach the coordinator and hand the lease back after its answer
 it cancelled the request and released at once, and a request that still arrived was granted
 after its release, to a recovery that had ended. Decided when the request is made, so that
 whether the run takes it never depends on how far the request had got."""
+OUTCOME_UNKNOWN_PATCH = "outcome-unknown-hands-over"
+"""Marks runs in which an action refused with OutcomeUnknown (a retry after a crash found it may
+have run, its outcome never recorded) hands over to a human at once; runs before it took it for
+a failed action and went on up the ladder, and a rung repeated ran the program a second time
+(a new step, so a new ledger key) while the first might still be running."""
 REMEMBER_REPORTS_PATCH = "report-ids-in-memo"
 """Marks runs that, as they end, keep the ids of the reports they counted in their memo
 (REPORTS_MEMO), so that a repeat of one of them arriving later starts no second recovery; runs
@@ -135,6 +140,9 @@ _END_EVENT: dict[Phase, NotificationEvent] = {
 
 POLICY_MISMATCH = "PolicyMismatch"
 """The error type a worker raises for an activity whose spec its own policy file does not hold."""
+OUTCOME_UNKNOWN = "OutcomeUnknown"
+"""The error type an action raises instead of running again when an earlier attempt may have run
+it and its outcome was never recorded (activities.command, activities.http_action)."""
 
 
 class _Aborted(Exception):
@@ -605,6 +613,11 @@ class RecoveryWorkflow:
             self._acted, self._stale = True, True
             self._record(self._phase, f"{action_name} failed: {_cause(err)}", kind="action")
             self._set_details()
+            if _outcome_unknown(err) and workflow.patched(OUTCOME_UNKNOWN_PATCH):
+                raise _NeedsHuman(
+                    f"{action_name} may have run and its outcome is unknown (a worker died while "
+                    "it ran); medkit does not run it again, nor any other step, by itself: check "
+                    "the service, then resolve, or retry to run the ladder again") from err
             return False
         self._acted, self._stale = True, True
         mark = "[dry-run] " if result.simulated else ""
@@ -1166,6 +1179,13 @@ def _refused(err: ActivityError) -> bool:
     """Whether the worker refused the activity because its own policy does not hold the spec."""
     cause = err.cause
     return isinstance(cause, ApplicationError) and cause.type == POLICY_MISMATCH
+
+
+def _outcome_unknown(err: ActivityError) -> bool:
+    """Whether the action refused to run again because an earlier attempt may have run it and
+    its outcome was never recorded (a crash mid-step)."""
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and cause.type == OUTCOME_UNKNOWN
 
 
 def _reported_at(detected: datetime, started: datetime) -> datetime:
