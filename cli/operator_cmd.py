@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cli.common import (
     LIST_LIMIT,
     TEMPORAL_ERROR,
+    UNREACHABLE,
     CommandError,
     SubParsers,
     add_config_arg,
@@ -43,6 +44,7 @@ from workers.client import (
     DecisionRejected,
     NoWorkerAnswered,
     RecoveryNotFound,
+    TemporalNotAnswering,
     fetch_status,
     send_decision,
     start_or_join_recovery,
@@ -146,6 +148,12 @@ NO_WORKER = "NoWorkerAnswered"
 warning type of `trigger` when no worker polls the task queue."""
 
 
+def temporal_stopped(err: TemporalNotAnswering) -> CommandError:
+    """The one-line error for Temporal ceasing to answer after the command connected: typed as
+    an unreachable Temporal (not NoWorkerAnswered), since starting a worker would not help."""
+    return CommandError(f"{err}: run the command again once Temporal answers", UNREACHABLE)
+
+
 async def query_status(client: Client, workflow_id: str, run_id: str | None,
                        timeout: float) -> RecoveryStatus:
     """The status query, bounded by `timeout` seconds, with its failures as one-line
@@ -156,6 +164,8 @@ async def query_status(client: Client, workflow_id: str, run_id: str | None,
         raise CommandError(str(err), NOT_FOUND) from None
     except NoWorkerAnswered as err:
         raise CommandError(str(err), NO_WORKER) from None
+    except TemporalNotAnswering as err:
+        raise temporal_stopped(err) from None
     except RPCError as err:
         raise CommandError(f"cannot query {workflow_id!r}: {err.message}", TEMPORAL_ERROR) from None
 
@@ -324,6 +334,8 @@ def decide(kind: DecisionKind) -> object:
                                            args.timeout)
             except NoWorkerAnswered as err:
                 raise CommandError(str(err), NO_WORKER) from None
+            except TemporalNotAnswering as err:
+                raise temporal_stopped(err) from None
             except DecisionRejected as err:
                 raise CommandError(str(err), "DecisionRejected") from None
             except RecoveryNotFound as err:

@@ -38,6 +38,7 @@ from workers.client import (
     DecisionRejected,
     NoWorkerAnswered,
     RecoveryNotFound,
+    TemporalNotAnswering,
     TemporalTarget,
     connect,
     fetch_status,
@@ -45,15 +46,16 @@ from workers.client import (
     send_decision,
     start_or_join_recovery,
     start_or_join_recovery_with,
+    temporal_answers,
     within,
 )
 from workflows.recovery import RecoveryWorkflow
 
 T = TypeVar("T")
 
-_EXPLAIN_SECONDS = 2 * EXPLAIN_STEP_SECONDS
-"""Time beyond the gateway's timeout for a status query or decision no worker answered to find
-out why (the recovery's task queue, its pollers), so the 503 says so."""
+_EXPLAIN_SECONDS = 3 * EXPLAIN_STEP_SECONDS
+"""Time beyond the gateway's timeout for a status query or decision nobody answered to find out
+why (Temporal's health, the recovery's task queue, its pollers), so the 503 says so."""
 
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
                 RPCStatusCode.RESOURCE_EXHAUSTED}
@@ -192,7 +194,10 @@ class TemporalGateway:
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
                                       f"{limit:g}s") from None
         except NoWorkerAnswered as err:
-            raise await self._unanswered(err, what) from None
+            raise TemporalUnavailable(str(err)) from None
+        except TemporalNotAnswering as err:
+            raise TemporalUnavailable(
+                f"{err}: send the request again once /readyz answers 200") from None
         except RPCError as err:
             if too_large(err):
                 raise TemporalPayloadTooLarge(f"{what}: Temporal refused the request as too "
@@ -201,36 +206,14 @@ class TemporalGateway:
                 raise TemporalUnavailable(f"{what}: Temporal unavailable ({err.message})") from None
             raise
 
-    async def _unanswered(self, err: NoWorkerAnswered, what: str) -> TemporalUnavailable:
-        """The 503 for a query or decision that got no answer in time.
-
-        A Temporal that stopped answering after the gateway connected looks the same from here
-        as a worker that does not answer; the worker's message (and for a decision "Temporal
-        keeps it pending") would then be false and send the operator to the wrong component.
-        So Temporal's own health check decides which one it is."""
-        if await self._answers_health_check(min(self.timeout, EXPLAIN_STEP_SECONDS)):
-            return TemporalUnavailable(str(err))
-        return TemporalUnavailable(
-            f"{what}: Temporal at {self.target.address} does not answer (it is down or "
-            "unreachable; this is not about a worker), so nothing was confirmed: send the "
-            "request again once /readyz answers 200")
-
-    async def _answers_health_check(self, timeout: float) -> bool:
-        try:
-            client = await self.client()
-            return await self._bounded(client.service_client.check_health(
-                timeout=timedelta(seconds=timeout)), "health check", timeout)
-        except (TemporalUnavailable, TemporalFailed, RPCError):
-            return False
-
     async def unready_reason(self) -> str | None:
         """None when Temporal has the gateway's namespace and answers a health check; else why
         the gateway cannot serve (for /readyz)."""
         try:
-            await self.client()
+            client = await self.client()
         except (TemporalUnavailable, TemporalFailed) as err:
             return str(err)
-        if await self._answers_health_check(self.timeout):
+        if await temporal_answers(client, self.timeout):
             return None
         return f"Temporal at {self.target.address} is unreachable"
 

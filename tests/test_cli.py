@@ -32,6 +32,7 @@ from demo.policy import DEMO_SERVICE, demo_policy, write_demo_policy
 from models.status import RecoveryStatus
 from store.ledger import ActionLedger
 from tests.conftest import DemoService, eventually, stop_fleet_coordinator
+from tests.silencing_proxy import SilencingProxy
 from workflows.recovery import RecoveryWorkflow
 
 
@@ -616,6 +617,48 @@ async def test_decisions_and_status_no_worker_answers_fail_in_time_and_say_why(
         with contextlib.suppress(Exception):
             await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
         await stop_fleet_coordinator(dev_env.client, queue)
+
+
+async def test_a_decision_or_status_when_temporal_stops_answering_says_so_not_that_a_worker_is_missing(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """Temporal falling silent after the command connected (and found the recovery): the update
+    and the query then time out as they do when no worker answers, and were answered as such,
+    with a worker hint and, for a decision, "Temporal keeps it pending", which is false: the
+    decision never reached Temporal. Both now say Temporal does not answer and nothing was
+    confirmed, typed as an unreachable Temporal. The proxy falls silent on the request itself:
+    the decision by its operator's name, the query by the second request naming the recovery
+    (the first is the lookup every command makes)."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                     env=env)
+    assert started.returncode == 0, started.stderr
+    workflow_id = started.stdout.strip()
+    operator = f"op-{uuid.uuid4().hex[:8]}"
+    try:
+        with SilencingProxy(target["TEMPORAL_ADDRESS"], operator.encode()).running() as proxy:
+            aborted = medkit("abort", workflow_id, "--operator", operator, "--timeout", "2",
+                             env={**env, "TEMPORAL_ADDRESS": proxy.address})
+            assert proxy.silent.is_set()
+        assert (aborted.returncode, aborted.stderr) == (1, (
+            f"medkit: abort: Temporal at {proxy.address} does not answer (it is down or "
+            "unreachable; this is not about a worker), so nothing was confirmed: run the command "
+            "again once Temporal answers\n"))
+        with SilencingProxy(target["TEMPORAL_ADDRESS"], workflow_id.encode(), nth=2).running() as proxy:
+            shown = medkit("status", workflow_id, "--timeout", "2", "-o", "json",
+                           env={**env, "TEMPORAL_ADDRESS": proxy.address})
+            assert proxy.silent.is_set()
+        assert shown.returncode == 1
+        assert json_error(shown) == {
+            "type": "TemporalUnreachable",
+            "error": f"status query: Temporal at {proxy.address} does not answer (it is down or "
+                     "unreachable; this is not about a worker), so nothing was confirmed: run the "
+                     "command again once Temporal answers"}
+    finally:
+        with contextlib.suppress(Exception):
+            await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
 
 
 async def connected(pid: int, address: str) -> bool:

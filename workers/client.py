@@ -7,6 +7,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from temporalio.api.enums.v1 import TaskQueueType
@@ -189,6 +190,20 @@ async def _recovery_task_queue(handle: WorkflowHandle[RecoveryWorkflow, Recovery
     return None
 
 
+class TemporalNotAnswering(RuntimeError):
+    """Temporal itself did not answer a query or decision, nor then its health check: it is down
+    or unreachable (from here), so nothing was confirmed and no worker is to blame."""
+
+
+async def temporal_answers(client: Client, timeout: float = EXPLAIN_STEP_SECONDS) -> bool:
+    """Whether Temporal answers its gRPC health check within `timeout` seconds."""
+    try:
+        return await asyncio.wait_for(
+            client.service_client.check_health(timeout=timedelta(seconds=timeout)), timeout)
+    except (RPCError, TimeoutError):
+        return False
+
+
 async def no_worker_answered(client: Client,
                              handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
                              what: str, timeout: float) -> NoWorkerAnswered:
@@ -204,6 +219,21 @@ async def no_worker_answered(client: Client,
         return NoWorkerAnswered(f"{where} (no worker polls it: is `medkit worker` running with "
                                 "that --task-queue?)")
     return NoWorkerAnswered(f"{where} (workers poll it: are they overloaded or stuck?)")
+
+
+async def unanswered(client: Client, handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                     what: str, timeout: float) -> NoWorkerAnswered | TemporalNotAnswering:
+    """The error for a query or update that got no answer in `timeout` seconds.
+
+    A Temporal that stopped answering after the client connected looks the same from here as a
+    worker that does not answer; the worker's message (and for a decision "Temporal keeps it
+    pending") would then be false and send the operator to the wrong component. So Temporal's
+    own health check decides which one it is, before asking Temporal about the task queue."""
+    if await temporal_answers(client, min(timeout, EXPLAIN_STEP_SECONDS)):
+        return await no_worker_answered(client, handle, what, timeout)
+    return TemporalNotAnswering(
+        f"{what}: Temporal at {client.service_client.config.target_host} does not answer (it is "
+        "down or unreachable; this is not about a worker), so nothing was confirmed")
 
 
 async def within(work: Awaitable[T], timeout: float) -> T:
@@ -228,22 +258,24 @@ async def within(work: Awaitable[T], timeout: float) -> T:
 async def _answered(client: Client, work: Awaitable[T],
                     handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
                     what: str, timeout: float) -> T:
-    """`work` (a query or an update), or NoWorkerAnswered when no worker answers in `timeout`
-    seconds (our deadline or the server's own query limit)."""
+    """`work` (a query or an update); NoWorkerAnswered when no worker answers in `timeout`
+    seconds (our deadline or the server's own query limit), TemporalNotAnswering when Temporal
+    itself does not."""
     try:
         return await within(work, timeout)
     except TimeoutError:
-        raise await no_worker_answered(client, handle, what, timeout) from None
+        raise await unanswered(client, handle, what, timeout) from None
     except RPCError as err:
         if err.status != RPCStatusCode.DEADLINE_EXCEEDED:  # the server's own query limit
             raise
-        raise await no_worker_answered(client, handle, what, timeout) from None
+        raise await unanswered(client, handle, what, timeout) from None
 
 
 async def fetch_status(client: Client, workflow_id: str, run_id: str | None = None,
                        timeout: float = ANSWER_TIMEOUT_SECONDS) -> RecoveryStatus:
     """The status query of a recovery, running or ended: its latest run, or the given one;
-    NoWorkerAnswered when no worker answers it within `timeout` seconds."""
+    NoWorkerAnswered when no worker answers it within `timeout` seconds (TemporalNotAnswering
+    when Temporal itself does not)."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
         return await _answered(client, handle.query(RecoveryWorkflow.status), handle,
@@ -279,6 +311,12 @@ async def _accepted_not_yet_taken(client: Client, workflow_id: str, run_id: str 
         raise NoWorkerAnswered(
             f"{kind.value} accepted by the recovery, which had not finished taking it after "
             f"{timeout:g}s (`medkit status {workflow_id}` shows when it has)") from None
+    except TemporalNotAnswering:
+        raise TemporalNotAnswering(
+            f"{kind.value} accepted by the recovery, which had not finished taking it after "
+            f"{timeout:g}s; then Temporal at {client.service_client.config.target_host} stopped "
+            f"answering (`medkit status {workflow_id}` shows what became of it once it is back)"
+        ) from None
     return DecisionVerdict(
         decision=kind, accepted=True, phase=status.phase,
         message=f"{kind.value} accepted; the recovery, now {status.phase.value}, takes it when "
@@ -292,7 +330,9 @@ async def send_decision(
 ) -> DecisionVerdict:
     """Send a decision as an update (to the latest run, or the given one); the verdict, or
     DecisionRejected saying why not, or NoWorkerAnswered when no worker accepted it within
-    `timeout` seconds. Accepted but not taken by then, it is an accepted verdict saying so."""
+    `timeout` seconds (TemporalNotAnswering when Temporal itself did not answer: then it may
+    never have reached Temporal, so no note says it is pending). Accepted but not taken by
+    then, it is an accepted verdict saying so."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     deadline = asyncio.get_running_loop().time() + timeout
     try:
