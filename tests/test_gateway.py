@@ -468,7 +468,9 @@ async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> No
     assert response.headers["Retry-After"] == "5"
     assert "cannot reach Temporal" in response.json()["detail"]
     assert (await offline.http.get("/healthz")).status_code == 200
-    assert (await offline.http.get("/readyz")).status_code == 503
+    ready = await offline.http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.headers["Retry-After"] == "5", "every 503 says when to try again"
     response = await offline.http.get("/v1/recoveries", headers=OPERATOR)
     assert response.status_code == 503
     assert offline.metric("medkit_gateway_temporal_errors_total", kind="unavailable") == 2
@@ -713,6 +715,7 @@ async def test_a_namespace_temporal_does_not_have_is_named_not_taken_for_a_missi
     async with gateway_app(TemporalGateway(target, timeout=5)) as gateway:
         ready = await gateway.http.get("/readyz")
         assert ready.status_code == 503 and wanted in ready.json()["detail"], ready.text
+        assert ready.headers["Retry-After"] == "5"
         for response in (
                 await gateway.http.get("/v1/recoveries/recovery:svc-a:x", headers=OPERATOR),
                 await gateway.http.post("/v1/recoveries/recovery:svc-a:x/abort", headers=OPERATOR,
