@@ -49,6 +49,7 @@ from workers.client import (
     temporal_answers,
     within,
 )
+from workers.unreachable import unreachable_message
 from workflows.recovery import RecoveryWorkflow
 
 T = TypeVar("T")
@@ -152,11 +153,10 @@ class TemporalGateway:
                     self._client = await asyncio.wait_for(self._connect(), self.timeout)
                 except TemporalFailed:
                     raise
-                except (TimeoutError, RuntimeError, RPCError) as err:
+                except (TimeoutError, RuntimeError, RPCError, ValueError) as err:
                     raise TemporalUnavailable(
-                        f"cannot reach Temporal at {self.target.address}: {err or 'timed out'}"
-                    ) from None
-                except (OSError, ValueError) as err:  # a TLS file missing, an invalid address
+                        unreachable_message(self.target, err, self.timeout)) from None
+                except OSError as err:  # a TLS file missing
                     raise TemporalUnavailable(
                         f"cannot connect to Temporal at {self.target.address}: {err}") from None
             return self._client

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -462,14 +463,18 @@ async def test_a_body_json_cannot_even_parse_is_the_same_422_as_any_malformed_bo
 
 
 async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> None:
+    """The 503 and /readyz say what is wrong in one plain line, as the CLI does (they used to
+    carry the SDK's Rust debug string: "Failed client connect: Server connection error: ...")."""
     response = await offline.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
                                        json=notification(alert("Unreachable")))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-    assert "cannot reach Temporal" in response.json()["detail"]
+    plain = re.fullmatch(r"cannot reach Temporal at 127\.0\.0\.1:\d+: connection refused: is the "
+                         r"server running\?", response.json()["detail"])
+    assert plain is not None, response.json()["detail"]
     assert (await offline.http.get("/healthz")).status_code == 200
     ready = await offline.http.get("/readyz")
-    assert ready.status_code == 503
+    assert ready.status_code == 503 and ready.json()["detail"] == response.json()["detail"]
     assert ready.headers["Retry-After"] == "5", "every 503 says when to try again"
     response = await offline.http.get("/v1/recoveries", headers=OPERATOR)
     assert response.status_code == 503
@@ -491,7 +496,13 @@ async def test_a_client_that_cannot_even_be_built_is_503_not_500(
         response = await broken.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
                                           json=notification(alert("Unreachable")))
         assert response.status_code == 503
-        assert "cannot connect to Temporal" in response.json()["detail"]
+        detail = response.json()["detail"]
+        if address == "not an address":
+            assert detail.startswith("invalid Temporal address 'not an address' ("), detail
+            assert detail.endswith("): expected host:port"), detail
+        else:
+            assert detail.startswith("cannot connect to Temporal at 127.0.0.1:7233: "), detail
+        assert len(detail.splitlines()) == 1, detail
 
 
 async def test_ready_when_temporal_answers(gateway: Gateway) -> None:
