@@ -67,6 +67,10 @@ def format_status(status: RecoveryStatus) -> str:
         f"{f' (operator retry {status.operator_retries})' if status.operator_retries else ''}, "
         f"{status.reports} report(s), {status.escalations} escalation(s)",
     ]
+    if status.closed_by_temporal:
+        lines.append(f"  ended in Temporal: {status.closed_by_temporal} there (not by medkit) "
+                     f"while {status.phase.value}; it takes no decisions (the Temporal UI shows "
+                     "who ended it and why)")
     if status.current_step:
         lines.append(f"  step: {p(status.current_step)}")
     if status.pending_decision:
@@ -184,7 +188,8 @@ def show_status(args: argparse.Namespace, result: RecoveryStatus, *, refresh: bo
 
 
 async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
-    """Print the status of one run whenever it changes, until the run has ended.
+    """Print the status of one run whenever it changes, until the run has ended (by itself, or
+    in Temporal: terminated there, it stays in the phase it was in).
 
     The run is pinned when the watch starts, so a later recovery with the same id is not
     mistaken for this one. With `-o json` every change is one JSON line."""
@@ -195,7 +200,7 @@ async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
         if seen != shown:
             show_status(args, result, refresh=shown is not None)
             shown = seen
-        if result.phase.terminal:
+        if result.phase.terminal or result.closed_by_temporal:
             return
         await asyncio.sleep(args.interval)
 

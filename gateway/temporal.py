@@ -35,9 +35,7 @@ from models.status import RecoveryStatus
 from workers.breaker_entities import command_entity, entity_status, report_outcome
 from workers.client import (
     EXPLAIN_STEP_SECONDS,
-    DecisionRejected,
     NoWorkerAnswered,
-    RecoveryNotFound,
     TemporalNotAnswering,
     TemporalTarget,
     connect,
@@ -60,15 +58,6 @@ why (Temporal's health, the recovery's task queue, its pollers), so the 503 says
 
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
                 RPCStatusCode.RESOURCE_EXHAUSTED}
-
-
-_ENDED_OUTSIDE_MEDKIT = {
-    WorkflowExecutionStatus.TERMINATED: "terminated",
-    WorkflowExecutionStatus.CANCELED: "cancelled",
-    WorkflowExecutionStatus.TIMED_OUT: "timed out",
-    WorkflowExecutionStatus.FAILED: "failed",
-}
-"""How a recovery can end other than by its own code (which ends it Recovered, Resolved, ...)."""
 
 
 @dataclass(frozen=True)
@@ -260,53 +249,27 @@ class TemporalGateway:
             raise TemporalFailed(f"Temporal refused the report: {err.message}") from None
         return True
 
-    async def _ended_outside_medkit(self, client: Client, workflow_id: str) -> str | None:
-        """How the recovery's latest run was ended in Temporal when not by its own code
-        ("terminated", "timed out", ...); None when it runs, ended by itself, or Temporal does
-        not say in time."""
-        try:
-            description = await self._bounded(client.get_workflow_handle(workflow_id).describe(),
-                                              "describe recovery",
-                                              min(self.timeout, EXPLAIN_STEP_SECONDS))
-        except (TemporalUnavailable, RPCError):
-            return None
-        return _ENDED_OUTSIDE_MEDKIT.get(description.status) if description.status else None
-
     async def status(self, workflow_id: str) -> RecoveryStatus:
         """The recovery's status query (raises workers.client.RecoveryNotFound, also for a
-        recovery ended in Temporal before any worker ran it: it never had a status)."""
+        recovery ended in Temporal before any worker ran it: it never had a status). A recovery
+        ended in Temporal after it ran says so in `closed_by_temporal`."""
         client = await self.client()
         try:
             return await self._bounded(fetch_status(client, workflow_id, timeout=self.timeout),
                                        "status query", self.timeout + _EXPLAIN_SECONDS)
         except RPCError as err:
-            how = await self._ended_outside_medkit(client, workflow_id)
-            if how is not None:
-                raise RecoveryNotFound(
-                    f"recovery {workflow_id!r} was {how} in Temporal before any worker ran it, so "
-                    "it has no status (the Temporal UI shows its history)") from None
             raise TemporalFailed(f"status query failed: {err.message}") from None
 
     async def decide(self, workflow_id: str, kind: DecisionKind,
                      decision: OperatorDecision) -> DecisionVerdict:
-        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound).
-
-        A recovery terminated (or timed out) in Temporal takes no decision either, but its last
-        status still shows the phase it was in, so the refusal says how it was ended rather than
-        that it "ended as ManualIntervention"."""
+        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound; a
+        recovery ended in Temporal refuses it saying how, not by its last phase)."""
         client = await self.client()
         try:
             return await self._bounded(
                 send_decision(client, workflow_id, kind, decision, timeout=self.timeout),
                 f"{kind.value} update", self.timeout + _EXPLAIN_SECONDS)
-        except (DecisionRejected, RPCError) as err:
-            how = await self._ended_outside_medkit(client, workflow_id)
-            if how is not None:
-                raise DecisionRejected(
-                    f"{kind.value} rejected: the recovery was {how} in Temporal (not ended by "
-                    "medkit), so it takes no more decisions") from None
-            if isinstance(err, DecisionRejected):
-                raise
+        except RPCError as err:
             raise TemporalFailed(f"{kind.value} failed: {err.message}") from None
 
     async def breaker_status(self, name: str) -> BreakerEntityState:

@@ -745,7 +745,8 @@ async def test_a_recovery_terminated_in_temporal_refuses_decisions_saying_so(
     refused as "already ended as ManualIntervention" (a phase, not an end); terminated before
     any worker ran it (a wrong --task-queue), the decision and the status were a 502 with
     Temporal's internal wording. Both now say the recovery was terminated: 409 for a decision,
-    404 for the status it never had."""
+    404 for the status it never had. The status of the one that ran showed it as open (its last
+    phase, no outcome, a decision pending); it now says `closed_by_temporal` and waits for none."""
     ran, never_ran = (f"term-{uuid.uuid4().hex[:6]}" for _ in range(2))
     worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
                           gateway.policy)
@@ -759,6 +760,11 @@ async def test_a_recovery_terminated_in_temporal_refuses_decisions_saying_so(
             return (await handle.query(RecoveryWorkflow.status)).phase.value == "ManualIntervention"
         await eventually(in_manual_intervention, timeout=30)
         await handle.terminate("stuck, ended by hand")
+        status = await gateway.http.get(f"/v1/recoveries/recovery:svc-a:{ran}", headers=OPERATOR)
+        assert status.status_code == 200, status.text
+        shown = status.json()
+        assert (shown["phase"], shown["closed_by_temporal"], shown["pending_decision"],
+                shown["outcome"]) == ("ManualIntervention", "terminated", None, None), shown
         decided = await gateway.http.post(f"/v1/recoveries/recovery:svc-a:{ran}/retry",
                                           headers=OPERATOR, json={"operator": "alice"})
         assert decided.status_code == 409, decided.text

@@ -37,7 +37,7 @@ from models.detection import (
 )
 from models.phases import DecisionKind
 from models.policy import ServicePolicy
-from models.status import RecoveryStatus
+from models.status import ClosedByTemporal, RecoveryStatus
 from workflows.recovery import RecoveryWorkflow
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -167,6 +167,26 @@ EXPLAIN_STEP_SECONDS = 5.0
 may take."""
 
 
+ENDED_OUTSIDE_MEDKIT: dict[WorkflowExecutionStatus, ClosedByTemporal] = {
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.TIMED_OUT: "timed out",
+    WorkflowExecutionStatus.FAILED: "failed",
+}
+"""How a recovery's run can end other than by its own code (which ends it Recovered, Resolved, ...)."""
+
+
+async def ended_outside_medkit(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                               timeout: float = EXPLAIN_STEP_SECONDS) -> ClosedByTemporal | None:
+    """How the handle's run was ended in Temporal when not by its own code; None when it runs,
+    ended by itself, does not exist, or Temporal does not say in `timeout` seconds (best effort:
+    the status and refusals it explains are right without it, only less precise)."""
+    with contextlib.suppress(RPCError, TimeoutError):
+        description = await asyncio.wait_for(handle.describe(), timeout)
+        return ENDED_OUTSIDE_MEDKIT.get(description.status) if description.status else None
+    return None
+
+
 async def workflow_pollers(client: Client, task_queue: str,
                            timeout: float = EXPLAIN_STEP_SECONDS) -> int | None:
     """How many workers poll `task_queue` for workflow tasks, or None when Temporal does not say
@@ -278,13 +298,33 @@ async def fetch_status(client: Client, workflow_id: str, run_id: str | None = No
     when Temporal itself does not)."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
-        return await _answered(client, handle.query(RecoveryWorkflow.status), handle,
-                               "status query", timeout)
+        status = await _answered(client, handle.query(RecoveryWorkflow.status), handle,
+                                 "status query", timeout)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             which = f" and run id {run_id!r}" if run_id else ""
             raise RecoveryNotFound(f"no recovery with id {workflow_id!r}{which}") from None
-        raise
+        how = await ended_outside_medkit(handle)
+        if how is None:
+            raise
+        raise RecoveryNotFound(
+            f"recovery {workflow_id!r} was {how} in Temporal before any worker ran it, so it has "
+            "no status (the Temporal UI shows its history)") from None
+    return await _as_shown(handle, status)
+
+
+async def _as_shown(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                    status: RecoveryStatus) -> RecoveryStatus:
+    """The status as the operator should see it. The query answers with the run's last state,
+    so a run ended in Temporal (terminated in its UI, say) would look open: its last phase, no
+    outcome, a decision pending. Such a run says how it was ended instead, with no decision
+    pending, since it takes none. A run with an outcome ended by itself: no need to ask."""
+    if status.outcome is not None:
+        return status
+    how = await ended_outside_medkit(handle)
+    if how is None:
+        return status
+    return status.model_copy(update={"closed_by_temporal": how, "pending_decision": None})
 
 
 ACCEPTED_STATUS_SECONDS = 5.0
@@ -354,9 +394,19 @@ async def send_decision(
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-        ended = await fetch_status(client, workflow_id, run_id, timeout)  # RecoveryNotFound if none
-        raise DecisionRejected(
-            f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
-            f"{ended.phase.value}"
-        ) from None
+        raise await _refusal_of_ended(client, handle, kind, timeout) from None
     return verdict or await _accepted_not_yet_taken(client, workflow_id, run_id, kind, timeout)
+
+
+async def _refusal_of_ended(client: Client, handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                            kind: DecisionKind, timeout: float) -> DecisionRejected:
+    """Why a decision sent to an ended run is refused: how it was ended in Temporal when not by
+    its own code (its last phase is no end, and it may never have run), else the phase it ended
+    in; RecoveryNotFound when there is no such recovery."""
+    how = await ended_outside_medkit(handle)
+    if how is not None:
+        return DecisionRejected(f"{kind.value} rejected: the recovery was {how} in Temporal (not "
+                                "ended by medkit), so it takes no more decisions")
+    ended = await fetch_status(client, handle.id, handle.run_id, timeout)
+    return DecisionRejected(f"{kind.value} rejected: cannot {kind.value}: the recovery already "
+                            f"ended as {ended.phase.value}")
