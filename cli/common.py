@@ -19,6 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models.policy import PolicyFile
 from models.policy_yaml import PolicyError, parse_policy, read_policy_bytes
+from workers import unreachable
 from workers.client import TemporalTarget, connect
 
 T = TypeVar("T")
@@ -162,7 +163,7 @@ def load_policy(path: Path, *, hint: bool = True) -> PolicyFile:
 CONNECT_TIMEOUT_SECONDS = 10
 """How long a command waits for Temporal to answer its first calls before giving up."""
 
-START_HINT = "is the server running? (`medkit dev` starts one)"
+START_HINT = f"{unreachable.SERVER_HINT} (`medkit dev` starts one)"
 
 UNREACHABLE = "TemporalUnreachable"
 """The error type (`-o json`) when Temporal cannot be reached at the address given."""
@@ -171,29 +172,9 @@ TEMPORAL_ERROR = "TemporalError"
 
 
 def unreachable_message(target: TemporalTarget, err: BaseException) -> str:
-    """Why the connection to Temporal failed, in plain words, from the SDK's error.
-
-    The SDK reports a refused connection, an unknown host or a port that is not Temporal's as
-    one long Rust debug string; the operator needs to know which, and what to try."""
-    text = str(err)
-    where = f"cannot reach Temporal at {target.address}"
-    if isinstance(err, TimeoutError):
-        return f"{where}: no answer within {CONNECT_TIMEOUT_SECONDS}s: {START_HINT}"
-    if isinstance(err, ValueError):
-        return f"invalid Temporal address {target.address!r} ({text}): expected host:port"
-    if "Connection refused" in text or "ConnectionRefused" in text:
-        return f"{where}: connection refused: {START_HINT}"
-    if "dns error" in text:
-        host = target.address.rsplit(":", 1)[0]
-        return f"{where}: unknown host {host!r}"
-    if "get_system_info" in text:
-        return (f"{where}: something answers there, but not as a Temporal frontend "
-                "(wrong port, or TLS expected on one side only?)")
-    if "InvalidContentType" in text or "InvalidMessage" in text:
-        return (f"{where}: the TLS handshake failed: TLS is on (Temporal's env config, e.g. "
-                "TEMPORAL_TLS) but the server does not seem to serve TLS")
-    first = (text.strip().splitlines() or [type(err).__name__])[0]
-    return f"{where}: {first}"
+    """Why the connection to Temporal failed, in one plain line (workers.unreachable), with the
+    CLI's wait and its hint to start a dev server."""
+    return unreachable.unreachable_message(target, err, CONNECT_TIMEOUT_SECONDS, START_HINT)
 
 
 def namespace_missing(target: TemporalTarget) -> str:

@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cli.common import (
     LIST_LIMIT,
     TEMPORAL_ERROR,
+    UNREACHABLE,
     CommandError,
     SubParsers,
     add_config_arg,
@@ -43,6 +44,7 @@ from workers.client import (
     DecisionRejected,
     NoWorkerAnswered,
     RecoveryNotFound,
+    TemporalNotAnswering,
     fetch_status,
     send_decision,
     start_or_join_recovery,
@@ -65,6 +67,10 @@ def format_status(status: RecoveryStatus) -> str:
         f"{f' (operator retry {status.operator_retries})' if status.operator_retries else ''}, "
         f"{status.reports} report(s), {status.escalations} escalation(s)",
     ]
+    if status.closed_by_temporal:
+        lines.append(f"  ended in Temporal: {status.closed_by_temporal} there (not by medkit) "
+                     f"while {status.phase.value}; it takes no decisions (the Temporal UI shows "
+                     "who ended it and why)")
     if status.current_step:
         lines.append(f"  step: {p(status.current_step)}")
     if status.pending_decision:
@@ -146,6 +152,12 @@ NO_WORKER = "NoWorkerAnswered"
 warning type of `trigger` when no worker polls the task queue."""
 
 
+def temporal_stopped(err: TemporalNotAnswering) -> CommandError:
+    """The one-line error for Temporal ceasing to answer after the command connected: typed as
+    an unreachable Temporal (not NoWorkerAnswered), since starting a worker would not help."""
+    return CommandError(f"{err}: run the command again once Temporal answers", UNREACHABLE)
+
+
 async def query_status(client: Client, workflow_id: str, run_id: str | None,
                        timeout: float) -> RecoveryStatus:
     """The status query, bounded by `timeout` seconds, with its failures as one-line
@@ -156,6 +168,8 @@ async def query_status(client: Client, workflow_id: str, run_id: str | None,
         raise CommandError(str(err), NOT_FOUND) from None
     except NoWorkerAnswered as err:
         raise CommandError(str(err), NO_WORKER) from None
+    except TemporalNotAnswering as err:
+        raise temporal_stopped(err) from None
     except RPCError as err:
         raise CommandError(f"cannot query {workflow_id!r}: {err.message}", TEMPORAL_ERROR) from None
 
@@ -174,7 +188,8 @@ def show_status(args: argparse.Namespace, result: RecoveryStatus, *, refresh: bo
 
 
 async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
-    """Print the status of one run whenever it changes, until the run has ended.
+    """Print the status of one run whenever it changes, until the run has ended (by itself, or
+    in Temporal: terminated there, it stays in the phase it was in).
 
     The run is pinned when the watch starts, so a later recovery with the same id is not
     mistaken for this one. With `-o json` every change is one JSON line."""
@@ -185,7 +200,7 @@ async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
         if seen != shown:
             show_status(args, result, refresh=shown is not None)
             shown = seen
-        if result.phase.terminal:
+        if result.phase.terminal or result.closed_by_temporal:
             return
         await asyncio.sleep(args.interval)
 
@@ -324,6 +339,8 @@ def decide(kind: DecisionKind) -> object:
                                            args.timeout)
             except NoWorkerAnswered as err:
                 raise CommandError(str(err), NO_WORKER) from None
+            except TemporalNotAnswering as err:
+                raise temporal_stopped(err) from None
             except DecisionRejected as err:
                 raise CommandError(str(err), "DecisionRejected") from None
             except RecoveryNotFound as err:

@@ -89,8 +89,19 @@ BreakerName = Annotated[str, Path(pattern=NAME_PATTERN, description="the breaker
                                   "e.g. payments (its workflow id is breaker:payments)")]
 
 
+RETRY_AFTER_SECONDS = 5
+"""The `Retry-After` of every 503: Temporal being unreachable is usually brief (a restart)."""
+
+
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    """A 503 with its `Retry-After`, so clients and load balancers know when to ask again."""
+    response = _error(503, detail)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _clip(part: object) -> object:
@@ -203,9 +214,7 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
     @app.exception_handler(TemporalUnavailable)
     async def unavailable(request: Request, err: TemporalUnavailable) -> JSONResponse:
         metrics.temporal_errors.labels("unavailable").inc()
-        response = _error(503, str(err))
-        response.headers["Retry-After"] = "5"
-        return response
+        return _unavailable(str(err))
 
     @app.exception_handler(TemporalPayloadTooLarge)
     async def too_large(request: Request, err: TemporalPayloadTooLarge) -> JSONResponse:
@@ -229,7 +238,7 @@ def create_app(settings: GatewaySettings, temporal: TemporalGateway,
         reason = await temporal.unready_reason()
         if reason is None:
             return JSONResponse({"status": "ready"})
-        return _error(503, reason)
+        return _unavailable(reason)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus_metrics() -> Response:

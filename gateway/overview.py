@@ -208,11 +208,12 @@ class Overview:
         """The recovery's status; None when it ended or vanished meanwhile; else why it has none."""
         async with gate:
             try:
-                return await self.temporal.status(row.workflow_id)
+                status = await self.temporal.status(row.workflow_id)
             except RecoveryNotFound:
                 return None
             except (TemporalUnavailable, TemporalFailed) as err:
                 return str(err)
+            return None if status.closed_by_temporal else status
 
     def _from_status(self, status: RecoveryStatus, now: datetime) -> OpenRecovery:
         return OpenRecovery(

@@ -35,9 +35,8 @@ from models.status import RecoveryStatus
 from workers.breaker_entities import command_entity, entity_status, report_outcome
 from workers.client import (
     EXPLAIN_STEP_SECONDS,
-    DecisionRejected,
     NoWorkerAnswered,
-    RecoveryNotFound,
+    TemporalNotAnswering,
     TemporalTarget,
     connect,
     fetch_status,
@@ -45,27 +44,20 @@ from workers.client import (
     send_decision,
     start_or_join_recovery,
     start_or_join_recovery_with,
+    temporal_answers,
     within,
 )
+from workers.unreachable import unreachable_message
 from workflows.recovery import RecoveryWorkflow
 
 T = TypeVar("T")
 
-_EXPLAIN_SECONDS = 2 * EXPLAIN_STEP_SECONDS
-"""Time beyond the gateway's timeout for a status query or decision no worker answered to find
-out why (the recovery's task queue, its pollers), so the 503 says so."""
+_EXPLAIN_SECONDS = 3 * EXPLAIN_STEP_SECONDS
+"""Time beyond the gateway's timeout for a status query or decision nobody answered to find out
+why (Temporal's health, the recovery's task queue, its pollers), so the 503 says so."""
 
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
                 RPCStatusCode.RESOURCE_EXHAUSTED}
-
-
-_ENDED_OUTSIDE_MEDKIT = {
-    WorkflowExecutionStatus.TERMINATED: "terminated",
-    WorkflowExecutionStatus.CANCELED: "cancelled",
-    WorkflowExecutionStatus.TIMED_OUT: "timed out",
-    WorkflowExecutionStatus.FAILED: "failed",
-}
-"""How a recovery can end other than by its own code (which ends it Recovered, Resolved, ...)."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +142,10 @@ class TemporalGateway:
                     self._client = await asyncio.wait_for(self._connect(), self.timeout)
                 except TemporalFailed:
                     raise
-                except (TimeoutError, RuntimeError, RPCError) as err:
+                except (TimeoutError, RuntimeError, RPCError, ValueError) as err:
                     raise TemporalUnavailable(
-                        f"cannot reach Temporal at {self.target.address}: {err or 'timed out'}"
-                    ) from None
-                except (OSError, ValueError) as err:  # a TLS file missing, an invalid address
+                        unreachable_message(self.target, err, self.timeout)) from None
+                except OSError as err:  # a TLS file missing
                     raise TemporalUnavailable(
                         f"cannot connect to Temporal at {self.target.address}: {err}") from None
             return self._client
@@ -192,7 +183,10 @@ class TemporalGateway:
             raise TemporalUnavailable(f"{what}: Temporal did not answer within "
                                       f"{limit:g}s") from None
         except NoWorkerAnswered as err:
-            raise await self._unanswered(err, what) from None
+            raise TemporalUnavailable(str(err)) from None
+        except TemporalNotAnswering as err:
+            raise TemporalUnavailable(
+                f"{err}: send the request again once /readyz answers 200") from None
         except RPCError as err:
             if too_large(err):
                 raise TemporalPayloadTooLarge(f"{what}: Temporal refused the request as too "
@@ -201,36 +195,14 @@ class TemporalGateway:
                 raise TemporalUnavailable(f"{what}: Temporal unavailable ({err.message})") from None
             raise
 
-    async def _unanswered(self, err: NoWorkerAnswered, what: str) -> TemporalUnavailable:
-        """The 503 for a query or decision that got no answer in time.
-
-        A Temporal that stopped answering after the gateway connected looks the same from here
-        as a worker that does not answer; the worker's message (and for a decision "Temporal
-        keeps it pending") would then be false and send the operator to the wrong component.
-        So Temporal's own health check decides which one it is."""
-        if await self._answers_health_check(min(self.timeout, EXPLAIN_STEP_SECONDS)):
-            return TemporalUnavailable(str(err))
-        return TemporalUnavailable(
-            f"{what}: Temporal at {self.target.address} does not answer (it is down or "
-            "unreachable; this is not about a worker), so nothing was confirmed: send the "
-            "request again once /readyz answers 200")
-
-    async def _answers_health_check(self, timeout: float) -> bool:
-        try:
-            client = await self.client()
-            return await self._bounded(client.service_client.check_health(
-                timeout=timedelta(seconds=timeout)), "health check", timeout)
-        except (TemporalUnavailable, TemporalFailed, RPCError):
-            return False
-
     async def unready_reason(self) -> str | None:
         """None when Temporal has the gateway's namespace and answers a health check; else why
         the gateway cannot serve (for /readyz)."""
         try:
-            await self.client()
+            client = await self.client()
         except (TemporalUnavailable, TemporalFailed) as err:
             return str(err)
-        if await self._answers_health_check(self.timeout):
+        if await temporal_answers(client, self.timeout):
             return None
         return f"Temporal at {self.target.address} is unreachable"
 
@@ -277,53 +249,27 @@ class TemporalGateway:
             raise TemporalFailed(f"Temporal refused the report: {err.message}") from None
         return True
 
-    async def _ended_outside_medkit(self, client: Client, workflow_id: str) -> str | None:
-        """How the recovery's latest run was ended in Temporal when not by its own code
-        ("terminated", "timed out", ...); None when it runs, ended by itself, or Temporal does
-        not say in time."""
-        try:
-            description = await self._bounded(client.get_workflow_handle(workflow_id).describe(),
-                                              "describe recovery",
-                                              min(self.timeout, EXPLAIN_STEP_SECONDS))
-        except (TemporalUnavailable, RPCError):
-            return None
-        return _ENDED_OUTSIDE_MEDKIT.get(description.status) if description.status else None
-
     async def status(self, workflow_id: str) -> RecoveryStatus:
         """The recovery's status query (raises workers.client.RecoveryNotFound, also for a
-        recovery ended in Temporal before any worker ran it: it never had a status)."""
+        recovery ended in Temporal before any worker ran it: it never had a status). A recovery
+        ended in Temporal after it ran says so in `closed_by_temporal`."""
         client = await self.client()
         try:
             return await self._bounded(fetch_status(client, workflow_id, timeout=self.timeout),
                                        "status query", self.timeout + _EXPLAIN_SECONDS)
         except RPCError as err:
-            how = await self._ended_outside_medkit(client, workflow_id)
-            if how is not None:
-                raise RecoveryNotFound(
-                    f"recovery {workflow_id!r} was {how} in Temporal before any worker ran it, so "
-                    "it has no status (the Temporal UI shows its history)") from None
             raise TemporalFailed(f"status query failed: {err.message}") from None
 
     async def decide(self, workflow_id: str, kind: DecisionKind,
                      decision: OperatorDecision) -> DecisionVerdict:
-        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound).
-
-        A recovery terminated (or timed out) in Temporal takes no decision either, but its last
-        status still shows the phase it was in, so the refusal says how it was ended rather than
-        that it "ended as ManualIntervention"."""
+        """Send the decision as an update (raises DecisionRejected / RecoveryNotFound; a
+        recovery ended in Temporal refuses it saying how, not by its last phase)."""
         client = await self.client()
         try:
             return await self._bounded(
                 send_decision(client, workflow_id, kind, decision, timeout=self.timeout),
                 f"{kind.value} update", self.timeout + _EXPLAIN_SECONDS)
-        except (DecisionRejected, RPCError) as err:
-            how = await self._ended_outside_medkit(client, workflow_id)
-            if how is not None:
-                raise DecisionRejected(
-                    f"{kind.value} rejected: the recovery was {how} in Temporal (not ended by "
-                    "medkit), so it takes no more decisions") from None
-            if isinstance(err, DecisionRejected):
-                raise
+        except RPCError as err:
             raise TemporalFailed(f"{kind.value} failed: {err.message}") from None
 
     async def breaker_status(self, name: str) -> BreakerEntityState:

@@ -31,6 +31,11 @@ class TimelineEntry(MedkitModel):
     kind: TimelineKind = "transition"
 
 
+ClosedByTemporal = Literal["terminated", "cancelled", "timed out", "failed"]
+"""How a recovery's run can be ended in Temporal other than by its own code (which ends it with
+an outcome: Recovered, Resolved, ...)."""
+
+
 class PendingDecision(MedkitModel):
     """A decision the recovery is waiting for, with the exact command that gives it."""
 
@@ -64,3 +69,7 @@ class RecoveryStatus(MedkitModel):
     outcome: Outcome | None = None
     started_at: datetime
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    closed_by_temporal: ClosedByTemporal | None = None
+    """Set by the client reading the status (never by the workflow, which cannot know) when the
+    run was ended in Temporal, say terminated in its UI: `phase` is then the last one it reached,
+    `outcome` stays None and no decision is pending, since it takes none."""

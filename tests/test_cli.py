@@ -31,7 +31,8 @@ from cli.dev_cmd import banner
 from demo.policy import DEMO_SERVICE, demo_policy, write_demo_policy
 from models.status import RecoveryStatus
 from store.ledger import ActionLedger
-from tests.conftest import DemoService, eventually, stop_fleet_coordinator
+from tests.conftest import DemoService, eventually, free_port, stop_fleet_coordinator
+from tests.silencing_proxy import SilencingProxy
 from workflows.recovery import RecoveryWorkflow
 
 
@@ -616,6 +617,114 @@ async def test_decisions_and_status_no_worker_answers_fail_in_time_and_say_why(
         with contextlib.suppress(Exception):
             await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
         await stop_fleet_coordinator(dev_env.client, queue)
+
+
+async def test_a_decision_or_status_when_temporal_stops_answering_says_so_not_that_a_worker_is_missing(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """Temporal falling silent after the command connected (and found the recovery): the update
+    and the query then time out as they do when no worker answers, and were answered as such,
+    with a worker hint and, for a decision, "Temporal keeps it pending", which is false: the
+    decision never reached Temporal. Both now say Temporal does not answer and nothing was
+    confirmed, typed as an unreachable Temporal. The proxy falls silent on the request itself:
+    the decision by its operator's name, the query by the second request naming the recovery
+    (the first is the lookup every command makes)."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
+                     env=env)
+    assert started.returncode == 0, started.stderr
+    workflow_id = started.stdout.strip()
+    operator = f"op-{uuid.uuid4().hex[:8]}"
+    try:
+        with SilencingProxy(target["TEMPORAL_ADDRESS"], operator.encode()).running() as proxy:
+            aborted = medkit("abort", workflow_id, "--operator", operator, "--timeout", "2",
+                             env={**env, "TEMPORAL_ADDRESS": proxy.address})
+            assert proxy.silent.is_set()
+        assert (aborted.returncode, aborted.stderr) == (1, (
+            f"medkit: abort: Temporal at {proxy.address} does not answer (it is down or "
+            "unreachable; this is not about a worker), so nothing was confirmed: run the command "
+            "again once Temporal answers\n"))
+        with SilencingProxy(target["TEMPORAL_ADDRESS"], workflow_id.encode(), nth=2).running() as proxy:
+            shown = medkit("status", workflow_id, "--timeout", "2", "-o", "json",
+                           env={**env, "TEMPORAL_ADDRESS": proxy.address})
+            assert proxy.silent.is_set()
+        assert shown.returncode == 1
+        assert json_error(shown) == {
+            "type": "TemporalUnreachable",
+            "error": f"status query: Temporal at {proxy.address} does not answer (it is down or "
+                     "unreachable; this is not about a worker), so nothing was confirmed: run the "
+                     "command again once Temporal answers"}
+    finally:
+        with contextlib.suppress(Exception):
+            await dev_env.client.get_workflow_handle(workflow_id).terminate("test cleanup")
+
+
+def stuck_policy(tmp_path: Path) -> Path:
+    """One service, `stuck`, whose probe hits a closed port and whose ladder only waits: its
+    recovery fails validation and waits in ManualIntervention for a human."""
+    rung = [{"name": "wait", "steps": [{"wait": "100ms"}]}]
+    path = tmp_path / "stuck.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "services": [{
+        "name": "stuck",
+        "probes": [{"kind": "tcp", "name": "port", "port": free_port(), "timeout": "1s"}],
+        "ladders": {"minor": rung, "major": rung, "critical": rung},
+        "validation": {"samples": 1, "interval": "100ms"},
+        "retry": {"max_attempts": 1, "initial_backoff": "100ms"},
+        "escalation": {"after": "1h", "max_escalations": 0},
+        "health_poll": {"enabled": False},
+    }]}))
+    return path
+
+
+async def test_a_recovery_terminated_in_temporal_shows_so_and_takes_no_decision(
+    target: dict[str, str], tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """A recovery waiting in ManualIntervention that someone terminated in the Temporal UI.
+    `medkit status` showed it as if open: its last phase, no outcome, and a decision it waits
+    for, with the command to give it; a decision was refused as "already ended as
+    ManualIntervention", and `status --watch` never stopped. Now they say it was terminated in
+    Temporal, no decision is shown as pending, and the watch ends."""
+    policy = stuck_policy(tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    worker = start_worker(target, tmp_path / "state", policy)
+    try:
+        started = medkit("trigger", "--service", "stuck", "--severity", "major", env=env)
+        assert started.returncode == 0, started.stderr
+        workflow_id = started.stdout.strip()
+        handle = dev_env.client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id)
+
+        async def waiting_for_a_human() -> bool:
+            with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+                return (await handle.query(RecoveryWorkflow.status)).pending_decision is not None
+            return False
+        await eventually(waiting_for_a_human, timeout=60)
+        await handle.terminate("stuck, ended by hand")
+
+        shown = medkit("status", workflow_id, "-o", "json", env=env)
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
+        assert (status["phase"], status["closed_by_temporal"], status["pending_decision"],
+                status["outcome"]) == ("ManualIntervention", "terminated", None, None), status
+        text = medkit("status", workflow_id, env=env)
+        assert text.returncode == 0, text.stderr
+        assert "WAITING FOR" not in text.stdout, text.stdout
+        assert ("  ended in Temporal: terminated there (not by medkit) while ManualIntervention; "
+                "it takes no decisions (the Temporal UI shows who ended it and why)"
+                ) in text.stdout.splitlines(), text.stdout
+        watched = medkit("status", workflow_id, "--watch", "--interval", "0.2", "-o", "json",
+                         env=env, timeout=60)  # it used to watch forever: no terminal phase
+        assert watched.returncode == 0, watched.stderr
+        assert json.loads(watched.stdout.splitlines()[-1])["closed_by_temporal"] == "terminated"
+        retried = medkit("retry", workflow_id, "--operator", "alice", env=env)
+        assert (retried.returncode, retried.stderr) == (1, (
+            "medkit: retry rejected: the recovery was terminated in Temporal (not ended by "
+            "medkit), so it takes no more decisions\n"))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
 async def connected(pid: int, address: str) -> bool:

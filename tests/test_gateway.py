@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -462,13 +463,19 @@ async def test_a_body_json_cannot_even_parse_is_the_same_422_as_any_malformed_bo
 
 
 async def test_temporal_unreachable_is_503_and_not_ready(offline: Gateway) -> None:
+    """The 503 and /readyz say what is wrong in one plain line, as the CLI does (they used to
+    carry the SDK's Rust debug string: "Failed client connect: Server connection error: ...")."""
     response = await offline.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
                                        json=notification(alert("Unreachable")))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-    assert "cannot reach Temporal" in response.json()["detail"]
+    plain = re.fullmatch(r"cannot reach Temporal at 127\.0\.0\.1:\d+: connection refused: is the "
+                         r"server running\?", response.json()["detail"])
+    assert plain is not None, response.json()["detail"]
     assert (await offline.http.get("/healthz")).status_code == 200
-    assert (await offline.http.get("/readyz")).status_code == 503
+    ready = await offline.http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["detail"] == response.json()["detail"]
+    assert ready.headers["Retry-After"] == "5", "every 503 says when to try again"
     response = await offline.http.get("/v1/recoveries", headers=OPERATOR)
     assert response.status_code == 503
     assert offline.metric("medkit_gateway_temporal_errors_total", kind="unavailable") == 2
@@ -489,7 +496,13 @@ async def test_a_client_that_cannot_even_be_built_is_503_not_500(
         response = await broken.http.post("/v1/alerts/alertmanager", headers=DETECTOR,
                                           json=notification(alert("Unreachable")))
         assert response.status_code == 503
-        assert "cannot connect to Temporal" in response.json()["detail"]
+        detail = response.json()["detail"]
+        if address == "not an address":
+            assert detail.startswith("invalid Temporal address 'not an address' ("), detail
+            assert detail.endswith("): expected host:port"), detail
+        else:
+            assert detail.startswith("cannot connect to Temporal at 127.0.0.1:7233: "), detail
+        assert len(detail.splitlines()) == 1, detail
 
 
 async def test_ready_when_temporal_answers(gateway: Gateway) -> None:
@@ -713,6 +726,7 @@ async def test_a_namespace_temporal_does_not_have_is_named_not_taken_for_a_missi
     async with gateway_app(TemporalGateway(target, timeout=5)) as gateway:
         ready = await gateway.http.get("/readyz")
         assert ready.status_code == 503 and wanted in ready.json()["detail"], ready.text
+        assert ready.headers["Retry-After"] == "5"
         for response in (
                 await gateway.http.get("/v1/recoveries/recovery:svc-a:x", headers=OPERATOR),
                 await gateway.http.post("/v1/recoveries/recovery:svc-a:x/abort", headers=OPERATOR,
@@ -731,7 +745,8 @@ async def test_a_recovery_terminated_in_temporal_refuses_decisions_saying_so(
     refused as "already ended as ManualIntervention" (a phase, not an end); terminated before
     any worker ran it (a wrong --task-queue), the decision and the status were a 502 with
     Temporal's internal wording. Both now say the recovery was terminated: 409 for a decision,
-    404 for the status it never had."""
+    404 for the status it never had. The status of the one that ran showed it as open (its last
+    phase, no outcome, a decision pending); it now says `closed_by_temporal` and waits for none."""
     ran, never_ran = (f"term-{uuid.uuid4().hex[:6]}" for _ in range(2))
     worker = build_worker(dev_env.client, gateway.task_queue, ActivityDeps.create(tmp_path),
                           gateway.policy)
@@ -745,6 +760,11 @@ async def test_a_recovery_terminated_in_temporal_refuses_decisions_saying_so(
             return (await handle.query(RecoveryWorkflow.status)).phase.value == "ManualIntervention"
         await eventually(in_manual_intervention, timeout=30)
         await handle.terminate("stuck, ended by hand")
+        status = await gateway.http.get(f"/v1/recoveries/recovery:svc-a:{ran}", headers=OPERATOR)
+        assert status.status_code == 200, status.text
+        shown = status.json()
+        assert (shown["phase"], shown["closed_by_temporal"], shown["pending_decision"],
+                shown["outcome"]) == ("ManualIntervention", "terminated", None, None), shown
         decided = await gateway.http.post(f"/v1/recoveries/recovery:svc-a:{ran}/retry",
                                           headers=OPERATOR, json={"operator": "alice"})
         assert decided.status_code == 409, decided.text

@@ -7,6 +7,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from temporalio.api.enums.v1 import TaskQueueType
@@ -36,7 +37,7 @@ from models.detection import (
 )
 from models.phases import DecisionKind
 from models.policy import ServicePolicy
-from models.status import RecoveryStatus
+from models.status import ClosedByTemporal, RecoveryStatus
 from workflows.recovery import RecoveryWorkflow
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -166,6 +167,26 @@ EXPLAIN_STEP_SECONDS = 5.0
 may take."""
 
 
+ENDED_OUTSIDE_MEDKIT: dict[WorkflowExecutionStatus, ClosedByTemporal] = {
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.TIMED_OUT: "timed out",
+    WorkflowExecutionStatus.FAILED: "failed",
+}
+"""How a recovery's run can end other than by its own code (which ends it Recovered, Resolved, ...)."""
+
+
+async def ended_outside_medkit(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                               timeout: float = EXPLAIN_STEP_SECONDS) -> ClosedByTemporal | None:
+    """How the handle's run was ended in Temporal when not by its own code; None when it runs,
+    ended by itself, does not exist, or Temporal does not say in `timeout` seconds (best effort:
+    the status and refusals it explains are right without it, only less precise)."""
+    with contextlib.suppress(RPCError, TimeoutError):
+        description = await asyncio.wait_for(handle.describe(), timeout)
+        return ENDED_OUTSIDE_MEDKIT.get(description.status) if description.status else None
+    return None
+
+
 async def workflow_pollers(client: Client, task_queue: str,
                            timeout: float = EXPLAIN_STEP_SECONDS) -> int | None:
     """How many workers poll `task_queue` for workflow tasks, or None when Temporal does not say
@@ -189,6 +210,20 @@ async def _recovery_task_queue(handle: WorkflowHandle[RecoveryWorkflow, Recovery
     return None
 
 
+class TemporalNotAnswering(RuntimeError):
+    """Temporal itself did not answer a query or decision, nor then its health check: it is down
+    or unreachable (from here), so nothing was confirmed and no worker is to blame."""
+
+
+async def temporal_answers(client: Client, timeout: float = EXPLAIN_STEP_SECONDS) -> bool:
+    """Whether Temporal answers its gRPC health check within `timeout` seconds."""
+    try:
+        return await asyncio.wait_for(
+            client.service_client.check_health(timeout=timedelta(seconds=timeout)), timeout)
+    except (RPCError, TimeoutError):
+        return False
+
+
 async def no_worker_answered(client: Client,
                              handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
                              what: str, timeout: float) -> NoWorkerAnswered:
@@ -204,6 +239,21 @@ async def no_worker_answered(client: Client,
         return NoWorkerAnswered(f"{where} (no worker polls it: is `medkit worker` running with "
                                 "that --task-queue?)")
     return NoWorkerAnswered(f"{where} (workers poll it: are they overloaded or stuck?)")
+
+
+async def unanswered(client: Client, handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                     what: str, timeout: float) -> NoWorkerAnswered | TemporalNotAnswering:
+    """The error for a query or update that got no answer in `timeout` seconds.
+
+    A Temporal that stopped answering after the client connected looks the same from here as a
+    worker that does not answer; the worker's message (and for a decision "Temporal keeps it
+    pending") would then be false and send the operator to the wrong component. So Temporal's
+    own health check decides which one it is, before asking Temporal about the task queue."""
+    if await temporal_answers(client, min(timeout, EXPLAIN_STEP_SECONDS)):
+        return await no_worker_answered(client, handle, what, timeout)
+    return TemporalNotAnswering(
+        f"{what}: Temporal at {client.service_client.config.target_host} does not answer (it is "
+        "down or unreachable; this is not about a worker), so nothing was confirmed")
 
 
 async def within(work: Awaitable[T], timeout: float) -> T:
@@ -228,31 +278,53 @@ async def within(work: Awaitable[T], timeout: float) -> T:
 async def _answered(client: Client, work: Awaitable[T],
                     handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
                     what: str, timeout: float) -> T:
-    """`work` (a query or an update), or NoWorkerAnswered when no worker answers in `timeout`
-    seconds (our deadline or the server's own query limit)."""
+    """`work` (a query or an update); NoWorkerAnswered when no worker answers in `timeout`
+    seconds (our deadline or the server's own query limit), TemporalNotAnswering when Temporal
+    itself does not."""
     try:
         return await within(work, timeout)
     except TimeoutError:
-        raise await no_worker_answered(client, handle, what, timeout) from None
+        raise await unanswered(client, handle, what, timeout) from None
     except RPCError as err:
         if err.status != RPCStatusCode.DEADLINE_EXCEEDED:  # the server's own query limit
             raise
-        raise await no_worker_answered(client, handle, what, timeout) from None
+        raise await unanswered(client, handle, what, timeout) from None
 
 
 async def fetch_status(client: Client, workflow_id: str, run_id: str | None = None,
                        timeout: float = ANSWER_TIMEOUT_SECONDS) -> RecoveryStatus:
     """The status query of a recovery, running or ended: its latest run, or the given one;
-    NoWorkerAnswered when no worker answers it within `timeout` seconds."""
+    NoWorkerAnswered when no worker answers it within `timeout` seconds (TemporalNotAnswering
+    when Temporal itself does not)."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     try:
-        return await _answered(client, handle.query(RecoveryWorkflow.status), handle,
-                               "status query", timeout)
+        status = await _answered(client, handle.query(RecoveryWorkflow.status), handle,
+                                 "status query", timeout)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             which = f" and run id {run_id!r}" if run_id else ""
             raise RecoveryNotFound(f"no recovery with id {workflow_id!r}{which}") from None
-        raise
+        how = await ended_outside_medkit(handle)
+        if how is None:
+            raise
+        raise RecoveryNotFound(
+            f"recovery {workflow_id!r} was {how} in Temporal before any worker ran it, so it has "
+            "no status (the Temporal UI shows its history)") from None
+    return await _as_shown(handle, status)
+
+
+async def _as_shown(handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                    status: RecoveryStatus) -> RecoveryStatus:
+    """The status as the operator should see it. The query answers with the run's last state,
+    so a run ended in Temporal (terminated in its UI, say) would look open: its last phase, no
+    outcome, a decision pending. Such a run says how it was ended instead, with no decision
+    pending, since it takes none. A run with an outcome ended by itself: no need to ask."""
+    if status.outcome is not None:
+        return status
+    how = await ended_outside_medkit(handle)
+    if how is None:
+        return status
+    return status.model_copy(update={"closed_by_temporal": how, "pending_decision": None})
 
 
 ACCEPTED_STATUS_SECONDS = 5.0
@@ -279,6 +351,12 @@ async def _accepted_not_yet_taken(client: Client, workflow_id: str, run_id: str 
         raise NoWorkerAnswered(
             f"{kind.value} accepted by the recovery, which had not finished taking it after "
             f"{timeout:g}s (`medkit status {workflow_id}` shows when it has)") from None
+    except TemporalNotAnswering:
+        raise TemporalNotAnswering(
+            f"{kind.value} accepted by the recovery, which had not finished taking it after "
+            f"{timeout:g}s; then Temporal at {client.service_client.config.target_host} stopped "
+            f"answering (`medkit status {workflow_id}` shows what became of it once it is back)"
+        ) from None
     return DecisionVerdict(
         decision=kind, accepted=True, phase=status.phase,
         message=f"{kind.value} accepted; the recovery, now {status.phase.value}, takes it when "
@@ -292,7 +370,9 @@ async def send_decision(
 ) -> DecisionVerdict:
     """Send a decision as an update (to the latest run, or the given one); the verdict, or
     DecisionRejected saying why not, or NoWorkerAnswered when no worker accepted it within
-    `timeout` seconds. Accepted but not taken by then, it is an accepted verdict saying so."""
+    `timeout` seconds (TemporalNotAnswering when Temporal itself did not answer: then it may
+    never have reached Temporal, so no note says it is pending). Accepted but not taken by
+    then, it is an accepted verdict saying so."""
     handle = client.get_workflow_handle_for(RecoveryWorkflow.run, workflow_id, run_id=run_id)
     deadline = asyncio.get_running_loop().time() + timeout
     try:
@@ -314,9 +394,19 @@ async def send_decision(
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-        ended = await fetch_status(client, workflow_id, run_id, timeout)  # RecoveryNotFound if none
-        raise DecisionRejected(
-            f"{kind.value} rejected: cannot {kind.value}: the recovery already ended as "
-            f"{ended.phase.value}"
-        ) from None
+        raise await _refusal_of_ended(client, handle, kind, timeout) from None
     return verdict or await _accepted_not_yet_taken(client, workflow_id, run_id, kind, timeout)
+
+
+async def _refusal_of_ended(client: Client, handle: WorkflowHandle[RecoveryWorkflow, RecoveryStatus],
+                            kind: DecisionKind, timeout: float) -> DecisionRejected:
+    """Why a decision sent to an ended run is refused: how it was ended in Temporal when not by
+    its own code (its last phase is no end, and it may never have run), else the phase it ended
+    in; RecoveryNotFound when there is no such recovery."""
+    how = await ended_outside_medkit(handle)
+    if how is not None:
+        return DecisionRejected(f"{kind.value} rejected: the recovery was {how} in Temporal (not "
+                                "ended by medkit), so it takes no more decisions")
+    ended = await fetch_status(client, handle.id, handle.run_id, timeout)
+    return DecisionRejected(f"{kind.value} rejected: cannot {kind.value}: the recovery already "
+                            f"ended as {ended.phase.value}")
