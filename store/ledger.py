@@ -22,7 +22,11 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 from store.migrations import as_utc, migrate
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-"""How long a SQLite writer waits for another process's transaction before failing."""
+"""How long a SQLite writer waits for another process's transaction before failing, unless its
+engine was given a shorter wait (`with_busy_timeout`)."""
+
+BUSY_TIMEOUT_OPTION = "medkit_sqlite_busy_timeout_ms"
+"""The execution option `with_busy_timeout` sets: the lock wait of that engine's transactions."""
 
 
 class ActionRecord(SQLModel, table=True):
@@ -72,8 +76,25 @@ def _enable_wal(cursor: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    """Take the write lock up front: a deferred read-then-write transaction can fail with BUSY."""
+    """Take the write lock up front: a deferred read-then-write transaction can fail with BUSY.
+
+    First the connection gets the lock wait its engine asks for (`with_busy_timeout`), since
+    engines sharing a pool share its connections; the PRAGMA runs only when that changes."""
+    busy = int(conn.get_execution_options().get(BUSY_TIMEOUT_OPTION, SQLITE_BUSY_TIMEOUT_MS))
+    if conn.info.get(BUSY_TIMEOUT_OPTION, SQLITE_BUSY_TIMEOUT_MS) != busy:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+        conn.info[BUSY_TIMEOUT_OPTION] = busy
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def with_busy_timeout(engine: Engine, milliseconds: int) -> Engine:
+    """The engine (same pool, same events) with its SQLite transactions waiting at most
+    `milliseconds` for another writer's lock; on PostgreSQL the option changes nothing.
+
+    For work bounded by a timeout shorter than SQLITE_BUSY_TIMEOUT_MS: failing with "database
+    is locked" inside the timeout ends the attempt, where a longer wait would outlive it and
+    leave its thread to write after the attempt was given up."""
+    return engine.execution_options(**{BUSY_TIMEOUT_OPTION: milliseconds})
 
 
 def _sqlite_connect_reader(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -182,17 +203,22 @@ class ActionLedger:
                 session.commit()
 
     def count_actions(self, service: str, activities: list[str], since: datetime) -> int:
-        """How many of these activities acted on `service` since then, across its incidents:
-        finished since then, or started since then and not finished (failed attempts never
-        finish their row, and a failed restart still stopped the process)."""
-        if not activities:
-            return 0
-        since = as_utc(since)
-        finished_at = col(ActionRecord.finished_at)
-        query = select(func.count()).select_from(ActionRecord).where(
-            ActionRecord.service == service,
-            col(ActionRecord.activity).in_(activities),
-            or_(finished_at >= since, and_(finished_at.is_(None), col(ActionRecord.started_at) >= since)),
-        )
-        with Session(self._engine) as session:
-            return int(session.exec(query).one())
+        """`count_actions` in this ledger's database."""
+        return count_actions(self._engine, service, activities, since)
+
+
+def count_actions(engine: Engine, service: str, activities: list[str], since: datetime) -> int:
+    """How many of these activities acted on `service` since then, across its incidents:
+    finished since then, or started since then and not finished (failed attempts never
+    finish their row, and a failed restart still stopped the process)."""
+    if not activities:
+        return 0
+    since = as_utc(since)
+    finished_at = col(ActionRecord.finished_at)
+    query = select(func.count()).select_from(ActionRecord).where(
+        ActionRecord.service == service,
+        col(ActionRecord.activity).in_(activities),
+        or_(finished_at >= since, and_(finished_at.is_(None), col(ActionRecord.started_at) >= since)),
+    )
+    with Session(engine) as session:
+        return int(session.exec(query).one())
