@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Engine, and_, event, func, make_url, or_
@@ -118,6 +119,14 @@ class InvalidDatabaseURL(Exception):
     a piece read as the port or the host can be the password."""
 
 
+def sqlite_url(path: Path) -> URL:
+    """The URL of the SQLite file at `path`, whatever its name holds.
+
+    Built from parts, never formatted into a string: parsed back, `?` would start a query
+    (`/tmp/a?b/medkit.db` is `/tmp/a`) and `%20` would be decoded, naming another file."""
+    return URL.create("sqlite", database=str(path))
+
+
 def parse_database_url(text: str | URL) -> URL:
     """The parsed URL, or InvalidDatabaseURL (SQLAlchemy raises ValueError quoting the "port"
     it read, e.g. for `user@host:password`, and ArgumentError for what is no URL at all)."""
@@ -152,7 +161,7 @@ def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:
 class ActionLedger:
     """Idempotency records for side effects, in any SQLAlchemy database (SQLite by default)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | URL) -> None:
         self._engine: Engine = create_store_engine(url)
         self._lock = threading.Lock()
         migrate(self._engine)
