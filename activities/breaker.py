@@ -78,13 +78,13 @@ class BreakerActivities:
                                         detail=f"{what} unreachable; skipped (if_unreachable: skip)",
                                         data={"state": None})
                 raise
-            step.record(state=spec.state)
+            await step.record(state=spec.state)
             if not spec.trials:
                 return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,
                                     detail=f"{what} set to {spec.state}", data={"state": spec.state})
             trials = await self._run_trials(spec)
             passed = sum(1 for t in trials if t.healthy)
-            step.record(trials=[t.evidence() for t in trials])
+            await step.record(trials=[t.evidence() for t in trials])
             if passed == spec.trials:
                 await self._set(spec, "closed", what)
                 return ActionResult(
@@ -93,7 +93,7 @@ class BreakerActivities:
                     data={"state": "closed", "trials_passed": passed, "trials": spec.trials},
                 )
             await self._set(spec, "open", what)
-            step.record(state="open")
+            await step.record(state="open")
             raise ApplicationError(
                 f"{what}: trial {len(trials)}/{spec.trials} failed ({trials[-1].detail}); re-opened",
                 json.dumps({"trials_passed": passed}), type="BreakerTrialFailed", non_retryable=True,

@@ -18,7 +18,7 @@ import contextlib
 import os
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO
 
 import psutil
@@ -152,16 +152,21 @@ def _tail(output: IO[bytes], inherit_env: list[str]) -> str:
     return text[-OUTPUT_LIMIT:]
 
 
-async def _stop(proc: asyncio.subprocess.Process, grace: float, stopped: Callable[[], None]) -> bool:
+async def _stop(proc: asyncio.subprocess.Process, grace: float,
+                stopped: Callable[[], Awaitable[None]]) -> bool:
     """`stop_group`, calling `stopped` if the group is gone; whether it is."""
     gone = await stop_group(proc, grace)
     if gone:
-        stopped()
+        await stopped()
     return gone
 
 
+async def _nothing_to_record() -> None:
+    """The default `stopped` of `run_argv`: a caller outside an action step records nothing."""
+
+
 async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = (),
-                   stopped: Callable[[], None] = lambda: None) -> tuple[int, str]:
+                   stopped: Callable[[], Awaitable[None]] = _nothing_to_record) -> tuple[int, str]:
     """Run the command, heartbeating while it runs; return its exit code and tail of its output.
 
     The output is redacted of secret values, those of the spec's `inherit_env` included.
@@ -177,7 +182,7 @@ async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = (),
             env = child_environment(spec.env, [*spec.inherit_env, *inherit])
             proc = await _start(spec, env, output)
         except ApplicationError:
-            stopped()
+            await stopped()
             raise
         try:
             exited = await _exited_in_time(proc, spec.timeout.total_seconds())
@@ -193,7 +198,7 @@ async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = (),
                 f"{f': {tail}' if tail else ''}",
                 type="CommandTimeout",
             )
-        stopped()
+        await stopped()
         code = proc.returncode if proc.returncode is not None else -1
         return code, _tail(output, spec.inherit_env)
 
@@ -208,8 +213,12 @@ async def run_at_most_once(step: ActionStep, spec: CommandAction, refusal: str,
     cancellation or timeout could not be sure to end keeps the step marked running."""
     if step.progress.get("running"):
         raise ApplicationError(refusal, type="OutcomeUnknown", non_retryable=True)
-    step.record(running=True)
-    return await run_argv(spec, inherit, stopped=lambda: step.record(running=False))
+    await step.record(running=True)
+
+    async def stopped() -> None:
+        await step.record(running=False)
+
+    return await run_argv(spec, inherit, stopped=stopped)
 
 
 class CommandActivities:

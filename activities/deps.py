@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from store.ledger import ActionLedger
+from store.ledger import ActionLedger, sqlite_url
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,6 @@ class ActivityDeps:
     def create(cls, state_dir: Path, database_url: str | None = None) -> ActivityDeps:
         """Resources for a worker keeping its state (and by default its SQLite ledger) in state_dir."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        url = database_url or f"sqlite:///{state_dir / 'medkit.db'}"
+        url = database_url or sqlite_url(state_dir / "medkit.db")
         http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
         return cls(ledger=ActionLedger(url), http=http, state_dir=state_dir)

@@ -84,7 +84,7 @@ class DockerActivities:
                     how = "restart by an earlier attempt confirmed"
                 else:
                     before = now
-                    step.record(started_at_before=before)
+                    await step.record(started_at_before=before)
                     response = await call(client, "POST", f"/containers/{spec.container}/restart",
                                           spec.timeout.total_seconds(), params={"t": stop})
                     if response.status_code != 204:

@@ -152,14 +152,14 @@ class HttpActionActivities:
                 )
             headers = {**spec.headers, "Idempotency-Key": step.key,
                        **auth_headers(spec.bearer_token_env, f"action {request.action_name!r} token")}
-            step.record(sent=True)
+            await step.record(sent=True)
             try:
                 response = await send(self._deps.http, spec.method, spec.url, body=spec.body,
                                       timeout=spec.timeout.total_seconds(), headers=headers,
                                       what=f"action {request.action_name!r}")
             except ApplicationError as err:
                 if err.type in ("Unreachable", "InvalidUrl"):  # nothing left the worker
-                    step.record(sent=False)
+                    await step.record(sent=False)
                 raise
             raise_for_action_status(response, spec.expect_status, f"{target}")
             return ActionResult(action_name=request.action_name, kind=spec.kind, ok=True,

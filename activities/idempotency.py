@@ -3,23 +3,45 @@
 `action_spec` and `perform_once` hold the opening every actuator shares (the kind check, the
 dry-run short-circuit, the ledger record and the recorded result of a finished step), so that
 safety logic is written once rather than in each activity.
+
+Every ledger call an activity makes goes through `off_loop`: the ledger is synchronous and can
+wait up to SQLite's busy timeout for another process's write lock, which on the worker's event
+loop would freeze every other activity and the worker's heartbeats meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating, uninterrupted
 from models.actions import ActionRequest, ActionResult
 from models.base import MedkitModel
 from store.ledger import ActionLedger, ActionRecord
 
 SpecT = TypeVar("SpecT", bound=MedkitModel)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LEDGER_WAIT = "waiting for the action ledger"
+"""The heartbeat detail of a step whose ledger call waits (for another writer's lock)."""
+
+
+async def off_loop(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking ledger call in a thread, heartbeating while it waits, and let it finish
+    even if the step is cancelled meanwhile (the cancellation is re-raised afterwards).
+
+    In a thread, a call waiting for SQLite's write lock holds up only its own step, not the
+    worker's event loop. Finishing it before the cancellation keeps what the call made on the
+    loop guaranteed: a step's record says what it did before the step ends.
+    """
+    return await uninterrupted(heartbeating(asyncio.to_thread(call, *args, **kwargs), LEDGER_WAIT))
 
 
 def step_key() -> str:
@@ -28,10 +50,10 @@ def step_key() -> str:
     return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
 
 
-def begin_action(ledger: ActionLedger, request: ActionRequest) -> ActionRecord:
+async def begin_action(ledger: ActionLedger, request: ActionRequest) -> ActionRecord:
     """Open (or reopen, on a retry) the ledger record of this action step."""
-    return ledger.begin(
-        step_key(), workflow_id=request.workflow_id, service=request.service,
+    return await off_loop(
+        ledger.begin, step_key(), workflow_id=request.workflow_id, service=request.service,
         activity=activity.info().activity_type,
     )
 
@@ -74,9 +96,9 @@ class ActionStep:
     progress: dict[str, Any]
     ledger: ActionLedger
 
-    def record(self, **values: Any) -> None:
+    async def record(self, **values: Any) -> None:
         """Record how far this step got, for a retry to resume from."""
-        self.ledger.progress(self.key, **values)
+        await off_loop(self.ledger.progress, self.key, **values)
 
 
 async def perform_once(
@@ -93,9 +115,9 @@ async def perform_once(
         plan = dry_run()
         return ActionResult(action_name=request.action_name, kind=request.spec.kind, ok=True,
                             simulated=True, detail=f"dry-run: {plan.detail}", data=plan.data)
-    record = begin_action(ledger, request)
+    record = await begin_action(ledger, request)
     if (done := replayed_result(record)) is not None:
         return done
     result = await perform(ActionStep(record.key, json.loads(record.progress_json), ledger))
-    ledger.finish(record.key, result.model_dump_json())
+    await off_loop(ledger.finish, record.key, result.model_dump_json())
     return result

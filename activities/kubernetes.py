@@ -257,7 +257,7 @@ class KubernetesActivities:
             restarted_at = step.progress.get("restarted_at")
             if restarted_at is None:
                 restarted_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-                step.record(restarted_at=restarted_at)
+                await step.record(restarted_at=restarted_at)
             async with KubeApi(credentials, spec.timeout.total_seconds()) as api:
                 patched = await api.request(
                     "PATCH", path, f"rollout restart of {spec.workload} {namespace}/{spec.name}",

@@ -12,7 +12,7 @@ from typing import assert_never
 from temporalio import activity
 
 from activities.deps import ActivityDeps
-from activities.idempotency import step_key
+from activities.idempotency import off_loop, step_key
 from activities.notify_delivery import raise_for_delivery, resolve_secret
 from activities.notify_email import send_email
 from activities.notify_pagerduty import send_pagerduty
@@ -54,11 +54,11 @@ class NotifyActivities:
     async def notify(self, request: NotifyRequest) -> NotifyResult:
         """Deliver one notification to one route."""
         ledger = self._deps.ledger
-        record = ledger.begin(step_key(), workflow_id=request.notification.workflow_id,
-                              service=request.notification.service, activity="notify")
+        record = await off_loop(ledger.begin, step_key(), workflow_id=request.notification.workflow_id,
+                                service=request.notification.service, activity="notify")
         if record.result_json is not None:
             previous = NotifyResult.model_validate_json(record.result_json)
             return previous.model_copy(update={"duplicate": True})
         result = await deliver(self._deps, request)
-        ledger.finish(record.key, result.model_dump_json())
+        await off_loop(ledger.finish, record.key, result.model_dump_json())
         return result

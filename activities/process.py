@@ -200,7 +200,8 @@ class ProcessActivities:
             activity.heartbeat({"waiting_ready": pid})
             await asyncio.sleep(0.1)
 
-    def _resume(self, step: ActionStep, spec: RestartProcessAction) -> tuple[ProcessIdentity, str] | None:
+    async def _resume(self, step: ActionStep,
+                      spec: RestartProcessAction) -> tuple[ProcessIdentity, str] | None:
         """The process an earlier attempt of this step started, if it still runs.
 
         Either the ledger names it (new_pid), or the attempt died after recording its intent
@@ -227,7 +228,7 @@ class ProcessActivities:
             orphan = dataclasses.replace(found, spawn_token=token)
         refuse_unsafe(orphan.pid)
         record_identity(spec.pid_file, orphan)
-        step.record(new_pid=orphan.pid)
+        await step.record(new_pid=orphan.pid)
         return orphan, "adopted the process an interrupted attempt started"
 
     async def _replace(self, service: str, spec: RestartProcessAction, step: ActionStep,
@@ -246,9 +247,9 @@ class ProcessActivities:
                 current.identity.pid, spec.grace.total_seconds(),
                 lambda: activity.heartbeat({"stopping": current.pid}), identity=current.identity)
         token = uuid.uuid4().hex
-        step.record(spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
+        await step.record(spawn_token=token, spawn_intent_at=time.time(), new_pid=None)
         new_pid = self._supervisor.spawn(service, spec, token)
-        step.record(new_pid=new_pid)
+        await step.record(new_pid=new_pid)
         recorded = read_identity(spec.pid_file)
         if recorded is None or recorded.pid != new_pid:
             raise ApplicationError(f"{spec.argv[0]} (pid {new_pid}) exited while starting",
@@ -277,7 +278,7 @@ class ProcessActivities:
 
         async def perform(step: ActionStep) -> ActionResult:
             started = time.monotonic()
-            resumed = self._resume(step, spec)
+            resumed = await self._resume(step, spec)
             if resumed is not None:
                 identity, how = resumed
                 old_pid = step.progress.get("old_pid")
@@ -286,7 +287,7 @@ class ProcessActivities:
                 current = resolve(spec.pid_file, spec.argv)
                 old_pid = step.progress.get("old_pid", current.pid)
                 if "old_pid" not in step.progress:
-                    step.record(old_pid=old_pid)
+                    await step.record(old_pid=old_pid)
                 stopped, identity = await uninterrupted(
                     self._replace(request.service, spec, step, current))
             await self._wait_ready(spec, identity)

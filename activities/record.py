@@ -1,7 +1,8 @@
 """Activities over medkit's memory across incidents: record a run, count a service's recent actions.
 
 Both are meant to run as local activities (one short transaction each). The database work
-runs in a thread so a slow database never blocks the worker's event loop.
+runs in a thread so a slow database never blocks the worker's event loop, and on SQLite waits
+for another writer's lock only STORE_BUSY_TIMEOUT_MS, well inside the activities' timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from temporalio import activity
 from activities.deps import ActivityDeps
 from models.incident_record import BudgetQuery, IncidentRecord, IncidentRecorded
 from store.incidents import IncidentStore
+from store.ledger import count_actions, with_busy_timeout
+
+STORE_BUSY_TIMEOUT_MS = 5_000
+"""How long these activities wait for SQLite's write lock (every worker transaction takes it).
+
+RecoveryWorkflow gives each attempt 10 s (start-to-close). With the ledger's 30 s wait, an
+attempt stuck behind another process's transaction timed out while its thread kept waiting and
+then wrote late; with 5 s it fails with "database is locked" inside its own timeout, leaving
+the rest for the transaction itself and a free thread, and STORE_RETRY tries again. Action
+steps keep the 30 s wait: giving up there could lose the record of an action that ran."""
 
 
 class RecordActivities:
@@ -23,8 +34,8 @@ class RecordActivities:
     """
 
     def __init__(self, deps: ActivityDeps) -> None:
-        self._ledger = deps.ledger
-        self._store = IncidentStore(deps.ledger.engine)
+        self._engine = with_busy_timeout(deps.ledger.engine, STORE_BUSY_TIMEOUT_MS)
+        self._store = IncidentStore(self._engine)
 
     @activity.defn(name="record_incident")
     async def record_incident(self, record: IncidentRecord) -> IncidentRecorded:
@@ -35,5 +46,5 @@ class RecordActivities:
     async def count_recent_actions(self, query: BudgetQuery) -> int:
         """How many of the activities finished for the service within the window up to now."""
         since = datetime.now(UTC) - timedelta(seconds=query.window_seconds)
-        return await asyncio.to_thread(self._ledger.count_actions, query.service,
+        return await asyncio.to_thread(count_actions, self._engine, query.service,
                                        list(query.activities), since)

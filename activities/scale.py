@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.command import run_argv
 from activities.deps import ActivityDeps
 from activities.http_action import auth_headers, raise_for_action_status, response_data, scrub, send
-from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
+from activities.idempotency import ActionStep, DryRun, action_spec, off_loop, perform_once
 from activities.kubernetes import MERGE_PATCH, KubeApi, load_credentials, workload_path
 from activities.process_pool import ProcessPool
 from models.actions import (
@@ -107,10 +107,11 @@ class ScaleActivities:
         self._deps = deps
         self._pool = pool
 
-    def _desired(self, request: ActionRequest, replicas: ReplicaTarget, target: str) -> int:
+    async def _desired(self, request: ActionRequest, replicas: ReplicaTarget, target: str) -> int:
+        """The count to scale to: the policy's, or the one the last scale of the target replaced."""
         if replicas == "previous":
-            return recorded_previous(self._deps.ledger, request.service,
-                                     activity.info().activity_type, target)
+            return await off_loop(recorded_previous, self._deps.ledger, request.service,
+                                  activity.info().activity_type, target)
         return replicas
 
     async def _scale(
@@ -119,7 +120,7 @@ class ScaleActivities:
     ) -> ActionResult:
         """Resolve the count, record what it replaces, apply it once per step, return both counts."""
         kind = request.spec.kind
-        desired = self._desired(request, replicas, target)
+        desired = await self._desired(request, replicas, target)
         restore = " (restoring the count before the last scale)" if replicas == "previous" else ""
 
         def dry_run() -> DryRun:
@@ -131,7 +132,7 @@ class ScaleActivities:
                 applied, previous = int(step.progress["replicas"]), step.progress.get("previous_replicas")
             else:
                 applied, previous = desired, await current()
-                step.record(target=target, restore=replicas == "previous",
+                await step.record(target=target, restore=replicas == "previous",
                             previous_replicas=previous, replicas=applied)
             how = await apply(applied)
             return ActionResult(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
@@ -30,7 +30,13 @@ from cli.common import (
 )
 from models.base import parse_duration
 from store.incidents import IncidentDetail, IncidentNotFound, IncidentRow, IncidentStore
-from store.ledger import ActionRecord, InvalidDatabaseURL, create_store_engine, parse_database_url
+from store.ledger import (
+    ActionRecord,
+    InvalidDatabaseURL,
+    create_store_engine,
+    parse_database_url,
+    sqlite_url,
+)
 from store.migrations import LATEST_VERSION, current_version
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -43,7 +49,7 @@ def database_url(args: argparse.Namespace) -> URL:
     """--database-url, else $MEDKIT_DATABASE_URL, else the SQLite file in the state dir."""
     text = args.database_url or os.environ.get("MEDKIT_DATABASE_URL")
     if not text:
-        return make_url(f"sqlite:///{Path(args.state_dir) / 'medkit.db'}")
+        return sqlite_url(Path(args.state_dir) / "medkit.db")
     try:
         url = parse_database_url(text)
     except InvalidDatabaseURL as err:

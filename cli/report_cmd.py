@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
@@ -38,10 +39,15 @@ REPORT_FIELDS = [field.name for field in fields(ServiceReport)]
 def _objectives(args: argparse.Namespace) -> tuple[dict[str, Objective], set[str]]:
     """The `slo` of each service in the policy file, and the names of all its services.
 
-    The policy is optional: without --config and with no file at $MEDKIT_CONFIG or the default
-    path there are no objectives. A file named by --config must exist and be valid."""
+    The policy is optional: without --config and $MEDKIT_CONFIG, and no file at the default
+    path, there are no objectives. A file named by --config or $MEDKIT_CONFIG must exist and be
+    valid: a report without the objectives its user named would look complete but be wrong."""
     path = policy_path(args)
     if args.config is None and not path.exists():
+        if os.environ.get("MEDKIT_CONFIG"):
+            raise CommandError(f"policy file {path} named by $MEDKIT_CONFIG not found (unset "
+                               "MEDKIT_CONFIG to report without objectives, or pass --config FILE)",
+                               "PolicyFileNotFound")
         return {}, set()
     policy = load_policy(path)
     objectives = {service.name: Objective(availability=service.slo.availability, window=service.slo.window)
@@ -162,8 +168,8 @@ def register(subparsers: SubParsers) -> None:
                         help="incidents started within this span before now, e.g. 24h, 7d, 30d "
                         "(default: 7d); also the availability window of a service without an slo")
     parser.add_argument("--config", type=Path, help="policy file giving each service's slo and the "
-                        "services to list (optional; default: $MEDKIT_CONFIG or .medkit/policy.yaml if that "
-                        "file exists, else no objectives)")
+                        "services to list (optional; default: $MEDKIT_CONFIG, which must exist, or "
+                        ".medkit/policy.yaml if that file exists, else no objectives)")
     _add_database_args(parser, inherit=False)
     parser.add_argument("-o", "--output", choices=["text", "json", "csv"], default="text",
                         help="output format (default: text, a table)")

@@ -25,7 +25,7 @@ from gateway.settings import GatewaySettings
 from gateway.temporal import TemporalGateway
 from models.policy import PolicyFile
 from store.incidents import IncidentStore
-from store.ledger import create_store_engine
+from store.ledger import create_store_engine, sqlite_url
 from workers.client import TemporalTarget
 
 TOKEN_FILE = "operator-token"  # noqa: S105 (a file name)
@@ -63,7 +63,7 @@ async def serve_embedded(client: Client, target: TemporalTarget, policy: PolicyF
     """Serve the gateway on 127.0.0.1:`port` until cancelled, with the dev worker's incident store
     and the health scores of `board` (the dev poller's), or of a score-only poller of its own
     without one; then shut it down cleanly."""
-    incidents = IncidentStore(create_store_engine(f"sqlite:///{state_dir / 'medkit.db'}", read_only=True))
+    incidents = IncidentStore(create_store_engine(sqlite_url(state_dir / "medkit.db"), read_only=True))
     poller = HealthPoller(policy.services, report=None) if board is None else None
     app = create_app(GatewaySettings(policy=policy, auth=auth), TemporalGateway(target, client=client),
                      poller=poller, board=board, incidents=incidents, temporal_ui=temporal_ui)

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Engine, and_, event, func, make_url, or_
@@ -22,7 +23,11 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 from store.migrations import as_utc, migrate
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-"""How long a SQLite writer waits for another process's transaction before failing."""
+"""How long a SQLite writer waits for another process's transaction before failing, unless its
+engine was given a shorter wait (`with_busy_timeout`)."""
+
+BUSY_TIMEOUT_OPTION = "medkit_sqlite_busy_timeout_ms"
+"""The execution option `with_busy_timeout` sets: the lock wait of that engine's transactions."""
 
 
 class ActionRecord(SQLModel, table=True):
@@ -72,8 +77,25 @@ def _enable_wal(cursor: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    """Take the write lock up front: a deferred read-then-write transaction can fail with BUSY."""
+    """Take the write lock up front: a deferred read-then-write transaction can fail with BUSY.
+
+    First the connection gets the lock wait its engine asks for (`with_busy_timeout`), since
+    engines sharing a pool share its connections; the PRAGMA runs only when that changes."""
+    busy = int(conn.get_execution_options().get(BUSY_TIMEOUT_OPTION, SQLITE_BUSY_TIMEOUT_MS))
+    if conn.info.get(BUSY_TIMEOUT_OPTION, SQLITE_BUSY_TIMEOUT_MS) != busy:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+        conn.info[BUSY_TIMEOUT_OPTION] = busy
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def with_busy_timeout(engine: Engine, milliseconds: int) -> Engine:
+    """The engine (same pool, same events) with its SQLite transactions waiting at most
+    `milliseconds` for another writer's lock; on PostgreSQL the option changes nothing.
+
+    For work bounded by a timeout shorter than SQLITE_BUSY_TIMEOUT_MS: failing with "database
+    is locked" inside the timeout ends the attempt, where a longer wait would outlive it and
+    leave its thread to write after the attempt was given up."""
+    return engine.execution_options(**{BUSY_TIMEOUT_OPTION: milliseconds})
 
 
 def _sqlite_connect_reader(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -95,6 +117,14 @@ def _sqlite_begin_reader(conn: Any) -> None:
 class InvalidDatabaseURL(Exception):
     """A database URL SQLAlchemy cannot parse. The message never quotes the URL or a piece of it:
     a piece read as the port or the host can be the password."""
+
+
+def sqlite_url(path: Path) -> URL:
+    """The URL of the SQLite file at `path`, whatever its name holds.
+
+    Built from parts, never formatted into a string: parsed back, `?` would start a query
+    (`/tmp/a?b/medkit.db` is `/tmp/a`) and `%20` would be decoded, naming another file."""
+    return URL.create("sqlite", database=str(path))
 
 
 def parse_database_url(text: str | URL) -> URL:
@@ -131,7 +161,7 @@ def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:
 class ActionLedger:
     """Idempotency records for side effects, in any SQLAlchemy database (SQLite by default)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | URL) -> None:
         self._engine: Engine = create_store_engine(url)
         self._lock = threading.Lock()
         migrate(self._engine)
@@ -182,17 +212,22 @@ class ActionLedger:
                 session.commit()
 
     def count_actions(self, service: str, activities: list[str], since: datetime) -> int:
-        """How many of these activities acted on `service` since then, across its incidents:
-        finished since then, or started since then and not finished (failed attempts never
-        finish their row, and a failed restart still stopped the process)."""
-        if not activities:
-            return 0
-        since = as_utc(since)
-        finished_at = col(ActionRecord.finished_at)
-        query = select(func.count()).select_from(ActionRecord).where(
-            ActionRecord.service == service,
-            col(ActionRecord.activity).in_(activities),
-            or_(finished_at >= since, and_(finished_at.is_(None), col(ActionRecord.started_at) >= since)),
-        )
-        with Session(self._engine) as session:
-            return int(session.exec(query).one())
+        """`count_actions` in this ledger's database."""
+        return count_actions(self._engine, service, activities, since)
+
+
+def count_actions(engine: Engine, service: str, activities: list[str], since: datetime) -> int:
+    """How many of these activities acted on `service` since then, across its incidents:
+    finished since then, or started since then and not finished (failed attempts never
+    finish their row, and a failed restart still stopped the process)."""
+    if not activities:
+        return 0
+    since = as_utc(since)
+    finished_at = col(ActionRecord.finished_at)
+    query = select(func.count()).select_from(ActionRecord).where(
+        ActionRecord.service == service,
+        col(ActionRecord.activity).in_(activities),
+        or_(finished_at >= since, and_(finished_at.is_(None), col(ActionRecord.started_at) >= since)),
+    )
+    with Session(engine) as session:
+        return int(session.exec(query).one())

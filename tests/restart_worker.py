@@ -10,6 +10,7 @@ record the started pid; "identity": as the identity record is about to be writte
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401  (see below)
 import dataclasses
 import json
 import os
@@ -34,7 +35,11 @@ def die() -> None:
 
 
 def drop_to(user: str) -> None:
-    """Become `user` for good (real, effective and saved ids), as a worker run as that user is."""
+    """Become `user` for good (real, effective and saved ids), as a worker run as that user is.
+
+    Everything the run imports is imported before: this Python may live where `user` cannot
+    read it (a pyenv under /root). That includes the thread pool behind asyncio.to_thread, which
+    the ledger calls run in and asyncio imports only on first use."""
     entry = pwd.getpwnam(user)
     os.setgroups([])
     os.setgid(entry.pw_gid)

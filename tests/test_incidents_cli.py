@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import DBAPIError
 
+from activities.deps import ActivityDeps
 from cli.incidents_cmd import open_store
 from cli.main import build_parser, run
 from models.incident_record import IncidentRecord
@@ -61,6 +62,26 @@ def state_dir(tmp_path: Path) -> Path:
     """A worker's state dir with a populated default SQLite database."""
     populate(f"sqlite:///{tmp_path / 'medkit.db'}")
     return tmp_path
+
+
+@pytest.mark.parametrize("name", ["state?dir", "state#dir", "state%20dir"])
+async def test_a_state_dir_named_with_url_characters_holds_its_database(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str) -> None:
+    """The worker and the command both use <state dir>/medkit.db, whatever the dir's name: `?`
+    would start a URL's query (`state?dir` read as `state`), `%20` would be decoded."""
+    state = tmp_path / name
+    deps = ActivityDeps.create(state)
+    try:
+        recovery = status(FULL_TIMELINE, workflow_id=WEB)
+        IncidentStore(deps.ledger.engine).record(IncidentRecord(run_id="11111111-aaaa", status=recovery),
+                                                 recovery.started_at)
+        deps.ledger.engine.dispose()
+    finally:
+        await deps.http.aclose()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]
+    assert (state / "medkit.db").is_file()
+    code, out, _ = run_cli(capsys, "incidents", "--state-dir", str(state), "-o", "json")
+    assert code == 0 and [row["run_id"] for row in json.loads(out)] == ["11111111-aaaa"]
 
 
 def test_list_shows_outcome_and_duration(capsys: pytest.CaptureFixture[str], state_dir: Path) -> None:

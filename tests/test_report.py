@@ -315,6 +315,22 @@ def test_the_policy_from_the_environment(capsys: pytest.CaptureFixture[str], sta
     check_web(json.loads(out)[0], straddling=False)
 
 
+def test_a_missing_policy_file_named_by_the_environment_is_one_line(
+        capsys: pytest.CaptureFixture[str], state_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """$MEDKIT_CONFIG naming no file fails as --config does, naming the variable and the path,
+    instead of reporting without the objectives it was meant to supply."""
+    missing = tmp_path / "gone" / "policy.yaml"
+    monkeypatch.chdir(state_dir)
+    monkeypatch.setenv("MEDKIT_CONFIG", str(missing))
+    code, out, err = run_cli(capsys, "report", "--state-dir", str(state_dir))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"medkit: policy file {missing} named by $MEDKIT_CONFIG not found")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "report", "--state-dir", str(state_dir), "-o", "json")
+    assert code == 1 and json.loads(err)["type"] == "PolicyFileNotFound"
+
+
 def test_a_policy_service_without_incidents_can_be_asked_for(
         capsys: pytest.CaptureFixture[str], state_dir: Path, policy_path: Path) -> None:
     code, out, _ = run_cli(capsys, "report", "--state-dir", str(state_dir), "--config", str(policy_path),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -20,6 +23,7 @@ from store.incidents import IncidentStore
 from tests.test_store import FULL_TIMELINE, status
 
 LOCAL = timedelta(seconds=10)
+"""The start-to-close timeout RecoveryWorkflow gives record_incident and count_recent_actions."""
 
 
 @workflow.defn(sandboxed=False)
@@ -64,3 +68,48 @@ async def test_a_workflow_records_itself_and_reads_its_budget(ts_env: WorkflowEn
     assert len(store.detail(incident).timeline) == len(FULL_TIMELINE)
     assert deps.ledger.count_actions("web", ["restart_process"], datetime.now(UTC) - timedelta(hours=1)) == 2
     await deps.http.aclose()
+
+
+@workflow.defn(sandboxed=False)
+class OneAttemptWorkflow:
+    """Runs one store activity once, as the recovery does (local, LOCAL timeout), and says how it
+    ended: "ok", or the failure's cause."""
+
+    @workflow.run
+    async def run(self, name: str, arg: IncidentRecord | BudgetQuery) -> str:
+        """"ok" or the failure."""
+        try:
+            await workflow.execute_local_activity(name, arg, start_to_close_timeout=LOCAL,
+                                                  retry_policy=RetryPolicy(maximum_attempts=1))
+        except (ActivityError, ApplicationError) as err:  # a local activity's may arrive bare
+            return f"{type(err.cause or err).__name__}: {err.cause or err}"
+        return "ok"
+
+
+async def test_an_attempt_gives_up_on_the_lock_before_its_timeout(ts_env: WorkflowEnvironment,
+                                                                  tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock makes each store activity fail with "database
+    is locked" within its own timeout, rather than time out while its thread waits on and
+    writes after the attempt was given up."""
+    deps = ActivityDeps.create(tmp_path)
+    queue, workflow_id = f"q-{uuid.uuid4().hex[:8]}", f"recovery:web:{uuid.uuid4().hex[:8]}"
+    other = sqlite3.connect(tmp_path / "medkit.db", isolation_level=None)
+    worker = Worker(ts_env.client, task_queue=queue, workflows=[OneAttemptWorkflow],
+                    activities=build_activities(deps, ProcessSupervisor(tmp_path)))
+    calls: list[tuple[str, IncidentRecord | BudgetQuery]] = [
+        ("record_incident", IncidentRecord(run_id="run-1", status=status(FULL_TIMELINE[:2],
+                                                                         workflow_id=workflow_id))),
+        ("count_recent_actions", BudgetQuery(service="web", activities=["restart_process"],
+                                             window_seconds=60)),
+    ]
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        async with worker:
+            for n, (name, arg) in enumerate(calls):
+                ended = await ts_env.client.execute_workflow(
+                    OneAttemptWorkflow.run, args=[name, arg], id=f"{workflow_id}-{n}", task_queue=queue)
+                assert ended.startswith("ApplicationError") and "database is locked" in ended, name
+    finally:
+        other.close()
+        await deps.http.aclose()
+    assert IncidentStore(deps.ledger.engine).recent() == []

@@ -9,7 +9,7 @@ from temporalio import activity
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from activities.child_env import redact
-from activities.idempotency import step_key
+from activities.idempotency import off_loop, step_key
 from models.actions import ActionRequest
 from store.ledger import ActionLedger
 
@@ -27,15 +27,15 @@ class _RecordFailures(ActivityInboundInterceptor):
             return await super().execute_activity(input)
         except Exception as err:
             if input.args and isinstance(input.args[0], ActionRequest):
-                self._record(err)
+                await self._record(err)
             raise
 
-    def _record(self, err: Exception) -> None:
+    async def _record(self, err: Exception) -> None:
         """Note the failed attempt on the step's ledger row, if the action opened one."""
         failed = {"attempt": activity.info().attempt, "error": redact(str(err))[:MAX_ERROR_CHARS],
                   "type": getattr(err, "type", None) or type(err).__name__}
         try:
-            self._ledger.progress(step_key(), failed=failed)
+            await off_loop(self._ledger.progress, step_key(), failed=failed)
         except KeyError:
             return  # refused before it opened a row: nothing ran, the history says why
         except Exception as store_err:  # the action's own error is what the caller needs
