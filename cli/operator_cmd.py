@@ -54,6 +54,14 @@ from workflows.fleet import FleetCoordinatorWorkflow
 from workflows.recovery import RecoveryWorkflow
 
 
+def ended_at(status: RecoveryStatus) -> datetime | None:
+    """When a run medkit ended did so (its terminal transition, the last timeline entry), in UTC;
+    None while it runs, and for a run ended in Temporal (its timeline stops where medkit was)."""
+    if not status.phase.terminal or not status.timeline:
+        return None
+    return status.timeline[-1].at.astimezone(UTC)
+
+
 def format_status(status: RecoveryStatus) -> str:
     """A recovery's status as a person reads it at three in the morning.
 
@@ -67,6 +75,9 @@ def format_status(status: RecoveryStatus) -> str:
         f"{f' (operator retry {status.operator_retries})' if status.operator_retries else ''}, "
         f"{status.reports} report(s), {status.escalations} escalation(s)",
     ]
+    ended = ended_at(status)
+    lines.append(f"  started {status.started_at:%Y-%m-%d %H:%M:%SZ}"
+                 f"{f', ended {ended:%Y-%m-%d %H:%M:%SZ}' if ended else ''}")
     if status.closed_by_temporal:
         lines.append(f"  ended in Temporal: {status.closed_by_temporal} there (not by medkit) "
                      f"while {status.phase.value}; it takes no decisions (the Temporal UI shows "
@@ -174,6 +185,10 @@ async def query_status(client: Client, workflow_id: str, run_id: str | None,
         raise CommandError(f"cannot query {workflow_id!r}: {err.message}", TEMPORAL_ERROR) from None
 
 
+ALREADY_ENDED = "RunAlreadyEnded"
+"""The warning type (`-o json`) of `status --watch` started on a run that had already ended."""
+
+
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 """Home the cursor and clear the screen: each refresh of `status --watch` on a terminal
 replaces the last one."""
@@ -196,6 +211,12 @@ async def watch(args: argparse.Namespace, client: Client, run_id: str) -> None:
     shown: str | None = None
     while True:
         result = await query_status(client, args.id, run_id, args.timeout)
+        if shown is None and (ended := ended_at(result)) is not None:
+            # The latest run with a business-keyed id may be a past incident's (a fault injected
+            # moments ago is not reported yet): say so, or its outcome reads as today's.
+            warn(f"this run of {args.id} had already ended ({result.phase.value} at "
+                 f"{ended:%Y-%m-%d %H:%M:%SZ}); --watch follows one run and does not wait for a "
+                 "new one: `medkit list --open` shows the running recoveries", args, ALREADY_ENDED)
         seen = result.model_dump_json(exclude={"timeline"}) + str(len(result.timeline))
         if seen != shown:
             show_status(args, result, refresh=shown is not None)

@@ -535,6 +535,49 @@ async def test_the_demo_approval_flow_through_list_open_watch_and_run_id(
         await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
+async def test_status_of_an_ended_run_says_when_it_ran_and_watch_says_it_waits_for_no_new_one(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """The README's drill, a second time: inject a fault, then `medkit status --watch
+    recovery:demo:health`. Until the poller reports, the latest run with that id is the previous
+    incident's, long ended: the watch printed its outcome with no date and exited 0, which reads
+    as "already recovered". Now the status says when the run started and ended (UTC, like
+    `medkit incidents show`), and a watch of a run that had already ended says so on stderr."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    worker = start_worker(target, tmp_path / "state", policy)
+    try:
+        started = medkit("trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
+                         f"k{uuid.uuid4().hex[:6]}", "-o", "json", env=env)
+        assert started.returncode == 0, started.stderr
+        workflow_id = json.loads(started.stdout)["workflow_id"]
+        aborted = medkit("abort", workflow_id, "--operator", "alice", env=env)
+        assert aborted.returncode == 0, aborted.stderr
+
+        shown = medkit("status", workflow_id, env=env)
+        assert shown.returncode == 0, shown.stderr
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+        assert [line for line in shown.stdout.splitlines()
+                if re.fullmatch(rf"  started {stamp}, ended {stamp}", line)], shown.stdout
+
+        watched = medkit("status", workflow_id, "--watch", "--interval", "0.2", env=env)
+        assert watched.returncode == 0, watched.stderr
+        assert watched.stdout.startswith(f"{workflow_id}  Aborted"), watched.stdout
+        assert re.fullmatch(
+            rf"medkit: warning: this run of {workflow_id} had already ended \(Aborted at {stamp}\); "
+            r"--watch follows one run and does not wait for a new one: `medkit list --open` "
+            r"shows the running recoveries\n", watched.stderr), watched.stderr
+        as_json = medkit("status", workflow_id, "--watch", "-o", "json", env=env)
+        assert as_json.returncode == 0, as_json.stderr
+        assert json.loads(as_json.stderr)["type"] == "RunAlreadyEnded", as_json.stderr
+        assert json.loads(as_json.stdout)["outcome"] == "Aborted"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
+
+
 async def test_ctrl_c_stops_status_watch_cleanly(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
