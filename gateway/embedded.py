@@ -1,9 +1,10 @@
 """The gateway inside `medkit dev`: the dashboard, /v1/health and the operator API on loopback,
 in the dev stack's own event loop and Temporal client.
 
-Tokens come from MEDKIT_DETECTOR_TOKEN / MEDKIT_OPERATOR_TOKEN when set; otherwise an operator
-token is generated once into `<state dir>/operator-token` (mode 0600), so the dashboard's decision
-buttons work without setup and the token never appears in the terminal or the logs.
+Tokens come from MEDKIT_DETECTOR_TOKEN / MEDKIT_OPERATOR_TOKEN when set (the ingest API is off
+without a detector token); without an operator token one is generated once into
+`<state dir>/operator-token` (mode 0600), so the dashboard's decision buttons work without setup
+and the token never appears in the terminal or the logs.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ TOKEN_FILE = "operator-token"  # noqa: S105 (a file name)
 
 
 def dev_auth(state_dir: Path) -> tuple[AuthConfig, Path | None]:
-    """The tokens from the environment if any is set; else the state dir's operator token
-    (generated on first use), with the file that holds it."""
-    from_env = AuthConfig(token_from_env(DETECTOR_TOKEN_ENV), token_from_env(OPERATOR_TOKEN_ENV))
-    if from_env.detector_token or from_env.operator_token:
+    """The detector token from the environment, if set (the ingest API is off without it); the
+    operator token from the environment, else the state dir's (generated on first use), with
+    the file that holds it. Setting only the detector token keeps the operator API and the
+    dashboard's buttons working."""
+    detector = token_from_env(DETECTOR_TOKEN_ENV)
+    operator = token_from_env(OPERATOR_TOKEN_ENV)
+    if operator:
+        from_env = AuthConfig(detector, operator)
         from_env.validate()
         return from_env, None
     path = state_dir / TOKEN_FILE
@@ -44,7 +49,7 @@ def dev_auth(state_dir: Path) -> tuple[AuthConfig, Path | None]:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(secrets.token_hex(24) + "\n")
-    auth = AuthConfig(operator_token=path.read_text().strip())
+    auth = AuthConfig(detector_token=detector, operator_token=path.read_text().strip())
     auth.validate()
     return auth, path
 

@@ -169,6 +169,19 @@ def test_dev_auth_generates_one_private_operator_token(tmp_path: Path,
     assert chosen.operator_token == OPERATOR_TOKEN and chosen_path is None
 
 
+def test_dev_auth_keeps_the_operator_token_when_only_the_detector_token_is_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator who sets MEDKIT_DETECTOR_TOKEN for `medkit dev` to feed it detections (its
+    ingest API answers 403 without one) lost the operator API and the dashboard's buttons: no
+    operator token was generated, while the banner still pointed at $MEDKIT_OPERATOR_TOKEN."""
+    monkeypatch.delenv("MEDKIT_OPERATOR_TOKEN", raising=False)
+    monkeypatch.setenv("MEDKIT_DETECTOR_TOKEN", "detector-token-for-dev-tests-0123456789")
+    auth, path = dev_auth(tmp_path)
+    assert auth.detector_token == "detector-token-for-dev-tests-0123456789"
+    assert path == tmp_path / "operator-token"
+    assert auth.operator_token == path.read_text().strip() and len(auth.operator_token) >= 16
+
+
 async def test_the_embedded_gateway_serves_the_dashboard_until_cancelled(
     dev_env: WorkflowEnvironment, tmp_path: Path, queue: str, demo_service: DemoService,
 ) -> None:
