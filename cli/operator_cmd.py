@@ -408,7 +408,12 @@ def register(subparsers: SubParsers) -> None:
     add_output_arg(parser)
     parser.set_defaults(func=trigger)
 
-    parser = subparsers.add_parser("status", help="show a recovery's phase and timeline")
+    parser = subparsers.add_parser(
+        "status", help="show a recovery's phase and timeline",
+        description="Print one recovery's phase, severity and attempts, when it started and "
+        "ended (UTC), the decision it waits for with the command to give it, and its timeline. "
+        "An id alone means the latest run with that id, which may be a past incident's until a "
+        "detector reports the new one (`medkit list --open` shows the running ones).")
     parser.add_argument("id", help="workflow id, e.g. recovery:demo:health")
     add_run_id_arg(parser)
     parser.add_argument("--watch", action="store_true",
@@ -420,7 +425,11 @@ def register(subparsers: SubParsers) -> None:
     add_output_arg(parser)
     parser.set_defaults(func=status)
 
-    parser = subparsers.add_parser("list", help="list recoveries, newest first")
+    parser = subparsers.add_parser(
+        "list", help="list recoveries, newest first",
+        description="List recoveries, newest first, from Temporal's search attributes: phase, "
+        "severity, outcome, age and the decisions each waits for. A workflow id appears once "
+        "per run.")
     parser.add_argument("--open", action="store_true",
                         help="only recoveries still running (and what they wait for)")
     parser.add_argument("--service", type=service_name, help="only this service")

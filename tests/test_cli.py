@@ -874,6 +874,17 @@ def test_help_states_every_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(default: 10)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_status_and_list_help_say_what_they_show(capsys: pytest.CaptureFixture[str]) -> None:
+    """`medkit status --help` and `medkit list --help` had no description at all: nothing said
+    that an id alone means its latest run, which may be a past incident's."""
+    for command, says in (("status", "latest run"), ("list", "search attributes")):
+        with pytest.raises(SystemExit):
+            cli_main.run([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        description = text.split(" positional arguments:")[0].split(" options:")[0]
+        assert "]" in description and says in description.rsplit("]", 1)[1], (command, text)
+
+
 @pytest.mark.parametrize(("variables", "expected"), [
     ({"TEMPORAL_TLS_CLIENT_CERT_PATH": "/nonexistent/client.pem",
       "TEMPORAL_TLS_CLIENT_KEY_PATH": "/nonexistent/client.key"},
