@@ -33,6 +33,7 @@ from cli.common import (
     target_from,
     warn,
 )
+from gateway.temporal import TemporalFailed, started_new
 from models import search_attributes as sa
 from models.base import NAME_PATTERN
 from models.decisions import DecisionVerdict, OperatorDecision
@@ -143,7 +144,7 @@ def trigger(args: argparse.Namespace) -> int:
         summary=args.summary, detected_at=datetime.now(UTC),
     )
 
-    async def go() -> str:
+    async def go() -> tuple[str, bool | None]:
         target = target_from(args)
         client = await connect_or_fail(target)
         handle = await start_or_join_recovery(client, detection, policy, target.task_queue,
@@ -151,10 +152,18 @@ def trigger(args: argparse.Namespace) -> int:
         if await workflow_pollers(client, target.task_queue) == 0:
             warn(f"no worker polls task queue {target.task_queue!r}: the recovery waits until "
                  "`medkit worker` runs there (or pass the workers' --task-queue)", args, NO_WORKER)
-        return handle.id
+        try:
+            return handle.id, started_new(handle)
+        except TemporalFailed:  # the SDK no longer tells: the recovery is there all the same
+            return handle.id, None
 
-    workflow_id = run(go())
-    emit(args, {"workflow_id": workflow_id}, workflow_id)
+    workflow_id, started = run(go())
+    outcome = None if started is None else "started" if started else "joined"
+    emit(args, {"workflow_id": workflow_id, "outcome": outcome}, workflow_id)
+    if started is False and args.output == "text":
+        # stdout stays the id alone (scripts take it with $(...)); the news goes to stderr
+        print(f"medkit: joined the running recovery {printable(workflow_id)}: it counts this "
+              "report; no second recovery started", file=sys.stderr)
     return 0
 
 

@@ -578,6 +578,37 @@ async def test_status_of_an_ended_run_says_when_it_ran_and_watch_says_it_waits_f
         await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
+async def test_trigger_says_whether_it_started_a_recovery_or_joined_the_running_one(
+    target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """A second `medkit trigger` of the drill printed the same id as the first, exit 0, with
+    nothing to tell that no new recovery started; the gateway answers started or joined."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    worker = start_worker(target, tmp_path / "state", policy)
+    try:
+        args = ["trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
+                f"k{uuid.uuid4().hex[:6]}"]
+        first = medkit(*args, "-o", "json", env=env)
+        assert first.returncode == 0, first.stderr
+        workflow_id = json.loads(first.stdout)["workflow_id"]
+        assert json.loads(first.stdout)["outcome"] == "started"
+        again = medkit(*args, env=env)
+        assert (again.returncode, again.stdout) == (0, f"{workflow_id}\n"), again.stderr
+        assert again.stderr == (f"medkit: joined the running recovery {workflow_id}: it counts "
+                                "this report; no second recovery started\n")
+        as_json = medkit(*args, "-o", "json", env=env)
+        assert json.loads(as_json.stdout) == {"workflow_id": workflow_id, "outcome": "joined"}
+        assert as_json.stderr == ""
+        aborted = medkit("abort", workflow_id, "--operator", "alice", env=env)
+        assert aborted.returncode == 0, aborted.stderr
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
+
+
 async def test_ctrl_c_stops_status_watch_cleanly(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
