@@ -262,7 +262,7 @@ async def test_critical_with_approval_granted(
         # The command names this run: a late approval copied from an old page cannot approve a
         # step of a newer run with the same workflow id.
         assert status.pending_decision.command.startswith(
-            f"medkit approve {handle.id} --run-id {handle.result_run_id} ")
+            f"medkit approve|abort {handle.id} --run-id {handle.result_run_id} ")
         assert script.actions == []  # nothing runs before the approval
         verdict = await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
         assert verdict.accepted and verdict.phase == Phase.EMERGENCY_RECOVERY

@@ -371,8 +371,8 @@ class RecoveryWorkflow:
         self._pending = PendingDecision(
             kind="approval", allowed=[DecisionKind.APPROVE, DecisionKind.ABORT], step=label,
             since=now, deadline=now + step.approval_timeout,
-            command=f"medkit approve {wid} --run-id {workflow.info().run_id} --operator NAME "
-                    "--reason TEXT",
+            command=f"medkit approve|abort {wid} --run-id {workflow.info().run_id} "
+                    "--operator NAME --reason TEXT",
         )
         self._transition(Phase.AWAITING_APPROVAL, f"step {label!r} requires approval")
         await self._notify("approval_needed", f"{self._policy.name}: approval needed for {label}",
@@ -1082,7 +1082,8 @@ class RecoveryWorkflow:
             self._source_resolved = True
             reason = f"source reports resolved: {detection.summary}; medkit still validates"
         else:
-            reason = f"duplicate report #{self._reports} joined: {detection.summary}"
+            reason = f"duplicate report #{self._reports} joined" + (
+                f": {detection.summary}" if detection.summary else "")
         if self._reports <= MAX_REPORTS_IN_TIMELINE or detection.status == "resolved":
             self._record(self._phase, reason, actor=detection.source, kind="report")
         return True
