@@ -131,12 +131,16 @@ class DashboardSnapshot(_Out):
     series: list[SeriesState]
 
 
-def temporal_workflow_url(ui: str | None, namespace: str, workflow_id: str) -> str | None:
-    """The Temporal UI page of a workflow, or None when no UI address is configured."""
+def temporal_workflow_url(ui: str | None, namespace: str, workflow_id: str,
+                          run_id: str | None = None) -> str | None:
+    """The Temporal UI page of a workflow: of its run `run_id` (a past incident's: the workflow
+    id alone opens the latest run, and one id holds every incident of its service and key), or
+    of its latest run; None when no UI address is configured."""
     if not ui:
         return None
-    return (f"{ui.rstrip('/')}/namespaces/{quote(namespace, safe='')}/workflows/"
+    page = (f"{ui.rstrip('/')}/namespaces/{quote(namespace, safe='')}/workflows/"
             f"{quote(workflow_id, safe='')}")
+    return f"{page}/{quote(run_id, safe='')}/history" if run_id else page
 
 
 def mean_time_to_repair(rows: list[IncidentRow]) -> list[ServiceMttr]:
@@ -166,8 +170,9 @@ class Overview:
         self.temporal_ui = temporal_ui
         self._opening = asyncio.Lock()
 
-    def _url(self, workflow_id: str) -> str | None:
-        return temporal_workflow_url(self.temporal_ui, self.temporal.target.namespace, workflow_id)
+    def _url(self, workflow_id: str, run_id: str | None = None) -> str | None:
+        return temporal_workflow_url(self.temporal_ui, self.temporal.target.namespace, workflow_id,
+                                     run_id)
 
     async def snapshot(self) -> DashboardSnapshot:
         """One refresh: every source gathered concurrently."""
@@ -262,7 +267,8 @@ class Overview:
             workflow_id=row.workflow_id, run_id=row.run_id, service=row.service,
             incident_key=row.incident_key, severity=row.severity, phase=row.phase,
             outcome=row.outcome, started_at=row.started_at, ended_at=row.ended_at,
-            duration_seconds=row.duration_seconds, temporal_url=self._url(row.workflow_id),
+            duration_seconds=row.duration_seconds,
+            temporal_url=self._url(row.workflow_id, row.run_id),
         ) for row in rows[:RECENT_INCIDENTS]]
         return items, mean_time_to_repair(rows), None
 

@@ -140,6 +140,9 @@ async def test_dashboard_shows_the_fleet_and_approves_a_recovery(
                     await page.locator(row).wait_for(state="detached")  # no longer open
                     incident = f'#incidents a:text-is("{handle.id}")'
                     await page.locator(incident).wait_for()
+                    assert await page.locator(incident).get_attribute("href") == (
+                        f"{TEMPORAL_UI}/namespaces/default/workflows/recovery%3Ashop%3Ahealth/"
+                        f"{handle.result_run_id}/history")  # the incident's own run
                     mttr = await text_of(page, "#mttr tbody tr")
                     assert mttr.startswith("shop") and "\t1\t" in mttr
                     await page.locator(f'{service_row} .badge:not([data-status="unhealthy"])').wait_for()
