@@ -219,10 +219,10 @@ class WebhookReceiver:
         return [str(body.get("event")) for body in self.received]
 
 
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    """Start the receiver on a free port."""
-    receiver = WebhookReceiver(port=free_port())
+@contextlib.contextmanager
+def serving_webhook(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
+    """Serve the receiver on 127.0.0.1 in a thread for the block's duration (the fixture below;
+    bench/probes.py posts to it too, so its figures are against the receiver the tests use)."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -240,8 +240,18 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     server = ThreadingHTTPServer(("127.0.0.1", receiver.port), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield receiver
-    server.shutdown()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """Start the receiver on a free port."""
+    with serving_webhook(WebhookReceiver(port=free_port())) as receiver:
+        yield receiver
 
 
 async def eventually(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -1,4 +1,4 @@
-"""The recovery-overhead benchmark still runs end to end (tiny numbers) and prints its figures.
+"""The benchmarks still run end to end (tiny numbers) and print their figures.
 
 Only the presence of the figures is checked, never their values: timings are not asserted.
 """
@@ -61,3 +61,19 @@ def test_breaker_benchmark_quick_run_prints_its_figures(tmp_path: Path) -> None:
     for row in flapping.values():
         # Every breaker saw the dependency fail and let at least one failing call through.
         assert row["calls_while_failing"] > 0 and row["wasted"] >= 1
+
+
+def test_probes_benchmark_quick_run_prints_its_figures(tmp_path: Path) -> None:
+    figures_file = tmp_path / "probes.json"
+    run = subprocess.run([sys.executable, "-m", "bench.probes", "--runs", "4", "--json", str(figures_file)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = ("http probe", "tcp probe", "process probe", "round of all three", "notify (webhook)")
+    for line in ("activity p50", "ratio p50", *rows, "ActivityEnvironment harness", "ledger begin + finish"):
+        assert line in run.stdout, f"missing {line!r} in:\n{run.stdout}"
+    figures = json.loads(figures_file.read_text())
+    assert figures["runs"] == 4 and set(figures["rows"]) == set(rows)
+    for row in figures["rows"].values():
+        assert {"activity_ms", "raw_ms", "ratio_p50", "added_ms_p50"} <= set(row)
+        assert row["activity_ms"]["p50"] > 0 and row["raw_ms"]["p50"] > 0
+    assert "harness_added_ms_p50" in figures and figures["notify_ledger_ms"]["p50"] > 0
