@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from models.policy import PolicyFile
+from models.references import Unresolved, UnresolvedReferences, service_names, unresolved
 
 MAX_POLICY_BYTES = 1 << 20
 """A policy file is at most 1 MiB: thousands of services fit, and a runaway file (a log pasted
@@ -57,13 +59,19 @@ class PolicyProblem:
         return f"{where}{self.path or '(file)'}: {self.message}"
 
 
+def _line_order(problem: PolicyProblem) -> int:
+    """Where a problem goes in a listing: in file order, the whole file's first."""
+    return problem.line if problem.line is not None else 0
+
+
 class PolicyError(ValueError):
-    """A policy file that cannot be used; `problems` lists every issue found."""
+    """A policy file that cannot be used; `problems` lists every issue found, in file order
+    (an operator fixes them top to bottom; pydantic reports them in the models' field order)."""
 
     def __init__(self, source: str, problems: list[PolicyProblem]) -> None:
         self.source = source
-        self.problems = problems
-        listing = "\n".join(f"  {problem}" for problem in problems)
+        self.problems = sorted(problems, key=_line_order)
+        listing = "\n".join(f"  {problem}" for problem in self.problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{listing}")
 
 
@@ -278,8 +286,7 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> PolicyFile:
         coerced = _coerced_scalars(node, data)
         policy = PolicyFile.model_validate(data)
     except ValidationError as err:
-        problems = [_problem(node, error) for error in err.errors()]
-        raise PolicyError(source, _merged(problems, coerced)) from err
+        raise PolicyError(source, _merged(_error_problems(node, data, err.errors()), coerced)) from err
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
         raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
     if coerced:
@@ -296,6 +303,60 @@ def _problem(node: yaml.Node | None, error: Any) -> PolicyProblem:
     """A pydantic error as a problem at its field and line."""
     path, line = _locate(node, tuple(error["loc"]))
     return PolicyProblem(path, line, error["msg"])
+
+
+_VALUE_ERROR = "Value error, "
+"""How pydantic begins the message of a ValueError raised by a validator. A reference problem
+begins so too, whichever check found it (the model's own or the loader's on raw data)."""
+
+
+def _error_problems(node: yaml.Node | None, data: dict[str, Any],
+                    errors: list[ErrorDetails]) -> list[PolicyProblem]:
+    """Every problem of a failed validation: pydantic's errors with a service's unresolved
+    references taken apart (each at its own field), plus the references of every service whose
+    own check did not run."""
+    problems: list[PolicyProblem] = []
+    for error in errors:
+        cause = _unresolved_cause(error)
+        if cause is None:
+            problems.append(_problem(node, error))
+        else:
+            problems += _references(node, tuple(error["loc"]), cause.problems)
+    return problems + _unchecked_references(node, data, errors)
+
+
+def _unresolved_cause(error: ErrorDetails) -> UnresolvedReferences | None:
+    """The UnresolvedReferences a model's reference check raised, if it is what `error` reports."""
+    cause = error.get("ctx", {}).get("error")
+    return cause if isinstance(cause, UnresolvedReferences) else None
+
+
+def _references(node: yaml.Node | None, service: tuple[int | str, ...],
+                found: list[Unresolved]) -> list[PolicyProblem]:
+    """Unresolved references of the service at `service`, each a problem at its field and line."""
+    problems = []
+    for problem in found:
+        path, line = _locate(node, service + problem.loc)
+        problems.append(PolicyProblem(path, line, _VALUE_ERROR + problem.message))
+    return problems
+
+
+def _unchecked_references(node: yaml.Node | None, data: dict[str, Any],
+                          errors: list[ErrorDetails]) -> list[PolicyProblem]:
+    """The unresolved references of every service with an invalid field, checked on its raw
+    data: pydantic runs a model's own checks only once all its fields are valid, so without this
+    they would surface only after every other error is fixed. A service whose own check ran is
+    left out, its problems are reported already."""
+    checked = {error["loc"][:2] for error in errors if _unresolved_cause(error) is not None}
+    invalid = {error["loc"][:2] for error in errors
+               if len(error["loc"]) > 2 and error["loc"][0] == "services"}
+    services = data.get("services")
+    problems: list[PolicyProblem] = []
+    for index, service in enumerate(services if isinstance(services, list) else []):
+        loc = ("services", index)
+        if loc in invalid and loc not in checked:
+            problems += _references(node, loc, unresolved(service_names(service, data.get("routes"))))
+    return problems
 
 
 def _coerced_scalars(node: yaml.Node | None, data: Any) -> list[PolicyProblem]:
