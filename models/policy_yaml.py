@@ -124,6 +124,7 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self.duplicates: list[PolicyProblem] = []
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         """Compose one node, counting aliases and nesting depth first."""
@@ -141,19 +142,24 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        """Compose a mapping, refusing a key written twice: YAML loaders keep the last one, so
-        `dry_run: true` followed by `dry_run: false`, or a second `services:`, would silently
-        replace the first. Merge keys (`<<: *base`) are not keys of the mapping."""
+        """Compose a mapping, recording a key written twice in `duplicates`: YAML loaders keep
+        the last one, so `dry_run: true` followed by `dry_run: false`, or a second `services:`,
+        would silently replace the first. The file is refused for it, but the rest is still
+        checked as YAML reads it (so the duplicate hides no other problem): the earlier pair is
+        dropped from the node, so that problems in the kept value are reported at its own lines.
+        Merge keys (`<<: *base`) are not keys of the mapping."""
         node = super().compose_mapping_node(anchor)  # anchor: the name, or None (the stub errs)
         seen: dict[tuple[str, str], yaml.Node] = {}
-        for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                continue
-            first = seen.setdefault((key.tag, key.value), key)
-            if first is not key:
-                raise _Refused(f"duplicate key {_clip(key)} (lines {first.start_mark.line + 1} "
-                               f"and {key.start_mark.line + 1}): remove one; YAML would keep only "
-                               "the last", key.start_mark)
+        kept: list[tuple[yaml.Node, yaml.Node]] = []
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                earlier = seen.get((key.tag, key.value))
+                if earlier is not None:
+                    self.duplicates.append(_duplicate(earlier, key))
+                    kept = [pair for pair in kept if pair[0] is not earlier]
+                seen[(key.tag, key.value)] = key
+            kept.append((key, value))
+        node.value = kept
         return node
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -164,6 +170,13 @@ class _BoundedLoader(yaml.SafeLoader):
         except (ValueError, OverflowError) as err:
             reason = str(err).split("; use sys.set_int_max_str_digits()")[0]  # not for a file's author
             raise _Refused(f"cannot read the value {_clip(node)}: {reason}", node.start_mark) from None
+
+
+def _duplicate(first: yaml.Node, second: yaml.Node) -> PolicyProblem:
+    """The problem of a key written a second time, at the second's line, naming both lines."""
+    first_line, line = first.start_mark.line + 1, second.start_mark.line + 1
+    return PolicyProblem("", line, f"duplicate key {_clip(second)} (lines {first_line} and {line}): "
+                                   "remove one; YAML would keep only the last")
 
 
 def _clip(node: yaml.Node) -> str:
@@ -220,8 +233,9 @@ def read_policy_bytes(path: Path) -> bytes:
         return handle.read(MAX_POLICY_BYTES + 1)
 
 
-def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The document's node tree (for line numbers) and its data, within the loader's bounds."""
+def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any, list[PolicyProblem]]:
+    """The document's node tree (for line numbers), its data, within the loader's bounds, and
+    its duplicate keys (the data holds the last of each, as YAML reads it)."""
     loader: _BoundedLoader | None = None
     try:
         loader = _BoundedLoader(text)  # checks every character is printable
@@ -231,6 +245,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
                 f"the document holds more than {MAX_NODES:,} values once its aliases are "
                 "expanded (an alias bomb?); use fewer aliases"))])
         data = loader.construct_document(node) if node is not None else None
+        duplicates = loader.duplicates
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -241,7 +256,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     finally:
         if loader is not None:
             loader.dispose()
-    return node, data
+    return node, data, duplicates
 
 
 def _syntax_error(err: yaml.YAMLError) -> str:
@@ -279,19 +294,25 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> PolicyFile:
             "hold"))])
     if isinstance(text, bytes):
         text = _decode(text, source)
-    node, data = _compose(text, source)
+    node, data, duplicates = _compose(text, source)
+    policy, problems = _validated(node, data)
+    if policy is None or duplicates or problems:
+        raise PolicyError(source, duplicates + problems)
+    return policy
+
+
+def _validated(node: yaml.Node | None, data: Any) -> tuple[PolicyFile | None, list[PolicyProblem]]:
+    """The policy the data makes (None when it makes none) and every problem found in it."""
     if not isinstance(data, dict):
-        raise PolicyError(source, [PolicyProblem("", 1, "expected a mapping with 'services'")])
+        return None, [PolicyProblem("", 1, "expected a mapping with 'services'")]
     try:
         coerced = _coerced_scalars(node, data)
         policy = PolicyFile.model_validate(data)
     except ValidationError as err:
-        raise PolicyError(source, _merged(_error_problems(node, data, err.errors()), coerced)) from err
+        return None, _merged(_error_problems(node, data, err.errors()), coerced)
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
-        raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
-    if coerced:
-        raise PolicyError(source, coerced)
-    return policy
+        return None, [PolicyProblem("", None, "nested too deeply")]
+    return policy, coerced
 
 
 _STRICT_TYPES = {"int_type", "bool_type", "float_type"}

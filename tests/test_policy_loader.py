@@ -275,8 +275,7 @@ def test_a_loaded_file_dumped_and_read_again_is_the_same_file() -> None:
 @pytest.mark.parametrize(("text", "key", "lines", "line"), [
     (policy(service("web", ", retry: {max_attempts: 1}, retry: {max_attempts: 5}")),
      "retry", (3, 3), 3),
-    ("version: 1\nservices:\n  - name: web\n    dry_run: true\n    dry_run: false\n",
-     "dry_run", (4, 5), 5),
+    (policy(service()) + "dry_run: true\ndry_run: false\n", "dry_run", (4, 5), 5),
     (policy(service("a")) + "services:\n  - " + service("b") + "\n", "services", (2, 4), 4),
 ])
 def test_a_key_written_twice_is_refused_naming_both_lines(
@@ -490,3 +489,27 @@ def test_a_service_built_in_code_still_refuses_unresolved_references() -> None:
         ServicePolicy.model_validate({
             "name": "web", "probes": [{"kind": "tcp", "port": 1}], "escalation": {"routes": ["pager"]},
             "ladders": {"minor": ladder, "major": ladder, "critical": ladder}})
+
+
+def test_a_duplicate_key_does_not_hide_the_other_problems() -> None:
+    """The refused duplicate used to be the only problem reported. The rest of the file is
+    checked as YAML reads it (the last of the two keys), at the lines of that last one."""
+    text = ("version: 1\n"
+            "services:\n"
+            "  - name: web\n"
+            "    probes: [{kind: tcp, name: p, port: 1}]\n"
+            "    retry: {max_attempts: 1}\n"
+            "    retry: {max_attempts: 0}\n"
+            "    ladders:\n"
+            "      minor: [{name: r, steps: [{action: reboot}]}]\n"
+            "      major: [{name: w, steps: [{wait: 1s}]}]\n"
+            "      critical: [{name: w, steps: [{wait: -1s}]}]\n")
+    assert [str(problem) for problem in problems(text)] == [
+        "line 6: (file): duplicate key 'retry' (lines 5 and 6): remove one; YAML would keep only "
+        "the last",
+        "line 6: services[0].retry.max_attempts: Input should be greater than or equal to 1",
+        "line 8: services[0].ladders.minor[0].steps[0].action: Value error, ladders.minor rung 'r' "
+        "names unknown action 'reboot' (defined: none)",
+        "line 10: services[0].ladders.critical[0].steps[0].wait: Value error, a duration must not "
+        "be negative",
+    ]
