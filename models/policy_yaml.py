@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 from pydantic import ValidationError
@@ -149,17 +149,18 @@ class _BoundedLoader(yaml.SafeLoader):
         dropped from the node, so that problems in the kept value are reported at its own lines.
         Merge keys (`<<: *base`) are not keys of the mapping."""
         node = super().compose_mapping_node(anchor)  # anchor: the name, or None (the stub errs)
-        seen: dict[tuple[str, str], yaml.Node] = {}
-        kept: list[tuple[yaml.Node, yaml.Node]] = []
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                earlier = seen.get((key.tag, key.value))
+        last: dict[tuple[str, str], yaml.Node] = {}
+        repeated = False
+        for key, _ in node.value:
+            if _is_key(key):
+                earlier = last.get((key.tag, key.value))
                 if earlier is not None:
                     self.duplicates.append(_duplicate(earlier, key))
-                    kept = [pair for pair in kept if pair[0] is not earlier]
-                seen[(key.tag, key.value)] = key
-            kept.append((key, value))
-        node.value = kept
+                    repeated = True
+                last[(key.tag, key.value)] = key
+        if repeated:  # in one pass, not one per duplicate: a file may hold thousands
+            node.value = [(key, value) for key, value in node.value
+                          if not _is_key(key) or last[(key.tag, key.value)] is key]
         return node
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -170,6 +171,12 @@ class _BoundedLoader(yaml.SafeLoader):
         except (ValueError, OverflowError) as err:
             reason = str(err).split("; use sys.set_int_max_str_digits()")[0]  # not for a file's author
             raise _Refused(f"cannot read the value {_clip(node)}: {reason}", node.start_mark) from None
+
+
+def _is_key(node: yaml.Node) -> TypeGuard[yaml.ScalarNode]:
+    """Whether a mapping's key node is a key of that mapping, which must not repeat: a scalar,
+    and not a merge (`<<: *base`), whose keys may be overridden."""
+    return isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:merge"
 
 
 def _duplicate(first: yaml.Node, second: yaml.Node) -> PolicyProblem:

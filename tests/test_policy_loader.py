@@ -513,3 +513,12 @@ def test_a_duplicate_key_does_not_hide_the_other_problems() -> None:
         "line 10: services[0].ladders.critical[0].steps[0].wait: Value error, a duration must not "
         "be negative",
     ]
+
+
+def test_a_key_written_three_times_is_reported_twice_and_the_last_is_checked() -> None:
+    text = policy(service()) + "dry_run: true\ndry_run: false\ndry_run: 'no'\n"
+    assert [(p.line, p.path, p.message) for p in problems(text)] == [
+        (5, "", "duplicate key 'dry_run' (lines 4 and 5): remove one; YAML would keep only the last"),
+        (6, "", "duplicate key 'dry_run' (lines 5 and 6): remove one; YAML would keep only the last"),
+        (6, "dry_run", "Input should be a valid boolean"),
+    ]
