@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,7 @@ from models.fleet import BudgetSpec, FleetSpec
 from models.notifications import NotificationRoute
 from models.phases import Severity
 from models.probes import Comparison, ProbeSpec
+from models.references import UnresolvedReferences, service_names, unresolved
 from models.urls import RequestUrl
 
 
@@ -165,22 +165,6 @@ class AssessmentSpec(MedkitModel):
     dismiss_when_healthy: bool = False
     rules: list[AssessmentRule] = Field(default_factory=list)
 
-    def unresolved(self, probes: Sequence[ProbeSpec]) -> list[str]:
-        """Problems with the rules' references to the service's probes and groups, by field."""
-        names = sorted(probe.name for probe in probes)
-        groups = sorted({probe.group for probe in probes if probe.group is not None})
-        problems: list[str] = []
-        for index, rule in enumerate(self.rules):
-            field = f"assessment.rules[{index}].when"
-            problems.extend(
-                f"{field}.probes names unknown probe {name!r} (defined: {names})"
-                for name in rule.when.probes if name not in names
-            )
-            if rule.when.group is not None and rule.when.group not in groups:
-                problems.append(f"{field}.group names unknown group {rule.when.group!r} "
-                                f"(probe groups: {groups or 'none'})")
-        return problems
-
 
 class HealthPollSpec(MedkitModel):
     """How the built-in health poller watches this service (see docs/detectors.md).
@@ -267,37 +251,18 @@ class ServicePolicy(MedkitModel):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> ServicePolicy:
-        problems: list[str] = []
-        for severity in Severity:
-            for rung in self.ladders.for_severity(severity):
-                for step in rung.steps:
-                    if step.action is not None and step.action not in self.actions:
-                        problems.append(
-                            f"ladders.{severity.value} rung {rung.name!r} names unknown action "
-                            f"{step.action!r} (defined: {sorted(self.actions) or 'none'})"
-                        )
-        for route in self.escalation.routes:
-            if route not in self.routes:
-                problems.append(f"escalation.routes names unknown route {route!r}")
-        for name, action in self.actions.items():
-            if action.kind == "notify":
-                problems.extend(
-                    f"actions.{name}.routes names unknown route {route!r}"
-                    for route in action.routes
-                    if route not in self.routes
-                )
-        names = [probe.name for probe in self.probes]
-        if len(set(names)) != len(names):
-            problems.append(f"probe names must be unique, got {names}")
-        problems.extend(self.assessment.unresolved(self.probes))
-        for index, budget in enumerate(self.budgets):
-            problems.extend(
-                f"budgets[{index}].actions names unknown action {name!r}"
-                for name in budget.actions if name not in self.actions
-            )
+        """Every action, route, probe and group a field names is defined, and probe names are
+        unique; otherwise UnresolvedReferences, listing each problem at its own field so the
+        loader reports each at its line. The check runs on plain data, the one the loader also
+        runs on a service whose fields did not validate (when pydantic skips this one)."""
+        problems = unresolved(service_names(self.model_dump(include=_REFERRING_FIELDS)))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UnresolvedReferences(problems)
         return self
+
+
+_REFERRING_FIELDS = {"probes", "actions", "ladders", "assessment", "escalation", "routes", "budgets"}
+"""The fields of a service that define names or refer to them (see models/references.py)."""
 
 
 class DiskWatchSpec(MedkitModel):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from models.policy import PolicyFile
+from models.references import Unresolved, UnresolvedReferences, service_names, unresolved
 
 MAX_POLICY_BYTES = 1 << 20
 """A policy file is at most 1 MiB: thousands of services fit, and a runaway file (a log pasted
@@ -57,13 +59,19 @@ class PolicyProblem:
         return f"{where}{self.path or '(file)'}: {self.message}"
 
 
+def _line_order(problem: PolicyProblem) -> int:
+    """Where a problem goes in a listing: in file order, the whole file's first."""
+    return problem.line if problem.line is not None else 0
+
+
 class PolicyError(ValueError):
-    """A policy file that cannot be used; `problems` lists every issue found."""
+    """A policy file that cannot be used; `problems` lists every issue found, in file order
+    (an operator fixes them top to bottom; pydantic reports them in the models' field order)."""
 
     def __init__(self, source: str, problems: list[PolicyProblem]) -> None:
         self.source = source
-        self.problems = problems
-        listing = "\n".join(f"  {problem}" for problem in problems)
+        self.problems = sorted(problems, key=_line_order)
+        listing = "\n".join(f"  {problem}" for problem in self.problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{listing}")
 
 
@@ -116,6 +124,7 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self.duplicates: list[PolicyProblem] = []
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         """Compose one node, counting aliases and nesting depth first."""
@@ -133,19 +142,25 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        """Compose a mapping, refusing a key written twice: YAML loaders keep the last one, so
-        `dry_run: true` followed by `dry_run: false`, or a second `services:`, would silently
-        replace the first. Merge keys (`<<: *base`) are not keys of the mapping."""
+        """Compose a mapping, recording a key written twice in `duplicates`: YAML loaders keep
+        the last one, so `dry_run: true` followed by `dry_run: false`, or a second `services:`,
+        would silently replace the first. The file is refused for it, but the rest is still
+        checked as YAML reads it (so the duplicate hides no other problem): the earlier pair is
+        dropped from the node, so that problems in the kept value are reported at its own lines.
+        Merge keys (`<<: *base`) are not keys of the mapping."""
         node = super().compose_mapping_node(anchor)  # anchor: the name, or None (the stub errs)
-        seen: dict[tuple[str, str], yaml.Node] = {}
+        last: dict[tuple[str, str], yaml.Node] = {}
+        repeated = False
         for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                continue
-            first = seen.setdefault((key.tag, key.value), key)
-            if first is not key:
-                raise _Refused(f"duplicate key {_clip(key)} (lines {first.start_mark.line + 1} "
-                               f"and {key.start_mark.line + 1}): remove one; YAML would keep only "
-                               "the last", key.start_mark)
+            if _is_key(key):
+                earlier = last.get((key.tag, key.value))
+                if earlier is not None:
+                    self.duplicates.append(_duplicate(earlier, key))
+                    repeated = True
+                last[(key.tag, key.value)] = key
+        if repeated:  # in one pass, not one per duplicate: a file may hold thousands
+            node.value = [(key, value) for key, value in node.value
+                          if not _is_key(key) or last[(key.tag, key.value)] is key]
         return node
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -156,6 +171,19 @@ class _BoundedLoader(yaml.SafeLoader):
         except (ValueError, OverflowError) as err:
             reason = str(err).split("; use sys.set_int_max_str_digits()")[0]  # not for a file's author
             raise _Refused(f"cannot read the value {_clip(node)}: {reason}", node.start_mark) from None
+
+
+def _is_key(node: yaml.Node) -> TypeGuard[yaml.ScalarNode]:
+    """Whether a mapping's key node is a key of that mapping, which must not repeat: a scalar,
+    and not a merge (`<<: *base`), whose keys may be overridden."""
+    return isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:merge"
+
+
+def _duplicate(first: yaml.Node, second: yaml.Node) -> PolicyProblem:
+    """The problem of a key written a second time, at the second's line, naming both lines."""
+    first_line, line = first.start_mark.line + 1, second.start_mark.line + 1
+    return PolicyProblem("", line, f"duplicate key {_clip(second)} (lines {first_line} and {line}): "
+                                   "remove one; YAML would keep only the last")
 
 
 def _clip(node: yaml.Node) -> str:
@@ -212,8 +240,9 @@ def read_policy_bytes(path: Path) -> bytes:
         return handle.read(MAX_POLICY_BYTES + 1)
 
 
-def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The document's node tree (for line numbers) and its data, within the loader's bounds."""
+def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any, list[PolicyProblem]]:
+    """The document's node tree (for line numbers), its data, within the loader's bounds, and
+    its duplicate keys (the data holds the last of each, as YAML reads it)."""
     loader: _BoundedLoader | None = None
     try:
         loader = _BoundedLoader(text)  # checks every character is printable
@@ -223,6 +252,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
                 f"the document holds more than {MAX_NODES:,} values once its aliases are "
                 "expanded (an alias bomb?); use fewer aliases"))])
         data = loader.construct_document(node) if node is not None else None
+        duplicates = loader.duplicates
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -233,7 +263,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     finally:
         if loader is not None:
             loader.dispose()
-    return node, data
+    return node, data, duplicates
 
 
 def _syntax_error(err: yaml.YAMLError) -> str:
@@ -271,20 +301,25 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> PolicyFile:
             "hold"))])
     if isinstance(text, bytes):
         text = _decode(text, source)
-    node, data = _compose(text, source)
+    node, data, duplicates = _compose(text, source)
+    policy, problems = _validated(node, data)
+    if policy is None or duplicates or problems:
+        raise PolicyError(source, duplicates + problems)
+    return policy
+
+
+def _validated(node: yaml.Node | None, data: Any) -> tuple[PolicyFile | None, list[PolicyProblem]]:
+    """The policy the data makes (None when it makes none) and every problem found in it."""
     if not isinstance(data, dict):
-        raise PolicyError(source, [PolicyProblem("", 1, "expected a mapping with 'services'")])
+        return None, [PolicyProblem("", 1, "expected a mapping with 'services'")]
     try:
         coerced = _coerced_scalars(node, data)
         policy = PolicyFile.model_validate(data)
     except ValidationError as err:
-        problems = [_problem(node, error) for error in err.errors()]
-        raise PolicyError(source, _merged(problems, coerced)) from err
+        return None, _merged(_error_problems(node, data, err.errors()), coerced)
     except RecursionError:  # bounded by MAX_DEPTH; kept so that no input ends in a traceback
-        raise PolicyError(source, [PolicyProblem("", None, "nested too deeply")]) from None
-    if coerced:
-        raise PolicyError(source, coerced)
-    return policy
+        return None, [PolicyProblem("", None, "nested too deeply")]
+    return policy, coerced
 
 
 _STRICT_TYPES = {"int_type", "bool_type", "float_type"}
@@ -296,6 +331,60 @@ def _problem(node: yaml.Node | None, error: Any) -> PolicyProblem:
     """A pydantic error as a problem at its field and line."""
     path, line = _locate(node, tuple(error["loc"]))
     return PolicyProblem(path, line, error["msg"])
+
+
+_VALUE_ERROR = "Value error, "
+"""How pydantic begins the message of a ValueError raised by a validator. A reference problem
+begins so too, whichever check found it (the model's own or the loader's on raw data)."""
+
+
+def _error_problems(node: yaml.Node | None, data: dict[str, Any],
+                    errors: list[ErrorDetails]) -> list[PolicyProblem]:
+    """Every problem of a failed validation: pydantic's errors with a service's unresolved
+    references taken apart (each at its own field), plus the references of every service whose
+    own check did not run."""
+    problems: list[PolicyProblem] = []
+    for error in errors:
+        cause = _unresolved_cause(error)
+        if cause is None:
+            problems.append(_problem(node, error))
+        else:
+            problems += _references(node, tuple(error["loc"]), cause.problems)
+    return problems + _unchecked_references(node, data, errors)
+
+
+def _unresolved_cause(error: ErrorDetails) -> UnresolvedReferences | None:
+    """The UnresolvedReferences a model's reference check raised, if it is what `error` reports."""
+    cause = error.get("ctx", {}).get("error")
+    return cause if isinstance(cause, UnresolvedReferences) else None
+
+
+def _references(node: yaml.Node | None, service: tuple[int | str, ...],
+                found: list[Unresolved]) -> list[PolicyProblem]:
+    """Unresolved references of the service at `service`, each a problem at its field and line."""
+    problems = []
+    for problem in found:
+        path, line = _locate(node, service + problem.loc)
+        problems.append(PolicyProblem(path, line, _VALUE_ERROR + problem.message))
+    return problems
+
+
+def _unchecked_references(node: yaml.Node | None, data: dict[str, Any],
+                          errors: list[ErrorDetails]) -> list[PolicyProblem]:
+    """The unresolved references of every service with an invalid field, checked on its raw
+    data: pydantic runs a model's own checks only once all its fields are valid, so without this
+    they would surface only after every other error is fixed. A service whose own check ran is
+    left out, its problems are reported already."""
+    checked = {error["loc"][:2] for error in errors if _unresolved_cause(error) is not None}
+    invalid = {error["loc"][:2] for error in errors
+               if len(error["loc"]) > 2 and error["loc"][0] == "services"}
+    services = data.get("services")
+    problems: list[PolicyProblem] = []
+    for index, service in enumerate(services if isinstance(services, list) else []):
+        loc = ("services", index)
+        if loc in invalid and loc not in checked:
+            problems += _references(node, loc, unresolved(service_names(service, data.get("routes"))))
+    return problems
 
 
 def _coerced_scalars(node: yaml.Node | None, data: Any) -> list[PolicyProblem]:

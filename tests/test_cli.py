@@ -109,6 +109,37 @@ def test_config_check_reports_every_problem_with_line(tmp_path: Path) -> None:
     assert ok.returncode == 0 and ok.stdout.strip().endswith("OK (1 service(s))")
 
 
+def test_config_check_lists_references_and_field_errors_in_one_run_by_line(tmp_path: Path) -> None:
+    """An unknown ladder action and an unknown escalation route were reported only after the
+    bad duration was fixed, joined at the service's line: the operator fixed a round and got a
+    second. Now one run lists all three, each at its line, in file order."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services:\n"
+                   "  - name: api\n"
+                   "    probes: [{kind: tcp, name: p, port: 1}]\n"
+                   "    escalation:\n"
+                   "      routes: [pager]\n"
+                   "    ladders:\n"
+                   "      minor:\n"
+                   "        - name: fix\n"
+                   "          steps:\n"
+                   "            - action: reboot\n"
+                   "            - wait: -5s\n"
+                   "      major: [{name: w, steps: [{wait: 1s}]}]\n"
+                   "      critical: [{name: w, steps: [{wait: 1s}]}]\n")
+    result = medkit("config", "check", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"medkit: {bad}: 3 problem(s)",
+        "  line 5: services[0].escalation.routes[0]: Value error, escalation.routes names unknown "
+        "route 'pager' (defined: none)",
+        "  line 10: services[0].ladders.minor[0].steps[0].action: Value error, ladders.minor rung "
+        "'fix' names unknown action 'reboot' (defined: none)",
+        "  line 11: services[0].ladders.minor[0].steps[1].wait: Value error, a duration must not "
+        "be negative",
+    ]
+
+
 def test_unreachable_server_and_unknown_id_are_one_line_errors(target: dict[str, str]) -> None:
     down = medkit("status", "recovery:demo:health", "--address", "127.0.0.1:1")
     assert down.returncode == 1

@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.common import load_policy
-from models.policy import PolicyFile
+from models.policy import PolicyFile, ServicePolicy
 from models.policy_yaml import (
     MAX_ALIASES,
     MAX_DEPTH,
@@ -272,8 +275,7 @@ def test_a_loaded_file_dumped_and_read_again_is_the_same_file() -> None:
 @pytest.mark.parametrize(("text", "key", "lines", "line"), [
     (policy(service("web", ", retry: {max_attempts: 1}, retry: {max_attempts: 5}")),
      "retry", (3, 3), 3),
-    ("version: 1\nservices:\n  - name: web\n    dry_run: true\n    dry_run: false\n",
-     "dry_run", (4, 5), 5),
+    (policy(service()) + "dry_run: true\ndry_run: false\n", "dry_run", (4, 5), 5),
     (policy(service("a")) + "services:\n  - " + service("b") + "\n", "services", (2, 4), 4),
 ])
 def test_a_key_written_twice_is_refused_naming_both_lines(
@@ -337,3 +339,186 @@ def test_an_integer_too_long_does_not_mention_python_internals() -> None:
     [problem] = problems(policy(service(), service("db", f", description: {'9' * 5000}")))
     assert "sys.set_int_max_str_digits" not in problem.message
     assert problem.message.endswith("value has 5000 digits")
+
+
+def test_references_and_plain_field_errors_are_listed_together_by_line() -> None:
+    """A ladder naming an unknown action and an unknown escalation route were reported only
+    once every plain field error (here a negative duration) was fixed, as one message at the
+    service's `name:` line; and the problems were listed out of line order."""
+    text = ("version: 1\n"
+            "routes:\n"
+            "  ops: {kind: webhook, url_env: OPS_URL}\n"
+            "services:\n"
+            "  - name: web\n"
+            "    escalation:\n"
+            "      routes: [ops, pager]\n"
+            "    validation:\n"
+            "      interval: -5s\n"
+            "    probes:\n"
+            "      - {kind: tcp, name: p, port: 1}\n"
+            "    actions:\n"
+            "      restart: {kind: command, argv: [x]}\n"
+            "    ladders:\n"
+            "      minor:\n"
+            "        - name: first\n"
+            "          steps:\n"
+            "            - action: restart\n"
+            "        - name: second\n"
+            "          steps:\n"
+            "            - action: reboot\n"
+            "      major: [{name: w, steps: [{wait: 1s}]}]\n"
+            "      critical: [{name: w, steps: [{wait: 1s}]}]\n")
+    assert [str(problem) for problem in problems(text)] == [
+        "line 7: services[0].escalation.routes[1]: Value error, escalation.routes names unknown "
+        "route 'pager' (defined: ['ops'])",
+        "line 9: services[0].validation.interval: Value error, a duration must not be negative",
+        "line 21: services[0].ladders.minor[1].steps[0].action: Value error, ladders.minor rung "
+        "'second' names unknown action 'reboot' (defined: ['restart'])",
+    ]
+
+
+def every_reference_wrong(max_attempts: str) -> str:
+    """A service whose every kind of reference has one that does not resolve, with
+    `retry.max_attempts` (line 25) written as given."""
+    return ("version: 1\n"
+            "routes:\n"
+            "  ops: {kind: webhook, url_env: OPS_URL}\n"
+            "services:\n"
+            "  - name: web\n"
+            "    probes:\n"
+            "      - {kind: tcp, name: a, port: 1, group: replicas}\n"
+            "      - {kind: tcp, name: b, port: 2}\n"
+            "      - {kind: tcp, name: a, port: 3}\n"
+            "    actions:\n"
+            "      restart: {kind: command, argv: [x]}\n"
+            "      page: {kind: notify, routes: [ops, pager]}\n"
+            "    ladders:\n"
+            "      minor: [{name: r, steps: [{action: restart}, {action: reboot}]}]\n"
+            "      major: [{name: w, steps: [{wait: 1s}]}]\n"
+            "      critical: [{name: w, steps: [{wait: 1s}]}]\n"
+            "    assessment:\n"
+            "      rules:\n"
+            "        - when: {probes: [a, c], failing: true}\n"
+            "          severity: major\n"
+            "        - when: {group: instances, failing: true}\n"
+            "          severity: major\n"
+            "    budgets:\n"
+            "      - {actions: [restart, reboot], max_actions: 1}\n"
+            f"    retry: {{max_attempts: {max_attempts}}}\n")
+
+
+EVERY_REFERENCE_PROBLEM = [
+    ("services[0].probes[2].name", 9,
+     "Value error, probe names must be unique: 'a' is also the name of probes[0]"),
+    ("services[0].actions.page.routes[1]", 12,
+     "Value error, actions.page.routes names unknown route 'pager' (defined: ['ops'])"),
+    ("services[0].ladders.minor[0].steps[1].action", 14,
+     "Value error, ladders.minor rung 'r' names unknown action 'reboot' "
+     "(defined: ['page', 'restart'])"),
+    ("services[0].assessment.rules[0].when.probes[1]", 19,
+     "Value error, assessment.rules[0].when.probes names unknown probe 'c' (defined: ['a', 'b'])"),
+    ("services[0].assessment.rules[1].when.group", 21,
+     "Value error, assessment.rules[1].when.group names unknown group 'instances' "
+     "(probe groups: ['replicas'])"),
+    ("services[0].budgets[0].actions[1]", 24,
+     "Value error, budgets[0].actions names unknown action 'reboot' (defined: ['page', 'restart'])"),
+]
+
+
+def test_every_unresolved_reference_is_a_problem_at_its_own_field() -> None:
+    """The service's fields are valid, so its own reference check found these: each at the
+    step, route, probe or action that is wrong, not joined at the service's `name:` line."""
+    found = [(p.path, p.line, p.message) for p in problems(every_reference_wrong("3"))]
+    assert found == EVERY_REFERENCE_PROBLEM
+
+
+def test_references_are_checked_even_when_another_field_of_the_service_is_invalid() -> None:
+    """An invalid field keeps pydantic from running the service's reference check; the loader
+    checks the raw data instead, finding the same problems once each (not once per path)."""
+    found = [(p.path, p.line, p.message) for p in problems(every_reference_wrong("0"))]
+    wrong_field = ("services[0].retry.max_attempts", 25, "Input should be greater than or equal to 1")
+    assert found == [*EVERY_REFERENCE_PROBLEM, wrong_field]
+
+
+def test_checking_the_raw_data_invents_no_reference_problem() -> None:
+    """Names that resolve are not reported when the service has another error: a shared route,
+    a probe's default name (its kind), an action whose own definition is invalid."""
+    text = ("version: 1\n"
+            "routes:\n"
+            "  ops: {kind: webhook, url_env: OPS_URL}\n"
+            "services:\n"
+            "  - name: web\n"
+            "    probes: [{kind: tcp, port: 1}]\n"
+            "    actions:\n"
+            "      restart: {kind: command, argv: [x], timeout: -30}\n"
+            "    ladders:\n"
+            "      minor: [{name: r, steps: [{action: restart}]}]\n"
+            "      major: [{name: w, steps: [{wait: 1s}]}]\n"
+            "      critical: [{name: w, steps: [{wait: 1s}]}]\n"
+            "    assessment: {rules: [{when: {probes: [tcp], failing: true}, severity: major}]}\n"
+            "    escalation: {routes: [ops]}\n")
+    [problem] = problems(text)
+    assert (problem.path, problem.line) == ("services[0].actions.restart.timeout", 8)
+
+
+SHAPES = st.recursive(st.none() | st.booleans() | st.integers() | st.sampled_from(["a", "r", "ops"]),
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.sampled_from(["a", "r", "name", "action", "routes",
+                                                         "steps", "kind", "when", "probes",
+                                                         "group", "actions", "notify"]),
+                                        inner, max_size=3),
+                      max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["probes", "actions", "ladders", "escalation",
+                                               "routes", "assessment", "budgets"]), SHAPES))
+def test_the_raw_reference_check_survives_any_shape(fields: dict[str, object]) -> None:
+    """Whatever shape the referring fields have, the loader answers with problems, never an
+    exception of the raw check."""
+    text = yaml.safe_dump({"services": [{"name": "web", "retry": {"max_attempts": 0}, **fields}]})
+    assert problems(text)
+
+
+def test_a_service_built_in_code_still_refuses_unresolved_references() -> None:
+    """Not from a file, so no line to report at: one ValueError naming every problem."""
+    ladder = [{"name": "r", "steps": [{"action": "reboot"}]}]
+    with pytest.raises(ValueError, match=r"ladders\.critical rung 'r' names unknown action 'reboot' "
+                                         r"\(defined: none\); escalation\.routes names unknown "
+                                         r"route 'pager' \(defined: none\)"):
+        ServicePolicy.model_validate({
+            "name": "web", "probes": [{"kind": "tcp", "port": 1}], "escalation": {"routes": ["pager"]},
+            "ladders": {"minor": ladder, "major": ladder, "critical": ladder}})
+
+
+def test_a_duplicate_key_does_not_hide_the_other_problems() -> None:
+    """The refused duplicate used to be the only problem reported. The rest of the file is
+    checked as YAML reads it (the last of the two keys), at the lines of that last one."""
+    text = ("version: 1\n"
+            "services:\n"
+            "  - name: web\n"
+            "    probes: [{kind: tcp, name: p, port: 1}]\n"
+            "    retry: {max_attempts: 1}\n"
+            "    retry: {max_attempts: 0}\n"
+            "    ladders:\n"
+            "      minor: [{name: r, steps: [{action: reboot}]}]\n"
+            "      major: [{name: w, steps: [{wait: 1s}]}]\n"
+            "      critical: [{name: w, steps: [{wait: -1s}]}]\n")
+    assert [str(problem) for problem in problems(text)] == [
+        "line 6: (file): duplicate key 'retry' (lines 5 and 6): remove one; YAML would keep only "
+        "the last",
+        "line 6: services[0].retry.max_attempts: Input should be greater than or equal to 1",
+        "line 8: services[0].ladders.minor[0].steps[0].action: Value error, ladders.minor rung 'r' "
+        "names unknown action 'reboot' (defined: none)",
+        "line 10: services[0].ladders.critical[0].steps[0].wait: Value error, a duration must not "
+        "be negative",
+    ]
+
+
+def test_a_key_written_three_times_is_reported_twice_and_the_last_is_checked() -> None:
+    text = policy(service()) + "dry_run: true\ndry_run: false\ndry_run: 'no'\n"
+    assert [(p.line, p.path, p.message) for p in problems(text)] == [
+        (5, "", "duplicate key 'dry_run' (lines 4 and 5): remove one; YAML would keep only the last"),
+        (6, "", "duplicate key 'dry_run' (lines 5 and 6): remove one; YAML would keep only the last"),
+        (6, "dry_run", "Input should be a valid boolean"),
+    ]
