@@ -33,6 +33,7 @@ from models.status import RecoveryStatus
 from store.ledger import ActionLedger
 from tests.conftest import DemoService, eventually, free_port, stop_fleet_coordinator
 from tests.silencing_proxy import SilencingProxy
+from tests.test_gateway import service_policy
 from workflows.recovery import RecoveryWorkflow
 
 
@@ -769,17 +770,8 @@ async def test_a_decision_or_status_when_temporal_stops_answering_says_so_not_th
 def stuck_policy(tmp_path: Path) -> Path:
     """One service, `stuck`, whose probe hits a closed port and whose ladder only waits: its
     recovery fails validation and waits in ManualIntervention for a human."""
-    rung = [{"name": "wait", "steps": [{"wait": "100ms"}]}]
     path = tmp_path / "stuck.yaml"
-    path.write_text(yaml.safe_dump({"version": 1, "services": [{
-        "name": "stuck",
-        "probes": [{"kind": "tcp", "name": "port", "port": free_port(), "timeout": "1s"}],
-        "ladders": {"minor": rung, "major": rung, "critical": rung},
-        "validation": {"samples": 1, "interval": "100ms"},
-        "retry": {"max_attempts": 1, "initial_backoff": "100ms"},
-        "escalation": {"after": "1h", "max_escalations": 0},
-        "health_poll": {"enabled": False},
-    }]}))
+    path.write_text(yaml.safe_dump({"version": 1, "services": [service_policy("stuck", free_port())]}))
     return path
 
 

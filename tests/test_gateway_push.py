@@ -32,6 +32,7 @@ from models.policy import AnomalySeriesSpec, PolicyFile
 from models.status import RecoveryStatus
 from tests.alertmanager_fixture import DETECTOR_TOKEN, OPERATOR_TOKEN
 from tests.conftest import eventually, free_port, running
+from tests.test_gateway import service_policy
 from workers.client import TemporalTarget
 from workers.worker import build_worker
 from workflows.recovery import RecoveryWorkflow
@@ -58,16 +59,8 @@ def burst(start: int) -> list[dict[str, Any]]:
 def policy(series: str) -> PolicyFile:
     """Service svc-a (its only probe hits a closed port and its ladders only wait, so a recovery
     waits in ManualIntervention), one pushed series on it and one pulled series."""
-    rung = [{"name": "wait", "steps": [{"wait": "100ms"}]}]
-    return PolicyFile.model_validate({"version": 1, "services": [{
-        "name": "svc-a",
-        "probes": [{"kind": "tcp", "name": "port", "port": free_port(), "timeout": "1s"}],
-        "ladders": {"minor": rung, "major": rung, "critical": rung},
-        "validation": {"samples": 1, "interval": "100ms"},
-        "retry": {"max_attempts": 1, "initial_backoff": "100ms"},
-        "escalation": {"after": "1h", "max_escalations": 0},
-        "health_poll": {"enabled": False},
-    }], "anomaly": {"series": [
+    return PolicyFile.model_validate({"version": 1, "services": [
+        service_policy("svc-a", free_port())], "anomaly": {"series": [
         {"name": series, "service": "svc-a", "source": "push", "cooldown": "10m"},
         {"name": "pulled", "service": "svc-a", "source": "prometheus",
          "prometheus": "http://127.0.0.1:1", "query": "up"},
