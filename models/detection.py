@@ -86,3 +86,7 @@ class RecoveryInput(MedkitModel):
     detection: Detection
     policy: ServicePolicy
     dry_run: bool = False
+    counted_report_ids: Annotated[list[str], Field(max_length=MAX_REMEMBERED_REPORTS)] = []
+    """Ids of reports the run this one continued from had counted (a late report continues a
+    recovery as new): this run counts them as already seen and keeps them in its memo, so a
+    resend of one of them after this run ends starts nothing either."""

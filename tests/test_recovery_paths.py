@@ -18,7 +18,7 @@ from activities.deps import ActivityDeps
 from gateway.temporal import started_new
 from models import search_attributes as sa
 from models.decisions import DecisionVerdict, OperatorDecision
-from models.detection import ReportBatch
+from models.detection import REPORTS_MEMO, ReportBatch
 from models.incident_record import IncidentRecord
 from models.phases import DecisionKind, Phase, Severity
 from models.policy import ServicePolicy
@@ -241,6 +241,10 @@ async def test_a_report_arriving_while_the_recovery_ends_starts_the_next_one(
         result = await handle.result()  # follows the run it continued as
         ended = await ts_env.client.get_workflow_handle(handle.id, run_id=first_run).query(
             RecoveryWorkflow.status)
+        latest = await ts_env.client.get_workflow_handle(handle.id).describe()
+        remembered = await latest.memo_value(REPORTS_MEMO, type_hint=list[str])
+    # the run it continued as remembers the first run's report too: a resend of it starts nothing
+    assert remembered == [first.detection_id, again.detection_id]
     assert ended.phase == Phase.RECOVERED
     assert any("a new recovery starts with it" in e.reason for e in ended.timeline)
     assert not any(e.kind == "ignored" for e in ended.timeline)

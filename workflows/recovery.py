@@ -176,7 +176,9 @@ class RecoveryWorkflow:
         self._operator_retries = 0
         self._escalations = 0
         self._reports = 1
-        self._report_ids = {recovery.detection.detection_id: None}  # in arrival order
+        # in arrival order: those of the run this one continued from, then its own
+        self._report_ids = dict.fromkeys([*recovery.counted_report_ids,
+                                          recovery.detection.detection_id])
         self._probes_saw_problem = False
         self._last_round_healthy = False
         self._stale = False
@@ -241,7 +243,8 @@ class RecoveryWorkflow:
             # that carried the report joined this run, so the next recovery starts from here.
             workflow.continue_as_new(
                 RecoveryInput(detection=self._late_report, policy=self._policy,
-                              dry_run=self._input.dry_run),
+                              dry_run=self._input.dry_run,
+                              counted_report_ids=self._remembered_reports()),
                 search_attributes=TypedSearchAttributes(
                     [SearchAttributePair(sa.SERVICE, self._policy.name)]),
             )
@@ -509,14 +512,18 @@ class RecoveryWorkflow:
         self._transition(phase, reason, actor=actor,
                          also=[sa.OUTCOME.value_set(self._outcome.value)])
         if workflow.patched(REMEMBER_REPORTS_PATCH):
-            counted = list(self._report_ids)
-            kept = counted[:1] + counted[1:][-(MAX_REMEMBERED_REPORTS - 1):]
-            workflow.upsert_memo({REPORTS_MEMO: kept})
+            workflow.upsert_memo({REPORTS_MEMO: self._remembered_reports()})
         self._releasing = asyncio.ensure_future(self._release_lease())
         if self._paged:
             await self._notify(_END_EVENT[phase], f"{self._policy.name}: {phase.value}", reason)
 
     # ----- side effects (all through activities) -------------------------------------------
+
+    def _remembered_reports(self) -> list[str]:
+        """The ids of the reports this run counted, bounded for its memo and for the run it
+        continues as: the first and the latest MAX_REMEMBERED_REPORTS - 1."""
+        counted = list(self._report_ids)
+        return counted[:1] + counted[1:][-(MAX_REMEMBERED_REPORTS - 1):]
 
     async def _probe_all(self, purpose: str) -> ProbeRound:
         """One round of every probe of the service, in one local activity (short, read-only and
