@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,19 @@ def start_worker(target: dict[str, str], state_dir: Path, policy: Path) -> subpr
             stderr=stderr, text=True)
 
 
+@contextlib.asynccontextmanager
+async def running_worker(target: dict[str, str], state_dir: Path, policy: Path,
+                         client: Client) -> AsyncIterator[None]:
+    """`start_worker`, stopped at the end together with the fleet coordinator it started."""
+    worker = start_worker(target, state_dir, policy)
+    try:
+        yield
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        await stop_fleet_coordinator(client, target["MEDKIT_TASK_QUEUE"])
+
+
 def test_config_check_reports_every_problem_with_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("services:\n  - name: api\n    probes:\n      - kind: http\n        url: ftp://x\n"
@@ -155,8 +168,7 @@ async def test_trigger_status_list_and_decisions(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
     policy = slow_fix_policy(demo_service, tmp_path)
-    worker = start_worker(target, tmp_path / "state", policy)
-    try:
+    async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         key = f"k{uuid.uuid4().hex[:6]}"
         started = medkit("trigger", "--service", "demo", "--key", key, "--config", str(policy),
                          "--summary", "cli test", "-o", "json", env=target)
@@ -185,10 +197,6 @@ async def test_trigger_status_list_and_decisions(
         assert status["timeline"][1]["from"] == "Detected"
         listed = medkit("list", "--service", "demo", "--phase", "Recovered", "-o", "json", env=target)
         assert workflow_id in {row["workflow_id"] for row in json.loads(listed.stdout)}
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
 async def test_sigterm_drains_the_running_action_and_the_recovery_survives(
@@ -578,8 +586,7 @@ async def test_status_of_an_ended_run_says_when_it_ran_and_watch_says_it_waits_f
     policy = tmp_path / "policy.yaml"
     write_demo_policy(policy, demo_service.port, tmp_path)
     env = {**target, "MEDKIT_CONFIG": str(policy)}
-    worker = start_worker(target, tmp_path / "state", policy)
-    try:
+    async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         started = medkit("trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                          f"k{uuid.uuid4().hex[:6]}", "-o", "json", env=env)
         assert started.returncode == 0, started.stderr
@@ -604,10 +611,6 @@ async def test_status_of_an_ended_run_says_when_it_ran_and_watch_says_it_waits_f
         assert as_json.returncode == 0, as_json.stderr
         assert json.loads(as_json.stderr)["type"] == "RunAlreadyEnded", as_json.stderr
         assert json.loads(as_json.stdout)["outcome"] == "Aborted"
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
 async def test_trigger_says_whether_it_started_a_recovery_or_joined_the_running_one(
@@ -618,8 +621,7 @@ async def test_trigger_says_whether_it_started_a_recovery_or_joined_the_running_
     policy = tmp_path / "policy.yaml"
     write_demo_policy(policy, demo_service.port, tmp_path)
     env = {**target, "MEDKIT_CONFIG": str(policy)}
-    worker = start_worker(target, tmp_path / "state", policy)
-    try:
+    async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         args = ["trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                 f"k{uuid.uuid4().hex[:6]}"]
         first = medkit(*args, "-o", "json", env=env)
@@ -635,10 +637,6 @@ async def test_trigger_says_whether_it_started_a_recovery_or_joined_the_running_
         assert as_json.stderr == ""
         aborted = medkit("abort", workflow_id, "--operator", "alice", env=env)
         assert aborted.returncode == 0, aborted.stderr
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
 async def test_ctrl_c_stops_status_watch_cleanly(
@@ -647,8 +645,7 @@ async def test_ctrl_c_stops_status_watch_cleanly(
     policy = tmp_path / "policy.yaml"
     write_demo_policy(policy, demo_service.port, tmp_path)
     env = {**target, "MEDKIT_CONFIG": str(policy)}
-    worker = start_worker(target, tmp_path / "state", policy)
-    try:
+    async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         started = medkit("trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                          f"k{uuid.uuid4().hex[:6]}", "-o", "json", env=env)
         workflow_id = json.loads(started.stdout)["workflow_id"]
@@ -669,10 +666,6 @@ async def test_ctrl_c_stops_status_watch_cleanly(
         assert watch.returncode == 0 and err == "", err
         aborted = medkit("abort", workflow_id, "--operator", "alice", env=env)
         assert aborted.returncode == 0, aborted.stderr
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
 async def test_decisions_and_status_no_worker_answers_fail_in_time_and_say_why(
@@ -785,8 +778,7 @@ async def test_a_recovery_terminated_in_temporal_shows_so_and_takes_no_decision(
     Temporal, no decision is shown as pending, and the watch ends."""
     policy = stuck_policy(tmp_path)
     env = {**target, "MEDKIT_CONFIG": str(policy)}
-    worker = start_worker(target, tmp_path / "state", policy)
-    try:
+    async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         started = medkit("trigger", "--service", "stuck", "--severity", "major", env=env)
         assert started.returncode == 0, started.stderr
         workflow_id = started.stdout.strip()
@@ -818,10 +810,6 @@ async def test_a_recovery_terminated_in_temporal_shows_so_and_takes_no_decision(
         assert (retried.returncode, retried.stderr) == (1, (
             "medkit: retry rejected: the recovery was terminated in Temporal (not ended by "
             "medkit), so it takes no more decisions\n"))
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        await stop_fleet_coordinator(dev_env.client, target["MEDKIT_TASK_QUEUE"])
 
 
 async def connected(pid: int, address: str) -> bool:
