@@ -29,7 +29,7 @@ from activities.child_env import child_environment, redact, unrunnable
 from activities.deps import ActivityDeps
 from activities.heartbeat import uninterrupted
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
-from models.actions import ActionRequest, ActionResult, CommandAction
+from models.actions import OUTCOME_UNKNOWN, ActionRequest, ActionResult, CommandAction
 
 OUTPUT_LIMIT = 4000
 """How much of a command's output is kept in the result and the history."""
@@ -212,7 +212,7 @@ async def run_at_most_once(step: ActionStep, spec: CommandAction, refusal: str,
     `running` goes back to false only once the program has really stopped: a group that a
     cancellation or timeout could not be sure to end keeps the step marked running."""
     if step.progress.get("running"):
-        raise ApplicationError(refusal, type="OutcomeUnknown", non_retryable=True)
+        raise ApplicationError(refusal, type=OUTCOME_UNKNOWN, non_retryable=True)
     await step.record(running=True)
 
     async def stopped() -> None:

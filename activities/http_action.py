@@ -15,7 +15,13 @@ from activities.deps import ActivityDeps
 from activities.heartbeat import heartbeating
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.url_errors import url_problem
-from models.actions import ActionRequest, ActionResult, HttpAction, sendable_header_value
+from models.actions import (
+    OUTCOME_UNKNOWN,
+    ActionRequest,
+    ActionResult,
+    HttpAction,
+    sendable_header_value,
+)
 from models.urls import redact_url
 
 BODY_LIMIT = 2000
@@ -147,7 +153,7 @@ class HttpActionActivities:
             if step.progress.get("sent") and not spec.resend_safe():
                 raise ApplicationError(
                     f"a previous attempt sent {target} and its outcome was not recorded; {spec.method} "
-                    "is not resent unless the action sets idempotent: true", type="OutcomeUnknown",
+                    "is not resent unless the action sets idempotent: true", type=OUTCOME_UNKNOWN,
                     non_retryable=True,
                 )
             headers = {**spec.headers, "Idempotency-Key": step.key,

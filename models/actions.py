@@ -364,6 +364,12 @@ class ActionRequest(MedkitModel):
     refuses the action unless it is the digest of its own policy file's service."""
 
 
+OUTCOME_UNKNOWN = "OutcomeUnknown"
+"""The error type of an action that refuses to run again because an earlier attempt may have run
+it and its outcome was never recorded (a worker died mid-step); the recovery hands over to a
+human rather than trying another step."""
+
+
 class ActionResult(MedkitModel):
     """What an action did. `simulated` marks a dry-run; `replayed` an idempotent repeat."""
 

@@ -26,7 +26,7 @@ from activities.deps import ActivityDeps
 from activities.fleet import FleetActivities
 from activities.notify import NotifyActivities
 from activities.record import RecordActivities
-from models.actions import ActionRequest, ActionResult
+from models.actions import OUTCOME_UNKNOWN, ActionRequest, ActionResult
 from models.detection import Detection
 from models.fleet import LeaseRelease, LeaseRequest
 from models.phases import Phase, Severity
@@ -85,7 +85,7 @@ class Script:
         self.actions.append(request.action_name)
         if request.action_name in self.outcome_unknown:  # as a retry after a crash mid-step
             raise ApplicationError(f"a previous attempt started {request.action_name} and its "
-                                   "outcome was not recorded", type="OutcomeUnknown",
+                                   "outcome was not recorded", type=OUTCOME_UNKNOWN,
                                    non_retryable=True)
         try:
             while self.block_actions:  # held until the test unblocks it, or cancelled

@@ -29,7 +29,14 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
-    from models.actions import ActionRequest, ActionResult, ActionSpec, BreakerAction, HttpAction
+    from models.actions import (
+        OUTCOME_UNKNOWN,
+        ActionRequest,
+        ActionResult,
+        ActionSpec,
+        BreakerAction,
+        HttpAction,
+    )
     from models.decisions import DecisionVerdict, OperatorDecision
     from models.detection import (
         MAX_REMEMBERED_REPORTS,
@@ -59,7 +66,7 @@ PROBE_RETRY = RetryPolicy(
 ACTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10), maximum_attempts=3,
-    non_retryable_error_types=["WrongActionKind", "CommandNotFound", "OutcomeUnknown"],
+    non_retryable_error_types=["WrongActionKind", "CommandNotFound", OUTCOME_UNKNOWN],
 )
 """Actions retry briefly; the ladder, not the activity, is where a different approach is tried."""
 
@@ -140,9 +147,6 @@ _END_EVENT: dict[Phase, NotificationEvent] = {
 
 POLICY_MISMATCH = "PolicyMismatch"
 """The error type a worker raises for an activity whose spec its own policy file does not hold."""
-OUTCOME_UNKNOWN = "OutcomeUnknown"
-"""The error type an action raises instead of running again when an earlier attempt may have run
-it and its outcome was never recorded (activities.command, activities.http_action)."""
 
 
 class _Aborted(Exception):
@@ -620,7 +624,7 @@ class RecoveryWorkflow:
             self._acted, self._stale = True, True
             self._record(self._phase, f"{action_name} failed: {_cause(err)}", kind="action")
             self._set_details()
-            if _outcome_unknown(err) and workflow.patched(OUTCOME_UNKNOWN_PATCH):
+            if _failed_with(err, OUTCOME_UNKNOWN) and workflow.patched(OUTCOME_UNKNOWN_PATCH):
                 raise _NeedsHuman(
                     f"{action_name} may have run and its outcome is unknown (a worker died while "
                     "it ran); medkit does not run it again, nor any other step, by itself: check "
@@ -1183,17 +1187,15 @@ def runs_locally(spec: ActionSpec) -> bool:
     return isinstance(spec, HttpAction) or (isinstance(spec, BreakerAction) and not spec.trials)
 
 
+def _failed_with(err: ActivityError, error_type: str) -> bool:
+    """Whether the activity failed with an ApplicationError of `error_type`."""
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and cause.type == error_type
+
+
 def _refused(err: ActivityError) -> bool:
     """Whether the worker refused the activity because its own policy does not hold the spec."""
-    cause = err.cause
-    return isinstance(cause, ApplicationError) and cause.type == POLICY_MISMATCH
-
-
-def _outcome_unknown(err: ActivityError) -> bool:
-    """Whether the action refused to run again because an earlier attempt may have run it and
-    its outcome was never recorded (a crash mid-step)."""
-    cause = err.cause
-    return isinstance(cause, ApplicationError) and cause.type == OUTCOME_UNKNOWN
+    return _failed_with(err, POLICY_MISMATCH)
 
 
 def _reported_at(detected: datetime, started: datetime) -> datetime:
