@@ -36,7 +36,9 @@ from workers.metrics import metrics_runtime
 def banner(args: argparse.Namespace, policy_file: Path, demo: bool,
            dashboard: str | None = None) -> str:
     """What the user sees once everything runs: where the UI and the dashboard are and how to
-    break the demo. `dashboard` is the dashboard line's text (its URL and where the token is)."""
+    break the demo. `dashboard` is the dashboard line's text (its URL and where the token is).
+    Paths are absolute, so the commands work from any terminal."""
+    state_dir = args.state_dir.resolve()
     lines = [
         "",
         "medkit is running.",
@@ -44,7 +46,7 @@ def banner(args: argparse.Namespace, policy_file: Path, demo: bool,
         *([f"  Dashboard:     {dashboard}"] if dashboard else []),
         f"  Temporal:      127.0.0.1:{args.temporal_port} (namespace default, task queue medkit)",
         f"  Policy:        {policy_file}",
-        f"  State:         {args.state_dir}/ (Temporal db, action ledger, logs)",
+        f"  State:         {state_dir}/ (Temporal db, action ledger, logs)",
     ]
     base = f"http://127.0.0.1:{args.demo_port}"
     if demo:
@@ -60,7 +62,7 @@ def banner(args: argparse.Namespace, policy_file: Path, demo: bool,
             "",
             "Break the demo and watch medkit recover it (in another terminal):",
             f"  curl -X POST {base}/admin/fault -d '{{\"mode\": \"unhealthy\"}}'   # health fails",
-            f"  kill $(cat {args.state_dir}/demo.pid)                          # process dies",
+            f"  kill $(cat {shlex.quote(str(state_dir / 'demo.pid'))})                        # process dies",
             "  .venv/bin/medkit list --open",
             f"  .venv/bin/medkit status --watch recovery:{DEMO_SERVICE}:health",
             "",
