@@ -5,7 +5,8 @@ have written another pid into the file. At spawn medkit records the pid, create 
 command line in a sidecar next to the pid file (`<pid_file>.identity.json`, written
 atomically); the pid file itself stays a plain pid, so `kill $(cat demo.pid)` keeps working.
 A process is signalled only while it still matches that record or, for a service medkit did
-not start (no record for its pid), while its command line is the configured argv.
+not start (no record for its pid), while its command line is the configured argv and it runs as
+the worker's own user (the user medkit would start it as).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import pwd
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -188,6 +190,35 @@ def access_denied(pid: int, doing: str, err: psutil.AccessDenied) -> Application
                             non_retryable=True)
 
 
+def _user_name(uid: int) -> str:
+    """The name of uid, or the number when the system has none for it."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def foreign_owner(proc: psutil.Process) -> int | None:
+    """The real uid of proc when it is not the worker's own, else None.
+
+    A command line proves nothing about whose process it is: on a root worker, a pid file naming
+    another user's copy of the same program would otherwise have it SIGTERMed and replaced by a
+    copy running as root. medkit starts services as its own user, so another user's process is
+    never one it started nor one it would.
+    """
+    uid: int = proc.uids().real
+    return None if uid == os.getuid() else uid
+
+
+def foreign_error(pid: int, uid: int, argv: Sequence[str]) -> ApplicationError:
+    """The non-retryable error for a process that runs the service's argv as another user."""
+    return ApplicationError(
+        f"not permitted to signal pid {pid}: it runs {argv[0]} as user {_user_name(uid)!r}, not as "
+        f"the worker's user {_user_name(os.getuid())!r}, and medkit has no record of starting it "
+        "(medkit restarts only what it started or what runs as its own user); left it alone",
+        type="AccessDenied", non_retryable=True)
+
+
 @dataclass(frozen=True)
 class Target:
     """What a pid names: `identity` when it is provably the service, else why it is left alone."""
@@ -199,10 +230,11 @@ class Target:
 
 def resolve_pid(pid: int | None, pid_file: str | Path, argv: Sequence[str]) -> Target:
     """Whether pid is the service: the sidecar describes it and it still matches, or (no record
-    for this pid, e.g. a service started before medkit supervised it) it runs argv.
+    for this pid, e.g. a service started before medkit supervised it) it runs argv as the
+    worker's own user.
 
     Raises UnsafeProcess before looking any further, and AccessDenied when the process cannot be
-    inspected.
+    inspected or runs argv as another user (see foreign_owner).
     """
     if pid is None:
         return Target(None, None, "was not running (no pid recorded)")
@@ -218,6 +250,8 @@ def resolve_pid(pid: int | None, pid_file: str | Path, argv: Sequence[str]) -> T
             return Target(pid, None, "is not the process medkit started (its create time or command "
                                      "line differ: the pid was reused); left it alone")
         if argv_matches(proc.cmdline(), argv):
+            if (uid := foreign_owner(proc)) is not None:
+                raise foreign_error(pid, uid, argv)
             return Target(pid, ProcessIdentity.of(proc), "")
         return Target(pid, None, f"does not run {argv[0]} and medkit has no record of starting it; "
                                  f"left it alone")

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,52 @@ async def test_process_the_worker_may_not_signal_is_a_permanent_access_denied(
         assert service.poll() is None and listeners(port) == {service.pid}
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def other_users_process(processes: Processes, argv: list[str]) -> subprocess.Popen[bytes]:
+    """argv run as `nobody`: the same command line as the service, another user's process."""
+    other = subprocess.Popen(argv, user="nobody", stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = processes.track(other.pid)
+    for _ in range(200):  # until the kernel shows argv, as a scan of the processes reads it
+        if proc.cmdline() == argv:
+            break
+        time.sleep(0.01)
+    return other
+
+
+def sleep_restart(pid_file: Path, log_file: Path, argv: list[str]) -> ActionRequest:
+    """A restart of a service whose argv is a plain `sleep` (no port, no ready probe)."""
+    return ActionRequest.model_validate({
+        "workflow_id": INFO["workflow_id"], "service": "svc", "action_name": "restart", "reason": "test",
+        "spec": {"kind": "restart_process", "argv": argv, "pid_file": str(pid_file),
+                 "log_file": str(log_file), "grace": "2s"},
+    })
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start a process as another user and "
+                                               "to be a worker the kernel would let signal it")
+async def test_another_users_process_running_the_argv_is_never_signalled(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """A bare pid file (no identity record) naming a process of another user that runs the
+    service's argv: a root worker used to take the command line as proof, SIGTERM it and start
+    its own copy (as root). It is not a process medkit started nor one it would start, so the
+    restart is refused, non-retryably, and the process is left alone."""
+    argv = ["sleep", "307"]
+    other = other_users_process(processes, argv)
+    pid_file = tmp_path / "svc.pid"
+    pid_file.write_text(f"{other.pid}\n")
+    request = sleep_restart(pid_file, tmp_path / "svc.log", argv)
+
+    for attempt in (request, request.model_copy(update={"dry_run": True})):
+        with pytest.raises(ApplicationError) as caught:
+            await restart(deps, supervisor, attempt)
+        assert (caught.value.type, caught.value.non_retryable) == ("AccessDenied", True)
+        assert f"pid {other.pid}" in str(caught.value) and "nobody" in str(caught.value)
+
+    assert other.poll() is None, "another user's process was signalled"
+    assert int(pid_file.read_text()) == other.pid and read_identity(pid_file) is None
 
 
 # ----- crash window: a retry adopts what the crashed attempt started -------------------------
