@@ -202,9 +202,9 @@ def foreign_owner(proc: psutil.Process) -> int | None:
     """The real uid of proc when it is not the worker's own, else None.
 
     A command line proves nothing about whose process it is: on a root worker, a pid file naming
-    another user's copy of the same program would otherwise have it SIGTERMed and replaced by a
-    copy running as root. medkit starts services as its own user, so another user's process is
-    never one it started nor one it would.
+    another user's copy of the same program would otherwise have it SIGTERMed (or adopted as the
+    one a crashed attempt started) and replaced by a copy running as root. medkit starts services
+    as its own user, so another user's process is never one it started nor one it would.
     """
     uid: int = proc.uids().real
     return None if uid == os.getuid() else uid
@@ -276,16 +276,19 @@ def still_running(identity: ProcessIdentity) -> bool:
 
 
 def started_after(argv: Sequence[str], since: float) -> ProcessIdentity | None:
-    """The oldest live process running argv that started at or after `since` (a wall-clock time).
+    """The oldest live process of the worker's own user running argv that started at or after
+    `since` (a wall-clock time).
 
-    Finds a process a crashed attempt started but had no time to record.
+    Finds a process a crashed attempt started but had no time to record. Another user's process
+    cannot be one the worker started (see foreign_owner), so it is never taken for one.
     """
     earliest = since - BOOT_TIME_RESOLUTION
     found: list[ProcessIdentity] = []
-    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
-        cmdline, created, status = (proc.info["cmdline"], proc.info["create_time"],
-                                    proc.info["status"])
+    for proc in psutil.process_iter(["cmdline", "create_time", "status", "uids"]):
+        cmdline, created, status, uids = (proc.info["cmdline"], proc.info["create_time"],
+                                          proc.info["status"], proc.info["uids"])
         if (cmdline and created is not None and created >= earliest
+                and uids is not None and uids.real == os.getuid()
                 and status != psutil.STATUS_ZOMBIE and argv_matches(cmdline, argv)
                 and not _unsafe(proc.pid)):
             found.append(ProcessIdentity(proc.pid, created, tuple(cmdline)))

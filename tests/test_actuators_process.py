@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,16 @@ def sleep_restart(pid_file: Path, log_file: Path, argv: list[str]) -> ActionRequ
     })
 
 
+async def restart_as_step(deps: ActivityDeps, supervisor: ProcessSupervisor, request: ActionRequest,
+                          activity_id: str) -> ActionResult:
+    """Run restart_process as step `activity_id` of INFO's run."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, activity_type="restart_process", workflow_id=INFO["workflow_id"],
+                                   workflow_run_id=INFO["workflow_run_id"], activity_id=activity_id)
+    result: ActionResult = await env.run(ProcessActivities(deps, supervisor).restart_process, request)
+    return result
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start a process as another user and "
                                                "to be a worker the kernel would let signal it")
 async def test_another_users_process_running_the_argv_is_never_signalled(
@@ -328,6 +339,35 @@ async def test_another_users_process_running_the_argv_is_never_signalled(
 
     assert other.poll() is None, "another user's process was signalled"
     assert int(pid_file.read_text()) == other.pid and read_identity(pid_file) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start a process as another user and "
+                                               "to be a worker the kernel would let signal it")
+async def test_a_retry_after_a_crash_before_spawn_does_not_adopt_another_users_process(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """The first attempt recorded its intent to start the service and died before starting it;
+    meanwhile another user started the same argv. The retry used to adopt that process as the
+    one the crashed attempt started (any live process running argv since the intent), record it
+    as medkit's, and so the next restart SIGTERMed it. Only the worker's own user's processes
+    can be what it started."""
+    argv = ["sleep", "308"]
+    pid_file = tmp_path / "svc.pid"
+    request = sleep_restart(pid_file, tmp_path / "svc.log", argv)
+    key = f"{INFO['workflow_id']}/{INFO['workflow_run_id']}/{INFO['activity_id']}"
+    deps.ledger.begin(key, workflow_id=INFO["workflow_id"], service="svc", activity="restart_process")
+    deps.ledger.progress(key, old_pid=None, spawn_token=uuid.uuid4().hex,
+                         spawn_intent_at=time.time(), new_pid=None)
+    other = other_users_process(processes, argv)
+
+    retried = await restart_as_step(deps, supervisor, request, INFO["activity_id"])
+    processes.track(int(str(retried.data["new_pid"])))
+    later = await restart_as_step(deps, supervisor, request, "2")
+    processes.track(int(str(later.data["new_pid"])))
+
+    assert retried.data["new_pid"] != other.pid, "another user's process was adopted as medkit's"
+    assert other.poll() is None, "another user's process was signalled"
+    assert psutil.Process(int(str(later.data["new_pid"]))).uids().real == os.getuid()
 
 
 # ----- crash window: a retry adopts what the crashed attempt started -------------------------
