@@ -107,11 +107,16 @@ def identity_file(pid_file: str | Path) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace path's content in one rename, so a reader or a crash never sees half a file."""
+    """Replace path's content in one rename, so a reader or a crash never sees half a file.
+
+    The file is the worker's and writable by it alone (0644 at most, whatever the umask allows
+    more), as read_identity requires of an identity record it trusts.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with tmp.open("w") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
@@ -130,10 +135,27 @@ def record_identity(pid_file: str | Path, identity: ProcessIdentity) -> None:
     write_atomic(Path(pid_file), f"{identity.pid}\n")
 
 
+def _written_by_worker(status: os.stat_result) -> bool:
+    """Whether a file can only hold what the worker wrote: the worker's user owns it and no one
+    else may write it."""
+    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
+
+
 def read_identity(pid_file: str | Path) -> ProcessIdentity | None:
-    """The recorded identity for a pid file, or None when there is none or it is unreadable."""
+    """The recorded identity for a pid file, or None when there is none, it is unreadable, or it
+    is not the worker's own (see _written_by_worker; a symlink is not followed).
+
+    A record is what lets a process be signalled without running argv, and /proc shows anyone
+    the pid, create time and command line of any process: a record another user wrote (in a
+    directory the service's user also writes, say) could name any process on the host. Such a
+    record proves nothing, and the pid is judged as one medkit has no record of (resolve_pid).
+    """
     try:
-        return ProcessIdentity.from_json(identity_file(pid_file).read_text())
+        fd = os.open(identity_file(pid_file), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as record:
+            if not _written_by_worker(os.fstat(record.fileno())):
+                return None
+            return ProcessIdentity.from_json(record.read())
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

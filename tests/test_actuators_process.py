@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -339,6 +340,36 @@ async def test_another_users_process_running_the_argv_is_never_signalled(
 
     assert other.poll() is None, "another user's process was signalled"
     assert int(pid_file.read_text()) == other.pid and read_identity(pid_file) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the files to another user and "
+                                               "to be a worker the kernel would let signal anything")
+async def test_an_identity_record_written_by_another_user_is_no_proof(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """The pid file's directory is one the service's own user writes (it keeps its own pid file
+    there, say). That user writes a pid file and an identity record describing a process of
+    its choice, which /proc shows anyone; a root worker took the record for its own and
+    SIGTERMed that process. A record only proves what the worker wrote: one another user owns,
+    or may write, is ignored, and the pid is judged by its command line and user instead."""
+    nobody = pwd.getpwnam("nobody")
+    victim = sleeper(processes)
+    shared = tmp_path / "run"
+    shared.mkdir()
+    pid_file = shared / "svc.pid"
+    identity_file(pid_file).write_text(ProcessIdentity.of(psutil.Process(victim.pid)).to_json())
+    pid_file.write_text(f"{victim.pid}\n")
+    for path in (shared, pid_file, identity_file(pid_file)):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    request = sleep_restart(pid_file, tmp_path / "svc.log", ["sleep", "309"])
+
+    result = await restart(deps, supervisor, request)
+    processes.track(int(str(result.data["new_pid"])))
+
+    assert victim.poll() is None, "a process named by another user's identity record was signalled"
+    assert result.ok and f"pid {victim.pid} " in result.detail and "left it alone" in result.detail
+    recorded = read_identity(pid_file)
+    assert recorded is not None and recorded.pid == result.data["new_pid"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start a process as another user and "
