@@ -5,7 +5,8 @@ have written another pid into the file. At spawn medkit records the pid, create 
 command line in a sidecar next to the pid file (`<pid_file>.identity.json`, written
 atomically); the pid file itself stays a plain pid, so `kill $(cat demo.pid)` keeps working.
 A process is signalled only while it still matches that record or, for a service medkit did
-not start (no record for its pid), while its command line is the configured argv.
+not start (no record for its pid), while its command line is the configured argv and it runs as
+the worker's own user (the user medkit would start it as).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import pwd
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -105,11 +107,16 @@ def identity_file(pid_file: str | Path) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace path's content in one rename, so a reader or a crash never sees half a file."""
+    """Replace path's content in one rename, so a reader or a crash never sees half a file.
+
+    The file is the worker's and writable by it alone (0644 at most, whatever the umask allows
+    more), as read_identity requires of an identity record it trusts.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with tmp.open("w") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
@@ -128,10 +135,27 @@ def record_identity(pid_file: str | Path, identity: ProcessIdentity) -> None:
     write_atomic(Path(pid_file), f"{identity.pid}\n")
 
 
+def _written_by_worker(status: os.stat_result) -> bool:
+    """Whether a file can only hold what the worker wrote: the worker's user owns it and no one
+    else may write it."""
+    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
+
+
 def read_identity(pid_file: str | Path) -> ProcessIdentity | None:
-    """The recorded identity for a pid file, or None when there is none or it is unreadable."""
+    """The recorded identity for a pid file, or None when there is none, it is unreadable, or it
+    is not the worker's own (see _written_by_worker; a symlink is not followed).
+
+    A record is what lets a process be signalled without running argv, and /proc shows anyone
+    the pid, create time and command line of any process: a record another user wrote (in a
+    directory the service's user also writes, say) could name any process on the host. Such a
+    record proves nothing, and the pid is judged as one medkit has no record of (resolve_pid).
+    """
     try:
-        return ProcessIdentity.from_json(identity_file(pid_file).read_text())
+        fd = os.open(identity_file(pid_file), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as record:
+            if not _written_by_worker(os.fstat(record.fileno())):
+                return None
+            return ProcessIdentity.from_json(record.read())
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -188,6 +212,35 @@ def access_denied(pid: int, doing: str, err: psutil.AccessDenied) -> Application
                             non_retryable=True)
 
 
+def _user_name(uid: int) -> str:
+    """The name of uid, or the number when the system has none for it."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def foreign_owner(proc: psutil.Process) -> int | None:
+    """The real uid of proc when it is not the worker's own, else None.
+
+    A command line proves nothing about whose process it is: on a root worker, a pid file naming
+    another user's copy of the same program would otherwise have it SIGTERMed (or adopted as the
+    one a crashed attempt started) and replaced by a copy running as root. medkit starts services
+    as its own user, so another user's process is never one it started nor one it would.
+    """
+    uid: int = proc.uids().real
+    return None if uid == os.getuid() else uid
+
+
+def foreign_error(pid: int, uid: int, argv: Sequence[str]) -> ApplicationError:
+    """The non-retryable error for a process that runs the service's argv as another user."""
+    return ApplicationError(
+        f"not permitted to signal pid {pid}: it runs {argv[0]} as user {_user_name(uid)!r}, not as "
+        f"the worker's user {_user_name(os.getuid())!r}, and medkit has no record of starting it "
+        "(medkit restarts only what it started or what runs as its own user); left it alone",
+        type="AccessDenied", non_retryable=True)
+
+
 @dataclass(frozen=True)
 class Target:
     """What a pid names: `identity` when it is provably the service, else why it is left alone."""
@@ -199,10 +252,11 @@ class Target:
 
 def resolve_pid(pid: int | None, pid_file: str | Path, argv: Sequence[str]) -> Target:
     """Whether pid is the service: the sidecar describes it and it still matches, or (no record
-    for this pid, e.g. a service started before medkit supervised it) it runs argv.
+    for this pid, e.g. a service started before medkit supervised it) it runs argv as the
+    worker's own user.
 
     Raises UnsafeProcess before looking any further, and AccessDenied when the process cannot be
-    inspected.
+    inspected or runs argv as another user (see foreign_owner).
     """
     if pid is None:
         return Target(None, None, "was not running (no pid recorded)")
@@ -218,6 +272,8 @@ def resolve_pid(pid: int | None, pid_file: str | Path, argv: Sequence[str]) -> T
             return Target(pid, None, "is not the process medkit started (its create time or command "
                                      "line differ: the pid was reused); left it alone")
         if argv_matches(proc.cmdline(), argv):
+            if (uid := foreign_owner(proc)) is not None:
+                raise foreign_error(pid, uid, argv)
             return Target(pid, ProcessIdentity.of(proc), "")
         return Target(pid, None, f"does not run {argv[0]} and medkit has no record of starting it; "
                                  f"left it alone")
@@ -242,16 +298,19 @@ def still_running(identity: ProcessIdentity) -> bool:
 
 
 def started_after(argv: Sequence[str], since: float) -> ProcessIdentity | None:
-    """The oldest live process running argv that started at or after `since` (a wall-clock time).
+    """The oldest live process of the worker's own user running argv that started at or after
+    `since` (a wall-clock time).
 
-    Finds a process a crashed attempt started but had no time to record.
+    Finds a process a crashed attempt started but had no time to record. Another user's process
+    cannot be one the worker started (see foreign_owner), so it is never taken for one.
     """
     earliest = since - BOOT_TIME_RESOLUTION
     found: list[ProcessIdentity] = []
-    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
-        cmdline, created, status = (proc.info["cmdline"], proc.info["create_time"],
-                                    proc.info["status"])
+    for proc in psutil.process_iter(["cmdline", "create_time", "status", "uids"]):
+        cmdline, created, status, uids = (proc.info["cmdline"], proc.info["create_time"],
+                                          proc.info["status"], proc.info["uids"])
         if (cmdline and created is not None and created >= earliest
+                and uids is not None and uids.real == os.getuid()
                 and status != psutil.STATUS_ZOMBIE and argv_matches(cmdline, argv)
                 and not _unsafe(proc.pid)):
             found.append(ProcessIdentity(proc.pid, created, tuple(cmdline)))

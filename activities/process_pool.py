@@ -51,7 +51,7 @@ class ProcessPool:
 
         A pid file naming a process that is not the replica (a reused pid, something else) is
         dropped and that process left alone; init, the worker and its ancestors raise
-        UnsafeProcess.
+        UnsafeProcess, and another user's process running the replica's argv AccessDenied.
         """
         live: dict[int, ProcessIdentity] = {}
         self._supervisor.reap()

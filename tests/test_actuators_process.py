@@ -12,11 +12,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -281,6 +284,121 @@ async def test_process_the_worker_may_not_signal_is_a_permanent_access_denied(
         assert service.poll() is None and listeners(port) == {service.pid}
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def other_users_process(processes: Processes, argv: list[str]) -> subprocess.Popen[bytes]:
+    """argv run as `nobody`: the same command line as the service, another user's process."""
+    other = subprocess.Popen(argv, user="nobody", stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = processes.track(other.pid)
+    for _ in range(200):  # until the kernel shows argv, as a scan of the processes reads it
+        if proc.cmdline() == argv:
+            break
+        time.sleep(0.01)
+    return other
+
+
+def sleep_restart(pid_file: Path, log_file: Path, argv: list[str]) -> ActionRequest:
+    """A restart of a service whose argv is a plain `sleep` (no port, no ready probe)."""
+    return ActionRequest.model_validate({
+        "workflow_id": INFO["workflow_id"], "service": "svc", "action_name": "restart", "reason": "test",
+        "spec": {"kind": "restart_process", "argv": argv, "pid_file": str(pid_file),
+                 "log_file": str(log_file), "grace": "2s"},
+    })
+
+
+async def restart_as_step(deps: ActivityDeps, supervisor: ProcessSupervisor, request: ActionRequest,
+                          activity_id: str) -> ActionResult:
+    """Run restart_process as step `activity_id` of INFO's run."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, activity_type="restart_process", workflow_id=INFO["workflow_id"],
+                                   workflow_run_id=INFO["workflow_run_id"], activity_id=activity_id)
+    result: ActionResult = await env.run(ProcessActivities(deps, supervisor).restart_process, request)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start a process as another user and "
+                                               "to be a worker the kernel would let signal it")
+async def test_another_users_process_running_the_argv_is_never_signalled(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """A bare pid file (no identity record) naming a process of another user that runs the
+    service's argv: a root worker used to take the command line as proof, SIGTERM it and start
+    its own copy (as root). It is not a process medkit started nor one it would start, so the
+    restart is refused, non-retryably, and the process is left alone."""
+    argv = ["sleep", "307"]
+    other = other_users_process(processes, argv)
+    pid_file = tmp_path / "svc.pid"
+    pid_file.write_text(f"{other.pid}\n")
+    request = sleep_restart(pid_file, tmp_path / "svc.log", argv)
+
+    for attempt in (request, request.model_copy(update={"dry_run": True})):
+        with pytest.raises(ApplicationError) as caught:
+            await restart(deps, supervisor, attempt)
+        assert (caught.value.type, caught.value.non_retryable) == ("AccessDenied", True)
+        assert f"pid {other.pid}" in str(caught.value) and "nobody" in str(caught.value)
+
+    assert other.poll() is None, "another user's process was signalled"
+    assert int(pid_file.read_text()) == other.pid and read_identity(pid_file) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give the files to another user and "
+                                               "to be a worker the kernel would let signal anything")
+async def test_an_identity_record_written_by_another_user_is_no_proof(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """The pid file's directory is one the service's own user writes (it keeps its own pid file
+    there, say). That user writes a pid file and an identity record describing a process of
+    its choice, which /proc shows anyone; a root worker took the record for its own and
+    SIGTERMed that process. A record only proves what the worker wrote: one another user owns,
+    or may write, is ignored, and the pid is judged by its command line and user instead."""
+    nobody = pwd.getpwnam("nobody")
+    victim = sleeper(processes)
+    shared = tmp_path / "run"
+    shared.mkdir()
+    pid_file = shared / "svc.pid"
+    identity_file(pid_file).write_text(ProcessIdentity.of(psutil.Process(victim.pid)).to_json())
+    pid_file.write_text(f"{victim.pid}\n")
+    for path in (shared, pid_file, identity_file(pid_file)):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    request = sleep_restart(pid_file, tmp_path / "svc.log", ["sleep", "309"])
+
+    result = await restart(deps, supervisor, request)
+    processes.track(int(str(result.data["new_pid"])))
+
+    assert victim.poll() is None, "a process named by another user's identity record was signalled"
+    assert result.ok and f"pid {victim.pid} " in result.detail and "left it alone" in result.detail
+    recorded = read_identity(pid_file)
+    assert recorded is not None and recorded.pid == result.data["new_pid"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start a process as another user and "
+                                               "to be a worker the kernel would let signal it")
+async def test_a_retry_after_a_crash_before_spawn_does_not_adopt_another_users_process(
+    tmp_path: Path, deps: ActivityDeps, supervisor: ProcessSupervisor, processes: Processes
+) -> None:
+    """The first attempt recorded its intent to start the service and died before starting it;
+    meanwhile another user started the same argv. The retry used to adopt that process as the
+    one the crashed attempt started (any live process running argv since the intent), record it
+    as medkit's, and so the next restart SIGTERMed it. Only the worker's own user's processes
+    can be what it started."""
+    argv = ["sleep", "308"]
+    pid_file = tmp_path / "svc.pid"
+    request = sleep_restart(pid_file, tmp_path / "svc.log", argv)
+    key = f"{INFO['workflow_id']}/{INFO['workflow_run_id']}/{INFO['activity_id']}"
+    deps.ledger.begin(key, workflow_id=INFO["workflow_id"], service="svc", activity="restart_process")
+    deps.ledger.progress(key, old_pid=None, spawn_token=uuid.uuid4().hex,
+                         spawn_intent_at=time.time(), new_pid=None)
+    other = other_users_process(processes, argv)
+
+    retried = await restart_as_step(deps, supervisor, request, INFO["activity_id"])
+    processes.track(int(str(retried.data["new_pid"])))
+    later = await restart_as_step(deps, supervisor, request, "2")
+    processes.track(int(str(later.data["new_pid"])))
+
+    assert retried.data["new_pid"] != other.pid, "another user's process was adopted as medkit's"
+    assert other.poll() is None, "another user's process was signalled"
+    assert psutil.Process(int(str(later.data["new_pid"]))).uids().real == os.getuid()
 
 
 # ----- crash window: a retry adopts what the crashed attempt started -------------------------

@@ -6,6 +6,10 @@ Host limits are chosen so the outcome cannot depend on the machine's load: 100% 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.probe_command import check_command
 from activities.probe_host import check_host
-from activities.probes import ProbeActivities, run_probe
+from activities.probes import ProbeActivities, bounded_probe, run_probe
 from models.probes import CommandProbe, HostProbe, ProbeRoundRequest
 
 
@@ -119,6 +123,64 @@ async def test_command_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert result.observed == {"exit_code": None}
     assert "did not finish within 1s" in result.detail and "started" in result.detail
     assert gone(int(pid_file.read_text())), "the grandchild outlived the timeout"
+
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+"""The last pid the kernel handed out in this pid namespace; root may set it, so the next fork
+gets the pid after it (how a test makes a pid be reused at once rather than after a wrap-around)."""
+
+
+def new_group_with_pid(pid: int, tries: int = 200) -> subprocess.Popen[bytes] | None:
+    """A `sleep` leading a session (and process group) of its own whose pid is `pid`, or None when
+    other forks on the machine kept taking that pid first."""
+    for _ in range(tries):
+        NS_LAST_PID.write_text(str(pid - 1))
+        other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        if other.pid == pid:
+            return other
+        other.kill()
+        other.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not NS_LAST_PID.exists(),
+                    reason="needs root and ns_last_pid, to make the kernel reuse a pid at once")
+async def test_command_timeout_never_kills_a_group_that_reused_the_programs_pid(tmp_path: Path) -> None:
+    """The check program exits at once but leaves a grandchild (in a session of its own) holding
+    its output open, so the probe waits out its timeout. Its pid, and so its group's id, is free
+    meanwhile; once the kernel hands it to a new session leader, the timeout's SIGKILL to the
+    group went to that unrelated process. A group whose leader has been reaped and whose pid now
+    names another process is not the program's, and is left alone."""
+    pids = tmp_path / "pids"
+    script = (
+        "import os, subprocess, sys\n"
+        "grandchild = subprocess.Popen(['setsid', 'sleep', '60'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{grandchild.pid}}')\n"
+    )
+    http = httpx.AsyncClient()
+    probe = asyncio.ensure_future(bounded_probe(http, command("-c", script, timeout="3s")))
+    other: subprocess.Popen[bytes] | None = None
+    grandchild = 0
+    try:
+        while not pids.exists() or len(pids.read_text().split()) != 2:
+            await asyncio.sleep(0.01)
+        program, grandchild = (int(pid) for pid in pids.read_text().split())
+        while psutil.pid_exists(program):  # exited and reaped: its pid is free
+            await asyncio.sleep(0.01)
+        other = new_group_with_pid(program)
+        if other is None:
+            pytest.skip(f"could not get pid {program} reused")
+        result = await probe
+        assert not result.healthy and result.failure == "slow"
+        assert other.poll() is None, "a process group that reused the program's pid was killed"
+    finally:
+        probe.cancel()
+        await http.aclose()
+        for pid in (grandchild, other.pid if other is not None else 0):
+            with contextlib.suppress(psutil.Error, ValueError):
+                psutil.Process(pid).kill()
+        if other is not None:
+            other.wait(5)
 
 
 def gone(pid: int, within: float = 10.0) -> bool:
