@@ -287,6 +287,9 @@ async def measure_fleet(url: str, services: int, interval: float, rounds: int) -
         row.poller_late_ms.extend(lateness * 1000 for lateness in late[k])
         if ends[k] > tick + interval / 2 or bare_ends[k] > tick + interval:
             row.overlapping += 1
+    if not row.poller_ms:
+        raise SystemExit(f"every timed tick of the {services}-service fleet was skipped (the host "
+                         "stalled the poller's rounds past their interval): run with more --rounds")
     return row
 
 
