@@ -77,3 +77,23 @@ def test_probes_benchmark_quick_run_prints_its_figures(tmp_path: Path) -> None:
         assert {"activity_ms", "raw_ms", "ratio_p50", "added_ms_p50"} <= set(row)
         assert row["activity_ms"]["p50"] > 0 and row["raw_ms"]["p50"] > 0
     assert "harness_added_ms_p50" in figures and figures["notify_ledger_ms"]["p50"] > 0
+
+
+def test_watchers_benchmark_quick_run_prints_its_figures(tmp_path: Path) -> None:
+    figures_file = tmp_path / "watchers.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.watchers", "--rounds", "3", "--json", str(figures_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for line in ("health poller: one round of N services", "how late each request starts",
+                 "forecaster step vs psutil reading", "vs numpy.polyfit", "vs numpy, same intervals",
+                 "anomaly watch, per point", "vs bare detector update", "vs sum of the two"):
+        assert line in run.stdout, f"missing {line!r} in:\n{run.stdout}"
+    figures = json.loads(figures_file.read_text())
+    assert figures["rounds"] == 3
+    assert [fleet["services"] for fleet in figures["health_poller"]] == [1, 20, 100]
+    for fleet in figures["health_poller"]:
+        assert fleet["round_ms"]["poller"]["p50"] > 0 and fleet["round_ms"]["bare"]["p50"] > 0
+    assert set(figures["pairs"]) == {"forecaster step vs psutil reading", "trend fit (statsmodels OLS)",
+                                     "anomaly watch, per point"}
