@@ -623,12 +623,6 @@ async def test_a_report_no_probe_confirms_is_acted_on_by_default(
     assert script.actions == ["restart"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RecoveryWorkflow._still_needed returns True whenever the assessment saw no failing probe, "
-    "without looking at _source_resolved: a resolved report taken during AwaitingApproval (or a "
-    "wait, a backoff, a queued lease) is recorded as 'medkit still validates' and then ignored, "
-    "so the approved action runs on a service that no probe and no detector calls unhealthy. "
-    "Needs a workflow change behind a patch (see the audit report)"))
 async def test_a_report_resolved_before_the_approval_is_not_acted_on(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
@@ -647,13 +641,47 @@ async def test_a_report_resolved_before_the_approval_is_not_acted_on(
         await eventually(lambda: _resolved_seen(handle))
         await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
         result = await handle.result()
+        await save_history(handle, "withdrawn_report_dismissed")
     assert script.actions == [], "acted on a service its probes and its detector call healthy"
-    assert result.phase != Phase.RECOVERED
+    assert result.phase == Phase.DISMISSED
+    assert any(e.to_phase == Phase.DISMISSED and e.reason == (
+        "resolved, its source says, and healthy before failover: every probe passes; nothing done")
+        for e in result.timeline)
+    assert any(e.kind == "probe" and e.reason.startswith("the source reported the problem resolved")
+               for e in result.timeline)
+
+
+async def test_a_report_firing_again_after_its_resolution_is_acted_on(
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+) -> None:
+    """Only the source's latest word counts: resolved, then firing again before the approval,
+    the report stands once more and the approved failover runs (every probe still passes)."""
+    script = Script()  # every probe passes
+    policy = scripted_policy(webhook_receiver.url)
+    first = detection(severity=Severity.CRITICAL)
+    async with script.worker(ts_env.client, queue, deps):
+        handle = await start(ts_env.client, queue, policy, first)
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        await start(ts_env.client, queue, policy,
+                    detection(key=first.incident_key, status="resolved", summary="alert cleared"))
+        await eventually(lambda: _resolved_seen(handle))
+        await start(ts_env.client, queue, policy,
+                    detection(key=first.incident_key, summary="firing again"))
+        await eventually(lambda: _reports_counted(handle, 3))
+        await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
+        result = await handle.result()
+    assert script.actions == ["failover"]
+    assert result.phase == Phase.RECOVERED
 
 
 async def _resolved_seen(handle: WorkflowHandle[Any, Any]) -> bool:
     status: RecoveryStatus = await handle.query(RecoveryWorkflow.status)
     return status.source_resolved
+
+
+async def _reports_counted(handle: WorkflowHandle[Any, Any], reports: int) -> bool:
+    status: RecoveryStatus = await handle.query(RecoveryWorkflow.status)
+    return status.reports == reports
 
 
 async def test_a_resent_report_is_counted_once_and_the_store_keeps_counting(

@@ -135,6 +135,11 @@ REMEMBER_REPORTS_PATCH = "report-ids-in-memo"
 """Marks runs that, as they end, keep the ids of the reports they counted in their memo
 (REPORTS_MEMO), so that a repeat of one of them arriving later starts no second recovery; runs
 before it ended without, and a repeat started a new recovery."""
+WITHDRAWN_REPORT_PATCH = "withdrawn-report-probes-again"
+"""Marks runs in which a service that no probe saw failing is probed again before it is acted on
+once its source has reported the problem resolved, and is not acted on when every probe passes:
+the report was the only evidence, and it was withdrawn. Runs before it acted on the report's
+word anyway (an approved failover ran on a service its probes and its detector called healthy)."""
 VALIDATION_TIMER = "validation interval"
 """The summary of the timer between validation rounds (the wait until the next round is due),
 as the Temporal UI shows it."""
@@ -195,6 +200,7 @@ class RecoveryWorkflow:
         self._handover: str | None = None
         self._at_deadline = "escalate"
         self._source_resolved = False
+        self._report_withdrawn = False
         self._pending: PendingDecision | None = None
         self._decision: tuple[DecisionKind, OperatorDecision] | None = None
         self._abort: OperatorDecision | None = None
@@ -569,21 +575,29 @@ class RecoveryWorkflow:
         anything waited (a queued lease, an approval, a backoff) since the last probe round.
 
         Only probes that saw the problem can clear it: when assessment found every probe
-        passing, the detector's report stands and this is True. Healthy again before medkit
-        acted at all ends the recovery as Dismissed; healthy after earlier actions skips the
-        rest of the rung, and validation decides."""
+        passing, the detector's report stands and this is True, until the source reports the
+        problem resolved (its latest report); then the probes are asked again and decide.
+        Healthy again before medkit acted at all ends the recovery as Dismissed; healthy after
+        earlier actions skips the rest of the rung, and validation decides."""
         if not self._probes_saw_problem:
-            return True
+            if not (self._report_withdrawn and workflow.patched(WITHDRAWN_REPORT_PATCH)):
+                return True
+            self._stale = True
+            self._record(self._phase, f"the source reported the problem resolved, and no probe "
+                         f"saw it: probing again before {step}", kind="probe")
         if self._probes_stale():
             round_ = await self._probe_all(f"verify before {step}")
             failing = [r.evidence() for r in round_.results if not r.healthy]
             if failing:
-                self._record(self._phase, f"still failing before {step}: {failing[0]}", kind="probe")
+                still = "still failing" if self._probes_saw_problem else "failing"
+                self._record(self._phase, f"{still} before {step}: {failing[0]}", kind="probe")
         if not self._last_round_healthy:
             return True
+        healthy = ("healthy again" if self._probes_saw_problem
+                   else "resolved, its source says, and healthy")
         if not self._acted:
-            raise _AlreadyHealthy(f"healthy again before {step}: every probe passes; nothing done")
-        self._record(self._phase, f"healthy again before {step}: not acting; validating",
+            raise _AlreadyHealthy(f"{healthy} before {step}: every probe passes; nothing done")
+        self._record(self._phase, f"{healthy} before {step}: not acting; validating",
                      kind="probe")
         return False
 
@@ -1089,6 +1103,7 @@ class RecoveryWorkflow:
             return False
         self._reports += 1
         self._report_ids[detection.detection_id] = None
+        self._report_withdrawn = detection.status == "resolved"
         if detection.status == "resolved":
             self._source_resolved = True
             reason = f"source reports resolved: {detection.summary}; medkit still validates"
