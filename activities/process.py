@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import subprocess
 import time
 import uuid
@@ -42,6 +43,7 @@ from activities.process_identity import (
     still_running,
     write_atomic,
 )
+from activities.process_signal import PinnedProcess
 from models.actions import ActionRequest, ActionResult, RestartProcessAction
 from models.probes import HttpProbe
 
@@ -127,32 +129,37 @@ class ProcessSupervisor:
         if identity is None and not self._unreaped_child(pid):
             return "left alone: medkit has no record of starting it"
         try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return "already stopped"
-            if identity is not None and not identity.matches(proc):
-                return "left alone: it is no longer the process medkit started"
-            proc.terminate()  # psutil refuses (NoSuchProcess) if the pid was reused meanwhile
+            pinned = PinnedProcess(pid)  # pinned before the check: see activities/process_signal
         except psutil.NoSuchProcess:
             return "already stopped"
-        except psutil.AccessDenied as err:
-            raise access_denied(pid, "signal", err) from err
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if self._gone(proc):
+        with pinned:
+            proc = pinned.proc
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return "already stopped"
+                if identity is not None and not identity.matches(proc):
+                    return "left alone: it is no longer the process medkit started"
+                pinned.send(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                return "already stopped"
+            except psutil.AccessDenied as err:
+                raise access_denied(pid, "signal", err) from err
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if self._gone(proc):
+                    return "stopped by SIGTERM"
+                heartbeat()
+                await asyncio.sleep(0.05)
+            try:
+                pinned.send(signal.SIGKILL)
+            except psutil.NoSuchProcess:
                 return "stopped by SIGTERM"
-            heartbeat()
-            await asyncio.sleep(0.05)
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            return "stopped by SIGTERM"
-        except psutil.AccessDenied as err:
-            raise access_denied(pid, "signal", err) from err
-        while not self._gone(proc):
-            heartbeat()
-            await asyncio.sleep(0.05)
-        return f"killed after {grace:.1f}s grace"
+            except psutil.AccessDenied as err:
+                raise access_denied(pid, "signal", err) from err
+            while not self._gone(proc):
+                heartbeat()
+                await asyncio.sleep(0.05)
+            return f"killed after {grace:.1f}s grace"
 
 
 class ProcessActivities:

@@ -33,9 +33,11 @@ from activities.deps import ActivityDeps
 from activities.process import ProcessActivities, ProcessSupervisor
 from activities.process_identity import ProcessIdentity, identity_file, read_identity
 from activities.process_pool import ProcessPool
+from activities.process_signal import PinnedProcess
 from activities.scale import ScaleActivities
 from models.actions import ActionRequest, ActionResult
 from tests.conftest import DemoService, free_port, wait_for_port
+from tests.pid_reuse import CAN_REUSE_PIDS, new_group_with_pid
 
 ROOT = Path(__file__).parent.parent
 INFO = {"workflow_id": "recovery:svc:t", "workflow_run_id": "run-1", "activity_id": "1"}
@@ -576,3 +578,35 @@ async def test_pool_pid_file_naming_the_worker_is_refused(
     with pytest.raises(ApplicationError) as caught:
         await scale_pool(deps, supervisor, pool_spec(base, 0), "1")
     assert (caught.value.type, caught.value.non_retryable) == ("UnsafeProcess", True)
+
+
+@pytest.mark.skipif(not CAN_REUSE_PIDS,
+                    reason="needs root and ns_last_pid, to make the kernel reuse a pid at once")
+def test_a_signal_to_a_checked_process_never_reaches_the_next_owner_of_its_pid() -> None:
+    """Between medkit's check of a process and its signal, the process may end and the kernel
+    hand its pid to another, which kill(pid) would then hit. The process is pinned (a pidfd)
+    before the check, so the signal fails instead, and the pid's new owner keeps running."""
+    checked = subprocess.Popen(["sleep", "300"])
+    other: subprocess.Popen[bytes] | None = None
+    try:
+        with PinnedProcess(checked.pid) as pinned:
+            assert pinned.proc.cmdline() == ["sleep", "300"]  # the check
+            checked.kill()
+            checked.wait()
+            other = new_group_with_pid(checked.pid)
+            if other is None:
+                pytest.skip(f"could not get pid {checked.pid} reused")
+            with pytest.raises(psutil.NoSuchProcess):
+                pinned.send(signal.SIGTERM)
+        assert other.poll() is None, "the signal reached the process that took the pid"
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+def test_pinning_a_pid_no_process_holds_is_no_such_process() -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    with pytest.raises(psutil.NoSuchProcess):
+        PinnedProcess(ended.pid)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from activities.probe_command import check_command
 from activities.probe_host import check_host
 from activities.probes import ProbeActivities, bounded_probe, run_probe
 from models.probes import CommandProbe, HostProbe, ProbeRoundRequest
+from tests.pid_reuse import CAN_REUSE_PIDS, new_group_with_pid
 
 
 def host(**fields: Any) -> HostProbe:
@@ -125,25 +125,7 @@ async def test_command_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert gone(int(pid_file.read_text())), "the grandchild outlived the timeout"
 
 
-NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
-"""The last pid the kernel handed out in this pid namespace; root may set it, so the next fork
-gets the pid after it (how a test makes a pid be reused at once rather than after a wrap-around)."""
-
-
-def new_group_with_pid(pid: int, tries: int = 200) -> subprocess.Popen[bytes] | None:
-    """A `sleep` leading a session (and process group) of its own whose pid is `pid`, or None when
-    other forks on the machine kept taking that pid first."""
-    for _ in range(tries):
-        NS_LAST_PID.write_text(str(pid - 1))
-        other = subprocess.Popen(["sleep", "300"], start_new_session=True)
-        if other.pid == pid:
-            return other
-        other.kill()
-        other.wait()
-    return None
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not NS_LAST_PID.exists(),
+@pytest.mark.skipif(not CAN_REUSE_PIDS,
                     reason="needs root and ns_last_pid, to make the kernel reuse a pid at once")
 async def test_command_timeout_never_kills_a_group_that_reused_the_programs_pid(tmp_path: Path) -> None:
     """The check program exits at once but leaves a grandchild (in a session of its own) holding
