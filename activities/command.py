@@ -19,6 +19,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import IO
 
 import psutil
@@ -29,6 +30,7 @@ from activities.child_env import child_environment, redact, unrunnable
 from activities.deps import ActivityDeps
 from activities.heartbeat import uninterrupted
 from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
+from activities.process_signal import PinnedProcess
 from models.actions import OUTCOME_UNKNOWN, ActionRequest, ActionResult, CommandAction
 
 OUTPUT_LIMIT = 4000
@@ -57,6 +59,52 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+class ProgramGroup:
+    """The process group a program leads, started in a session of its own: its id is the
+    program's pid, and the program is pinned (activities/process_signal.py) just after its start,
+    so whether it still exists is known even once its pid names another process.
+
+    Use as a context manager; it releases the pin."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        try:
+            self._leader: PinnedProcess | None = PinnedProcess(pgid)
+        except psutil.NoSuchProcess:
+            self._leader = None
+
+    def ours(self) -> bool:
+        """Whether the group id can still be the program's group.
+
+        Once the program has ended and been reaped and the rest of its group has ended, the
+        kernel may hand its pid to a new process, and a new session leader makes that pid a
+        group id again: a signal to the group would reach that unrelated group. So: the program
+        itself still there (running, or not yet reaped) means the group is its own; no process
+        with its pid means only the program's own leftover children can hold the group id; any
+        other process with its pid means the group is not the program's.
+        """
+        if self._leader is not None and self._leader.alive():
+            return True
+        return not psutil.pid_exists(self.pgid)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """`signal_group`, only while the group is the program's (see `ours`)."""
+        if self.ours():
+            signal_group(self.pgid, sig)
+
+    def members(self) -> list[int]:
+        """Pids of the group's live processes; none once the group id is not the program's."""
+        return _group_members(self.pgid) if self.ours() else []
+
+    def __enter__(self) -> ProgramGroup:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._leader is not None:
+            self._leader.close()
+
+
 def _group_exists(pgid: int) -> bool:
     """Whether any process (a zombie included) is still in the group."""
     try:
@@ -79,38 +127,38 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-async def _group_gone(pgid: int, within: float) -> bool:
+async def _group_gone(group: ProgramGroup, within: float) -> bool:
     """Wait up to `within` seconds for the group to have no live process; whether it has none."""
     deadline = asyncio.get_running_loop().time() + within
     last_beat = 0.0
-    while _group_members(pgid):
+    while group.members():
         now = asyncio.get_running_loop().time()
         if now >= deadline:
             return False
         if now - last_beat >= COMMAND_HEARTBEAT_EVERY:
-            activity.heartbeat({"stopping": pgid})
+            activity.heartbeat({"stopping": group.pgid})
             last_beat = now
         await asyncio.sleep(POLL)
     return True
 
 
-async def stop_group(proc: asyncio.subprocess.Process, grace: float) -> bool:
+async def stop_group(proc: asyncio.subprocess.Process, group: ProgramGroup, grace: float) -> bool:
     """End the program's whole process group: TERM, then KILL after `grace` (at once if 0).
 
     Waits for the program itself to be reaped and for the rest of its group to end; returns
     whether the group is gone (a process stuck in uninterruptible sleep can outlive SIGKILL; one
-    that left the group with setsid is beyond reach, as it chose).
+    that left the group with setsid is beyond reach, as it chose). A group id that has become
+    another group's is never signalled (ProgramGroup.ours).
     """
-    pgid = proc.pid
     if grace > 0:
-        signal_group(pgid, signal.SIGTERM)
-        if await _group_gone(pgid, grace):
+        group.signal(signal.SIGTERM)
+        if await _group_gone(group, grace):
             await proc.wait()
             return True
-    signal_group(pgid, signal.SIGKILL)
+    group.signal(signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), KILL_WAIT)
-    return proc.returncode is not None and await _group_gone(pgid, KILL_WAIT)
+    return proc.returncode is not None and await _group_gone(group, KILL_WAIT)
 
 
 async def _start(spec: CommandAction, env: dict[str, str], output: IO[bytes]) -> asyncio.subprocess.Process:
@@ -152,10 +200,10 @@ def _tail(output: IO[bytes], inherit_env: list[str]) -> str:
     return text[-OUTPUT_LIMIT:]
 
 
-async def _stop(proc: asyncio.subprocess.Process, grace: float,
+async def _stop(proc: asyncio.subprocess.Process, group: ProgramGroup, grace: float,
                 stopped: Callable[[], Awaitable[None]]) -> bool:
     """`stop_group`, calling `stopped` if the group is gone; whether it is."""
-    gone = await stop_group(proc, grace)
+    gone = await stop_group(proc, group, grace)
     if gone:
         await stopped()
     return gone
@@ -184,20 +232,21 @@ async def run_argv(spec: CommandAction, inherit: tuple[str, ...] = (),
         except ApplicationError:
             await stopped()
             raise
-        try:
-            exited = await _exited_in_time(proc, spec.timeout.total_seconds())
-        except asyncio.CancelledError:
-            await uninterrupted(_stop(proc, CANCEL_GRACE, stopped))
-            raise
-        if not exited:
-            gone = await uninterrupted(_stop(proc, 0, stopped))
-            tail = _tail(output, spec.inherit_env)[-300:].strip()
-            raise ApplicationError(
-                f"{spec.argv[0]} timed out after {spec.timeout.total_seconds():.0f}s"
-                f"{'' if gone else '; part of it may still run after SIGKILL'}"
-                f"{f': {tail}' if tail else ''}",
-                type="CommandTimeout",
-            )
+        with ProgramGroup(proc.pid) as group:
+            try:
+                exited = await _exited_in_time(proc, spec.timeout.total_seconds())
+            except asyncio.CancelledError:
+                await uninterrupted(_stop(proc, group, CANCEL_GRACE, stopped))
+                raise
+            if not exited:
+                gone = await uninterrupted(_stop(proc, group, 0, stopped))
+                tail = _tail(output, spec.inherit_env)[-300:].strip()
+                raise ApplicationError(
+                    f"{spec.argv[0]} timed out after {spec.timeout.total_seconds():.0f}s"
+                    f"{'' if gone else '; part of it may still run after SIGKILL'}"
+                    f"{f': {tail}' if tail else ''}",
+                    type="CommandTimeout",
+                )
         await stopped()
         code = proc.returncode if proc.returncode is not None else -1
         return code, _tail(output, spec.inherit_env)

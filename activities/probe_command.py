@@ -1,7 +1,7 @@
 """The command probe: run a check program (argv, never a shell); exit code 0 is healthy.
 
 The program runs in its own process group so a timeout kills it and anything it started (never
-a group that took the program's pid after it ended, see `_still_the_programs_group`). A
+a group that took the program's pid after it ended, see `ProgramGroup.ours`). A
 program that cannot be started (missing, not executable, not a program the kernel can run, bad
 cwd) is bad configuration: a non-retryable `ProbeConfigError`, and so is an `inherit_env` name
 the worker does not set.
@@ -19,11 +19,10 @@ import signal
 import time
 from datetime import UTC, datetime
 
-import psutil
 from temporalio.exceptions import ApplicationError
 
 from activities.child_env import child_environment, redact, unrunnable
-from activities.command import signal_group
+from activities.command import ProgramGroup
 from models.probes import CommandProbe, ProbeResult
 
 DETAIL_TAIL = 500
@@ -31,32 +30,6 @@ DETAIL_TAIL = 500
 
 KILL_GRACE = 2.0
 """How long to wait for the output pipes to close after the process group was killed."""
-
-
-def _leader(pid: int) -> psutil.Process | None:
-    """The program just started, as psutil knows it (its create time with its pid), or None when
-    it has already ended."""
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
-
-
-def _still_the_programs_group(pid: int, leader: psutil.Process | None) -> bool:
-    """Whether the process group `pid` can still be the one the program led.
-
-    The program runs in a session of its own, so its group id is its pid. When it has ended and
-    been reaped while something keeps its output open (a grandchild in a session of its own),
-    the probe still waits out its timeout, and meanwhile the kernel may hand that pid to a new
-    process; a new session leader makes it a group id again, and a SIGKILL to the group would
-    kill that unrelated group. So: the program itself still there (running, or not yet reaped;
-    psutil tells it from a reused pid by its create time) means the group is its own; no process
-    with its pid means only the program's own leftover children can hold the group id; any other
-    process with its pid means the group is not the program's.
-    """
-    if leader is not None and leader.is_running():
-        return True
-    return not psutil.pid_exists(pid)
 
 
 def _tail(output: bytes, spec: CommandProbe) -> str:
@@ -86,13 +59,13 @@ async def check_command(spec: CommandProbe) -> ProbeResult:
             f"command probe {spec.name!r} cannot run {spec.argv[0]!r}: {err.strerror}",
             type="ProbeConfigError", non_retryable=True,
         ) from err
-    leader = _leader(proc.pid)
     communicate = asyncio.ensure_future(proc.communicate())
-    try:
-        done, _ = await asyncio.wait({communicate}, timeout=spec.timeout.total_seconds())
-    finally:
-        if not communicate.done() and _still_the_programs_group(proc.pid, leader):
-            signal_group(proc.pid, signal.SIGKILL)
+    with ProgramGroup(proc.pid) as group:
+        try:
+            done, _ = await asyncio.wait({communicate}, timeout=spec.timeout.total_seconds())
+        finally:
+            if not communicate.done():
+                group.signal(signal.SIGKILL)
     at = datetime.now(UTC)
     if not done:
         with contextlib.suppress(TimeoutError):

@@ -58,6 +58,19 @@ class PinnedProcess:
         except PermissionError:
             raise psutil.AccessDenied(self.proc.pid) from None
 
+    def alive(self) -> bool:
+        """Whether the pinned process still exists: running, or ended and not yet reaped (its
+        pid cannot have been reused then)."""
+        if self._fd is None:
+            return self.proc.is_running()
+        try:
+            signal.pidfd_send_signal(self._fd, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def close(self) -> None:
         """Release the pidfd (idempotent)."""
         if self._fd is not None:

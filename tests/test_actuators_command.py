@@ -21,10 +21,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.command import CommandActivities
+from activities.command import CommandActivities, ProgramGroup, stop_group
 from activities.deps import ActivityDeps
 from models.actions import ActionRequest, ActionResult
 from store.ledger import ActionLedger
+from tests.pid_reuse import CAN_REUSE_PIDS, new_group_with_pid
 
 STEP = {"workflow_id": "recovery:svc:t", "workflow_run_id": "run-1", "activity_id": "1"}
 """The step every command here runs as."""
@@ -202,3 +203,25 @@ async def test_a_program_the_kernel_cannot_run_is_a_permanent_error(
     assert (caught.value.type, caught.value.non_retryable) == ("CommandNotFound", True)
     assert "Exec format error" in caught.value.message
     assert progress(deps) == {"running": False}
+
+
+@pytest.mark.skipif(not CAN_REUSE_PIDS,
+                    reason="needs root and ns_last_pid, to make the kernel reuse a pid at once")
+async def test_stopping_a_program_never_signals_a_group_that_took_its_pid() -> None:
+    """A cancellation can arrive just after the program ended: it was reaped, its group emptied,
+    and the kernel may have given its pid, and so its group id, to a new session leader. Stopping
+    the program then TERMed and KILLed that unrelated group; now a group id whose pid names
+    another process is left alone, and the program counts as stopped."""
+    proc = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+    with ProgramGroup(proc.pid) as group:
+        proc.kill()
+        await proc.wait()
+        other = new_group_with_pid(proc.pid)
+        if other is None:
+            pytest.skip(f"could not get pid {proc.pid} reused")
+        try:
+            assert await stop_group(proc, group, grace=1.0)
+            assert other.poll() is None, "the stop reached the group that took the program's pid"
+        finally:
+            other.kill()
+            other.wait()
