@@ -28,6 +28,7 @@ from workers.dev import (
     port_free,
     run_worker_and_poller,
     start_dev_server,
+    state_dir_lock,
 )
 from workers.logging import configure_logging
 from workers.metrics import metrics_runtime
@@ -79,6 +80,12 @@ async def run_dev(args: argparse.Namespace) -> None:
     """Start the server, the demo (unless --config), the worker and the poller; run until Ctrl-C."""
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    with state_dir_lock(state_dir):  # before anything in it is touched
+        await run_locked(args, state_dir)
+
+
+async def run_locked(args: argparse.Namespace, state_dir: Path) -> None:
+    """run_dev, holding the state dir."""
     supervisor = ProcessSupervisor(state_dir)
     demo = args.config is None
     if demo:

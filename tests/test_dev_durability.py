@@ -161,6 +161,28 @@ def stacks(*stack: DevStack) -> Iterator[None]:
             one.stop()
 
 
+async def assert_a_second_dev_on_the_state_dir_refuses(first: DevStack) -> None:
+    """Another `medkit dev` on a state dir in use, on the same ports or on ports of its own, says
+    so in one line and touches nothing in it: the policy, the demo's pid file, the Temporal db."""
+    watched = ("policy.yaml", "demo.pid", "operator-token")
+    before = {name: (first.state_dir / name).read_bytes() for name in watched}
+    assert first.process is not None
+    for ports in (first.ports, fresh_ports()):
+        second = DevStack(first.state_dir, ports)
+        result = await asyncio.to_thread(
+            subprocess.run, second.argv(), capture_output=True, text=True, timeout=120,
+            env=stack_env(), check=False)
+        assert result.returncode == 1, result
+        assert result.stderr.splitlines() == [
+            f"medkit: another medkit dev (pid {first.process.pid}) is already running on "
+            f"{first.state_dir.resolve()}; stop it (Ctrl-C in its terminal) or pass --state-dir "
+            "for a separate stack"], result.stderr
+        assert not [port for port in ports.values() if port not in first.ports.values()
+                    and listening(port)]
+    assert {name: (first.state_dir / name).read_bytes() for name in watched} == before
+    assert first.process.poll() is None
+
+
 async def test_medkit_dev_killed_with_its_whole_stack_loses_no_recovery(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     ports = fresh_ports()
@@ -168,6 +190,7 @@ async def test_medkit_dev_killed_with_its_whole_stack_loses_no_recovery(tmp_path
     with stacks(dev):
         dev.start(tmp_path / "dev-1.log")
         await dev.wait_running()
+        await assert_a_second_dev_on_the_state_dir_refuses(dev)
         env = dev.env()
         started = await cli_json("trigger", "--service", DEMO_SERVICE, "--severity", "critical",
                                  "--key", "drill", env=env)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -28,6 +31,36 @@ from workers.worker import build_worker
 
 class DevStackError(Exception):
     """The embedded stack cannot start; the message says what to do."""
+
+
+LOCK_FILE = "dev.lock"
+
+
+@contextlib.contextmanager
+def state_dir_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state dir for one `medkit dev` at a time, or raise DevStackError naming the holder.
+
+    Two stacks on one state dir would run two Temporal servers on one temporal.db, two workers on
+    one ledger, and the second would rewrite the first's policy.yaml and demo.pid. The lock is a
+    flock on state_dir/dev.lock: the kernel drops it when its holder dies, however it dies (a
+    SIGKILL, an OOM kill), so a killed `medkit dev` never leaves a stale lock. The file holds the
+    holder's pid, for the message only; the children never inherit it (it is close-on-exec).
+    """
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            running = f"another medkit dev (pid {holder})" if holder.isdigit() else "another medkit dev"
+            raise DevStackError(f"{running} is already running on {state_dir}; stop it (Ctrl-C in its "
+                                "terminal) or pass --state-dir for a separate stack") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def temporal_binary() -> str:
