@@ -29,6 +29,7 @@ from workers.dev import (
     run_worker_and_poller,
     start_dev_server,
     state_dir_lock,
+    stop_leftovers,
 )
 from workers.logging import configure_logging
 from workers.metrics import metrics_runtime
@@ -88,6 +89,7 @@ async def run_locked(args: argparse.Namespace, state_dir: Path) -> None:
     """run_dev, holding the state dir."""
     supervisor = ProcessSupervisor(state_dir)
     demo = args.config is None
+    await stop_leftovers(state_dir, supervisor, state_dir / "demo.pid" if demo else None)
     if demo:
         if not port_free(args.demo_port):
             raise CommandError(f"demo port {args.demo_port} is in use; pass --demo-port")

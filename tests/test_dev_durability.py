@@ -1,6 +1,7 @@
-"""`medkit dev` itself killed mid-recovery, with everything it started, and started again.
+"""`medkit dev` itself killed mid-recovery, alone or with everything it started, and started again.
 
-The mission's promise for the embedded stack: a power cut or an OOM kill of the whole stack (the
+The mission's promise for the embedded stack: a SIGKILL of `medkit dev` alone (its Temporal dev
+server and demo, in sessions of their own, outlive it), or a power cut of the whole stack (the
 `medkit dev` process, the Temporal dev server it runs on `<state_dir>/temporal.db`, the demo
 service) loses no recovery. Started again on the same state dir and ports, `medkit dev` finds the
 very run where it was, takes the operator's decision and finishes it, and its detectors start no
@@ -183,7 +184,19 @@ async def assert_a_second_dev_on_the_state_dir_refuses(first: DevStack) -> None:
     assert first.process.poll() is None
 
 
-async def test_medkit_dev_killed_with_its_whole_stack_loses_no_recovery(tmp_path: Path) -> None:
+async def assert_still_waiting(env: dict[str, str], workflow_id: str, run_id: str,
+                               before: dict[str, Any]) -> None:
+    """The run is where it was: same phase and decision, its timeline kept, still the latest."""
+    after = await cli_json("status", workflow_id, "--run-id", run_id, env=env)
+    assert after["phase"] == "AwaitingApproval", after
+    assert after["pending_decision"] == before["pending_decision"]
+    assert after["timeline"][:len(before["timeline"])] == before["timeline"]
+    rows = await cli_json("list", "--service", DEMO_SERVICE, env=env)
+    assert [(r["workflow_id"], r["run_id"]) for r in rows] == [(workflow_id, run_id)], rows
+
+
+async def test_medkit_dev_killed_alone_or_with_its_whole_stack_loses_no_recovery(
+        tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     ports = fresh_ports()
     dev = DevStack(state_dir, ports)
@@ -207,6 +220,22 @@ async def test_medkit_dev_killed_with_its_whole_stack_loses_no_recovery(tmp_path
         before = await cli_json("status", workflow_id, "--run-id", run_id, env=env)
         assert before["phase"] == "AwaitingApproval" and before["pending_decision"]
 
+        # `medkit dev` alone SIGKILLed (the OOM killer's pick, a `kill -9` of its pid): the dev
+        # server and the demo, in sessions of their own, outlive it, holding their ports and the
+        # db. Started again, it stops them and starts afresh.
+        assert dev.process is not None
+        left = dev.tree()[1:]
+        assert len(left) >= 2, left  # the Temporal dev server and the demo
+        dev.process.kill()
+        dev.process.wait(timeout=30)
+        assert all(running(p) for p in left), left
+        dev.start(tmp_path / "dev-2.log")
+        await dev.wait_running()
+        assert not [p for p in left if running(p)], left
+        for proc in left:
+            assert f"(pid {proc.pid}) that a killed medkit dev left running" in dev.output()
+        await assert_still_waiting(env, workflow_id, run_id, before)
+
         # The power cut: `medkit dev` and all it started (the dev server and the demo run in
         # sessions of their own), at once.
         tree = dev.tree()
@@ -225,14 +254,10 @@ async def test_medkit_dev_killed_with_its_whole_stack_loses_no_recovery(tmp_path
         await eventually(nothing_left, timeout=30, interval=0.2)
 
         # Started again, on the same state dir and ports.
-        dev.start(tmp_path / "dev-2.log")
+        dev.start(tmp_path / "dev-3.log")
         await dev.wait_running()
-        after = await cli_json("status", workflow_id, "--run-id", run_id, env=env)
-        assert after["phase"] == "AwaitingApproval", after
-        assert after["pending_decision"] == before["pending_decision"]
-        assert after["timeline"][:len(before["timeline"])] == before["timeline"]
-        latest = await cli_json("status", workflow_id, env=env)
-        assert latest["started_at"] == before["started_at"]  # the latest run is still that run
+        assert "left running" not in dev.output()
+        await assert_still_waiting(env, workflow_id, run_id, before)
 
         approved = await cli_json("approve", workflow_id, "--run-id", run_id, "--operator", "alice",
                                   "--reason", "after the power cut", env=env)

@@ -13,12 +13,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import structlog
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import MetricBuffer
 
 from activities.deps import ActivityDeps
 from activities.process import ProcessSupervisor
+from activities.process_identity import identity_of_new, read_identity, record_identity, still_running
 from detectors.health_poller import HealthBoard, Reporter, run_health_poller
 from models import search_attributes as sa
 from models.detection import Detection
@@ -34,6 +37,8 @@ class DevStackError(Exception):
 
 
 LOCK_FILE = "dev.lock"
+SERVER_PID_FILE = "temporal.pid"
+"""Where start_dev_server records the dev server's pid and identity, for stop_leftovers."""
 
 
 @contextlib.contextmanager
@@ -100,8 +105,11 @@ async def start_dev_server(state_dir: Path, port: int, ui_port: int) -> subproce
             raise DevStackError(f"port {wanted} is already in use; stop what holds it or pass "
                                 f"{what} with a free port")
     log = (state_dir / "temporal.log").open("ab")
-    server = subprocess.Popen(dev_server_argv(state_dir, port, ui_port), stdin=subprocess.DEVNULL,
+    argv = dev_server_argv(state_dir, port, ui_port)
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with contextlib.suppress(psutil.NoSuchProcess):  # exited at once: the loop below says so
+        record_identity(state_dir / SERVER_PID_FILE, identity_of_new(psutil.Process(server.pid), argv, None))
     for _ in range(300):
         if server.poll() is not None:
             raise DevStackError(f"the Temporal dev server exited ({server.returncode}); "
@@ -111,6 +119,33 @@ async def start_dev_server(state_dir: Path, port: int, ui_port: int) -> subproce
         await asyncio.sleep(0.1)
     server.terminate()
     raise DevStackError(f"the Temporal dev server did not listen on {port} within 30s")
+
+
+async def stop_leftovers(state_dir: Path, supervisor: ProcessSupervisor,
+                         demo_pid_file: Path | None) -> None:
+    """Stop the Temporal dev server and the demo service that a `medkit dev` on this state dir,
+    killed without its children (a SIGKILL or an OOM kill of it alone), left running.
+
+    Both run in sessions of their own (so a Ctrl-C reaches `medkit dev` alone, which stops them
+    in order), so they outlive it: the server would keep temporal.db and its ports, the demo its
+    port, and the next `medkit dev` could not start. Only the very processes recorded in their
+    pid files' identity records are stopped (same pid, start time and command line); the server
+    gets SIGTERM first, so it closes its database cleanly. Call with the state dir locked.
+    """
+    leftovers = [("the Temporal dev server", state_dir / SERVER_PID_FILE, 10.0)]
+    if demo_pid_file is not None:
+        leftovers.append(("the demo service", demo_pid_file, 3.0))
+    for what, pid_file, grace in leftovers:
+        identity = read_identity(pid_file)
+        if identity is None or not still_running(identity):
+            continue
+        print(f"stopping {what} (pid {identity.pid}) that a killed medkit dev left running ...",
+              file=sys.stderr)
+        try:
+            await supervisor.stop(identity.pid, grace, identity=identity)
+        except ApplicationError as err:
+            raise DevStackError(f"cannot stop {what} (pid {identity.pid}) that a killed medkit dev "
+                                f"left running: {err}; stop it, then start medkit dev again") from None
 
 
 async def connect_when_ready(target: TemporalTarget, attempts: int = 100) -> Client:
