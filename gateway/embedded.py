@@ -45,13 +45,24 @@ def dev_auth(state_dir: Path) -> tuple[AuthConfig, Path | None]:
         from_env.validate()
         return from_env, None
     path = state_dir / TOKEN_FILE
-    if not path.exists():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secrets.token_hex(24) + "\n")
+    if not path.exists() or not path.read_text().strip():
+        _write_new_token(path)
     auth = AuthConfig(detector_token=detector, operator_token=path.read_text().strip())
     auth.validate()
     return auth, path
+
+
+def _write_new_token(path: Path) -> None:
+    """A new operator token at `path` (mode 0600), written in full or not at all: a `medkit dev`
+    killed while writing it used to leave an empty file, and every later start failed on it.
+    An empty file (from such a kill) is replaced: no token was ever in it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_hex(24) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
 
 
 class _EmbeddedServer(uvicorn.Server):

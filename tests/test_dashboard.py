@@ -172,6 +172,19 @@ def test_dev_auth_generates_one_private_operator_token(tmp_path: Path,
     assert chosen.operator_token == OPERATOR_TOKEN and chosen_path is None
 
 
+def test_dev_auth_replaces_the_empty_token_file_a_killed_medkit_dev_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medkit dev` killed between creating the token file and writing it left it empty, and
+    every later start failed validating an empty token."""
+    monkeypatch.delenv("MEDKIT_DETECTOR_TOKEN", raising=False)
+    monkeypatch.delenv("MEDKIT_OPERATOR_TOKEN", raising=False)
+    (tmp_path / "operator-token").write_text("")
+    auth, path = dev_auth(tmp_path)
+    assert auth.operator_token == path.read_text().strip() and len(auth.operator_token) >= 16
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["operator-token"]  # no temporary file left
+
+
 def test_dev_auth_keeps_the_operator_token_when_only_the_detector_token_is_set(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator who sets MEDKIT_DETECTOR_TOKEN for `medkit dev` to feed it detections (its
