@@ -24,7 +24,8 @@ RecoveryWorkflow gives each attempt 10 s (start-to-close). With the ledger's 30 
 attempt stuck behind another process's transaction timed out while its thread kept waiting and
 then wrote late; with 5 s it fails with "database is locked" inside its own timeout, leaving
 the rest for the transaction itself and a free thread, and STORE_RETRY tries again. Action
-steps keep the 30 s wait: giving up there could lose the record of an action that ran."""
+and notify steps wait within their own attempts too (LEDGER_WAIT_SECONDS and `record_result` in
+activities/idempotency.py)."""
 
 
 class RecordActivities:

@@ -92,11 +92,17 @@ def lock(deps: ActivityDeps, tmp_path: Path) -> Iterator[WriteLock]:
     writer.close()
 
 
-def environment(activity_type: str) -> ActivityEnvironment:
-    """An activity environment running as the step STEP names."""
+ATTEMPT = timedelta(seconds=30)
+"""The start-to-close timeout RecoveryWorkflow gives a notify step (an action gets more): ledger
+calls wait for the lock only within it (ActivityEnvironment's default is 1 s)."""
+
+
+def environment(activity_type: str, timeout: timedelta = ATTEMPT) -> ActivityEnvironment:
+    """An activity environment running as the step STEP names, with `timeout` to start-to-close."""
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, activity_type=activity_type, workflow_id=STEP["workflow_id"],
-                                   workflow_run_id=STEP["workflow_run_id"], activity_id=STEP["activity_id"])
+                                   workflow_run_id=STEP["workflow_run_id"], activity_id=STEP["activity_id"],
+                                   start_to_close_timeout=timeout, schedule_to_close_timeout=None)
     return env
 
 
