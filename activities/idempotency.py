@@ -18,9 +18,12 @@ outcome unknown.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -76,9 +79,30 @@ def ledger_deadline(ends: float) -> float:
     return min(time.monotonic() + LEDGER_WAIT_SECONDS, ends)
 
 
+LEDGER_THREADS = 4
+"""Threads of the worker's ledger pool (`in_ledger_thread`).
+
+Ledger calls may each wait for another process's write lock; in asyncio's default pool
+(min(32, CPUs + 4) threads, 6 on two cores) a handful of them waiting took every thread, and the
+work that pool also runs (the probes' checks, DNS lookups for HTTP probes and notifications,
+email) queued behind the lock. In a pool of their own they hold up only each other. Within one
+worker the ledger's own lock lets one call at a time at the database anyway, so a few threads are
+enough; the calls queued for a thread still keep their deadlines (set when they are made)."""
+
+_LEDGER_POOL = ThreadPoolExecutor(max_workers=LEDGER_THREADS, thread_name_prefix="medkit-ledger")
+
+
+def in_ledger_thread(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+    """Run a blocking database call of the worker's ledger in the ledger's own thread pool (with
+    the caller's context variables, as asyncio.to_thread passes them), never the default one."""
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(
+        _LEDGER_POOL, functools.partial(context.run, call, *args, **kwargs))
+
+
 async def _in_thread(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`call` in a thread, heartbeating meanwhile and finished even if the step is cancelled."""
-    return await uninterrupted(heartbeating(asyncio.to_thread(call, *args, **kwargs), LEDGER_WAIT))
+    """`call` in a ledger thread, heartbeating meanwhile and finished even if the step is cancelled."""
+    return await uninterrupted(heartbeating(in_ledger_thread(call, *args, **kwargs), LEDGER_WAIT))
 
 
 async def off_loop(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
