@@ -461,6 +461,18 @@ def test_checking_the_raw_data_invents_no_reference_problem() -> None:
     assert (problem.path, problem.line) == ("services[0].actions.restart.timeout", 8)
 
 
+def test_a_shared_route_is_reported_once_and_a_services_own_route_at_its_line() -> None:
+    """An invalid shared route is one problem at `routes.<name>`, not one more per service that
+    got a copy of it; a service's own route of that name (which replaces the shared one there)
+    is still checked and reported at its own line."""
+    text = policy(service("a", ", escalation: {routes: [ops]}"),
+                  service("b", ", routes: {ops: {kind: slack, webhook_url_env: 'x y'}}"),
+                  service("c"),
+                  extra="routes:\n  ops: {kind: webhook, url_env: OPS_URL, timeout: -1s}\n")
+    found = [(p.path, p.line) for p in problems(text)]
+    assert found == [("services[1].routes.ops.webhook_url_env", 4), ("routes.ops.timeout", 7)]
+
+
 SHAPES = st.recursive(st.none() | st.booleans() | st.integers() | st.sampled_from(["a", "r", "ops"]),
                       lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.sampled_from(["a", "r", "name", "action", "routes",
