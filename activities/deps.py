@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from activities.idempotency import LEDGER_WAIT_SECONDS
 from store.ledger import ActionLedger, sqlite_url
 
 
@@ -24,4 +25,5 @@ class ActivityDeps:
         state_dir.mkdir(parents=True, exist_ok=True)
         url = database_url or sqlite_url(state_dir / "medkit.db")
         http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
-        return cls(ledger=ActionLedger(url), http=http, state_dir=state_dir)
+        ledger = ActionLedger(url, wait_ms=int(LEDGER_WAIT_SECONDS * 1000))
+        return cls(ledger=ledger, http=http, state_dir=state_dir)

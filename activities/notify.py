@@ -12,7 +12,7 @@ from typing import assert_never
 from temporalio import activity
 
 from activities.deps import ActivityDeps
-from activities.idempotency import off_loop, step_key
+from activities.idempotency import attempt_ends, ledger_deadline, off_loop, record_result, step_key
 from activities.notify_delivery import raise_for_delivery, resolve_secret
 from activities.notify_email import send_email
 from activities.notify_pagerduty import send_pagerduty
@@ -52,13 +52,20 @@ class NotifyActivities:
 
     @activity.defn(name="notify")
     async def notify(self, request: NotifyRequest) -> NotifyResult:
-        """Deliver one notification to one route."""
+        """Deliver one notification to one route.
+
+        Opening the ledger row waits for the lock LEDGER_WAIT_SECONDS, then fails with the
+        retryable LedgerBusy before anything is sent; once sent, recording the result waits up to
+        the attempt's end and, if the lock is still held, returns the result unrecorded rather
+        than fail an attempt whose retry would send again."""
         ledger = self._deps.ledger
+        ends = attempt_ends()
         record = await off_loop(ledger.begin, step_key(), workflow_id=request.notification.workflow_id,
-                                service=request.notification.service, activity="notify")
+                                service=request.notification.service, activity="notify",
+                                deadline=ledger_deadline(ends))
         if record.result_json is not None:
             previous = NotifyResult.model_validate_json(record.result_json)
             return previous.model_copy(update={"duplicate": True})
         result = await deliver(self._deps, request)
-        await off_loop(ledger.finish, record.key, result.model_dump_json())
+        await record_result(ledger, record.key, result.model_dump_json(), ends)
         return result

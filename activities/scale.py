@@ -32,12 +32,12 @@ from models.actions import (
     ProcessPoolScaleAction,
     ReplicaTarget,
 )
-from store.ledger import ActionLedger, ActionRecord
+from store.ledger import ActionLedger, ActionRecord, with_busy_timeout
 
 
 def recorded_previous(ledger: ActionLedger, service: str, activity_name: str, target: str) -> int:
     """The count the last non-restore scale of this target replaced; a clear error if unknown."""
-    with Session(ledger.engine) as session:
+    with Session(with_busy_timeout(ledger.engine, ledger.wait_ms)) as session:
         records = session.exec(
             select(ActionRecord)
             .where(ActionRecord.service == service, ActionRecord.activity == activity_name,

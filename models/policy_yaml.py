@@ -346,11 +346,25 @@ def _error_problems(node: yaml.Node | None, data: dict[str, Any],
     problems: list[PolicyProblem] = []
     for error in errors:
         cause = _unresolved_cause(error)
-        if cause is None:
-            problems.append(_problem(node, error))
-        else:
+        if cause is not None:
             problems += _references(node, tuple(error["loc"]), cause.problems)
+        elif not _in_shared_route_copy(node, data, tuple(error["loc"])):
+            problems.append(_problem(node, error))
     return problems + _unchecked_references(node, data, errors)
+
+
+def _in_shared_route_copy(node: yaml.Node | None, data: dict[str, Any],
+                          loc: tuple[int | str, ...]) -> bool:
+    """Whether `loc` is inside a service's copy of a shared route (PolicyFile gives every
+    service the file's `routes` it does not define itself): an error there is the shared route's
+    own, which is reported once at `routes.<name>`, not again in each service."""
+    if len(loc) < 4 or loc[0] != "services" or loc[2] != "routes":
+        return False
+    shared = data.get("routes")
+    if not isinstance(shared, dict) or loc[3] not in shared:
+        return False
+    _, _, written = _walk(node, loc[:4])
+    return not written
 
 
 def _unresolved_cause(error: ErrorDetails) -> UnresolvedReferences | None:

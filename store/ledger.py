@@ -11,12 +11,14 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Engine, and_, event, func, make_url, or_
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -28,6 +30,20 @@ engine was given a shorter wait (`with_busy_timeout`)."""
 
 BUSY_TIMEOUT_OPTION = "medkit_sqlite_busy_timeout_ms"
 """The execution option `with_busy_timeout` sets: the lock wait of that engine's transactions."""
+
+
+class LedgerBusy(Exception):
+    """Another writer held the database's lock for longer than a ledger call could wait: the
+    call wrote nothing, and trying again later may succeed."""
+
+
+def is_lock_timeout(err: BaseException) -> bool:
+    """Whether `err` is SQLite's "database is locked" (SQLITE_BUSY): the busy timeout ran out."""
+    orig = err.orig if isinstance(err, OperationalError) else err
+    if not isinstance(orig, sqlite3.OperationalError):
+        return False
+    return getattr(orig, "sqlite_errorcode", sqlite3.SQLITE_BUSY) == sqlite3.SQLITE_BUSY and \
+        "locked" in str(orig)
 
 
 class ActionRecord(SQLModel, table=True):
@@ -161,9 +177,12 @@ def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:
 class ActionLedger:
     """Idempotency records for side effects, in any SQLAlchemy database (SQLite by default)."""
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, *, wait_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
         self._engine: Engine = create_store_engine(url)
         self._lock = threading.Lock()
+        self.wait_ms = wait_ms
+        """How long a call given no `deadline` waits for the lock (this process's other ledger
+        calls, then another process's SQLite write lock) before it fails with LedgerBusy."""
         migrate(self._engine)
 
     @property
@@ -171,11 +190,35 @@ class ActionLedger:
         """The database engine, shared with the incident store."""
         return self._engine
 
+    @contextmanager
+    def _writing(self, deadline: float | None) -> Iterator[Session]:
+        """A session holding this process's ledger lock, whose transaction waits for another
+        writer's lock only until `deadline` (time.monotonic(); default `wait_ms` from now).
+
+        Past the deadline the call fails with LedgerBusy, having written nothing: a caller with a
+        timeout of its own passes a deadline inside it, so the call never outlives its attempt."""
+        if deadline is None:
+            deadline = time.monotonic() + self.wait_ms / 1000
+        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            raise LedgerBusy("the action ledger is busy: this worker's other ledger calls held it")
+        try:
+            left_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            with Session(with_busy_timeout(self._engine, left_ms)) as session:
+                yield session
+        except OperationalError as err:
+            if is_lock_timeout(err):
+                raise LedgerBusy("the action ledger is busy: database is locked by another "
+                                 "writer") from err
+            raise
+        finally:
+            self._lock.release()
+
     def begin(
-        self, key: str, *, workflow_id: str, service: str, activity: str
+        self, key: str, *, workflow_id: str, service: str, activity: str,
+        deadline: float | None = None,
     ) -> ActionRecord:
         """The record for `key`, created if this is the first attempt."""
-        with self._lock, Session(self._engine) as session:
+        with self._writing(deadline) as session:
             record = session.get(ActionRecord, key)
             if record is None:
                 record = ActionRecord(
@@ -188,9 +231,9 @@ class ActionLedger:
             session.expunge(record)
             return record
 
-    def progress(self, key: str, **values: Any) -> None:
+    def progress(self, key: str, *, deadline: float | None = None, **values: Any) -> None:
         """Record how far a side effect got, for a retry to resume from."""
-        with self._lock, Session(self._engine) as session:
+        with self._writing(deadline) as session:
             record = session.get(ActionRecord, key)
             if record is None:
                 raise KeyError(key)
@@ -199,9 +242,9 @@ class ActionLedger:
             session.add(record)
             session.commit()
 
-    def finish(self, key: str, result_json: str) -> None:
+    def finish(self, key: str, result_json: str, *, deadline: float | None = None) -> None:
         """Record the final result; later attempts with the same key return it."""
-        with self._lock, Session(self._engine) as session:
+        with self._writing(deadline) as session:
             record = session.get(ActionRecord, key)
             if record is None:
                 raise KeyError(key)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -208,6 +208,8 @@ class WebhookReceiver:
     status: int = 200
     delays: dict[str, float] = field(default_factory=dict)
     """Seconds to wait before answering a notification, by its `event` (a slow receiver)."""
+    on_post: Callable[[], None] | None = None
+    """Called (in the server's thread) for each POST after it is recorded, before the answer."""
 
     @property
     def url(self) -> str:
@@ -233,6 +235,8 @@ def serving_webhook(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
             body = json.loads(self.rfile.read(length))
             receiver.received.append(body)
             receiver.headers.append(dict(self.headers))
+            if receiver.on_post is not None:
+                receiver.on_post()
             time.sleep(receiver.delays.get(str(body.get("event")), 0.0))
             self.send_response(receiver.status)
             self.end_headers()

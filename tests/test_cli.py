@@ -154,6 +154,29 @@ def test_config_check_lists_references_and_field_errors_in_one_run_by_line(tmp_p
     ]
 
 
+def test_config_check_reports_an_invalid_shared_route_once_at_the_route(tmp_path: Path) -> None:
+    """Every service gets a copy of the file's shared routes, and an invalid one was reported at
+    `routes.ops` and again in each service (at the service's line, under a path the file does
+    not have). Now once, at the route."""
+    bad = tmp_path / "bad.yaml"
+    service = ("{name: %s, probes: [{kind: tcp, name: p, port: 1}], escalation: {routes: [ops]}, "
+               "ladders: {minor: [{name: w, steps: [{wait: 1s}]}], major: [{name: w, steps: "
+               "[{wait: 1s}]}], critical: [{name: w, steps: [{wait: 1s}]}]}}")
+    bad.write_text("routes:\n"
+                   "  ops: {kind: webhook, url_env: 'OPS URL'}\n"
+                   "services:\n"
+                   f"  - {service % 'api'}\n"
+                   f"  - {service % 'db'}\n")
+    result = medkit("config", "check", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"medkit: {bad}: 1 problem(s)",
+        "  line 2: routes.ops.url_env: Value error, 'OPS URL' is not an "
+        "environment variable name (letters, digits and _, not starting with a digit): name the "
+        "variable, never write its value",
+    ]
+
+
 def test_unreachable_server_and_unknown_id_are_one_line_errors(target: dict[str, str]) -> None:
     down = medkit("status", "recovery:demo:health", "--address", "127.0.0.1:1")
     assert down.returncode == 1

@@ -29,7 +29,7 @@ from temporalio.worker import Worker
 
 from activities.command import CommandActivities
 from activities.deps import ActivityDeps
-from activities.idempotency import ActionStep, DryRun, perform_once, step_key
+from activities.idempotency import ActionStep, DryRun, off_loop, perform_once, step_key
 from activities.notify import NotifyActivities
 from activities.process import ProcessSupervisor
 from activities.process_pool import ProcessPool
@@ -37,6 +37,7 @@ from activities.scale import ScaleActivities
 from models.actions import ActionRequest, ActionResult
 from models.notifications import Notification, NotifyRequest, NotifyResult, WebhookRoute
 from models.phases import Phase, Severity
+from store.ledger import ActionRecord
 from tests.conftest import WebhookReceiver
 from workers.action_failures import ActionFailureInterceptor
 
@@ -92,11 +93,17 @@ def lock(deps: ActivityDeps, tmp_path: Path) -> Iterator[WriteLock]:
     writer.close()
 
 
-def environment(activity_type: str) -> ActivityEnvironment:
-    """An activity environment running as the step STEP names."""
+ATTEMPT = timedelta(seconds=30)
+"""The start-to-close timeout RecoveryWorkflow gives a notify step (an action gets more): ledger
+calls wait for the lock only within it (ActivityEnvironment's default is 1 s)."""
+
+
+def environment(activity_type: str, timeout: timedelta = ATTEMPT) -> ActivityEnvironment:
+    """An activity environment running as the step STEP names, with `timeout` to start-to-close."""
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, activity_type=activity_type, workflow_id=STEP["workflow_id"],
-                                   workflow_run_id=STEP["workflow_run_id"], activity_id=STEP["activity_id"])
+                                   workflow_run_id=STEP["workflow_run_id"], activity_id=STEP["activity_id"],
+                                   start_to_close_timeout=timeout, schedule_to_close_timeout=None)
     return env
 
 
@@ -190,6 +197,39 @@ async def test_a_notification_waits_for_the_lock_off_the_loop(
     run = environment("notify").run(notify, NotifyRequest(route_name="hook", route=route, notification=note))
     result: NotifyResult = await waits_beside_a_ticker(run, lock)
     assert result.delivered and not result.duplicate and len(webhook_receiver.received) == 1
+
+
+DEFAULT_POOL_MAX = 32
+"""The most threads asyncio's default pool has (min(32, CPUs + 4))."""
+
+
+async def test_ledger_calls_waiting_for_the_lock_leave_the_default_pool_free(
+        deps: ActivityDeps, lock: WriteLock) -> None:
+    """More ledger calls wait for the lock than the default pool has threads; the work other
+    activities run in that pool (a probe's blocking check, the DNS lookup of an HTTP probe or a
+    notification) still runs meanwhile, and the ledger calls all write once the lock is free."""
+    calls = DEFAULT_POOL_MAX + 8
+    lock.take()
+
+    async def open_steps() -> list[ActionRecord]:
+        return await asyncio.gather(*(
+            off_loop(deps.ledger.begin, f"recovery:svc:t/run-1/{index}", workflow_id="recovery:svc:t",
+                     service="svc", activity="notify") for index in range(calls)))
+
+    opening = asyncio.ensure_future(environment("notify").run(open_steps))
+    try:
+        for _ in range(5):  # the ledger calls are handed to their threads (a few loop passes)
+            await asyncio.sleep(0.01)
+        other_work = asyncio.ensure_future(asyncio.gather(
+            asyncio.to_thread(lambda: "probed"),
+            asyncio.get_running_loop().getaddrinfo("localhost", 80)))
+        ticks = await ticks_while_waiting(other_work)
+        assert (ticks < TICKS, other_work.done(), opening.done()) == (True, True, False), \
+            "ledger calls waiting for the lock held up the default pool's other work"
+    finally:
+        lock.release()
+    assert len(await opening) == calls
+    assert all(lock.progress(f"recovery:svc:t/run-1/{index}") == {} for index in range(calls))
 
 
 class BreakingAction:
