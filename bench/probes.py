@@ -174,19 +174,21 @@ class MeteredLedger(ActionLedger):
         super().__init__(url)
         self.spent_ms = 0.0
 
-    def begin(self, key: str, *, workflow_id: str, service: str, activity: str) -> ActionRecord:
+    def begin(self, key: str, *, workflow_id: str, service: str, activity: str,
+              deadline: float | None = None) -> ActionRecord:
         """ActionLedger.begin, timed."""
         started = time.perf_counter()
         try:
-            return super().begin(key, workflow_id=workflow_id, service=service, activity=activity)
+            return super().begin(key, workflow_id=workflow_id, service=service, activity=activity,
+                                 deadline=deadline)
         finally:
             self.spent_ms += (time.perf_counter() - started) * 1000
 
-    def finish(self, key: str, result_json: str) -> None:
+    def finish(self, key: str, result_json: str, *, deadline: float | None = None) -> None:
         """ActionLedger.finish, timed."""
         started = time.perf_counter()
         try:
-            super().finish(key, result_json)
+            super().finish(key, result_json, deadline=deadline)
         finally:
             self.spent_ms += (time.perf_counter() - started) * 1000
 
