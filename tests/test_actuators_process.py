@@ -589,6 +589,10 @@ def test_a_signal_to_a_checked_process_never_reaches_the_next_owner_of_its_pid()
     checked = subprocess.Popen(["sleep", "300"])
     other: subprocess.Popen[bytes] | None = None
     try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(checked.pid).cmdline() != ["sleep", "300"]:  # not exec'd yet
+            assert time.monotonic() < deadline, "sleep did not start"
+            time.sleep(0.01)
         with PinnedProcess(checked.pid) as pinned:
             assert pinned.proc.cmdline() == ["sleep", "300"]  # the check
             checked.kill()
