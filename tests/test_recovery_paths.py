@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
@@ -631,14 +631,8 @@ async def test_a_report_resolved_before_the_approval_is_not_acted_on(
     failover waits for approval; an operator approves anyway. With the only evidence withdrawn
     and every probe passing, medkit must not fail the service over."""
     script = Script()  # every probe passes
-    policy = scripted_policy(webhook_receiver.url)
-    first = detection(severity=Severity.CRITICAL)
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, first)
-        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
-        await start(ts_env.client, queue, policy,
-                    detection(key=first.incident_key, status="resolved", summary="alert cleared"))
-        await eventually(lambda: _resolved_seen(handle))
+        handle, _, _ = await _resolved_while_awaiting_approval(ts_env.client, queue, webhook_receiver)
         await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
         result = await handle.result()
         await save_history(handle, "withdrawn_report_dismissed")
@@ -657,21 +651,30 @@ async def test_a_report_firing_again_after_its_resolution_is_acted_on(
     """Only the source's latest word counts: resolved, then firing again before the approval,
     the report stands once more and the approved failover runs (every probe still passes)."""
     script = Script()  # every probe passes
-    policy = scripted_policy(webhook_receiver.url)
-    first = detection(severity=Severity.CRITICAL)
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, first)
-        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
-        await start(ts_env.client, queue, policy,
-                    detection(key=first.incident_key, status="resolved", summary="alert cleared"))
-        await eventually(lambda: _resolved_seen(handle))
-        await start(ts_env.client, queue, policy,
-                    detection(key=first.incident_key, summary="firing again"))
+        handle, policy, key = await _resolved_while_awaiting_approval(ts_env.client, queue,
+                                                                      webhook_receiver)
+        await start(ts_env.client, queue, policy, detection(key=key, summary="firing again"))
         await eventually(lambda: _reports_counted(handle, 3))
         await send_decision(ts_env.client, handle.id, DecisionKind.APPROVE, operator())
         result = await handle.result()
     assert script.actions == ["failover"]
     assert result.phase == Phase.RECOVERED
+
+
+async def _resolved_while_awaiting_approval(
+    client: Client, queue: str, webhook_receiver: WebhookReceiver,
+) -> tuple[WorkflowHandle[RecoveryWorkflow, RecoveryStatus], ServicePolicy, str]:
+    """A critical recovery whose failover waits for approval, and whose source then reported
+    the problem resolved (taken by the run); its handle, policy and incident key."""
+    policy = scripted_policy(webhook_receiver.url)
+    first = detection(severity=Severity.CRITICAL)
+    handle = await start(client, queue, policy, first)
+    await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+    await start(client, queue, policy,
+                detection(key=first.incident_key, status="resolved", summary="alert cleared"))
+    await eventually(lambda: _resolved_seen(handle))
+    return handle, policy, first.incident_key
 
 
 async def _resolved_seen(handle: WorkflowHandle[Any, Any]) -> bool:
