@@ -37,9 +37,16 @@ class LedgerBusy(Exception):
     call wrote nothing, and trying again later may succeed."""
 
 
+POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's SQLSTATE when a statement gave up waiting for a lock (`lock_timeout`)."""
+
+
 def is_lock_timeout(err: BaseException) -> bool:
-    """Whether `err` is SQLite's "database is locked" (SQLITE_BUSY): the busy timeout ran out."""
+    """Whether `err` is a lock wait that ran out: SQLite's "database is locked" (SQLITE_BUSY, the
+    busy timeout), or PostgreSQL's lock_not_available (the transaction's `lock_timeout`)."""
     orig = err.orig if isinstance(err, OperationalError) else err
+    if getattr(orig, "sqlstate", None) == POSTGRES_LOCK_NOT_AVAILABLE:
+        return True
     if not isinstance(orig, sqlite3.OperationalError):
         return False
     return getattr(orig, "sqlite_errorcode", sqlite3.SQLITE_BUSY) == sqlite3.SQLITE_BUSY and \
@@ -105,13 +112,21 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def with_busy_timeout(engine: Engine, milliseconds: int) -> Engine:
-    """The engine (same pool, same events) with its SQLite transactions waiting at most
-    `milliseconds` for another writer's lock; on PostgreSQL the option changes nothing.
+    """The engine (same pool, same events) with its transactions waiting at most `milliseconds`
+    for another writer's lock (SQLite's busy timeout, PostgreSQL's `lock_timeout`).
 
     For work bounded by a timeout shorter than SQLITE_BUSY_TIMEOUT_MS: failing with "database
     is locked" inside the timeout ends the attempt, where a longer wait would outlive it and
     leave its thread to write after the attempt was given up."""
     return engine.execution_options(**{BUSY_TIMEOUT_OPTION: milliseconds})
+
+
+def _postgres_begin(conn: Any) -> None:
+    """Bound the transaction's wait for a lock another session holds, as SQLite's busy timeout
+    does: the engine's `with_busy_timeout`, else SQLITE_BUSY_TIMEOUT_MS. Without it a write
+    waited for a locked row or table for as long as the lock was held, outliving any attempt."""
+    wait = int(conn.get_execution_options().get(BUSY_TIMEOUT_OPTION, SQLITE_BUSY_TIMEOUT_MS))
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(wait, 1)}")
 
 
 def _sqlite_connect_reader(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -166,7 +181,10 @@ def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:
     url = parse_database_url(url)
     if url.get_backend_name() != "sqlite":
         options = {"postgresql_readonly": True} if read_only else {}
-        return create_engine(url, pool_pre_ping=True, execution_options=options)
+        engine = create_engine(url, pool_pre_ping=True, execution_options=options)
+        if url.get_backend_name() == "postgresql" and not read_only:
+            event.listen(engine, "begin", _postgres_begin)
+        return engine
     engine = create_engine(url, connect_args={"check_same_thread": False,
                                               "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_connect_reader if read_only else _sqlite_connect)

@@ -24,7 +24,7 @@ from store.incidents import (
     NotificationRow,
     TimelineRow,
 )
-from store.ledger import ActionLedger, ActionRecord
+from store.ledger import ActionLedger, ActionRecord, LedgerBusy
 
 pytest_plugins = ["tests.postgres_fixture"]
 
@@ -338,3 +338,33 @@ def test_a_late_write_with_fewer_reports_does_not_lower_the_count(store: Inciden
     assert store.find("r").reports == 160
     store.record(IncidentRecord(run_id="r", status=older.model_copy(update={"reports": 170})), T0)
     assert store.find("r").reports == 170
+
+
+def test_a_write_waiting_for_a_lock_another_session_holds_gives_up_at_its_deadline(
+        ledger: ActionLedger) -> None:
+    """Another session holds the ledger table locked (a migration, an operator's long
+    transaction). On PostgreSQL a write used to wait for as long as the lock was held, outliving
+    any activity attempt; like SQLite's busy timeout, it now gives up at its deadline with the
+    retryable LedgerBusy, having written nothing."""
+    ledger.begin("held", workflow_id="w", service="checkout", activity="restart_process")
+    with ledger.engine.connect() as other:
+        other.exec_driver_sql(
+            "LOCK TABLE action_ledger IN ACCESS EXCLUSIVE MODE"
+            if ledger.engine.dialect.name == "postgresql" else "DELETE FROM action_ledger")
+        outcome: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                ledger.progress("held", deadline=time.monotonic() + 0.5, step="stop")
+                outcome.append(None)
+            except BaseException as err:
+                outcome.append(err)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(timeout=60)
+        assert outcome, "the write still waits for the lock"
+        assert isinstance(outcome[0], LedgerBusy)
+        other.rollback()
+    record = ledger.begin("held", workflow_id="w", service="checkout", activity="restart_process")
+    assert record.progress_json == "{}"
