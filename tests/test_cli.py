@@ -81,6 +81,15 @@ def worker_log(state_dir: Path) -> Path:
     return state_dir.parent / f"{state_dir.name}-worker.log"
 
 
+def demo_policy_env(target: dict[str, str], demo_service: DemoService,
+                    tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The demo policy for `demo_service`, written in tmp_path, and the CLI environment that
+    points at it and at the test's Temporal."""
+    policy = tmp_path / "policy.yaml"
+    write_demo_policy(policy, demo_service.port, tmp_path)
+    return policy, {**target, "MEDKIT_CONFIG": str(policy)}
+
+
 def start_worker(target: dict[str, str], state_dir: Path, policy: Path) -> subprocess.Popen[str]:
     """`medkit worker` as a service would run it, with its own policy file in MEDKIT_CONFIG.
 
@@ -533,9 +542,7 @@ async def test_the_demo_approval_flow_through_list_open_watch_and_run_id(
     """What the `medkit dev` banner tells a newcomer: a critical recovery of the demo waits for
     approval; `list --open` shows what it waits for, `status --watch` follows it to its end, and
     `approve --run-id` decides for that very run."""
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    policy, env = demo_policy_env(target, demo_service, tmp_path)
     worker = start_worker(target, tmp_path / "state", policy)
     watchers: list[subprocess.Popen[str]] = []
     try:
@@ -606,9 +613,7 @@ async def test_status_of_an_ended_run_says_when_it_ran_and_watch_says_it_waits_f
     incident's, long ended: the watch printed its outcome with no date and exited 0, which reads
     as "already recovered". Now the status says when the run started and ended (UTC, like
     `medkit incidents show`), and a watch of a run that had already ended says so on stderr."""
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    policy, env = demo_policy_env(target, demo_service, tmp_path)
     async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         started = medkit("trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                          f"k{uuid.uuid4().hex[:6]}", "-o", "json", env=env)
@@ -641,9 +646,7 @@ async def test_trigger_says_whether_it_started_a_recovery_or_joined_the_running_
 ) -> None:
     """A second `medkit trigger` of the drill printed the same id as the first, exit 0, with
     nothing to tell that no new recovery started; the gateway answers started or joined."""
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    policy, env = demo_policy_env(target, demo_service, tmp_path)
     async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         args = ["trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                 f"k{uuid.uuid4().hex[:6]}"]
@@ -665,9 +668,7 @@ async def test_trigger_says_whether_it_started_a_recovery_or_joined_the_running_
 async def test_ctrl_c_stops_status_watch_cleanly(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    policy, env = demo_policy_env(target, demo_service, tmp_path)
     async with running_worker(target, tmp_path / "state", policy, dev_env.client):
         started = medkit("trigger", "--service", DEMO_SERVICE, "--severity", "critical", "--key",
                          f"k{uuid.uuid4().hex[:6]}", "-o", "json", env=env)
@@ -697,9 +698,7 @@ async def test_decisions_and_status_no_worker_answers_fail_in_time_and_say_why(
     """With no worker on the recovery's task queue, `trigger` warns, and `status` and a decision
     give up after --timeout with a one-line error naming the queue (an update used to wait
     forever). The decision is held by Temporal, not lost: a worker started later applies it."""
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    policy, env = demo_policy_env(target, demo_service, tmp_path)
     queue = target["MEDKIT_TASK_QUEUE"]
     started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
                      env=env)
@@ -751,9 +750,7 @@ async def test_a_decision_or_status_when_temporal_stops_answering_says_so_not_th
     confirmed, typed as an unreachable Temporal. The proxy falls silent on the request itself:
     the decision by its operator's name, the query by the second request naming the recovery
     (the first is the lookup every command makes)."""
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    _, env = demo_policy_env(target, demo_service, tmp_path)
     started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
                      env=env)
     assert started.returncode == 0, started.stderr
@@ -845,9 +842,7 @@ async def connected(pid: int, address: str) -> bool:
 async def test_ctrl_c_during_a_decision_no_worker_answers_exits_130_quietly(
     target: dict[str, str], demo_service: DemoService, tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
-    policy = tmp_path / "policy.yaml"
-    write_demo_policy(policy, demo_service.port, tmp_path)
-    env = {**target, "MEDKIT_CONFIG": str(policy)}
+    _, env = demo_policy_env(target, demo_service, tmp_path)
     started = medkit("trigger", "--service", DEMO_SERVICE, "--key", f"k{uuid.uuid4().hex[:6]}",
                      "-o", "json", env=env)
     workflow_id = json.loads(started.stdout)["workflow_id"]
