@@ -28,7 +28,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another process's transaction before failing, unless its
 engine was given a shorter wait (`with_busy_timeout`)."""
 
-BUSY_TIMEOUT_OPTION = "medkit_sqlite_busy_timeout_ms"
+BUSY_TIMEOUT_OPTION = "medkit_lock_wait_ms"
 """The execution option `with_busy_timeout` sets: the lock wait of that engine's transactions."""
 
 
