@@ -20,7 +20,7 @@ from models.fleet import BudgetSpec, FleetSpec
 from models.notifications import NotificationRoute
 from models.phases import Severity
 from models.probes import Comparison, ProbeSpec
-from models.references import UnresolvedReferences, model_names, unresolved
+from models.references import UnresolvedReferences, service_names, unresolved
 from models.urls import RequestUrl
 
 
@@ -253,13 +253,16 @@ class ServicePolicy(MedkitModel):
     def _references_resolve(self) -> ServicePolicy:
         """Every action, route, probe and group a field names is defined, and probe names are
         unique; otherwise UnresolvedReferences, listing each problem at its own field so the
-        loader reports each at its line. The check is the one the loader also runs on the raw
-        data of a service whose fields did not validate (when pydantic skips this one), on the
-        names read from this service's fields (`model_names`)."""
-        problems = unresolved(model_names(self))
+        loader reports each at its line. The check runs on plain data, the one the loader also
+        runs on a service whose fields did not validate (when pydantic skips this one)."""
+        problems = unresolved(service_names(self.model_dump(include=_REFERRING_FIELDS)))
         if problems:
             raise UnresolvedReferences(problems)
         return self
+
+
+_REFERRING_FIELDS = {"probes", "actions", "ladders", "assessment", "escalation", "routes", "budgets"}
+"""The fields of a service that define names or refer to them (see models/references.py)."""
 
 
 class DiskWatchSpec(MedkitModel):

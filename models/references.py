@@ -1,16 +1,13 @@
 """The names a service's fields refer to (actions, routes, probes, probe groups) that it does not
 define, each at its own field.
 
-One check (`unresolved`, over the names a service defines and uses: `ServiceNames`) serves both
-callers: `ServicePolicy` checks the names read from its validated fields (`model_names`), and the
-policy loader checks those read from the raw YAML of a service whose own fields did not validate
-(`service_names`; pydantic then skips the model's check), so a file's every problem is listed in
-one run. Both readers give the same ServiceNames for the same service (a test compares
-`model_names` with `service_names` of the service's dump); the model's is read from its fields
-rather than from a dump of it, which cost as much again as the check itself on every service.
-Raw data may have any shape: whatever is not the right shape is skipped (its own field error
-says what is wrong), and a set of defined names that cannot be read in full is not checked
-against, so that no reference is reported unknown for want of reading what defines it.
+One implementation over plain data (dicts and lists, shaped as a policy file writes a service)
+serves both callers: `ServicePolicy` checks a dump of itself, and the policy loader checks the
+raw YAML of a service whose own fields did not validate (pydantic then skips the model's check),
+so a file's every problem is listed in one run. Raw data may have any shape: whatever is not
+the right shape is skipped (its own field error says what is wrong), and a set of defined names
+that cannot be read in full is not checked against, so that no reference is reported unknown
+for want of reading what defines it.
 """
 
 from __future__ import annotations
@@ -18,14 +15,10 @@ from __future__ import annotations
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from models.actions import NotifyAction
 from models.phases import Severity
 from models.probes import ProbeSpec
-
-if TYPE_CHECKING:
-    from models.policy import ServicePolicy
 
 Loc = tuple[int | str, ...]
 """A field's position below the service, as pydantic writes an error's `loc`."""
@@ -134,47 +127,10 @@ def service_names(service: object, shared_routes: object = None) -> ServiceNames
     return ServiceNames(defined, probes or [], references)
 
 
-def model_names(service: ServicePolicy) -> ServiceNames:
-    """The names of a validated ServicePolicy, read from its fields: what `service_names` reads
-    from a dump of it, in the same order and at the same locations, without dumping it."""
-    probes: list[str | None] = [probe.name for probe in service.probes]
-    defined: dict[Kind, frozenset[str] | None] = {
-        "action": frozenset(service.actions),
-        "route": frozenset(service.routes),
-        "probe": frozenset(probe.name for probe in service.probes),
-        "group": frozenset(probe.group for probe in service.probes if probe.group is not None),
-    }
-    references: list[Reference] = []
-    for severity in _SEVERITIES:
-        for index, rung in enumerate(getattr(service.ladders, severity)):
-            field = f"ladders.{severity} rung {rung.name!r}"
-            references += [
-                Reference("action", ("ladders", severity, index, "steps", step_index, "action"),
-                          field, step.action)
-                for step_index, step in enumerate(rung.steps) if step.action is not None]
-    references += [Reference("route", ("escalation", "routes", index), "escalation.routes", route)
-                   for index, route in enumerate(service.escalation.routes)]
-    for name, action in service.actions.items():
-        if isinstance(action, NotifyAction):
-            references += [Reference("route", ("actions", name, "routes", index),
-                                     f"actions.{name}.routes", route)
-                           for index, route in enumerate(action.routes)]
-    for index, rule in enumerate(service.assessment.rules):
-        field, loc = f"assessment.rules[{index}].when", ("assessment", "rules", index, "when")
-        references += [Reference("probe", (*loc, "probes", probe_index), f"{field}.probes", probe)
-                       for probe_index, probe in enumerate(rule.when.probes)]
-        if rule.when.group is not None:
-            references.append(Reference("group", (*loc, "group"), f"{field}.group", rule.when.group))
-    for index, budget in enumerate(service.budgets):
-        references += [Reference("action", ("budgets", index, "actions", action_index),
-                                 f"budgets[{index}].actions", action)
-                       for action_index, action in enumerate(budget.actions)]
-    return ServiceNames(defined, probes, references)
-
-
 def _mapping(value: object) -> dict[Any, Any]:
     """The value if it is a mapping, else an empty one (a wrong shape holds no names). YAML and
-    pydantic's dumps give dicts; checking for `dict`, not `Mapping`, keeps this cheap."""
+    pydantic's dumps give dicts; checking for `dict`, not `Mapping`, keeps this cheap, as the
+    check runs on every ServicePolicy validated."""
     return value if isinstance(value, dict) else {}
 
 

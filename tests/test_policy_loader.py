@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli.common import load_policy
-from demo.policy import demo_policy
 from models.policy import PolicyFile, ServicePolicy
 from models.policy_yaml import (
     MAX_ALIASES,
@@ -27,7 +26,6 @@ from models.policy_yaml import (
     PolicyProblem,
     parse_policy,
 )
-from models.references import model_names, service_names
 
 RUNG = "{name: w, steps: [{wait: 1s}]}"
 SERVICE = ("{name: %s, probes: [{kind: tcp, name: p, port: 1}], "
@@ -473,50 +471,6 @@ def test_a_shared_route_is_reported_once_and_a_services_own_route_at_its_line() 
                   extra="routes:\n  ops: {kind: webhook, url_env: OPS_URL, timeout: -1s}\n")
     found = [(p.path, p.line) for p in problems(text)]
     assert found == [("services[1].routes.ops.webhook_url_env", 4), ("routes.ops.timeout", 7)]
-
-
-EVERY_REFERENCE_RESOLVED = ("version: 1\n"
-                            "routes:\n"
-                            "  ops: {kind: webhook, url_env: OPS_URL}\n"
-                            "services:\n"
-                            "  - name: web\n"
-                            "    probes:\n"
-                            "      - {kind: tcp, name: a, port: 1, group: replicas}\n"
-                            "      - {kind: tcp, port: 2}\n"
-                            "      - {kind: http, url: 'http://127.0.0.1:1/', group: replicas}\n"
-                            "    routes: {pager: {kind: webhook, url_env: PAGER_URL}}\n"
-                            "    actions:\n"
-                            "      restart: {kind: command, argv: [x]}\n"
-                            "      page: {kind: notify, routes: [ops, pager]}\n"
-                            "    ladders:\n"
-                            "      minor: [{name: r, steps: [{action: restart}, {wait: 1s}]},\n"
-                            "              {name: s, steps: [{check: true}, {action: page}]}]\n"
-                            "      major: [{name: w, steps: [{action: page}]}]\n"
-                            "      critical: [{name: w, steps: [{wait: 1s}]}]\n"
-                            "    assessment:\n"
-                            "      rules:\n"
-                            "        - when: {probes: [a, tcp], failing: true}\n"
-                            "          severity: major\n"
-                            "        - when: {group: replicas, probes: [http], failing: true}\n"
-                            "          severity: critical\n"
-                            "    escalation: {routes: [pager, ops]}\n"
-                            "    budgets:\n"
-                            "      - {actions: [restart], max_actions: 1}\n"
-                            "      - {actions: [page, restart], max_actions: 5}\n")
-
-
-def test_a_services_names_read_from_its_fields_are_those_read_from_its_data(tmp_path: Path) -> None:
-    """ServicePolicy checks the names read from its fields (`model_names`), the loader those read
-    from a service's raw data (`service_names`): for services using every kind of reference
-    (shared and own routes, default probe names, groups, every ladder), both read the same
-    names, references, fields and locations, so the two checks say the same."""
-    policies = [parse_policy(EVERY_REFERENCE_RESOLVED),
-                PolicyFile.model_validate(demo_policy(8099, tmp_path)),
-                parse_policy(policy(service("a"), service("b")))]
-    services = [service for policy in policies for service in policy.services]
-    assert any(names.references for names in map(model_names, services))
-    for each in services:
-        assert model_names(each) == service_names(each.model_dump()), each.name
 
 
 SHAPES = st.recursive(st.none() | st.booleans() | st.integers() | st.sampled_from(["a", "r", "ops"]),
