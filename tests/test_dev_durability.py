@@ -27,6 +27,7 @@ import psutil
 
 from demo.policy import DEMO_SERVICE
 from tests.conftest import eventually, free_port
+from workers.dev import dev_server_argv
 
 MEDKIT = str(Path(sys.executable).parent / "medkit")
 DEFAULT_PORTS = {7233, 8233, 8099, 8780, 9464}  # someone else's `medkit dev` may hold these
@@ -280,3 +281,36 @@ async def test_medkit_dev_killed_alone_or_with_its_whole_stack_loses_no_recovery
         recoveries = await cli_json("list", "--service", DEMO_SERVICE, env=env)
         assert [(r["workflow_id"], r["run_id"]) for r in recoveries] == [(workflow_id, run_id)], recoveries
         assert "Traceback" not in dev.output(), dev.output()
+
+
+async def test_a_dev_server_on_the_state_dir_that_medkit_dev_has_no_record_of_is_named_not_stopped(
+        tmp_path: Path) -> None:
+    """A `medkit dev` killed between starting its dev server and recording it (or a server started
+    by hand on the state dir's database) leaves a server medkit cannot prove it started: the next
+    `medkit dev` names its pid in one line and leaves it running, instead of "port in use"."""
+    state_dir = (tmp_path / "state").resolve()
+    state_dir.mkdir()
+    ports = fresh_ports()
+    server = subprocess.Popen(dev_server_argv(state_dir, ports["temporal"], ports["ui"]),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        async def up() -> bool:
+            assert server.poll() is None, "the dev server exited"
+            return listening(ports["temporal"])
+
+        await eventually(up, timeout=STACK_START, interval=0.2)
+        result = await asyncio.to_thread(
+            subprocess.run, DevStack(state_dir, fresh_ports()).argv(), capture_output=True,
+            text=True, timeout=120, env=stack_env(), check=False)
+        assert result.returncode == 1, result
+        assert result.stderr.splitlines() == [
+            f"medkit: a Temporal dev server (pid {server.pid}) already runs on "
+            f"{state_dir / 'temporal.db'}, and medkit dev has no record of starting it (started "
+            "by hand, or its medkit dev was killed while starting it); stop it (kill "
+            f"{server.pid}), then start medkit dev again"], result.stderr
+        assert server.poll() is None
+        assert not (state_dir / "policy.yaml").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -130,7 +130,9 @@ async def stop_leftovers(state_dir: Path, supervisor: ProcessSupervisor,
     in order), so they outlive it: the server would keep temporal.db and its ports, the demo its
     port, and the next `medkit dev` could not start. Only the very processes recorded in their
     pid files' identity records are stopped (same pid, start time and command line); the server
-    gets SIGTERM first, so it closes its database cleanly. Call with the state dir locked.
+    gets SIGTERM first, so it closes its database cleanly. A dev server still on the state dir's
+    database after that has no record (dev_servers_on): it is named, not stopped. Call with the
+    state dir locked.
     """
     leftovers = [("the Temporal dev server", state_dir / SERVER_PID_FILE, 10.0)]
     if demo_pid_file is not None:
@@ -146,6 +148,41 @@ async def stop_leftovers(state_dir: Path, supervisor: ProcessSupervisor,
         except ApplicationError as err:
             raise DevStackError(f"cannot stop {what} (pid {identity.pid}) that a killed medkit dev "
                                 f"left running: {err}; stop it, then start medkit dev again") from None
+    database = state_dir / "temporal.db"
+    strays = dev_servers_on(database)
+    if strays:
+        pid = strays[0]
+        raise DevStackError(
+            f"a Temporal dev server (pid {pid}) already runs on {database}, and medkit dev has no "
+            "record of starting it (started by hand, or its medkit dev was killed while starting "
+            f"it); stop it (kill {pid}), then start medkit dev again")
+
+
+def dev_servers_on(database: Path) -> list[int]:
+    """The pids of this user's `temporal server start-dev` processes on `database`.
+
+    A dev server that stop_leftovers has no record of is not signalled (medkit cannot tell who
+    started it), but it holds the database and perhaps the ports, so it is named instead of
+    leaving the user with a bare "port in use".
+    """
+    found = []
+    for proc in psutil.process_iter(["uids", "cmdline"]):
+        uids, argv = proc.info["uids"], proc.info["cmdline"]
+        if uids is None or uids.real != os.getuid() or not argv or proc.pid == os.getpid():
+            continue
+        if argv[1:3] == ["server", "start-dev"] and _option(argv, "--db-filename") == str(database):
+            found.append(proc.pid)
+    return found
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `name` in argv (given as `name value` or `name=value`), or None."""
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(f"{name}="):
+            return arg.partition("=")[2]
+    return None
 
 
 async def connect_when_ready(target: TemporalTarget, attempts: int = 100) -> Client:
