@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name
 from models.probes import ChildEnv, HttpProbe, InheritEnv, TcpProbe
-from models.urls import RequestUrl
+from models.urls import PolicyUrl
 
 Argv = Annotated[list[str], Field(min_length=1)]
 """A program and its arguments. medkit never runs a shell."""
@@ -186,7 +186,7 @@ class HttpAction(MedkitModel):
     activity: ClassVar[str] = "http_action"
     kind: Literal["http"] = "http"
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    url: RequestUrl
+    url: PolicyUrl
     headers: Headers = Field(default_factory=dict)
     bearer_token_env: EnvName | None = None
     body: JsonBody = None
@@ -210,7 +210,7 @@ class BreakerAction(MedkitModel):
 
     activity: ClassVar[str] = "set_breaker"
     kind: Literal["breaker"] = "breaker"
-    url: RequestUrl
+    url: PolicyUrl
     state: Literal["open", "half_open", "closed"]
     bearer_token_env: EnvName | None = None
     timeout: Duration = timedelta(seconds=5)
@@ -322,12 +322,12 @@ class HttpScaleAction(MedkitModel):
 
     activity: ClassVar[str] = "scale_http"
     kind: Literal["scale_http"] = "scale_http"
-    url: RequestUrl
+    url: PolicyUrl
     replicas: ReplicaTarget
     method: Literal["POST", "PUT", "PATCH"] = "PUT"
     body: JsonBody = Field(default_factory=lambda: {"replicas": "{replicas}"})
     bearer_token_env: EnvName | None = None
-    current_url: RequestUrl | None = None
+    current_url: PolicyUrl | None = None
     replicas_field: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")] = "replicas"
     expect_status: list[Status] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
     timeout: Duration = timedelta(seconds=10)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_serializer, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name
-from models.urls import RequestUrl
+from models.urls import PolicyUrl
 
 Group = Name | None
 """The probe's group (e.g. `instances`): assessment rules can select every probe of a group."""
@@ -29,7 +29,7 @@ class HttpProbe(MedkitModel):
     kind: Literal["http"] = "http"
     name: Name = "http"
     group: Group = None
-    url: RequestUrl
+    url: PolicyUrl
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=lambda: [200], min_length=1
@@ -122,7 +122,7 @@ class PrometheusProbe(MedkitModel):
     kind: Literal["prometheus"] = "prometheus"
     name: Name = "prometheus"
     group: Group = None
-    url: RequestUrl
+    url: PolicyUrl
     query: Annotated[str, Field(min_length=1)]
     unhealthy_when: Comparison
     match: Literal["any", "all"] = "any"

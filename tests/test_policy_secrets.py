@@ -1,0 +1,87 @@
+"""No credential written in a service's policy: every recovery carries that policy, as its
+snapshot, in its workflow input, so anything secret in it is stored in Temporal's history in
+clear and shown by the Temporal UI, `temporal workflow show` and every history export."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from models.policy import ServicePolicy
+from models.policy_yaml import PolicyError, parse_policy
+
+SECRET = "Sup3rS3cretValue"
+
+SERVICE = """version: 1
+services:
+  - name: web
+    probes: [%(probe)s]
+    ladders:
+      minor: [{name: r, steps: [{action: a}]}]
+      major: [{name: r, steps: [{action: a}]}]
+      critical: [{name: r, steps: [{action: a}]}]
+    actions: {a: %(action)s}
+%(rest)s"""
+
+TCP = "{kind: tcp, port: 1}"
+COMMAND = "{kind: command, argv: ['true']}"
+
+
+def policy(probe: str = TCP, action: str = COMMAND, rest: str = "") -> str:
+    """A one-service policy file with this probe, action `a` and further service fields."""
+    return SERVICE % {"probe": probe, "action": action, "rest": rest}
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    (policy(probe=f"{{kind: http, url: 'http://admin:{SECRET}@127.0.0.1:1/health'}}"),
+     "services[0].probes[0].url"),
+    (policy(probe=f"{{kind: prometheus, url: 'http://127.0.0.1:9090/?access_token={SECRET}', "
+                  "query: up, unhealthy_when: '< 1'}"),
+     "services[0].probes[0].url"),
+    (policy(action=f"{{kind: http, url: 'http://127.0.0.1:1/restart?x=1&api_key={SECRET}'}}"),
+     "services[0].actions.a.url"),
+    (policy(action=f"{{kind: breaker, url: 'http://ops:{SECRET}@127.0.0.1:1/b', state: open}}"),
+     "services[0].actions.a.url"),
+    (policy(action="{kind: scale_http, url: 'http://127.0.0.1:1/s', replicas: 2, "
+                   f"current_url: 'http://127.0.0.1:1/n?token={SECRET}'}}"),
+     "services[0].actions.a.current_url"),
+    (policy(action="{kind: restart_process, argv: ['x'], pid_file: /tmp/x.pid, ready_probe: "
+                   f"{{kind: http, url: 'http://u:{SECRET}@127.0.0.1:1/h'}}}}"),
+     "services[0].actions.a.ready_probe.url"),
+    (policy(rest=f"    routes: {{hook: {{kind: webhook, url: 'https://bot:{SECRET}@hooks.example/x'}}}}"),
+     "services[0].routes.hook.url"),
+    (policy(rest="    routes: {pd: {kind: pagerduty, routing_key_env: PD, "
+                 f"events_url: 'https://events.example/v2?auth={SECRET}'}}}}"),
+     "services[0].routes.pd.events_url"),
+])
+def test_a_service_url_carrying_a_credential_is_refused_without_showing_it(
+        text: str, path: str) -> None:
+    """Such a URL was accepted: probe evidence and log lines showed it redacted, but the policy
+    snapshot every recovery carries held it in clear, in the workflow input of its history."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "policy.yaml")
+    [problem] = caught.value.problems
+    assert problem.path == path
+    assert "workflow history" in problem.message
+    assert SECRET not in str(caught.value)
+
+
+def test_a_service_policy_built_in_code_refuses_a_credential_url_too() -> None:
+    """The gateway and the CLI start recoveries with a ServicePolicy; the model itself refuses."""
+    with pytest.raises(ValidationError) as caught:
+        ServicePolicy.model_validate({
+            "name": "web", "probes": [{"kind": "http", "url": f"http://u:{SECRET}@h/x"}],
+            "ladders": {severity: [{"name": "r", "steps": [{"wait": "1s"}]}]
+                        for severity in ("minor", "major", "critical")},
+        })
+    assert "user info" in str(caught.value)
+
+
+def test_urls_without_credentials_and_detector_only_urls_with_them_still_parse() -> None:
+    """Query parameters that are no credential stay allowed, and an anomaly series' Prometheus
+    URL, which only `medkit watch` uses (no workflow carries it), may still hold credentials."""
+    text = policy(probe="{kind: http, url: 'http://127.0.0.1:1/health?verbose=1&verbosity=no'}",
+                  rest=("anomaly:\n  series: [{name: e, service: web, "
+                        f"prometheus: 'http://u:{SECRET}@p:9090', query: up}}]\n"))
+    parsed = parse_policy(text, "policy.yaml")
+    assert parsed.services[0].probes[0].url == "http://127.0.0.1:1/health?verbose=1&verbosity=no"
