@@ -18,10 +18,16 @@ Argv = Annotated[list[str], Field(min_length=1)]
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 """Headers that carry credentials, refused in a policy (compared case-insensitively)."""
 
+SECRET_HEADER_NAME = re.compile(r"token|secret|passw|api-?key|auth|credential|session|cookie|"
+                                r"signature", re.IGNORECASE)
+"""Header names that carry credentials by convention (X-Api-Key, X-Auth-Token, Private-Token,
+X-Vault-Token, X-Session-Id...), refused as the four above are."""
+
 
 def _no_secret_headers(headers: dict[str, str]) -> dict[str, str]:
     """Refuse credential headers: the policy travels in every workflow's history, in clear."""
-    refused = sorted(name for name in headers if name.strip().lower() in SECRET_HEADERS)
+    refused = sorted(name for name in headers if name.strip().lower() in SECRET_HEADERS
+                     or SECRET_HEADER_NAME.search(name))
     if refused:
         raise ValueError(
             f"header(s) {', '.join(refused)} carry credentials and must not be written in the "

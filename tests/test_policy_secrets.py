@@ -85,3 +85,24 @@ def test_urls_without_credentials_and_detector_only_urls_with_them_still_parse()
                         f"prometheus: 'http://u:{SECRET}@p:9090', query: up}}]\n"))
     parsed = parse_policy(text, "policy.yaml")
     assert parsed.services[0].probes[0].url == "http://127.0.0.1:1/health?verbose=1&verbosity=no"
+
+
+@pytest.mark.parametrize("header", ["X-Api-Key", "apikey", "X-Auth-Token", "Private-Token",
+                                    "X-Vault-Token", "X-Session-Id", "X-Client-Secret"])
+def test_a_header_named_like_a_credential_is_refused_without_showing_it(header: str) -> None:
+    """Only Authorization, Proxy-Authorization, Cookie and Set-Cookie were refused, so the
+    usual API-key headers went, value and all, into every recovery's workflow input."""
+    text = policy(action=f"{{kind: http, url: 'http://127.0.0.1:1/r', "
+                         f"headers: {{{header}: {SECRET}, X-Request-Source: medkit}}}}")
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "policy.yaml")
+    [problem] = caught.value.problems
+    assert problem.path == "services[0].actions.a.headers"
+    assert header in problem.message and "bearer_token_env" in problem.message
+    assert SECRET not in str(caught.value) and "X-Request-Source" not in problem.message
+
+
+def test_plain_headers_are_still_accepted() -> None:
+    text = policy(action="{kind: http, url: 'http://127.0.0.1:1/r', headers: "
+                         "{X-Request-Source: medkit, Accept: application/json, Keep-Alive: '5'}}")
+    assert parse_policy(text, "policy.yaml").services[0].actions["a"].kind == "http"
