@@ -106,3 +106,29 @@ def test_plain_headers_are_still_accepted() -> None:
     text = policy(action="{kind: http, url: 'http://127.0.0.1:1/r', headers: "
                          "{X-Request-Source: medkit, Accept: application/json, Keep-Alive: '5'}}")
     assert parse_policy(text, "policy.yaml").services[0].actions["a"].kind == "http"
+
+
+@pytest.mark.parametrize(("action", "path"), [
+    ("{kind: command, argv: ['true'], env: {API_TOKEN: %s, MODE: prod}}", "services[0].actions.a.env"),
+    ("{kind: restart_process, argv: ['x'], pid_file: /tmp/x.pid, env: {DB_PASSWORD: %s}}",
+     "services[0].actions.a.env"),
+    ("{kind: scale_command, argv: ['s', '{replicas}'], replicas: 2, env: {AWS_SECRET_ACCESS_KEY: %s}}",
+     "services[0].actions.a.env"),
+])
+def test_a_child_variable_named_like_a_secret_is_refused_without_showing_it(
+        action: str, path: str) -> None:
+    """`env` was documented as "never secrets" but nothing refused one, so `API_TOKEN: ...`
+    went, value and all, into every recovery's workflow input."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(policy(action=action % SECRET), "policy.yaml")
+    [problem] = caught.value.problems
+    assert problem.path == path and "inherit_env" in problem.message
+    assert SECRET not in str(caught.value) and "MODE" not in problem.message
+
+
+def test_a_command_probe_variable_named_like_a_secret_is_refused() -> None:
+    text = policy(probe=f"{{kind: command, argv: ['true'], env: {{PGPASSWORD: {SECRET}}}}}")
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "policy.yaml")
+    assert [p.path for p in caught.value.problems] == ["services[0].probes[0].env"]
+    assert SECRET not in str(caught.value)
