@@ -4,11 +4,25 @@ clear and shown by the Temporal UI, `temporal workflow show` and every history e
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.breaker import BreakerActivities
+from activities.deps import ActivityDeps
+from activities.http_action import HttpActionActivities
+from activities.process import ProcessSupervisor
+from activities.process_pool import ProcessPool
+from activities.scale import ScaleActivities
+from models.actions import ActionRequest
 from models.policy import ServicePolicy
 from models.policy_yaml import PolicyError, parse_policy
+from tests.conftest import free_port
 
 SECRET = "Sup3rS3cretValue"
 
@@ -132,3 +146,46 @@ def test_a_command_probe_variable_named_like_a_secret_is_refused() -> None:
         parse_policy(text, "policy.yaml")
     assert [p.path for p in caught.value.problems] == ["services[0].probes[0].env"]
     assert SECRET not in str(caught.value)
+
+
+# ----- defence in depth: a URL that got past validation is never shown ---------------------
+
+
+def forged(spec: dict[str, Any], url: str) -> ActionRequest:
+    """An action request whose spec's url is `url`, as if validation had let it through (a
+    worker's own policy refuses it; this is what the activity shows if one ever arrives)."""
+    request = ActionRequest.model_validate({"workflow_id": "recovery:web:t", "service": "web",
+                                            "action_name": "a", "spec": spec, "reason": "test"})
+    return request.model_copy(update={"spec": request.spec.model_copy(update={"url": url})})
+
+
+@pytest.mark.parametrize(("kind", "spec"), [
+    ("http", {"kind": "http", "url": "http://h/x", "method": "PUT"}),
+    ("breaker", {"kind": "breaker", "url": "http://h/x", "state": "open"}),
+    ("scale_http", {"kind": "scale_http", "url": "http://h/x", "replicas": 2}),
+])
+async def test_an_action_url_with_credentials_is_shown_redacted(
+        tmp_path: Path, kind: str, spec: dict[str, Any]) -> None:
+    """The http, breaker and scale_http actions put their URL as written into heartbeats, error
+    messages (the history, the worker's log) and the dry-run detail, while probes redacted it."""
+    deps = ActivityDeps.create(tmp_path / "state")
+    url = f"http://admin:{SECRET}@127.0.0.1:{free_port()}/x?token={SECRET}"
+    fn = {"http": HttpActionActivities(deps).http_action,
+          "breaker": BreakerActivities(deps).set_breaker,
+          "scale_http": ScaleActivities(deps, ProcessPool(deps.state_dir, ProcessSupervisor(
+              deps.state_dir))).scale_http}[kind]
+    env = ActivityEnvironment()
+    heartbeats: list[Any] = []
+    env.on_heartbeat = lambda *details: heartbeats.append(details)
+    shown: list[str] = []
+    for step, dry in (("real", False), ("dry", True)):
+        env.info = dataclasses.replace(env.info, activity_id=step, workflow_id="recovery:web:t",
+                                       activity_type=kind)
+        request = forged(spec, url).model_copy(update={"dry_run": dry})
+        try:
+            shown.append((await env.run(fn, request)).model_dump_json())
+        except ApplicationError as err:
+            shown.append(f"{err.message} {err.details}")
+    await deps.http.aclose()
+    assert "http://***@127.0.0.1" in shown[0]
+    assert SECRET not in " ".join(shown) + repr(heartbeats)
