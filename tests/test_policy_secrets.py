@@ -189,3 +189,31 @@ async def test_an_action_url_with_credentials_is_shown_redacted(
     await deps.http.aclose()
     assert "http://***@127.0.0.1" in shown[0]
     assert SECRET not in " ".join(shown) + repr(heartbeats)
+
+
+PD_KEY = "e93facc04764012d7bfb002500d5d1a6"
+"""A PagerDuty integration key (32 of [a-z0-9]): a valid identifier when it starts with a letter."""
+
+
+@pytest.mark.parametrize(("route", "secret"), [
+    (f"{{kind: pagerduty, routing_key_env: {PD_KEY}}}", PD_KEY),
+    (f"{{kind: webhook, url: 'http://h/x', hmac_secret_env: {PD_KEY[::-1]}x}}", PD_KEY[::-1]),
+    ("{kind: slack, webhook_url_env: 'hunter2!x'}", "hunter2"),
+])
+def test_a_secret_pasted_into_an_env_field_is_refused_and_not_echoed(route: str, secret: str) -> None:
+    """A key pasted where a variable's name goes passed when it happened to be an identifier (and
+    went into the history, then named as the "missing variable" in every failed page); one that
+    was refused was echoed whole in the error when short (up to 20 characters)."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(policy(rest=f"    routes: {{r: {route}}}"), "policy.yaml")
+    [problem] = caught.value.problems
+    assert problem.path.startswith("services[0].routes.r.") and problem.path.endswith("_env")
+    assert "never write its value" in problem.message
+    assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["MEDKIT_PD_ROUTING_KEY", "PAGERDUTYROUTINGKEYFORCHECKOUT",
+                                  "pd_key_2024_checkout_service", "MEDKIT_SLACK_URL"])
+def test_variable_names_are_still_accepted(name: str) -> None:
+    text = policy(rest=f"    routes: {{r: {{kind: pagerduty, routing_key_env: {name}}}}}")
+    assert parse_policy(text, "policy.yaml").services[0].routes["r"].kind == "pagerduty"
