@@ -15,6 +15,7 @@ from activities.idempotency import ActionStep, DryRun, action_spec, perform_once
 from activities.probes import check_http, check_tcp
 from models.actions import ActionRequest, ActionResult, BreakerAction
 from models.probes import HttpProbe, ProbeResult
+from models.urls import redact_url
 
 BREAKER_OK = [200, 201, 202, 204]
 
@@ -62,7 +63,7 @@ class BreakerActivities:
     async def set_breaker(self, request: ActionRequest) -> ActionResult:
         """Set the breaker; for a half-open with trials, close it if all pass, else re-open and fail."""
         spec = action_spec(request, BreakerAction)
-        what = f"breaker of {request.service!r} at {spec.url}"
+        what = f"breaker of {request.service!r} at {redact_url(spec.url)}"
 
         def dry_run() -> DryRun:
             staged = (f", run {spec.trials} trial probe(s) {spec.trial_probe.name!r}, then close it "

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from collections.abc import Iterable, Mapping
 
 from temporalio.exceptions import ApplicationError
+
+from models.probes import SECRET_NAME
 
 ALLOWED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
@@ -44,11 +45,6 @@ secrets live in. A child that needs one gets it by name through its spec's `inhe
 
 ALLOWED_PREFIXES = ("LC_",)
 """Prefixes of allowed names: the locale categories (LC_ALL, LC_CTYPE, ...)."""
-
-SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.IGNORECASE
-)
-"""Variable names that suggest a secret value: their values are redacted from child output."""
 
 MIN_SECRET_LENGTH = 6
 """Shorter values are not redacted: replacing `1` or `yes` everywhere would mangle the output

@@ -103,7 +103,9 @@ async def send(
     http: httpx.AsyncClient, method: str, url: str, *, body: Any, timeout: float,
     headers: dict[str, str], what: str,
 ) -> httpx.Response:
-    """One request with a JSON body; a transport failure is a retryable error naming the URL only.
+    """One request with a JSON body; a transport failure is a retryable error naming the URL only
+    (redacted, as everywhere it is shown: its credentials never reach a heartbeat, an error or the
+    history).
 
     A URL httpx cannot request at all (a port past 65535, an unclosed bracket, a bad host),
     whatever let it through, fails before anything is sent, and no retry can change that: the
@@ -112,19 +114,20 @@ async def send(
     if (problem := url_problem(url)) is not None:
         raise ApplicationError(f"{what} cannot request {redact_url(url)}: {problem}",
                                type="InvalidUrl", non_retryable=True)
+    shown = redact_url(url)
     try:
         return await heartbeating(
             http.request(method, url, json=body, headers=headers, timeout=timeout),
-            f"{method} {url}",
+            f"{method} {shown}",
         )
     # Not chained (`from None`): Temporal records a cause's message in the failure, and the SDK
     # logs its traceback, while httpx's messages may quote what the server sent back, e.g. a
     # malformed header line echoing our Authorization header. The type name says enough.
     except httpx.ConnectError as err:
-        raise ApplicationError(f"{what} unreachable at {url}: {type(err).__name__}",
+        raise ApplicationError(f"{what} unreachable at {shown}: {type(err).__name__}",
                                type="Unreachable") from None
     except httpx.HTTPError as err:
-        raise ApplicationError(f"{what} at {url} failed: {type(err).__name__}",
+        raise ApplicationError(f"{what} at {shown} failed: {type(err).__name__}",
                                type="HttpActionUnknownOutcome") from None
 
 
@@ -143,7 +146,7 @@ class HttpActionActivities:
     async def http_action(self, request: ActionRequest) -> ActionResult:
         """Send the request once for this step; an unknown outcome is resent only if resend-safe."""
         spec = action_spec(request, HttpAction)
-        target = f"{spec.method} {spec.url}"
+        target = f"{spec.method} {redact_url(spec.url)}"
 
         def dry_run() -> DryRun:
             body = "" if spec.body is None else f" with body {json.dumps(spec.body)}"

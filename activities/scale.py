@@ -32,6 +32,7 @@ from models.actions import (
     ProcessPoolScaleAction,
     ReplicaTarget,
 )
+from models.urls import redact_url
 from store.ledger import ActionLedger, ActionRecord, with_busy_timeout
 
 
@@ -227,14 +228,14 @@ class ScaleActivities:
             headers = auth_headers(spec.bearer_token_env, f"{what} token")
             response = await send(self._deps.http, "GET", spec.current_url, body=None,
                                   timeout=timeout, headers=headers, what=what)
-            raise_for_action_status(response, [200], f"GET {spec.current_url}")
+            raise_for_action_status(response, [200], f"GET {redact_url(spec.current_url)}")
             value = dig(response.json(), spec.replicas_field)
             count = replica_count(value)
             if count is None:
                 shown = scrub(repr(value), response)[:100]
-                raise ApplicationError(f"GET {spec.current_url}: {spec.replicas_field} is {shown}, "
-                                       "not a replica count", type="BadReplicaCount",
-                                       non_retryable=True)
+                raise ApplicationError(f"GET {redact_url(spec.current_url)}: "
+                                       f"{spec.replicas_field} is {shown}, not a replica count",
+                                       type="BadReplicaCount", non_retryable=True)
             return count
 
         async def apply(replicas: int) -> str:
@@ -242,7 +243,8 @@ class ScaleActivities:
             response = await send(self._deps.http, spec.method, spec.url,
                                   body=substitute(spec.body, replicas), timeout=timeout,
                                   headers=headers, what=what)
-            raise_for_action_status(response, spec.expect_status, f"{spec.method} {spec.url}")
+            raise_for_action_status(response, spec.expect_status,
+                                    f"{spec.method} {redact_url(spec.url)}")
             return f"HTTP {response_data(response)['status']}"
 
-        return await self._scale(request, spec.replicas, spec.url, current, apply)
+        return await self._scale(request, spec.replicas, redact_url(spec.url), current, apply)

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name
 from models.probes import ChildEnv, HttpProbe, InheritEnv, TcpProbe
-from models.urls import RequestUrl
+from models.urls import PolicyUrl
 
 Argv = Annotated[list[str], Field(min_length=1)]
 """A program and its arguments. medkit never runs a shell."""
@@ -18,10 +18,16 @@ Argv = Annotated[list[str], Field(min_length=1)]
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 """Headers that carry credentials, refused in a policy (compared case-insensitively)."""
 
+SECRET_HEADER_NAME = re.compile(r"token|secret|passw|api-?key|auth|credential|session|cookie|"
+                                r"signature", re.IGNORECASE)
+"""Header names that carry credentials by convention (X-Api-Key, X-Auth-Token, Private-Token,
+X-Vault-Token, X-Session-Id...), refused as the four above are."""
+
 
 def _no_secret_headers(headers: dict[str, str]) -> dict[str, str]:
     """Refuse credential headers: the policy travels in every workflow's history, in clear."""
-    refused = sorted(name for name in headers if name.strip().lower() in SECRET_HEADERS)
+    refused = sorted(name for name in headers if name.strip().lower() in SECRET_HEADERS
+                     or SECRET_HEADER_NAME.search(name))
     if refused:
         raise ValueError(
             f"header(s) {', '.join(refused)} carry credentials and must not be written in the "
@@ -186,7 +192,7 @@ class HttpAction(MedkitModel):
     activity: ClassVar[str] = "http_action"
     kind: Literal["http"] = "http"
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    url: RequestUrl
+    url: PolicyUrl
     headers: Headers = Field(default_factory=dict)
     bearer_token_env: EnvName | None = None
     body: JsonBody = None
@@ -210,7 +216,7 @@ class BreakerAction(MedkitModel):
 
     activity: ClassVar[str] = "set_breaker"
     kind: Literal["breaker"] = "breaker"
-    url: RequestUrl
+    url: PolicyUrl
     state: Literal["open", "half_open", "closed"]
     bearer_token_env: EnvName | None = None
     timeout: Duration = timedelta(seconds=5)
@@ -322,12 +328,12 @@ class HttpScaleAction(MedkitModel):
 
     activity: ClassVar[str] = "scale_http"
     kind: Literal["scale_http"] = "scale_http"
-    url: RequestUrl
+    url: PolicyUrl
     replicas: ReplicaTarget
     method: Literal["POST", "PUT", "PATCH"] = "PUT"
     body: JsonBody = Field(default_factory=lambda: {"replicas": "{replicas}"})
     bearer_token_env: EnvName | None = None
-    current_url: RequestUrl | None = None
+    current_url: PolicyUrl | None = None
     replicas_field: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")] = "replicas"
     expect_status: list[Status] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
     timeout: Duration = timedelta(seconds=10)

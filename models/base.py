@@ -86,12 +86,31 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+SHOWN_OF_A_VALUE = 4
+"""Characters of a refused `*_env` value the error shows: enough to recognise what was pasted
+(`http`, `Bear`), too few to give away a secret (the error is printed and logged)."""
+
+KEY_LIKE_LENGTH = 20
+"""A name this long, with lower-case letters and digits and no `_`, is a pasted key (a
+PagerDuty integration key is 32 of [a-z0-9]), not a variable's name."""
+
+
+def _looks_like_a_key(value: str) -> bool:
+    """Whether a value that is a valid identifier is more likely a pasted key or token: long,
+    with lower-case letters and digits, without the `_` of a variable name."""
+    return (len(value) >= KEY_LIKE_LENGTH and "_" not in value and any(c.islower() for c in value)
+            and any(c.isdigit() for c in value))
+
 
 def _env_name(value: str) -> str:
+    shown = repr(value) if len(value) <= SHOWN_OF_A_VALUE else f"{value[:SHOWN_OF_A_VALUE]!r}..."
     if not _ENV_NAME_RE.match(value):
-        shown = value if len(value) <= 20 else value[:8] + "..."
-        raise ValueError(f"{shown!r} is not an environment variable name (letters, digits and _, "
+        raise ValueError(f"{shown} is not an environment variable name (letters, digits and _, "
                          "not starting with a digit): name the variable, never write its value")
+    if _looks_like_a_key(value):
+        raise ValueError(f"{shown} looks like a key or token, not an environment variable name "
+                         "(long, lower-case letters and digits, no _): name the variable, never "
+                         "write its value")
     return value
 
 

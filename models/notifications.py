@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name, positive
 from models.phases import Phase, Severity
-from models.urls import RequestUrl
+from models.urls import PolicyUrl
 
 EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")]
 """A bare mailbox address, `local@domain`."""
@@ -42,7 +42,7 @@ class WebhookRoute(MedkitModel):
     """
 
     kind: Literal["webhook"] = "webhook"
-    url: RequestUrl | None = None
+    url: PolicyUrl | None = None
     url_env: EnvName | None = None
     hmac_secret_env: EnvName | None = None
     timeout: DeliveryTimeout = timedelta(seconds=5)
@@ -74,7 +74,7 @@ class PagerDutyRoute(MedkitModel):
 
     kind: Literal["pagerduty"] = "pagerduty"
     routing_key_env: EnvName
-    events_url: RequestUrl = PAGERDUTY_EVENTS_URL
+    events_url: PolicyUrl = PAGERDUTY_EVENTS_URL
     source: str | None = None
     timeout: DeliveryTimeout = timedelta(seconds=10)
 

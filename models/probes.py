@@ -7,16 +7,36 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import AfterValidator, Field, model_serializer, model_validator
 
 from models.base import Duration, EnvName, MedkitModel, Name
-from models.urls import RequestUrl
+from models.urls import PolicyUrl
 
 Group = Name | None
 """The probe's group (e.g. `instances`): assessment rules can select every probe of a group."""
 
-ChildEnv = dict[EnvName, str]
-"""Variables set for a program medkit starts. Written in the policy, so never secrets."""
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.IGNORECASE
+)
+"""Variable names that suggest a secret value: refused in a policy's `env`, and their values on
+the worker are redacted from child output (activities/child_env.py)."""
+
+
+def _no_secret_env(env: dict[str, str]) -> dict[str, str]:
+    """Refuse variables named like secrets: the policy travels in every workflow's history, in
+    clear. The error names them, never their values."""
+    refused = sorted(name for name in env if SECRET_NAME.search(name))
+    if refused:
+        raise ValueError(
+            f"variable(s) {', '.join(refused)} look like secrets and must not be written in the "
+            "policy (it is stored in every workflow's history); set them in the worker's "
+            "environment and name them in inherit_env")
+    return env
+
+
+ChildEnv = Annotated[dict[EnvName, str], AfterValidator(_no_secret_env)]
+"""Variables set for a program medkit starts. Written in the policy, so never secrets: one named
+like a secret (`SECRET_NAME`) is refused."""
 
 InheritEnv = list[EnvName]
 """Names of worker variables a program medkit starts is given on purpose (it gets only a small
@@ -29,7 +49,7 @@ class HttpProbe(MedkitModel):
     kind: Literal["http"] = "http"
     name: Name = "http"
     group: Group = None
-    url: RequestUrl
+    url: PolicyUrl
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=lambda: [200], min_length=1
@@ -122,7 +142,7 @@ class PrometheusProbe(MedkitModel):
     kind: Literal["prometheus"] = "prometheus"
     name: Name = "prometheus"
     group: Group = None
-    url: RequestUrl
+    url: PolicyUrl
     query: Annotated[str, Field(min_length=1)]
     unhealthy_when: Comparison
     match: Literal["any", "all"] = "any"

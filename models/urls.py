@@ -1,7 +1,10 @@
 """URLs in a policy: refused when they cannot be requested, and redacted wherever they are shown.
 
-A URL may carry credentials (`http://user:password@host`, `?token=...`); logs, the start-up
-banner, probe evidence and detection labels (which go into Temporal history) show it redacted.
+A URL of a service's policy (a probe's, an action's, a notification route's) travels in every
+recovery's policy snapshot, that is in the workflow's input, in clear, so one carrying
+credentials (`http://user:password@host`, `?token=...`) is refused (`PolicyUrl`). Only the
+detectors' own URLs (an anomaly series' Prometheus, which no workflow carries) may hold them;
+logs, the start-up banner, probe evidence and detection labels show any URL redacted.
 """
 
 from __future__ import annotations
@@ -54,6 +57,32 @@ def _requestable_url(value: str) -> str:
 RequestUrl = Annotated[str, Field(pattern=r"^https?://"), AfterValidator(_requestable_url)]
 """An http:// or https:// URL that can be requested: a host, and a port (if any) in 1-65535, so
 a typo is refused when the policy is checked instead of failing every request at run time."""
+
+
+def _credential_free(value: str) -> str:
+    """Refuse a URL carrying user info or a secret-looking query value: the policy it is part of
+    is stored in every recovery's workflow history, in clear. The error names what was found,
+    never the value (the URL is shown redacted)."""
+    parts = urlsplit(value)  # parses: `_requestable_url` ran first
+    found = []
+    if "@" in parts.netloc:
+        found.append("user info (user:password@)")
+    keys = sorted({key for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+                   if SECRET_KEY.search(key)})
+    if keys:
+        found.append(f"the secret-looking query parameter(s) {', '.join(keys)}")
+    if found:
+        raise ValueError(
+            f"{redact_url(value)} carries {' and '.join(found)}: a service's policy is stored in "
+            "every recovery's workflow history, in clear, so it must hold no credential (use an "
+            "action's bearer_token_env, a webhook route's url_env, or a command probe with "
+            "inherit_env)")
+    return value
+
+
+PolicyUrl = Annotated[RequestUrl, AfterValidator(_credential_free)]
+"""A requestable URL (`RequestUrl`) without credentials, for a service's policy, which every
+recovery carries in its workflow input."""
 
 
 def _redact_query(query: str) -> str:
