@@ -35,6 +35,7 @@ from store.ledger import (
     InvalidDatabaseURL,
     create_store_engine,
     parse_database_url,
+    shown_database_url,
     sqlite_url,
 )
 from store.migrations import LATEST_VERSION, current_version
@@ -63,7 +64,7 @@ def database_url(args: argparse.Namespace) -> URL:
 def open_store(args: argparse.Namespace) -> IncidentStore:
     """The store, or a one-line error: no database file, unreachable, or an unmigrated schema."""
     url = database_url(args)
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_database_url(url)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         raise CommandError(f"no incident database at {url.database} (a worker creates it: run "
                            "`medkit worker` or `medkit dev`, or pass --state-dir / --database-url)")

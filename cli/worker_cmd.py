@@ -22,7 +22,7 @@ from cli.common import (
 from cli.incidents_cmd import _first_line
 from models.policy import PolicyFile
 from models.policy_yaml import PolicyError
-from store.ledger import InvalidDatabaseURL, parse_database_url
+from store.ledger import InvalidDatabaseURL, parse_database_url, shown_database_url
 from workers.client import connect
 from workers.logging import configure_logging, json_logging_runtime
 from workers.metrics import DEFAULT_METRICS_ADDRESS, METRICS_ADDRESS_ENV, metrics_address, metrics_runtime
@@ -53,7 +53,7 @@ def shown_database(url: str | None) -> str:
     if not url:
         return "the state dir's SQLite file"
     try:
-        return parse_database_url(url).render_as_string(hide_password=True)
+        return shown_database_url(parse_database_url(url))
     except InvalidDatabaseURL:
         return "$MEDKIT_DATABASE_URL (not a valid database URL)"
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+from models.urls import REDACTED, SECRET_KEY
 from store.migrations import as_utc, migrate
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -169,6 +170,13 @@ def parse_database_url(text: str | URL) -> URL:
         raise InvalidDatabaseURL(
             "expected e.g. sqlite:///path/medkit.db or postgresql+psycopg://user:password@host:5432/db, "
             "with any @ : / in the password %-encoded") from None
+
+
+def shown_database_url(url: URL) -> str:
+    """The URL as it may be printed or logged: its password hidden, and so the value of any
+    secret-looking query parameter (`?password=...`, which libpq also reads)."""
+    query = {key: REDACTED if SECRET_KEY.search(key) else value for key, value in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True)
 
 
 def create_store_engine(url: str | URL, *, read_only: bool = False) -> Engine:

@@ -160,11 +160,15 @@ def test_missing_database_file_is_one_line(capsys: pytest.CaptureFixture[str], t
     assert not (tmp_path / "none").exists()
 
 
-def test_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"postgresql+psycopg://medkit:s3cret@127.0.0.1:{free_port()}/medkit"
+@pytest.mark.parametrize(("userinfo", "query"), [("medkit:s3cret", ""), ("medkit", "?password=s3cret")])
+def test_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str], userinfo: str,
+                                          query: str) -> None:
+    """The password is hidden however the URL gives it (libpq also reads `?password=`)."""
+    url = f"postgresql+psycopg://{userinfo}@127.0.0.1:{free_port()}/medkit{query}"
     code, _, err = run_cli(capsys, "incidents", "--database-url", url)
     assert code == 1
-    assert err.startswith("medkit: cannot reach database postgresql+psycopg://medkit:***@127.0.0.1:")
+    shown = "medkit:***" if query == "" else "medkit"
+    assert err.startswith(f"medkit: cannot reach database postgresql+psycopg://{shown}@127.0.0.1:")
     assert "s3cret" not in err and len(err.strip().splitlines()) == 1
 
 
