@@ -180,7 +180,7 @@ def test_config_check_reports_an_invalid_shared_route_once_at_the_route(tmp_path
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"medkit: {bad}: 1 problem(s)",
-        "  line 2: routes.ops.url_env: Value error, 'OPS URL' is not an "
+        "  line 2: routes.ops.url_env: Value error, 'OPS '... is not an "
         "environment variable name (letters, digits and _, not starting with a digit): name the "
         "variable, never write its value",
     ]
