@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -18,7 +18,15 @@ from models.decisions import OperatorDecision
 from models.phases import DecisionKind, Phase, Severity
 from models.status import RecoveryStatus
 from tests.conftest import WebhookReceiver, eventually
-from tests.scripted import Script, detection, phases, scripted_policy, start, wait_for_phase
+from tests.scripted import (
+    Script,
+    detection,
+    phases,
+    scripted_policy,
+    skip_virtual_time,
+    start,
+    wait_for_phase,
+)
 from workers.client import DecisionRejected, send_decision
 from workflows.recovery import RecoveryWorkflow
 
@@ -28,34 +36,38 @@ def operator(reason: str = "looked at it") -> OperatorDecision:
     return OperatorDecision(operator="alice", reason=reason, at=datetime.now(UTC))
 
 
-async def test_an_approval_nobody_gives_escalates_to_the_limit_then_hands_over(
+async def test_manual_intervention_escalates_to_the_limit_then_waits_without_a_deadline(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
-    """An approval left unanswered escalates when its timeout runs out, then every
-    `escalation.after`, `max_escalations` times; when the last one runs out too, the recovery
-    hands over to ManualIntervention without acting, saying why. Pins the approval timer's
-    limit: no third escalation, no endless wait, and no failover run without its approval."""
+    """A recovery left in ManualIntervention escalates every `escalation.after`, up to
+    `max_escalations` times, then waits for a human with no next escalation (no deadline) for
+    as long as it takes, and still takes a decision. Pins the timer of the human wait: it
+    escalates, and it stops at the limit instead of paging forever."""
     script = Script()
     script.probe("http", then=False)
-    policy = scripted_policy(webhook_receiver.url)  # approval 10m, then 2 escalations 5m apart
+    script.probe("tcp", then=False)
+    policy = scripted_policy(webhook_receiver.url)  # escalation every 5m, at most 2
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, detection(severity=Severity.CRITICAL))
-        status = await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, timeout=120,
-                                      skip_time=True)
+        handle = await start(ts_env.client, queue, policy, detection())
+        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+
+        async def escalated(count: int) -> RecoveryStatus | None:
+            await skip_virtual_time(ts_env.client, timedelta(minutes=1))
+            status: RecoveryStatus = await handle.query(RecoveryWorkflow.status)
+            return status if status.escalations >= count else None
+
+        await eventually(lambda: escalated(2))
+        await skip_virtual_time(ts_env.client, timedelta(hours=1))  # 12 more periods of 5m
+        status = await handle.query(RecoveryWorkflow.status)
         await send_decision(ts_env.client, handle.id, DecisionKind.RESOLVE, operator("did it"))
         result = await handle.result()
-    assert script.actions == [], "acted without an approval"
+    assert status.phase == Phase.MANUAL_INTERVENTION
     assert status.escalations == 2
+    reason = next(e for e in reversed(status.timeline) if e.kind == "transition").reason
     assert [e.reason for e in status.timeline if e.kind == "escalation"] == [
-        "escalation 1: approval of 'failover' still pending",
-        "escalation 2: approval of 'failover' still pending",
-    ]
-    handover = next(e for e in reversed(status.timeline) if e.kind == "transition")
-    assert handover.to_phase == Phase.MANUAL_INTERVENTION
-    assert handover.reason == "no decision on 'failover' after 2 escalations"
-    assert phases(status)[-3:] == ["EmergencyRecovery", "AwaitingApproval", "ManualIntervention"]
-    assert webhook_receiver.events()[:5] == ["emergency", "approval_needed", "escalation",
-                                             "escalation", "manual_intervention"]
+        f"escalation {n}: still in ManualIntervention: {reason}" for n in (1, 2)]
+    assert status.pending_decision is not None and status.pending_decision.deadline is None
+    assert webhook_receiver.events().count("escalation") == 2
     assert result.phase == Phase.RESOLVED
 
 
