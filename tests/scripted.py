@@ -55,6 +55,8 @@ class Script:
         self.cancelled: list[str] = []
         self.finished: list[str] = []
         self.round_seconds = 0.0
+        self.probe_gate: asyncio.Event | None = None
+        self.probe_waiting = asyncio.Event()
 
     def probe(self, name: str, *outcomes: bool, then: bool = True) -> None:
         """Script a probe: these outcomes in order, then `then` forever."""
@@ -69,7 +71,12 @@ class Script:
 
     @activity.defn(name="probe_service")
     async def probe_service(self, request: ProbeRoundRequest) -> ProbeRound:
-        """A scripted probe round: each probe's next scripted outcome, after `round_seconds`."""
+        """A scripted probe round: each probe's next scripted outcome, after `round_seconds`;
+        while `probe_gate` is given, a round starts only once it is set (`probe_waiting` is set
+        when one waits), so a test holds a round in flight for as long as it needs."""
+        if self.probe_gate is not None:
+            self.probe_waiting.set()
+            await self.probe_gate.wait()
         await asyncio.sleep(self.round_seconds)
         results = []
         for spec in request.probes:
