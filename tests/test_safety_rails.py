@@ -175,11 +175,19 @@ async def test_a_recovery_aborted_while_queued_leaves_the_queue_at_once(
     assert script.actions == ["restart"]
 
 
+@pytest.mark.parametrize(("limit", "reason"), [
+    ({"max_services": 1}, "blast radius: 1 services already in remediation (checkout); limit 1"),
+    ({"max_percent": 50}, "blast radius: 2 of 2 services (100%) would be in remediation "
+                          "(checkout); limit 50%"),
+], ids=["max_services", "max_percent"])
 async def test_blast_radius_holds_new_recoveries_for_a_human(
-    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
+    ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver,
+    limit: dict[str, int], reason: str,
 ) -> None:
+    """Either cap (a number of services, or a share of the fleet, here the policy file's two
+    services) holds the recovery that would exceed it for a human, without acting."""
     script = blocking_script()
-    checkout, payments = two_services(webhook_receiver.url, {"max_services": 1})
+    checkout, payments = two_services(webhook_receiver.url, limit)
     async with script.worker(ts_env.client, queue, deps):
         first = await start(ts_env.client, queue, checkout, detection(service="checkout"))
         while not script.actions:
@@ -187,8 +195,7 @@ async def test_blast_radius_holds_new_recoveries_for_a_human(
         second = await start(ts_env.client, queue, payments, detection(service="payments"))
         held = await wait_for_phase(second, Phase.MANUAL_INTERVENTION)
         handover = next(e for e in held.timeline if e.to_phase == Phase.MANUAL_INTERVENTION)
-        assert handover.reason.startswith(
-            "blast radius: 1 services already in remediation (checkout); limit 1")
+        assert handover.reason.startswith(reason)
         async def paged() -> bool:
             return "manual_intervention" in webhook_receiver.events()
 
