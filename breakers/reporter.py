@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -140,4 +141,12 @@ class GatewayReporter:
                 time.sleep(self.retry_backoff * 2 ** (attempt - 1))
         self.failed += 1
         _log.warning("breaker %s: could not report %s to %s (%s)", change.breaker, change.to_state.value,
-                     self.endpoint, problem)
+                     shown_endpoint(self.endpoint), problem)
+
+
+def shown_endpoint(url: str) -> str:
+    """The gateway endpoint as it may be logged: scheme, host, port and path only, so a
+    credential written into the URL (`user:password@`, `?token=`) never reaches a log line."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"

@@ -817,6 +817,26 @@ def test_reporting_never_blocks_the_breaker_even_when_the_gateway_hangs(hanging_
     assert reporter.dropped >= 20 - 2 - 1  # one may already be in the sender's hands
 
 
+def test_a_report_the_gateway_refuses_is_logged_without_the_urls_credentials(
+        webhook_receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning for a detection that could not be reported names the endpoint, never a
+    credential written into the gateway URL."""
+    webhook_receiver.status = 403
+    url = f"http://ops:s3cret@127.0.0.1:{webhook_receiver.port}"
+    reporter = GatewayReporter(url, DETECTOR_TOKEN, "svc", attempts=1)
+    b = CircuitBreaker("refused", BreakerConfig(consecutive_failures=1), listeners=[reporter])
+    try:
+        with caplog.at_level("WARNING", logger="medkit.breakers"):
+            failures(b, 1)
+            assert reporter.flush(30)
+        assert reporter.failed == 1
+        [line] = [r.getMessage() for r in caplog.records if "could not report" in r.getMessage()]
+        assert f"to http://127.0.0.1:{webhook_receiver.port}/v1/detections (HTTP 403" in line
+        assert "s3cret" not in line and "ops" not in line
+    finally:
+        reporter.close()
+
+
 def test_changes_an_entity_imposed_are_not_reported_back(webhook_receiver: WebhookReceiver) -> None:
     """A hold and release (the fleet entity's doing) reach no reporter; a local opening does."""
     reporter = GatewayReporter(f"http://127.0.0.1:{webhook_receiver.port}", DETECTOR_TOKEN, "svc")
