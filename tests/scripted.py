@@ -128,19 +128,30 @@ class Script:
 
     def worker(self, client: Client, task_queue: str, deps: ActivityDeps,
                request_lease: Callable[..., Any] | None = None,
+               standing_in: dict[str, Callable[..., Any]] | None = None,
                ) -> contextlib.AbstractAsyncContextManager[Worker]:
         """A worker with the real workflows, these scripted probes and actions, and the real
         notifier, incident store and fleet activities (`request_lease`, when given, stands in
-        for the real `request_fleet_lease`)."""
+        for the real `request_fleet_lease`; `standing_in` replaces any of them by its
+        activity name)."""
         record = RecordActivities(deps)
         fleet = FleetActivities(client)
+        activities: dict[str, Callable[..., Any]] = {
+            "probe_service": self.probe_service, "restart_process": self.restart_process,
+            "run_command": self.run_command, "set_breaker": self.set_breaker,
+            "http_action": self.http_action, "notify": NotifyActivities(deps).notify,
+            "record_incident": record.record_incident,
+            "count_recent_actions": record.count_recent_actions,
+            "request_fleet_lease": request_lease or fleet.request_fleet_lease,
+            "release_fleet_lease": fleet.release_fleet_lease,
+            "find_closed_recoveries": fleet.find_closed_recoveries,
+        }
+        unknown = set(standing_in or {}) - set(activities)
+        assert not unknown, f"no such activity to stand in for: {sorted(unknown)}"
+        activities.update(standing_in or {})
         return running(Worker(
             client, task_queue=task_queue, workflows=[RecoveryWorkflow, FleetCoordinatorWorkflow],
-            activities=[self.probe_service, self.restart_process, self.run_command,
-                        self.set_breaker, self.http_action,
-                        NotifyActivities(deps).notify, record.record_incident,
-                        record.count_recent_actions, request_lease or fleet.request_fleet_lease,
-                        fleet.release_fleet_lease, fleet.find_closed_recoveries],
+            activities=list(activities.values()),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         ))
