@@ -12,15 +12,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from temporalio.api.workflowservice.v1 import RespondWorkflowTaskCompletedRequest
 
-from tests.conftest import free_port
-from tests.silencing_proxy import GrpcRequests
-
-_CHUNK = 65536
+from tests.silencing_proxy import CHUNK, ForwardingProxy, GrpcRequests
 
 
 def workflow_task_heartbeat(namespace: str) -> Callable[[bytes], bool]:
@@ -41,21 +38,13 @@ def workflow_task_heartbeat(namespace: str) -> Callable[[bytes], bool]:
 
 
 @dataclass
-class HoldingProxy:
-    """Listens on 127.0.0.1:`port`, forwarding to `upstream` (host:port); once `cue` accepted a
-    request, the server's bytes wait until `release`."""
+class HoldingProxy(ForwardingProxy):
+    """Forwards both ways; once `cue` accepted a request, the server's bytes wait until
+    `release`."""
 
-    upstream: str
     cue: Callable[[bytes], bool]
-    port: int = field(default_factory=free_port)
     cued: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
-    _sockets: list[socket.socket] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        """Where clients connect."""
-        return f"127.0.0.1:{self.port}"
 
     def release(self) -> None:
         """Forward what the server sent since the cue, and everything after it."""
@@ -66,7 +55,7 @@ class HoldingProxy:
         holds it leaves, so its answer is always held."""
         requests = GrpcRequests()
         with contextlib.suppress(OSError):
-            while data := source.recv(_CHUNK):
+            while data := source.recv(CHUNK):
                 if any(self.cue(message) for message in requests.feed(data)):
                     self.cued.set()
                 sink.sendall(data)
@@ -74,33 +63,15 @@ class HoldingProxy:
     def _answers(self, source: socket.socket, sink: socket.socket) -> None:
         """Server to client: forward, except between the cue and the release."""
         with contextlib.suppress(OSError):
-            while data := source.recv(_CHUNK):
+            while data := source.recv(CHUNK):
                 if self.cued.is_set():
                     self.released.wait()
                 sink.sendall(data)
 
-    def _serve(self, listener: socket.socket) -> None:
-        """Accept clients; each gets its own upstream connection and two pumps."""
-        host, port = self.upstream.rsplit(":", 1)
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = listener.accept()
-                server = socket.create_connection((host, int(port)))
-                self._sockets += [client, server]
-                threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
-                threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
+    def _start_pumps(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+        threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[HoldingProxy]:
-        """Serve until the block ends, then release anything held and close every connection."""
-        listener = socket.create_server(("127.0.0.1", self.port))
-        self._sockets.append(listener)
-        threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
-        try:
-            yield self
-        finally:
-            self.released.set()
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+    def _closing(self) -> None:
+        """Release anything held, so no pump waits on a closed connection."""
+        self.released.set()

@@ -215,6 +215,18 @@ async def start(client: Client, task_queue: str, policy: ServicePolicy,
     return await start_or_join_recovery(client, found, policy, task_queue)
 
 
+async def handed_over(script: Script, client: Client, task_queue: str,
+                      policy: ServicePolicy) -> tuple[WorkflowHandle[Any, Any], Detection]:
+    """Start a recovery whose two probes keep failing and wait (timers skipped) until it hands
+    over to a human: its handle and its first detection. Call inside `script.worker`."""
+    script.probe("http", then=False)
+    script.probe("tcp", then=False)
+    first = detection()
+    handle = await start(client, task_queue, policy, first)
+    await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+    return handle, first
+
+
 SKIP_STEP = timedelta(seconds=10)
 """Virtual time `wait_for_phase` skips between two status queries."""
 

@@ -17,10 +17,11 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 from tests.conftest import free_port
 
-_CHUNK = 65536
+CHUNK = 65536
 _PREFACE = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 _FRAME_HEADER = 9
 _DATA, _PADDED = 0x0, 0x8
@@ -68,22 +69,60 @@ class GrpcRequests:
 
 
 @dataclass
-class SilencingProxy:
-    """Listens on 127.0.0.1:`port`, forwarding to `upstream` (host:port) until cued."""
+class ForwardingProxy:
+    """Listens on 127.0.0.1:`port` and gives each client its own connection to `upstream`
+    (host:port), with one pump each way (`_start_pumps`, which subclasses define)."""
 
     upstream: str
-    marker: bytes
-    nth: int = 1
-    port: int = field(default_factory=free_port)
-    silent: threading.Event = field(default_factory=threading.Event)
-    _seen: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _sockets: list[socket.socket] = field(default_factory=list)
+    port: int = field(default_factory=free_port, kw_only=True)
+    _sockets: list[socket.socket] = field(default_factory=list, kw_only=True)
 
     @property
     def address(self) -> str:
         """Where clients connect."""
         return f"127.0.0.1:{self.port}"
+
+    def _start_pumps(self, client: socket.socket, server: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self, listener: socket.socket) -> None:
+        """Accept clients; each gets its own upstream connection and two pumps."""
+        host, port = self.upstream.rsplit(":", 1)
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection((host, int(port)))
+                self._sockets += [client, server]
+                self._start_pumps(client, server)
+
+    def _closing(self) -> None:
+        """Called as the block of `running` ends, before the connections close."""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Self]:
+        """Serve until the block ends, then close every connection."""
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets.append(listener)
+        threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
+        try:
+            yield self
+        finally:
+            self._closing()
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+@dataclass
+class SilencingProxy(ForwardingProxy):
+    """Forwards until cued: once the client has sent `marker` `nth` times, nothing more."""
+
+    marker: bytes
+    nth: int = 1
+    silent: threading.Event = field(default_factory=threading.Event)
+    _seen: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _cued(self, requests: GrpcRequests, data: bytes) -> bool:
         """Whether the requests sent so far hold the marker `nth` times."""
@@ -99,34 +138,11 @@ class SilencingProxy:
         """Copy `source` to `sink` until either closes or the proxy falls silent; `requests`
         reads what a client sends."""
         with contextlib.suppress(OSError):
-            while data := source.recv(_CHUNK):
+            while data := source.recv(CHUNK):
                 if (requests is not None and self._cued(requests, data)) or self.silent.is_set():
                     return
                 sink.sendall(data)
 
-    def _serve(self, listener: socket.socket) -> None:
-        """Accept clients; each gets its own upstream connection and two pumps."""
-        host, port = self.upstream.rsplit(":", 1)
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = listener.accept()
-                server = socket.create_connection((host, int(port)))
-                self._sockets += [client, server]
-                for source, sink, requests in ((client, server, GrpcRequests()),
-                                               (server, client, None)):
-                    threading.Thread(target=self._pump, args=(source, sink, requests),
-                                     daemon=True).start()
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[SilencingProxy]:
-        """Serve until the block ends, then close every connection."""
-        listener = socket.create_server(("127.0.0.1", self.port))
-        self._sockets.append(listener)
-        threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
-        try:
-            yield self
-        finally:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+    def _start_pumps(self, client: socket.socket, server: socket.socket) -> None:
+        for source, sink, requests in ((client, server, GrpcRequests()), (server, client, None)):
+            threading.Thread(target=self._pump, args=(source, sink, requests), daemon=True).start()

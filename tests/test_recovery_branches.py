@@ -26,7 +26,7 @@ from models.probes import ProbeRound, ProbeRoundRequest
 from models.status import RecoveryStatus
 from store.incidents import IncidentNotFound, IncidentStore
 from tests.conftest import WebhookReceiver, eventually
-from tests.scripted import Script, detection, phases, scripted_policy, start, wait_for_phase
+from tests.scripted import Script, detection, handed_over, phases, scripted_policy, start
 from tests.test_recovery_paths import operator
 from workers.client import DecisionRejected, send_decision
 from workflows.fleet import FleetCoordinatorWorkflow
@@ -85,13 +85,9 @@ async def test_a_probe_refused_while_revalidating_a_resolved_report_keeps_the_ha
     recovery goes back to ManualIntervention saying why, and still takes the human's decision.
     Raised instead, the refusal would fail the workflow task on every attempt."""
     script = FailingProbes()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)
-    first = detection()
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, first)
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, first = await handed_over(script, ts_env.client, queue, policy)
         script.refuse = True
         await start(ts_env.client, queue, policy,
                     detection(key=first.incident_key, status="resolved", summary="alert cleared"))
@@ -120,12 +116,9 @@ async def test_the_resolve_signal_ends_manual_intervention_as_resolved(
     update is: the recovery ends Resolved by that operator, the timeline says it came by
     signal."""
     script = Script()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, detection())
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, _ = await handed_over(script, ts_env.client, queue, policy)
         await handle.signal(RecoveryWorkflow.resolve, operator("fixed DNS by hand"))
         result = await handle.result()
     assert result.phase == Phase.RESOLVED

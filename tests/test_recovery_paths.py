@@ -29,6 +29,7 @@ from tests.scripted import (
     Script,
     blocking_script,
     detection,
+    handed_over,
     phases,
     save_history,
     scripted_policy,
@@ -444,12 +445,9 @@ async def test_manual_retry_then_success(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
     script = Script()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, detection())
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, _ = await handed_over(script, ts_env.client, queue, policy)
         # The operator fixed a dependency; the service needs one more restart (the probe before
         # it still fails), then is healthy.
         script.probe("http", False, then=True)
@@ -521,13 +519,9 @@ async def test_source_resolved_in_manual_revalidates_and_closes(
     ts_env: WorkflowEnvironment, queue: str, deps: ActivityDeps, webhook_receiver: WebhookReceiver
 ) -> None:
     script = Script()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)
-    first = detection()
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, first)
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, first = await handed_over(script, ts_env.client, queue, policy)
         script.probe("http", then=True)
         script.probe("tcp", then=True)
         resolved = detection(key=first.incident_key, status="resolved", summary="alert cleared")
@@ -693,13 +687,9 @@ async def test_a_resent_report_is_counted_once_and_the_store_keeps_counting(
     """Reports are idempotent on detection id (an alert resent after a failed delivery counts
     once), and the store's report count keeps up past the timeline's hundred listed reports."""
     script = Script()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)
-    first = detection()
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, first)
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, first = await handed_over(script, ts_env.client, queue, policy)
         again = detection(key=first.incident_key, summary="resent")
         for _ in range(3):
             await handle.signal(RecoveryWorkflow.report, again)

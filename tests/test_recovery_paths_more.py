@@ -21,11 +21,11 @@ from tests.conftest import WebhookReceiver, eventually
 from tests.scripted import (
     Script,
     detection,
+    handed_over,
     phases,
     scripted_policy,
     skip_virtual_time,
     start,
-    wait_for_phase,
 )
 from workers.client import DecisionRejected, send_decision
 from workflows.recovery import RecoveryWorkflow
@@ -44,12 +44,9 @@ async def test_manual_intervention_escalates_to_the_limit_then_waits_without_a_d
     as long as it takes, and still takes a decision. Pins the timer of the human wait: it
     escalates, and it stops at the limit instead of paging forever."""
     script = Script()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)  # escalation every 5m, at most 2
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, detection())
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, _ = await handed_over(script, ts_env.client, queue, policy)
 
         async def escalated(count: int) -> RecoveryStatus | None:
             await skip_virtual_time(ts_env.client, timedelta(minutes=1))
@@ -79,13 +76,9 @@ async def test_a_resolved_report_that_fails_revalidation_returns_to_manual_with_
     decisions again (they are held while it validates). Pins the failed revalidation: neither
     closed on the source's word nor left without a way for the operator to decide."""
     script = Script()
-    script.probe("http", then=False)
-    script.probe("tcp", then=False)
     policy = scripted_policy(webhook_receiver.url)
-    first = detection()
     async with script.worker(ts_env.client, queue, deps):
-        handle = await start(ts_env.client, queue, policy, first)
-        await wait_for_phase(handle, Phase.MANUAL_INTERVENTION, skip_time=True)
+        handle, first = await handed_over(script, ts_env.client, queue, policy)
         await start(ts_env.client, queue, policy,
                     detection(key=first.incident_key, status="resolved", summary="alert cleared"))
 
